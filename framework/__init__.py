@@ -1,0 +1,47 @@
+"""infer-run's public API: everything a plugin may import.
+
+Plugins (built-in ones in ``plugins/`` included) import from ``framework`` only.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from framework.components import (
+    ID_COLUMN,
+    Batch,
+    Component,
+    Model,
+    Preprocessor,
+    Reader,
+    Stage,
+    Writer,
+)
+from framework.errors import InferError, InputError, PluginError, RunError, SpecError
+from framework.hookspecs import hookimpl
+from framework.storage import filesystem_for, is_remote
+
+try:
+    __version__ = version("infer-run")
+except PackageNotFoundError:  # running from a checkout that was never installed
+    __version__ = "0.0.0"
+
+__all__ = [
+    "ID_COLUMN",
+    "Batch",
+    "Component",
+    "InferError",
+    "InputError",
+    "Model",
+    "PluginError",
+    "Preprocessor",
+    "Reader",
+    "RunError",
+    "SpecError",
+    "Stage",
+    "Writer",
+    "__version__",
+    "filesystem_for",
+    "hookimpl",
+    "is_remote",
+]

@@ -1,0 +1,143 @@
+"""``infer-run``: run, validate, plan or print a spec; list plugins; generate data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from omegaconf import OmegaConf
+
+from framework import __version__
+from framework.errors import ExitCode, InferError, SpecError
+from framework.plan import build_plan
+from framework.plugins import load_registry
+from framework.redact import redact
+from framework.registry import Registry
+from framework.spec import load_spec, validate_spec
+from framework.spec.validate import resolve
+
+OVERRIDE_HINT = "spec values are set as key=value (e.g. run.limit=10) and removed as ~key"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if "unrecognized arguments" in message:
+            message = f"{message} - {OVERRIDE_HINT}"
+        self.exit(ExitCode.USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="infer-run",
+        description="Run a batch-inference spec on Ray Data. "
+        "Other commands: 'infer-run plugins', 'infer-run datagen'.",
+    )
+    p.add_argument("spec", help="the YAML spec file")
+    p.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")
+    p.add_argument("--validate", action="store_true", help="check spec and plugins, run nothing")
+    p.add_argument("--print-spec", action="store_true", help="print the resolved spec and exit")
+    p.add_argument("--plan", action="store_true", help="print the stages and their resources")
+    p.add_argument(
+        "--address", help="Ray cluster to join (auto, ray://host:port); same as ray.address"
+    )
+    p.add_argument("--limit", type=int, help="process only the first N rows; same as run.limit")
+    p.add_argument("--report", help="also write the JSON run report here; same as run.report")
+    p.add_argument("--version", action="version", version=f"infer-run {__version__}")
+    return p
+
+
+def _flag_overrides(args: argparse.Namespace) -> list[str]:
+    extra = []
+    if args.address:
+        extra.append(f"ray.address={args.address}")
+    if args.limit is not None:
+        extra.append(f"run.limit={args.limit}")
+    if args.report:
+        extra.append(f"run.report={args.report}")
+    return extra
+
+
+def main_run(argv: Sequence[str]) -> int:
+    args = run_parser().parse_intermixed_args(argv)
+    cfg = load_spec(args.spec, [*args.overrides, *_flag_overrides(args)])
+    if args.print_spec:
+        problems: list[str] = []
+        resolved = resolve(cfg, "", problems)
+        if problems:
+            raise SpecError(problems, args.spec)
+        print(OmegaConf.to_yaml(OmegaConf.create(redact(resolved))), end="")
+        return ExitCode.OK
+    registry = load_registry()
+    spec = validate_spec(cfg, registry, args.spec)
+    plan = build_plan(spec)
+    if args.plan:
+        print(plan.describe())
+    if args.validate:
+        print(f"{args.spec}: valid ({len(spec.stages)} stages)")
+    if args.plan or args.validate:
+        return ExitCode.OK
+    from framework.run import run_plan  # imports Ray: only when running
+
+    report = run_plan(plan, registry)
+    print(report.summary())
+    return ExitCode.OK
+
+
+def main_plugins(argv: Sequence[str]) -> int:
+    p = _Parser(prog="infer-run plugins", description="List every registered component.")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = p.parse_args(argv)
+    registry: Registry = load_registry()
+    rows = [
+        {
+            "kind": e.kind,
+            "name": e.name,
+            "class": f"{e.cls.__module__}.{e.cls.__qualname__}",
+            "plugin": e.plugin,
+            "distribution": e.distribution,
+            "version": e.version,
+        }
+        for e in registry.all()
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return ExitCode.OK
+    for r in rows:
+        source = f"{r['distribution']} {r['version']}" if r["distribution"] else r["plugin"]
+        print(f"{r['kind']:<13} {r['name']:<20} {source:<24} {r['class']}")
+    return ExitCode.OK
+
+
+def main_datagen(argv: Sequence[str]) -> int:
+    from framework import datagen
+
+    p = _Parser(prog="infer-run datagen", description="Generate an ImageNet-like dataset.")
+    datagen.add_arguments(p)
+    return datagen.main(p.parse_args(argv))
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "plugins": main_plugins,
+    "datagen": main_datagen,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    command = COMMANDS.get(argv[0]) if argv else None
+    try:
+        return command(argv[1:]) if command else main_run(argv)
+    except InferError as exc:
+        print(f"infer-run: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("infer-run: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

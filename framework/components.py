@@ -1,0 +1,119 @@
+"""The base classes a plugin subclasses: Reader, Preprocessor, Model and Writer.
+
+The batch contract: stages receive and return ``dict[str, numpy.ndarray]`` batches
+(Ray Data's "numpy" batch format). Every dataset carries an ``id`` column from the
+reader to the writer; a stage must return exactly one output row per input row,
+keeping ``id`` aligned, and tensor columns leave as one fixed-shape ndarray.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from framework.errors import InputError
+from framework.storage import filesystem_for
+
+if TYPE_CHECKING:
+    import ray.data
+
+Batch = dict[str, np.ndarray]
+
+ID_COLUMN = "id"
+
+
+class Component:
+    """Behaviour shared by every plugin class."""
+
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        """Problems with ``params`` found on the driver before Ray starts, one message each.
+
+        Runs after the parameters were bound to ``__init__``; override it to catch
+        what a signature cannot (a path that does not exist, weights that cannot be
+        fetched) so the run fails in seconds instead of inside a worker.
+        """
+        return []
+
+    @classmethod
+    def report_info(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Facts about this component recorded in the run report (weights used, say).
+
+        A ``warnings`` list in the result is also printed at the end of the run.
+        """
+        return {}
+
+
+class Reader(Component, ABC):
+    """Produces a Ray Dataset whose rows carry a unique ``id`` column."""
+
+    @abstractmethod
+    def read(self) -> ray.data.Dataset: ...
+
+
+class Stage(Component, ABC):
+    """A batch transform run by ``map_batches``.
+
+    ``default_resources`` uses the keys of a spec's ``resources:`` node; the spec
+    overrides them key by key. ``stateful`` stages are built once per actor
+    (a model loading weights); stateless ones run as Ray tasks.
+    """
+
+    stateful: ClassVar[bool] = False
+    default_resources: ClassVar[Mapping[str, Any]] = {}
+    # Column name -> numpy dtype string this stage adds to the batch; used by the
+    # plugin test kit to check a stage's output against what it promises.
+    output_columns: ClassVar[Mapping[str, str]] = {}
+
+    @abstractmethod
+    def __call__(self, batch: Batch) -> Batch: ...
+
+
+class Preprocessor(Stage):
+    """A CPU stage, stateless by default, used before or after the models."""
+
+
+class Model(Stage):
+    """A stateful stage run in an actor pool; load weights in ``__init__``."""
+
+    stateful = True
+    default_resources = {"actors": 1}
+
+
+class Writer(Component, ABC):
+    """Consumes the final Dataset into a directory of files at ``path`` (local or ``s3://``).
+
+    The run report is written into that directory as ``_infer_run_report.json``.
+    An existing, non-empty output is refused unless ``overwrite`` is true.
+    """
+
+    def __init__(
+        self, path: str, storage: dict[str, Any] | None = None, overwrite: bool = False
+    ) -> None:
+        self.path = path
+        self.storage = storage
+        self.overwrite = overwrite
+
+    def prepare(self) -> None:
+        """Runs on the driver before the pipeline starts: refuse or clear existing output."""
+        fs, where = filesystem_for(self.path, self.storage)
+        info = fs.get_file_info(where)
+        if info.type == pafs.FileType.NotFound:
+            return
+        if info.type == pafs.FileType.File or fs.get_file_info(pafs.FileSelector(where)):
+            if not self.overwrite:
+                raise InputError(
+                    f"writer.path: output {self.path} already exists "
+                    "- pass writer.overwrite=true to replace it"
+                )
+            if info.type == pafs.FileType.File:
+                fs.delete_file(where)
+            else:
+                fs.delete_dir_contents(where)
+
+    @abstractmethod
+    def write(self, dataset: ray.data.Dataset) -> None: ...

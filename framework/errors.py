@@ -1,0 +1,67 @@
+"""One root for mistakes a user can fix, turned into one line and an exit code by the CLI.
+
+Anything that is not an ``InferError`` is our bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    INTERNAL_ERROR = 1  # a bug in infer-run or a plugin: traceback printed
+    USAGE_ERROR = 2  # bad command-line flags (argparse's own code)
+    SPEC_ERROR = 3
+    PLUGIN_ERROR = 4
+    INPUT_ERROR = 5  # missing or unreadable input, existing output
+    RUN_FAILED = 6  # the run started but stopped on bad data or a failed stage
+    INTERRUPTED = 130
+
+
+class InferError(Exception):
+    """A mistake the user can fix; ``str(err)`` is the whole message."""
+
+    exit_code: ExitCode = ExitCode.INTERNAL_ERROR
+
+
+class SpecError(InferError):
+    """Every problem found in a spec, one line each, so all are fixed in one go."""
+
+    exit_code = ExitCode.SPEC_ERROR
+
+    def __init__(self, problems: Iterable[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"spec {source}" if source else "spec"
+        count = len(self.problems)
+        head = f"{where}: {count} problem{'s' if count != 1 else ''}"
+        super().__init__("\n".join([head, *(f"  {p}" for p in self.problems)]))
+
+
+class PluginError(InferError):
+    """A plugin failed to import, registered a clash, or implements an unknown hook."""
+
+    exit_code = ExitCode.PLUGIN_ERROR
+
+
+class InputError(InferError):
+    """Input that is missing or unreadable, or output that already exists."""
+
+    exit_code = ExitCode.INPUT_ERROR
+
+
+class RunError(InferError):
+    """The run started and then stopped for a reason the user can act on."""
+
+    exit_code = ExitCode.RUN_FAILED
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` - did you mean 'x'?`` for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " - did you mean " + " or ".join(repr(c) for c in close) + "?"

@@ -1,0 +1,102 @@
+"""Spec → plan: a short tuple of read, map and write nodes with every Ray argument decided.
+
+Building a plan never starts Ray, so ``--plan`` and the tests can inspect it cheaply.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from framework.spec.schema import Spec, StageConfig
+
+# Models keep an accelerator busy only with batches; tasks use Ray Data's own default.
+DEFAULT_MODEL_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class ReadNode:
+    stage: StageConfig
+    limit: int | None = None
+
+
+@dataclass(frozen=True)
+class MapNode:
+    stage: StageConfig
+    compute: str  # "tasks" or "actors"
+    batch_size: int | None
+    pool: tuple[int, int] | None = None  # (min, max) actors
+    max_tasks_in_flight_per_actor: int | None = None
+    ray_args: dict[str, Any] = field(default_factory=dict)  # num_cpus, num_gpus, memory, ...
+
+    @property
+    def name(self) -> str:
+        """The Ray Data operator's name shows as ``MapBatches(<name>)``."""
+        return f"{self.stage.path}:{self.stage.type}".replace("[", "_").replace("]", "")
+
+
+@dataclass(frozen=True)
+class WriteNode:
+    stage: StageConfig
+
+
+PlanNode = ReadNode | MapNode | WriteNode
+
+
+@dataclass(frozen=True)
+class Plan:
+    nodes: tuple[PlanNode, ...]
+    spec: Spec
+
+    def describe(self) -> str:
+        """The human-readable plan printed by ``--plan``."""
+        lines = []
+        for i, node in enumerate(self.nodes):
+            stage = node.stage
+            head = f"{i}. {stage.kind:<12} {stage.path:<18} {stage.type}"
+            if isinstance(node, ReadNode):
+                lines.append(head + (f"  limit={node.limit}" if node.limit else ""))
+            elif isinstance(node, MapNode):
+                pool = f"actors={node.pool[0]}..{node.pool[1]}" if node.pool else "tasks"
+                args = " ".join(f"{k}={v}" for k, v in node.ray_args.items())
+                lines.append(f"{head}  {pool} batch_size={node.batch_size or 'ray-default'} {args}")
+            else:
+                lines.append(f"{head}  -> {stage.params.get('path', '')}")
+        return "\n".join(lines)
+
+
+def build_plan(spec: Spec) -> Plan:
+    nodes: list[PlanNode] = [ReadNode(spec.reader, spec.run.limit)]
+    nodes.extend(_map_node(stage) for stage in spec.stages)
+    nodes.append(WriteNode(spec.writer))
+    return Plan(tuple(nodes), spec)
+
+
+def _map_node(stage: StageConfig) -> MapNode:
+    r = stage.resources
+    stateful = getattr(stage.cls, "stateful", False) or r.actors is not None
+    pool = None
+    if stateful:
+        sizes = r.actors if r.actors is not None else 1
+        sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+        pool = (int(sizes[0]), int(sizes[-1]))
+    ray_args: dict[str, Any] = {"num_cpus": r.num_cpus if r.num_cpus is not None else 1}
+    if r.num_gpus:
+        ray_args["num_gpus"] = r.num_gpus
+    if r.memory:
+        ray_args["memory"] = r.memory
+    if r.accelerator_type:
+        ray_args["accelerator_type"] = r.accelerator_type
+    if r.custom:
+        ray_args["resources"] = dict(r.custom)
+    batch_size = r.batch_size
+    if batch_size is None and stage.kind == "model":
+        batch_size = DEFAULT_MODEL_BATCH_SIZE
+    return MapNode(
+        stage=stage,
+        compute="actors" if stateful else "tasks",
+        batch_size=batch_size,
+        pool=pool,
+        max_tasks_in_flight_per_actor=r.max_tasks_in_flight_per_actor,
+        ray_args=ray_args,
+    )

@@ -1,0 +1,139 @@
+"""Build the plugin manager: load every ``infer_run`` entry point, built-ins included.
+
+Switches, read from the environment so they also reach Ray workers:
+``INFER_LOAD_PLUGINS=a,b`` loads only those plugins, ``INFER_DISABLE_PLUGINS=x,y``
+blocks those, ``INFER_TRACE_PLUGINS=1`` prints every hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pluggy
+
+from framework import hookspecs
+from framework.errors import PluginError
+from framework.registry import KINDS, Entry, Registry
+
+ENTRY_POINT_GROUP = "infer_run"
+_HOOK_BY_KIND = {kind: f"register_{kind}s" for kind in KINDS}
+
+
+def _split(value: str | None) -> set[str]:
+    return {part.strip() for part in (value or "").split(",") if part.strip()}
+
+
+def _entry_points() -> list[tuple[importlib.metadata.EntryPoint, importlib.metadata.Distribution]]:
+    found = []
+    seen: set[tuple[str, str]] = set()
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            # The same distribution can sit on sys.path twice (editable + build dir).
+            if ep.group == ENTRY_POINT_GROUP and (ep.name, ep.value) not in seen:
+                seen.add((ep.name, ep.value))
+                found.append((ep, dist))
+    return sorted(found, key=lambda pair: pair[0].name)
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager, remembering which distribution each entry-point plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.distributions: dict[str, importlib.metadata.Distribution] = {}
+
+
+def make_plugin_manager(
+    extra_plugins: Iterable[object] = (),
+    env: Mapping[str, str] | None = None,
+    load_entrypoints: bool = True,
+) -> PluginManager:
+    """A fresh manager with hooks checked; ``extra_plugins`` are registered after entry points."""
+    env = os.environ if env is None else env
+    pm = PluginManager()
+    pm.add_hookspecs(hookspecs)
+    only, blocked = _split(env.get("INFER_LOAD_PLUGINS")), _split(env.get("INFER_DISABLE_PLUGINS"))
+    for name in blocked:
+        pm.set_blocked(name)
+    if load_entrypoints:
+        for ep, dist in _entry_points():
+            if (only and ep.name not in only) or pm.is_blocked(ep.name):
+                continue
+            if pm.has_plugin(ep.name):
+                other = pm.get_plugin(ep.name)
+                raise PluginError(
+                    f"two plugins are named {ep.name!r}: {ep.value} "
+                    f"({dist.metadata['Name']}) and {getattr(other, '__name__', other)}"
+                )
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"error importing plugin {ep.name!r} ({ep.value}) from "
+                    f"{dist.metadata['Name']} {dist.version}: {type(exc).__name__}: {exc}"
+                ) from exc
+            _register(pm, plugin, ep.name)
+            pm.distributions[ep.name] = dist
+    for plugin in extra_plugins:
+        _register(pm, plugin, None)
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin_name!r}: {exc}") from exc
+    if env.get("INFER_TRACE_PLUGINS", "").lower() in ("1", "true", "yes"):
+        pm.add_hookcall_monitoring(_trace_before, _trace_after)
+    return pm
+
+
+def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:
+    try:
+        pm.register(plugin, name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {exc.plugin_name!r}: {exc}") from exc
+    except ValueError as exc:  # the same plugin object or name registered twice
+        raise PluginError(str(exc)) from exc
+
+
+def _trace_before(hook_name: str, impls: list[Any], kwargs: Mapping[str, Any]) -> None:
+    names = ", ".join(impl.plugin_name for impl in impls)
+    print(f"[infer-run trace] {hook_name} -> {names}", file=sys.stderr)
+
+
+def _trace_after(outcome: Any, hook_name: str, impls: list[Any], kwargs: Mapping[str, Any]) -> None:
+    if outcome.exception is not None:
+        print(f"[infer-run trace] {hook_name} raised {outcome.exception!r}", file=sys.stderr)
+
+
+def build_registry(pm: PluginManager) -> Registry:
+    """Ask each plugin for its components, one plugin at a time, to know who registered what."""
+    registry = Registry()
+    for kind, hook_name in _HOOK_BY_KIND.items():
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            dist = pm.distributions.get(impl.plugin_name)
+            others = [p for p in pm.get_plugins() if p is not impl.plugin]
+            caller = pm.subset_hook_caller(hook_name, remove_plugins=others)
+
+            def register(
+                name: str, cls: type, _plugin: str = impl.plugin_name, _dist=dist, _kind=kind
+            ) -> None:
+                registry.add(
+                    Entry(
+                        kind=_kind,
+                        name=name,
+                        cls=cls,
+                        plugin=_plugin,
+                        distribution=_dist.metadata["Name"] if _dist else None,
+                        version=_dist.version if _dist else None,
+                    )
+                )
+
+            caller(register=register)
+    return registry
+
+
+def load_registry(extra_plugins: Iterable[object] = ()) -> Registry:
+    return build_registry(make_plugin_manager(extra_plugins))

@@ -1,0 +1,62 @@
+"""One registry per component kind, recording which plugin provided each name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from framework.errors import PluginError, did_you_mean
+
+KINDS = ("reader", "preprocessor", "model", "writer")
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    name: str
+    cls: type
+    plugin: str  # pluggy's plugin name: the entry-point name, or the module for test plugins
+    distribution: str | None = None
+    version: str | None = None
+
+
+@dataclass
+class Registry:
+    """Names to classes for every kind; ``add`` refuses a name registered twice."""
+
+    entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
+
+    def add(self, entry: Entry) -> None:
+        if not isinstance(entry.name, str) or not entry.name:
+            raise PluginError(
+                f"plugin {entry.plugin!r} registered a {entry.kind} with an empty name"
+            )
+        if not isinstance(entry.cls, type):
+            raise PluginError(
+                f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} "
+                f"as {entry.cls!r}, which is not a class"
+            )
+        existing = self.entries[entry.kind].get(entry.name)
+        if existing is not None:
+            raise PluginError(
+                f"{entry.kind} {entry.name!r} is registered twice: by plugin {existing.plugin!r} "
+                f"({existing.cls.__module__}.{existing.cls.__qualname__}) and by plugin "
+                f"{entry.plugin!r} ({entry.cls.__module__}.{entry.cls.__qualname__})"
+            )
+        self.entries[entry.kind][entry.name] = entry
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def find(self, kind: str, name: str) -> Entry | None:
+        return self.entries[kind].get(name)
+
+    def unknown_message(self, kind: str, name: object) -> str:
+        """The line for a name nobody registered, with the close ones or the full list."""
+        names = self.names(kind)
+        hint = did_you_mean(str(name), names)
+        if not hint:
+            hint = f" - registered {kind}s: {', '.join(names) if names else '(none)'}"
+        return f"unknown {kind} {name!r}{hint}"
+
+    def all(self) -> list[Entry]:
+        return [e for kind in KINDS for _, e in sorted(self.entries[kind].items())]

@@ -1,0 +1,152 @@
+"""The run report: counts, throughput and per-operator figures from Ray Data's stats.
+
+The JSON written next to the output is a stable contract (documented in README.md,
+"Run report"); add fields, never rename or remove them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from framework import __version__
+from framework.redact import redact
+from framework.spec.schema import Spec
+
+REPORT_NAME = "_infer_run_report.json"
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class RunReport:
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.data, indent=2, sort_keys=False)
+
+    def summary(self) -> str:
+        d = self.data
+        lines = [
+            f"rows read {d['rows_read']}, written {d['rows_written']}, failed {d['rows_failed']} "
+            f"in {d['wall_time_s']:.2f}s ({d['rows_per_s']:.1f} rows/s)",
+        ]
+        for op in d["operators"]:
+            lines.append(
+                f"  {op['name']}: {op['rows_out']} rows out, {op['wall_time_s']:.2f}s wall, "
+                f"{op['task_time_s']:.2f}s in tasks"
+            )
+        for warning in d.get("warnings", []):
+            lines.append(f"warning: {warning}")
+        lines.append(f"report: {d['report_path']}")
+        return "\n".join(lines)
+
+
+def spec_fingerprint(spec: Spec) -> str:
+    text = json.dumps(redact(spec.resolved), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _operators(summary: Any) -> list[Any]:
+    # The write's summary holds only the Write operator; the rest hang off its parents.
+    out = []
+    for parent in summary.parents or []:
+        out.extend(_operators(parent))
+    out.extend(summary.operators_stats)
+    return out
+
+
+def operator_figures(summary: Any) -> list[dict[str, Any]]:
+    """One entry per Ray Data operator (fused stages share one), in pipeline order."""
+    ops = []
+    all_ops = _operators(summary)
+    starts = [op.earliest_start_time for op in all_ops if op.earliest_start_time]
+    origin = min(starts) if starts else 0.0
+    for op in all_ops:
+        if not op.wall_time and not op.output_num_rows:
+            continue  # a logical placeholder that ran no task
+        start, end = op.earliest_start_time, op.latest_end_time
+        ops.append(
+            {
+                "name": op.operator_name,
+                "rows_in": op.total_input_num_rows or 0,
+                "rows_out": int(op.output_num_rows.sum) if op.output_num_rows else 0,
+                "wall_time_s": round((end - start) if start and end else 0.0, 4),
+                "start_s": round(start - origin, 4) if start else None,
+                "end_s": round(end - origin, 4) if end else None,
+                "task_time_s": round(op.wall_time.sum, 4) if op.wall_time else 0.0,
+                "cpu_time_s": round(op.cpu_time.sum, 4) if op.cpu_time else 0.0,
+                "tasks": int(op.wall_time.count) if op.wall_time else 0,
+                "nodes": int(op.node_count.count) if op.node_count else 0,
+            }
+        )
+    return ops
+
+
+def rows_read(ops: list[dict[str, Any]]) -> int:
+    """Rows that entered the pipeline: out of ``limit`` if set, else into the first row consumer."""
+    for op in ops:
+        first = op["name"].split("->")[0]
+        if first.lower().startswith("limit"):
+            return op["rows_out"]
+        if first.startswith(("MapBatches(", "Write")):
+            return op["rows_in"]
+        if "->" in op["name"] and "MapBatches(" in op["name"]:
+            # The read fused with the first stages; stages keep the row count.
+            return op["rows_out"]
+    return 0
+
+
+def rows_written(ops: list[dict[str, Any]]) -> int:
+    writes = [op for op in ops if op["name"].split("->")[-1].startswith("Write")]
+    return writes[-1]["rows_in"] if writes else 0
+
+
+def build_report(
+    spec: Spec,
+    summary: Any,
+    wall_time_s: float,
+    started_at: str,
+    output: str,
+    report_path: str,
+    plugins: dict[str, dict[str, str | None]],
+    components: list[dict[str, Any]],
+    warnings: list[str],
+    rows_failed: int = 0,
+) -> RunReport:
+    ops = operator_figures(summary)
+    read, written = rows_read(ops), rows_written(ops)
+    if read != written + rows_failed:
+        warnings = [
+            *warnings,
+            f"rows do not add up: {read} read but {written} written and {rows_failed} failed",
+        ]
+    return RunReport(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "status": "ok",
+            "name": spec.run.name,
+            "started_at": started_at,
+            "wall_time_s": round(wall_time_s, 4),
+            "rows_read": read,
+            "rows_written": written,
+            "rows_failed": rows_failed,
+            "rows_per_s": round(written / wall_time_s, 3) if wall_time_s else 0.0,
+            "output": output,
+            "report_path": report_path,
+            "spec": {"source": spec.source, "fingerprint": spec_fingerprint(spec)},
+            "operators": ops,
+            "components": components,
+            "plugins": plugins,
+            "warnings": warnings,
+            "versions": {
+                "infer_run": __version__,
+                "ray": ray.__version__,
+                "python": platform.python_version(),
+            },
+        }
+    )

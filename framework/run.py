@@ -1,0 +1,121 @@
+"""Execute a validated spec on Ray and write the run report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import ray
+import ray.data
+
+from framework.compile import compile_plan
+from framework.errors import InferError, RunError
+from framework.plan import Plan
+from framework.registry import Registry
+from framework.report import REPORT_NAME, RunReport, build_report
+from framework.spec.schema import Spec
+from framework.storage import filesystem_for
+
+log = logging.getLogger("infer_run")
+
+
+def init_ray(spec: Spec) -> None:
+    """Join ``ray.address`` if the spec names a cluster, else start a local Ray for this run."""
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
+    if spec.ray.address:
+        ray.init(address=spec.ray.address, **kwargs)
+        return
+    ray.init(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory, **kwargs)
+
+
+def component_facts(spec: Spec, registry: Registry) -> tuple[list[dict[str, Any]], list[str]]:
+    facts, warnings = [], []
+    for stage in (spec.reader, *spec.stages, spec.writer):
+        entry = registry.find(stage.kind, stage.type)
+        info = dict(stage.cls.report_info(stage.params))
+        warnings.extend(f"{stage.path}: {w}" for w in info.pop("warnings", []))
+        facts.append(
+            {
+                "path": stage.path,
+                "kind": stage.kind,
+                "type": stage.type,
+                "plugin": entry.plugin if entry else None,
+                "distribution": entry.distribution if entry else None,
+                "version": entry.version if entry else None,
+                **info,
+            }
+        )
+    return facts, warnings
+
+
+def run_plan(plan: Plan, registry: Registry) -> RunReport:
+    spec = plan.spec
+    components, warnings = component_facts(spec, registry)
+    for warning in warnings:
+        log.warning(warning)
+    # Refuse an existing output before paying for Ray's start-up.
+    spec.writer.cls(**spec.writer.params).prepare()
+    init_ray(spec)
+    context = ray.data.DataContext.get_current()
+    context.per_stage_map_timing = True
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    start = time.perf_counter()
+    compiled = compile_plan(plan)
+    try:
+        compiled.writer.write(compiled.dataset)
+    except ray.exceptions.RayError as exc:
+        cause = _user_cause(exc)
+        if cause is not None:
+            raise RunError(str(cause)) from exc
+        raise
+    wall = time.perf_counter() - start
+    writer = compiled.writer
+    report_path = f"{writer.path.rstrip('/')}/{REPORT_NAME}"
+    plugins = {
+        c["plugin"]: {"distribution": c["distribution"], "version": c["version"]}
+        for c in components
+        if c["plugin"]
+    }
+    report = build_report(
+        spec,
+        compiled.dataset.get_stats_summary(),
+        wall,
+        started_at,
+        output=writer.path,
+        report_path=report_path,
+        plugins=plugins,
+        components=components,
+        warnings=warnings,
+    )
+    write_text(report_path, report.to_json(), writer.storage)
+    if spec.run.report:
+        write_text(spec.run.report, report.to_json(), None)
+    return report
+
+
+def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:
+    fs, where = filesystem_for(path, storage)
+    parent = where.rsplit("/", 1)[0]
+    if parent and parent != where:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(where) as out:
+        out.write(text.encode())
+
+
+def _user_cause(exc: BaseException) -> InferError | None:
+    """The InferError a stage raised inside a Ray worker, if that is what failed."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, InferError):
+            return current
+        current = current.__cause__ or getattr(current, "cause", None)
+    return None
+
+
+__all__ = ["init_ray", "run_plan", "write_text"]

@@ -1,0 +1,77 @@
+"""The typed shape of a spec.
+
+A spec file has the sections below. Stage nodes (``reader``, each entry of
+``preprocessors``/``models``/``postprocessors``, ``writer``) hold ``type`` (a registered
+name), an optional ``resources`` node, and the plugin's constructor parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Sections of the spec file, in pipeline order; ``vars`` is free-form for interpolation.
+SECTIONS = ("vars", "ray", "run", "reader", "preprocessors", "models", "postprocessors", "writer")
+STAGE_LISTS = {"preprocessors": "preprocessor", "models": "model", "postprocessors": "preprocessor"}
+STAGE_NODES = {"reader": "reader", "writer": "writer"}
+RESERVED_STAGE_KEYS = ("type", "resources")
+
+
+@dataclass
+class Resources:
+    """What one stage asks Ray for; unset keys fall back to the plugin's defaults."""
+
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    memory: int | None = None
+    accelerator_type: str | None = None
+    custom: dict[str, float] = field(default_factory=dict)
+    batch_size: int | None = None
+    actors: Any = None  # an int (fixed pool) or [min, max]
+    max_tasks_in_flight_per_actor: int | None = None
+
+
+@dataclass
+class RaySection:
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory: int | None = None
+
+
+@dataclass
+class RunSection:
+    name: str = "infer-run"
+    limit: int | None = None
+    report: str | None = None
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One validated stage node."""
+
+    path: str  # where it sits in the spec, e.g. "models[0]"
+    kind: str  # reader | preprocessor | model | writer
+    type: str
+    cls: type
+    params: dict[str, Any]
+    resources: Resources
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A whole validated spec; ``resolved`` is the interpolated spec as plain data."""
+
+    reader: StageConfig
+    preprocessors: tuple[StageConfig, ...]
+    models: tuple[StageConfig, ...]
+    postprocessors: tuple[StageConfig, ...]
+    writer: StageConfig
+    ray: RaySection
+    run: RunSection
+    resolved: dict[str, Any]
+    source: str | None = None
+
+    @property
+    def stages(self) -> tuple[StageConfig, ...]:
+        """The ``map_batches`` stages in pipeline order."""
+        return self.preprocessors + self.models + self.postprocessors

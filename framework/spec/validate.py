@@ -1,0 +1,267 @@
+"""Check a loaded spec against the schema and the registered plugins, reporting every problem.
+
+Nothing here starts Ray: a spec that passes only needs the cluster to run.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any, Literal, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from framework.errors import SpecError, did_you_mean
+from framework.registry import Registry
+from framework.spec.schema import (
+    RESERVED_STAGE_KEYS,
+    SECTIONS,
+    STAGE_LISTS,
+    RaySection,
+    Resources,
+    RunSection,
+    Spec,
+    StageConfig,
+)
+
+
+def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None) -> Spec:
+    """The typed spec, or one ``SpecError`` listing every problem found."""
+    problems: list[str] = []
+    resolved = resolve(cfg, "", problems)
+    if problems:
+        raise SpecError(problems, source)
+    for key in resolved:
+        if key not in SECTIONS:
+            problems.append(f"{key}: unknown section{did_you_mean(key, SECTIONS)}")
+    for required in ("reader", "writer"):
+        if resolved.get(required) is None:
+            problems.append(f"{required}: missing - every spec needs a {required}")
+    ray = _section(resolved.get("ray"), RaySection, "ray", problems)
+    run = _section(resolved.get("run"), RunSection, "run", problems)
+    if run.limit is not None and run.limit < 1:
+        problems.append(f"run.limit: must be at least 1, got {run.limit}")
+    reader = _stage(resolved.get("reader"), "reader", "reader", registry, problems)
+    writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
+    lists: dict[str, tuple[StageConfig, ...]] = {}
+    for section, kind in STAGE_LISTS.items():
+        nodes = resolved.get(section) or []
+        if not isinstance(nodes, list):
+            problems.append(f"{section}: expected a list of {kind} nodes, got {_kind_of(nodes)}")
+            nodes = []
+        stages = [
+            _stage(node, f"{section}[{i}]", kind, registry, problems)
+            for i, node in enumerate(nodes)
+        ]
+        lists[section] = tuple(s for s in stages if s is not None)
+    if problems:
+        raise SpecError(problems, source)
+    assert reader is not None and writer is not None
+    return Spec(
+        reader=reader,
+        writer=writer,
+        ray=ray,
+        run=run,
+        resolved=resolved,
+        source=source,
+        **lists,
+    )
+
+
+def resolve(node: Any, path: str, problems: list[str]) -> Any:
+    """Plain data with every interpolation resolved; each failing one becomes a problem."""
+    if isinstance(node, DictConfig):
+        out = {}
+        for key in node:
+            sub = f"{path}.{key}" if path else str(key)
+            try:
+                value = node[key]
+            except OmegaConfBaseException as exc:
+                problems.append(f"{sub}: {_first_line(exc)}")
+                continue
+            out[str(key)] = resolve(value, sub, problems)
+        return out
+    if isinstance(node, ListConfig):
+        out_list = []
+        for i in range(len(node)):
+            try:
+                value = node[i]
+            except OmegaConfBaseException as exc:
+                problems.append(f"{path}[{i}]: {_first_line(exc)}")
+                continue
+            out_list.append(resolve(value, f"{path}[{i}]", problems))
+        return out_list
+    return node
+
+
+def _section(data: Any, schema: type, path: str, problems: list[str]) -> Any:
+    """A structured-config dataclass from ``data``, one problem per bad key."""
+    if data is None:
+        return schema()
+    if not isinstance(data, dict):
+        problems.append(f"{path}: expected a mapping, got {_kind_of(data)}")
+        return schema()
+    names = [f.name for f in dataclasses.fields(schema)]
+    types_ = {f.name: f.type for f in dataclasses.fields(schema)}
+    good = {}
+    for key, value in data.items():
+        if key not in names:
+            problems.append(f"{path}.{key}: unknown key{did_you_mean(key, names)}")
+            continue
+        try:
+            OmegaConf.merge(OmegaConf.structured(schema), {key: value})
+        except OmegaConfBaseException:
+            problems.append(
+                f"{path}.{key}: expected {types_[key]}, got {_kind_of(value)} {value!r}"
+            )
+            continue
+        good[key] = value
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), good))
+
+
+def _stage(
+    node: Any, path: str, kind: str, registry: Registry, problems: list[str]
+) -> StageConfig | None:
+    if node is None:
+        return None
+    if not isinstance(node, dict):
+        problems.append(f"{path}: expected a mapping with a 'type' key, got {_kind_of(node)}")
+        return None
+    type_name = node.get("type")
+    entry = None
+    if type_name is None:
+        problems.append(
+            f"{path}.type: missing - registered {kind}s: {', '.join(registry.names(kind))}"
+        )
+    else:
+        entry = registry.find(kind, str(type_name))
+        if entry is None:
+            problems.append(f"{path}.type: {registry.unknown_message(kind, type_name)}")
+    defaults = dict(getattr(entry.cls, "default_resources", {})) if entry else {}
+    resources = _section(
+        {**defaults, **(node.get("resources") or {})}, Resources, f"{path}.resources", problems
+    )
+    problems.extend(f"{path}.resources.{p}" for p in _resource_problems(resources))
+    params = {k: v for k, v in node.items() if k not in RESERVED_STAGE_KEYS}
+    if entry is None:
+        return None
+    bound, bind_problems = bind_params(entry.cls, params, f"{kind} {type_name!r}")
+    problems.extend(f"{path}.{p}" for p in bind_problems)
+    if bind_problems:
+        return None
+    checked = entry.cls.check(bound)
+    problems.extend(f"{path}.{p}" for p in checked)
+    return StageConfig(path, kind, str(type_name), entry.cls, bound, resources)
+
+
+def _resource_problems(r: Resources) -> list[str]:
+    out = []
+    for name in ("num_cpus", "num_gpus", "memory"):
+        value = getattr(r, name)
+        if value is not None and value < 0:
+            out.append(f"{name}: must not be negative, got {value}")
+    if r.num_gpus is not None and r.num_gpus > 1 and r.num_gpus != int(r.num_gpus):
+        out.append(f"num_gpus: above 1 it must be a whole number, got {r.num_gpus}")
+    if r.batch_size is not None and r.batch_size < 1:
+        out.append(f"batch_size: must be at least 1, got {r.batch_size}")
+    actors = r.actors
+    if actors is not None:
+        sizes = [actors] if isinstance(actors, int) and not isinstance(actors, bool) else actors
+        if not (
+            isinstance(sizes, list)
+            and len(sizes) in (1, 2)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
+            and sizes[0] <= sizes[-1]
+        ):
+            out.append(
+                f"actors: expected a pool size n >= 1 or [min, max] with min <= max, got {actors!r}"
+            )
+    return out
+
+
+def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
+    """``params`` checked against ``cls.__init__``: (all arguments with defaults, problems)."""
+    signature = inspect.signature(cls.__init__)
+    accepted = {
+        name: p
+        for name, p in signature.parameters.items()
+        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation we cannot evaluate: skip type checks, keep name checks
+        hints = {}
+    problems = []
+    for key, value in params.items():
+        if key not in accepted:
+            if not takes_any:
+                hint = (
+                    did_you_mean(key, accepted)
+                    or f" - {what} takes: {', '.join(accepted) or 'nothing'}"
+                )
+                problems.append(f"{key}: unknown parameter for {what}{hint}")
+            continue
+        if key in hints and not matches_type(value, hints[key]):
+            problems.append(
+                f"{key}: expected {type_name(hints[key])}, got {_kind_of(value)} {value!r}"
+            )
+    for name, p in accepted.items():
+        if p.default is p.empty and name not in params:
+            problems.append(f"{name}: missing required parameter for {what}")
+    if problems:
+        return {}, problems
+    bound = signature.bind_partial(**params)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop("self", None)
+    return arguments, []
+
+
+def matches_type(value: Any, hint: Any) -> bool:
+    """Whether plain YAML data ``value`` fits the annotation ``hint``; unknown hints pass."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(matches_type(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args and (origin is not tuple or args[-1] is Ellipsis) else Any
+        return all(matches_type(v, item) for v in value)
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            return False
+        return not args or all(matches_type(v, args[1]) for v in value.values())
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def type_name(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def _kind_of(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0]

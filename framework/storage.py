@@ -1,0 +1,75 @@
+"""Local paths and ``s3://`` URIs through pyarrow's filesystems.
+
+Readers and writers take an optional ``storage:`` mapping; anything it leaves out
+comes from the standard AWS environment variables, as the AWS CLI would.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from framework.errors import SpecError
+
+STORAGE_KEYS = (
+    "endpoint_url",
+    "region",
+    "access_key_id",
+    "secret_access_key",
+    "session_token",
+    "anonymous",
+)
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def filesystem_for(
+    path: str, storage: Mapping[str, Any] | None = None
+) -> tuple[pafs.FileSystem, str]:
+    """The filesystem holding ``path`` and the path inside it."""
+    storage = dict(storage or {})
+    unknown = sorted(set(storage) - set(STORAGE_KEYS))
+    if unknown:
+        raise SpecError(
+            [f"storage: unknown key {k!r} (known: {', '.join(STORAGE_KEYS)})" for k in unknown]
+        )
+    if path.startswith("s3://"):
+        return s3_filesystem(storage), path[len("s3://") :]
+    if is_remote(path):
+        return pafs.FileSystem.from_uri(path)
+    local = path[len("file://") :] if path.startswith("file://") else path
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
+
+
+def s3_filesystem(storage: Mapping[str, Any]) -> pafs.S3FileSystem:
+    env = os.environ
+    endpoint = (
+        storage.get("endpoint_url") or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    )
+    kwargs: dict[str, Any] = {
+        "region": storage.get("region")
+        or env.get("AWS_REGION")
+        or env.get("AWS_DEFAULT_REGION")
+        or "us-east-1",
+    }
+    if storage.get("anonymous"):
+        kwargs["anonymous"] = True
+    else:
+        key = storage.get("access_key_id") or env.get("AWS_ACCESS_KEY_ID")
+        secret = storage.get("secret_access_key") or env.get("AWS_SECRET_ACCESS_KEY")
+        if key and secret:
+            kwargs["access_key"] = key
+            kwargs["secret_key"] = secret
+            token = storage.get("session_token") or env.get("AWS_SESSION_TOKEN")
+            if token:
+                kwargs["session_token"] = token
+    if endpoint:
+        scheme, _, rest = str(endpoint).partition("://")
+        kwargs["endpoint_override"] = rest or scheme
+        kwargs["scheme"] = scheme if rest else "https"
+    return pafs.S3FileSystem(**kwargs)

@@ -1,0 +1,86 @@
+"""Parquet reader and writer, local or ``s3://``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow.parquet as pq
+import ray.data
+
+from framework import ID_COLUMN, Reader, Writer, filesystem_for, hookimpl
+
+
+class ParquetReader(Reader):
+    """Rows of one or more parquet files or directories; ``id_column`` becomes ``id``."""
+
+    def __init__(
+        self,
+        path: str | list[str],
+        columns: list[str] | None = None,
+        id_column: str = ID_COLUMN,
+        storage: dict[str, Any] | None = None,
+        num_blocks: int | None = None,
+    ) -> None:
+        self.paths = [path] if isinstance(path, str) else list(path)
+        self.columns = columns
+        self.id_column = id_column
+        self.storage = storage
+        self.num_blocks = num_blocks
+
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        paths = params["path"]
+        first = paths if isinstance(paths, str) else paths[0]
+        fs, where = filesystem_for(first, params.get("storage"))
+        try:
+            schema = pq.ParquetDataset(where, filesystem=fs).schema
+        except (FileNotFoundError, OSError) as exc:
+            return [f"path: cannot read parquet at {first}: {exc}"]
+        id_column = params.get("id_column", ID_COLUMN)
+        if id_column not in schema.names:
+            return [
+                f"id_column: {first} has no column {id_column!r} (columns: {', '.join(schema.names)})"
+            ]
+        return []
+
+    def read(self) -> ray.data.Dataset:
+        fs, _ = filesystem_for(self.paths[0], self.storage)
+        paths = [filesystem_for(p, self.storage)[1] for p in self.paths]
+        columns = None
+        if self.columns is not None:
+            columns = list(dict.fromkeys([self.id_column, *self.columns]))
+        ds = ray.data.read_parquet(
+            paths, filesystem=fs, columns=columns, override_num_blocks=self.num_blocks
+        )
+        if self.id_column != ID_COLUMN:
+            ds = ds.rename_columns({self.id_column: ID_COLUMN})
+        return ds
+
+
+class ParquetWriter(Writer):
+    """A directory of parquet files; tensor columns keep their shape as Ray tensor extensions."""
+
+    def __init__(
+        self,
+        path: str,
+        storage: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        rows_per_file: int | None = None,
+    ) -> None:
+        super().__init__(path, storage, overwrite)
+        self.rows_per_file = rows_per_file
+
+    def write(self, dataset: ray.data.Dataset) -> None:
+        fs, where = filesystem_for(self.path, self.storage)
+        dataset.write_parquet(where, filesystem=fs, min_rows_per_file=self.rows_per_file)
+
+
+@hookimpl
+def register_readers(register):
+    register("parquet", ParquetReader)
+
+
+@hookimpl
+def register_writers(register):
+    register("parquet", ParquetWriter)
