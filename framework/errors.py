@@ -61,7 +61,7 @@ class RunError(InferError):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` - did you mean 'x'?`` for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     if not close:
         return ""
-    return " - did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return f" - did you mean {close[0]!r}?"

@@ -16,7 +16,7 @@ from typing import Any
 import pluggy
 
 from framework import hookspecs
-from framework.errors import PluginError
+from framework.errors import PluginError, did_you_mean
 from framework.registry import KINDS, Entry, Registry
 
 ENTRY_POINT_GROUP = "infer_run"
@@ -83,7 +83,13 @@ def make_plugin_manager(
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name!r}: {exc}") from exc
+        name = pm.get_name(exc.plugin)
+        hooks = ", ".join(sorted(_HOOK_BY_KIND.values()))
+        hook = str(exc).split("'")[1] if "'" in str(exc) else ""
+        raise PluginError(
+            f"plugin {name!r}: unknown hook {hook!r}{did_you_mean(hook, _HOOK_BY_KIND.values())}"
+            f" (hooks: {hooks})"
+        ) from exc
     if env.get("INFER_TRACE_PLUGINS", "").lower() in ("1", "true", "yes"):
         pm.add_hookcall_monitoring(_trace_before, _trace_after)
     return pm
@@ -93,7 +99,7 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> Non
     try:
         pm.register(plugin, name)
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name!r}: {exc}") from exc
+        raise PluginError(f"plugin {pm.get_name(exc.plugin) or name!r}: {exc}") from exc
     except ValueError as exc:  # the same plugin object or name registered twice
         raise PluginError(str(exc)) from exc
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
@@ -34,8 +36,10 @@ class ParquetReader(Reader):
         first = paths if isinstance(paths, str) else paths[0]
         fs, where = filesystem_for(first, params.get("storage"))
         try:
+            if fs.get_file_info(where).type == pafs.FileType.NotFound:
+                return [f"path: no parquet data at {first}"]
             schema = pq.ParquetDataset(where, filesystem=fs).schema
-        except (FileNotFoundError, OSError) as exc:
+        except (OSError, pa.ArrowException) as exc:
             return [f"path: cannot read parquet at {first}: {exc}"]
         id_column = params.get("id_column", ID_COLUMN)
         if id_column not in schema.names:

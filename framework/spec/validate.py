@@ -264,4 +264,7 @@ def _kind_of(value: Any) -> str:
 
 
 def _first_line(exc: BaseException) -> str:
-    return str(exc).strip().splitlines()[0]
+    line = str(exc).strip().splitlines()[0]
+    # OmegaConf wraps a resolver's KeyError (a missing env var) in a quoted message.
+    prefix = "KeyError raised while resolving interpolation: "
+    return line[len(prefix) :].strip("\"'") if line.startswith(prefix) else line

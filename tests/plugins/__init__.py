@@ -1,0 +1,1 @@
+"""Third-party-style plugin modules used by the tests (never registered by default)."""

@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from framework.cli import main
+from framework.errors import ExitCode
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> Path:
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a", "b"], "x": np.arange(2.0)}), data)
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"""
+reader:
+  type: parquet
+  path: {data}
+  storage: {{secret_access_key: "${{oc.env:INFER_TEST_SECRET,hunter2}}", region: eu-west-1}}
+models:
+  - {{type: echo, resources: {{actors: [1, 2], batch_size: 16}}}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    return path
+
+
+def test_validate(spec, capsys):
+    assert main([str(spec), "--validate"]) == ExitCode.OK
+    assert capsys.readouterr().out == f"{spec}: valid (1 stages)\n"
+
+
+def test_print_spec_is_resolved_yaml_without_secrets(spec, capsys, tmp_path):
+    assert main([str(spec), "--print-spec", "run.limit=3", "--limit", "4"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    printed = yaml.safe_load(out)
+    assert printed["run"]["limit"] == 4  # flags apply after key=value overrides
+    assert printed["reader"]["storage"] == {"secret_access_key": "***", "region": "eu-west-1"}
+    assert "hunter2" not in out
+
+
+def test_plan_prints_stages_with_resources(spec, capsys, tmp_path):
+    assert main([str(spec), "--plan"]) == ExitCode.OK
+    assert capsys.readouterr().out.splitlines() == [
+        "0. reader       reader             parquet",
+        "1. model        models[0]          echo  actors=1..2 batch_size=16 num_cpus=1",
+        f"2. writer       writer             parquet  -> {tmp_path / 'out'}",
+    ]
+
+
+def test_plugins_lists_kind_name_and_distribution(capsys):
+    assert main(["plugins"]) == ExitCode.OK
+    lines = capsys.readouterr().out.splitlines()
+    echo = next(line for line in lines if line.startswith("model"))
+    assert echo.split() == ["model", "echo", "infer-run", "0.1.0", "plugins.echo.EchoModel"]
+    assert main(["plugins", "--json"]) == ExitCode.OK
+    rows = json.loads(capsys.readouterr().out)
+    assert {
+        "kind": "writer",
+        "name": "jsonl",
+        "class": "plugins.jsonl.JsonlWriter",
+        "plugin": "jsonl",
+        "distribution": "infer-run",
+        "version": "0.1.0",
+    } in rows
+
+
+def test_console_script_exit_codes_and_no_traceback(spec, tmp_path):
+    exe = str(Path(sys.executable).parent / "infer-run")  # the installed console script
+    ok = subprocess.run([exe, str(spec), "--validate"], capture_output=True, text=True)
+    assert ok.returncode == ExitCode.OK, ok.stderr
+    bad = subprocess.run(
+        [exe, str(spec), "--validate", "models.0.type=ecko"], capture_output=True, text=True
+    )
+    assert bad.returncode == ExitCode.SPEC_ERROR
+    assert bad.stderr == (
+        f"infer-run: error: spec {spec}: 1 problem\n"
+        "  models[0].type: unknown model 'ecko' - did you mean 'echo'?\n"
+    )
+    missing = subprocess.run([exe, str(tmp_path / "x.yaml")], capture_output=True, text=True)
+    assert missing.returncode == ExitCode.INPUT_ERROR
+    assert "Traceback" not in missing.stderr

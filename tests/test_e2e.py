@@ -1,0 +1,118 @@
+"""End to end on a local Ray: parquet → stages → model → writer, checked row by row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from framework.cli import main
+from framework.errors import ExitCode
+
+pytestmark = pytest.mark.ray
+
+ROWS = 300
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("input")
+    ids = np.array([f"row-{i:04d}" for i in range(ROWS)])
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=ROWS)
+    for part in range(3):  # several files, so Ray reads several blocks
+        sl = slice(part * 100, (part + 1) * 100)
+        pq.write_table(
+            pa.table({"id": ids[sl], "x": values[sl], "junk": ["j"] * 100}),
+            root / f"part-{part}.parquet",
+        )
+    return root
+
+
+def spec_file(tmp_path: Path, dataset: Path, writer: str = "parquet") -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"""
+reader: {{type: parquet, path: {dataset}}}
+preprocessors:
+  - {{type: select_columns, columns: [x]}}
+models:
+  - type: echo
+    scale: 3
+    resources: {{actors: [1, 2], batch_size: 64}}
+writer: {{type: {writer}, path: {tmp_path / "out"}}}
+"""
+    )
+    return path
+
+
+def read_input(dataset: Path) -> dict[str, float]:
+    table = pq.read_table(dataset)
+    return dict(zip(table["id"].to_pylist(), table["x"].to_pylist(), strict=True))
+
+
+def test_parquet_to_echo_to_parquet_keeps_every_id_once(ray_session, tmp_path, dataset, capsys):
+    report_copy = tmp_path / "report.json"
+    code = main([str(spec_file(tmp_path, dataset)), "--report", str(report_copy)])
+    assert code == ExitCode.OK
+    out = pq.read_table(tmp_path / "out").to_pydict()
+    expected = read_input(dataset)
+    assert sorted(out["id"]) == sorted(expected)  # each id exactly once
+    assert len(out["id"]) == len(set(out["id"])) == ROWS
+    for row_id, x, y in zip(out["id"], out["x"], out["x_echo"], strict=True):
+        assert x == expected[row_id]
+        assert y == pytest.approx(3 * expected[row_id])
+    assert "junk" not in out
+
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert json.loads(report_copy.read_text()) == report
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (ROWS, ROWS, 0)
+    assert report["status"] == "ok"
+    assert report["rows_per_s"] > 0
+    assert report["warnings"] == []
+    names = [op["name"] for op in report["operators"]]
+    assert any("MapBatches(models_0:echo)" in name for name in names)
+    assert any("preprocessors_0:select_columns" in name for name in names)
+    assert report["components"][2]["type"] == "echo"
+    assert report["plugins"]["echo"]["distribution"] == "infer-run"
+    printed = capsys.readouterr().out
+    assert f"rows read {ROWS}, written {ROWS}, failed 0" in printed
+
+
+def test_limit_processes_only_the_first_rows(ray_session, tmp_path, dataset):
+    assert main([str(spec_file(tmp_path, dataset)), "--limit", "25"]) == ExitCode.OK
+    out = pq.read_table(tmp_path / "out")
+    assert out.num_rows == 25
+    assert set(out["id"].to_pylist()) <= set(read_input(dataset))
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"]) == (25, 25)
+
+
+def test_jsonl_writer_round_trips(ray_session, tmp_path, dataset):
+    assert main([str(spec_file(tmp_path, dataset, writer="jsonl"))]) == ExitCode.OK
+    rows = [
+        json.loads(line)
+        for path in sorted((tmp_path / "out").glob("[!_]*.json"))
+        for line in path.read_text().splitlines()
+    ]
+    expected = read_input(dataset)
+    assert sorted(r["id"] for r in rows) == sorted(expected)
+    assert all(r["x_echo"] == pytest.approx(3 * expected[r["id"]]) for r in rows)
+
+
+def test_existing_output_is_refused_then_overwritten(ray_session, tmp_path, dataset, capsys):
+    spec = str(spec_file(tmp_path, dataset))
+    assert main([spec, "--limit", "5"]) == ExitCode.OK
+    capsys.readouterr()
+    assert main([spec, "--limit", "7"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err == (
+        f"infer-run: error: writer.path: output {tmp_path / 'out'} already exists "
+        "- pass writer.overwrite=true to replace it\n"
+    )
+    assert main([spec, "--limit", "7", "writer.overwrite=true"]) == ExitCode.OK
+    assert pads.dataset(tmp_path / "out", format="parquet").count_rows() == 7

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from framework.errors import PluginError
+from framework.plugins import build_registry, load_registry, make_plugin_manager
+from tests.plugins import misspelt_hook, second_echo, upper
+
+BUILT_INS = {
+    ("reader", "parquet"),
+    ("reader", "jsonl"),
+    ("preprocessor", "select_columns"),
+    ("preprocessor", "rename_columns"),
+    ("model", "echo"),
+    ("writer", "parquet"),
+    ("writer", "jsonl"),
+}
+
+
+def test_built_ins_come_through_the_entry_point_group():
+    registry = load_registry()
+    found = {(e.kind, e.name): e for e in registry.all()}
+    assert BUILT_INS <= set(found)
+    echo = found[("model", "echo")]
+    assert echo.plugin == "echo"
+    assert echo.distribution == "infer-run"
+    assert echo.version
+
+
+def make_distribution(root: Path, name: str, module: str, body: str) -> None:
+    """A real installed distribution: a module plus a dist-info with entry_points.txt."""
+    (root / f"{module}.py").write_text(body)
+    info = root / f"{name.replace('-', '_')}-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
+    (info / "entry_points.txt").write_text(f"[infer_run]\n{module} = {module}\n")
+
+
+@pytest.fixture
+def on_sys_path(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in list(sys.modules):
+        if name.startswith("infer_shout"):
+            del sys.modules[name]
+
+
+def test_third_party_plugin_is_found_through_its_entry_point(on_sys_path):
+    make_distribution(
+        on_sys_path,
+        "infer-shout",
+        "infer_shout",
+        "from framework import Preprocessor, hookimpl\n"
+        "class Shout(Preprocessor):\n"
+        "    def __call__(self, batch):\n"
+        "        return batch\n"
+        "@hookimpl\n"
+        "def register_preprocessors(register):\n"
+        "    register('shout', Shout)\n",
+    )
+    entry = load_registry().find("preprocessor", "shout")
+    assert entry is not None
+    assert (entry.plugin, entry.distribution, entry.version) == (
+        "infer_shout",
+        "infer-shout",
+        "1.2.3",
+    )
+
+
+def test_plugin_that_fails_to_import_is_named_with_its_cause(on_sys_path):
+    make_distribution(on_sys_path, "infer-shout", "infer_shout", "import no_such_module_here\n")
+    with pytest.raises(PluginError) as info:
+        load_registry()
+    assert str(info.value) == (
+        "error importing plugin 'infer_shout' (infer_shout) from infer-shout 1.2.3: "
+        "ModuleNotFoundError: No module named 'no_such_module_here'"
+    )
+
+
+def test_duplicate_names_name_both_plugins():
+    with pytest.raises(PluginError) as info:
+        load_registry([second_echo])
+    assert str(info.value) == (
+        "model 'echo' is registered twice: by plugin 'echo' (plugins.echo.EchoModel) "
+        "and by plugin 'tests.plugins.second_echo' (tests.plugins.second_echo.OtherEcho)"
+    )
+
+
+def test_misspelt_hook_fails_at_start_up():
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager([misspelt_hook])
+    assert str(info.value) == (
+        "plugin 'tests.plugins.misspelt_hook': unknown hook 'register_model' - did you mean "
+        "'register_models'? (hooks: register_models, register_preprocessors, register_readers, "
+        "register_writers)"
+    )
+
+
+def test_load_only_named_plugins():
+    pm = make_plugin_manager(env={"INFER_LOAD_PLUGINS": "parquet,echo"})
+    names = {(e.kind, e.name) for e in build_registry(pm).all()}
+    assert names == {("reader", "parquet"), ("writer", "parquet"), ("model", "echo")}
+
+
+def test_disable_a_plugin():
+    pm = make_plugin_manager(env={"INFER_DISABLE_PLUGINS": "jsonl"})
+    registry = build_registry(pm)
+    assert registry.find("writer", "jsonl") is None
+    assert registry.find("writer", "parquet") is not None
+
+
+def test_trace_prints_every_hook_call(capsys):
+    pm = make_plugin_manager([upper], env={"INFER_TRACE_PLUGINS": "1"})
+    build_registry(pm)
+    err = capsys.readouterr().err
+    assert "[infer-run trace] register_preprocessors -> tests.plugins.upper" in err
+    assert "[infer-run trace] register_models -> echo" in err
+
+
+def test_unknown_name_suggests_close_registered_names():
+    registry = load_registry([upper])
+    assert registry.unknown_message("preprocessor", "uper") == (
+        "unknown preprocessor 'uper' - did you mean 'upper'?"
+    )
+    assert registry.unknown_message("writer", "zzz") == (
+        "unknown writer 'zzz' - registered writers: jsonl, parquet"
+    )

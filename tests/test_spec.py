@@ -1,0 +1,213 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from framework.cli import main
+from framework.errors import ExitCode, SpecError
+from framework.plugins import load_registry
+from framework.spec import load_spec, validate_spec
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "x": np.arange(3.0)}), path)
+    return path
+
+
+def write_spec(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+GOOD = """\
+vars:
+  root: {root}
+reader: {{type: parquet, path: "${{vars.root}}/in.parquet"}}
+models:
+  - type: echo
+    scale: 2
+writer: {{type: parquet, path: "${{oc.env:INFER_TEST_OUT,{root}/out}}"}}
+"""
+
+
+def test_interpolation_env_default_and_overrides(tmp_path, data, monkeypatch):
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    registry = load_registry()
+    spec = validate_spec(load_spec(path), registry)
+    assert spec.reader.params["path"] == f"{tmp_path}/in.parquet"
+    assert spec.writer.params["path"] == f"{tmp_path}/out"
+    assert spec.models[0].params == {"columns": None, "scale": 2.0, "delay_s": 0.0}
+
+    monkeypatch.setenv("INFER_TEST_OUT", "/elsewhere")
+    overrides = ["models.0.scale=3.5", "models.0.resources.actors=[1,2]", "run.limit=2"]
+    spec = validate_spec(load_spec(path, overrides), registry)
+    assert spec.writer.params["path"] == "/elsewhere"
+    assert spec.models[0].params["scale"] == 3.5
+    assert spec.models[0].resources.actors == [1, 2]
+    assert spec.run.limit == 2
+
+
+def test_tilde_deletes_keys_and_list_items(tmp_path, data):
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    cfg = load_spec(path, ["~models.0.scale", "~vars"])
+    assert "scale" not in cfg.models[0]
+    assert "vars" not in cfg
+    cfg = load_spec(path, ["~models.0"])
+    assert len(cfg.models) == 0
+
+
+def test_override_can_add_a_whole_stage(tmp_path, data):
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    spec = validate_spec(
+        load_spec(path, ["preprocessors=[{type: select_columns, columns: [x]}]"]), load_registry()
+    )
+    assert spec.preprocessors[0].type == "select_columns"
+    assert spec.preprocessors[0].params["columns"] == ["x"]
+
+
+def test_defaults_from_plugin_are_overridden_key_by_key(tmp_path, data):
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    spec = validate_spec(load_spec(path, ["models.0.resources.num_cpus=2"]), load_registry())
+    assert spec.models[0].resources.actors == 1  # from Model.default_resources
+    assert spec.models[0].resources.num_cpus == 2
+
+
+BAD_SPECS = [
+    pytest.param(
+        "reader: {type: parquett, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        [],
+        ["reader.type: unknown reader 'parquett' - did you mean 'parquet'?"],
+        id="unknown-reader",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nmodel: []\nwriter: {type: parquet, path: @OUT@}\n",
+        [],
+        ["model: unknown section - did you mean 'models'?"],
+        id="unknown-section",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nrun: {limt: 3}\nwriter: {type: parquet, path: @OUT@}\n",
+        [],
+        ["run.limt: unknown key - did you mean 'limit'?"],
+        id="unknown-key",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nmodels: [{type: echo, scael: 2}]\n"
+        "writer: {type: parquet, path: @OUT@}\n",
+        [],
+        ["models[0].scael: unknown parameter for model 'echo' - did you mean 'scale'?"],
+        id="unknown-param",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet}\n",
+        [],
+        ["writer.path: missing required parameter for writer 'parquet'"],
+        id="missing-param",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nmodels: [{type: echo, scale: big}]\n"
+        "writer: {type: parquet, path: @OUT@}\n",
+        [],
+        ["models[0].scale: expected float, got str 'big'"],
+        id="wrong-param-type",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nmodels: [{type: echo}]\nwriter: {type: parquet, path: @OUT@}\n",
+        ["models.0.resources.num_gpu=1", "models.0.resources.actors=[4,2]", "run.limit=ten"],
+        [
+            "run.limit: expected int | None, got str 'ten'",
+            "models[0].resources.num_gpu: unknown key - did you mean 'num_gpus'?",
+            "models[0].resources.actors: expected a pool size n >= 1 or [min, max] with min <= max, got [4, 2]",
+        ],
+        id="resources-and-types",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@/missing.parquet}\nwriter: {type: parquet, path: @OUT@}\n",
+        [],
+        ["reader.path: no parquet data at @IN@/missing.parquet"],
+        id="missing-input",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@, id_column: key}\nwriter: {type: parquet, path: @OUT@}\n",
+        [],
+        ["reader.id_column: @IN@ has no column 'key' (columns: id, x)"],
+        id="missing-id-column",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: '${oc.env:INFER_NO_SUCH_VAR}'}\nwriter: {type: parquet, path: @OUT@}\n",
+        [],
+        ["reader.path: Environment variable 'INFER_NO_SUCH_VAR' not found"],
+        id="missing-env-var",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        ["run.limit", "~nothing.here"],
+        [
+            "override 'run.limit': expected key=value or ~key",
+            "override '~nothing.here': no such key in the spec",
+        ],
+        id="bad-overrides",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\nmodels:\n - type: echo\n  bad",
+        [],
+        ["line 5, column 3: invalid YAML: did not find expected '-' indicator"],
+        id="yaml-syntax",
+    ),
+    pytest.param(
+        "writer: {type: parquet, path: @OUT@}\npreprocessors: {type: select_columns}\n",
+        [],
+        [
+            "reader: missing - every spec needs a reader",
+            "preprocessors: expected a list of preprocessor nodes, got a mapping",
+        ],
+        id="structure",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), BAD_SPECS)
+def test_bad_spec_reports_every_problem_and_exits_with_spec_code(
+    tmp_path, data, capsys, text, overrides, expected
+):
+    text = text.replace("@IN@", str(data)).replace("@OUT@", str(tmp_path / "out"))
+    path = write_spec(tmp_path, text)
+    code = main([str(path), "--validate", *overrides])
+    err = capsys.readouterr().err
+    count = len(expected)
+    head = f"infer-run: error: spec {path}: {count} problem{'s' if count > 1 else ''}"
+    expected = [line.replace("@IN@", str(data)) for line in expected]
+    assert err.splitlines() == [head, *(f"  {line}" for line in expected)]
+    assert code == ExitCode.SPEC_ERROR
+    assert "Traceback" not in err
+
+
+def test_missing_spec_file_is_an_input_error(tmp_path, capsys):
+    code = main([str(tmp_path / "nope.yaml")])
+    assert code == ExitCode.INPUT_ERROR
+    assert (
+        capsys.readouterr().err == f"infer-run: error: spec file not found: {tmp_path}/nope.yaml\n"
+    )
+
+
+def test_unknown_flag_points_to_key_value_form(tmp_path, data, capsys):
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    with pytest.raises(SystemExit) as info:
+        main([str(path), "--batch-size", "3"])
+    assert info.value.code == ExitCode.USAGE_ERROR
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --batch-size" in err
+    assert "spec values are set as key=value (e.g. run.limit=10)" in err
+
+
+def test_spec_error_lists_all_lines():
+    err = SpecError(["a: x", "b: y"], "s.yaml")
+    assert str(err) == "spec s.yaml: 2 problems\n  a: x\n  b: y"
