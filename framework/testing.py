@@ -1,0 +1,184 @@
+"""The plugin test kit: a pytest plugin (entry point ``pytest11``) for plugin authors.
+
+Fixtures: ``infer_registry`` (the components every installed plugin registers),
+``infer_ray`` (a local Ray for the session) and ``run_spec`` (run a spec end to end
+and get its report and output rows). ``conformance_problems`` / ``assert_conformant``
+check any reader, preprocessor, model or writer against the framework's contract.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from framework.components import ID_COLUMN, Batch, Model, Preprocessor, Reader, Writer
+from framework.plugins import load_registry
+from framework.registry import Registry
+from framework.spec.validate import bind_params
+
+BASES = {"reader": Reader, "preprocessor": Preprocessor, "model": Model, "writer": Writer}
+
+
+def conformance_problems(
+    kind: str,
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    batch: Batch | None = None,
+    registry: Registry | None = None,
+) -> list[str]:
+    """Everything ``name`` does that breaks the contract, one line each; [] when it conforms.
+
+    Stages (preprocessors, models) need a sample ``batch`` with an ``id`` column and are
+    checked for row count, ``id`` alignment, declared output columns and dtypes, an
+    empty batch, and determinism. Readers and writers are checked for their class and
+    parameters; run them through ``run_spec`` for an end-to-end check.
+    """
+    registry = registry or load_registry()  # raises on clashes and misspelt hooks
+    entry = registry.find(kind, name)
+    if entry is None:
+        return [registry.unknown_message(kind, name)]
+    where = f"{kind} {name!r}"
+    if not issubclass(entry.cls, BASES[kind]):
+        return [f"{where}: {entry.cls.__qualname__} is not a framework.{BASES[kind].__name__}"]
+    bound, problems = bind_params(entry.cls, dict(params or {}), where)
+    if problems:
+        return [f"{where}: {p}" for p in problems]
+    problems = [f"{where}: check(): {p}" for p in entry.cls.check(bound)]
+    if problems or kind in ("reader", "writer"):
+        return problems
+    if batch is None or ID_COLUMN not in batch:
+        return [f"{where}: conformance needs a sample batch with an {ID_COLUMN!r} column"]
+    stage = entry.cls(**bound)
+    first = _call(stage, _copy(batch), where, problems)
+    if first is not None:
+        problems.extend(_output_problems(entry.cls, batch, first, where))
+        again = _call(stage, _copy(batch), where, problems)
+        if again is not None and not _same(first, again):
+            problems.append(f"{where}: the same input gave a different output the second time")
+    empty = {k: v[:0] for k, v in batch.items()}
+    out = _call(stage, empty, f"{where} on an empty batch", problems)
+    if out is not None:
+        problems.extend(_output_problems(entry.cls, empty, out, f"{where} on an empty batch"))
+    return problems
+
+
+def assert_conformant(kind: str, name: str, **kwargs: Any) -> None:
+    problems = conformance_problems(kind, name, **kwargs)
+    assert not problems, "\n".join(problems)
+
+
+def _call(stage: Any, batch: Batch, where: str, problems: list[str]) -> Batch | None:
+    try:
+        return stage(batch)
+    except Exception as exc:  # the kit reports a plugin's crash instead of stopping
+        problems.append(f"{where}: raised {type(exc).__name__}: {exc}")
+        return None
+
+
+def _output_problems(cls: type, batch: Batch, out: Any, where: str) -> list[str]:
+    if not isinstance(out, dict):
+        return [f"{where}: returned {type(out).__name__}, expected dict[str, numpy.ndarray]"]
+    problems = []
+    rows = len(batch[ID_COLUMN])
+    for column, values in out.items():
+        if not isinstance(values, np.ndarray):
+            problems.append(f"{where}: column {column!r} is {type(values).__name__}, not ndarray")
+        elif len(values) != rows:
+            problems.append(f"{where}: column {column!r} has {len(values)} rows for {rows}")
+    if ID_COLUMN not in out:
+        problems.append(f"{where}: dropped the {ID_COLUMN!r} column")
+    elif not np.array_equal(np.asarray(out[ID_COLUMN]), np.asarray(batch[ID_COLUMN])):
+        problems.append(f"{where}: ids changed or were reordered")
+    for column, dtype in getattr(cls, "output_columns", {}).items():
+        if column not in out:
+            problems.append(f"{where}: declared output column {column!r} is missing")
+        elif isinstance(out[column], np.ndarray) and out[column].dtype.kind != np.dtype(dtype).kind:
+            problems.append(
+                f"{where}: column {column!r} has dtype {out[column].dtype}, declared {dtype}"
+            )
+    return problems
+
+
+def _copy(batch: Batch) -> Batch:
+    return {k: v.copy() for k, v in batch.items()}
+
+
+def _same(a: Batch, b: Batch) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = np.asarray(a[key]), np.asarray(b[key])
+        if x.dtype.kind in "fc":
+            if x.shape != y.shape or not np.allclose(x, y, equal_nan=True):
+                return False
+        elif x.shape != y.shape or not all(
+            np.array_equal(i, j) if isinstance(i, np.ndarray) else i == j
+            for i, j in zip(x.ravel(), y.ravel(), strict=True)
+        ):
+            return False
+    return True
+
+
+@pytest.fixture
+def infer_registry() -> Registry:
+    """Every component the installed plugins register (fails on clashes)."""
+    return load_registry()
+
+
+@pytest.fixture(scope="session")
+def infer_ray() -> Iterator[None]:
+    """A local Ray for the test session (reuses one already started)."""
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        started = True
+    yield
+    if started:
+        ray.shutdown()
+
+
+class SpecRun:
+    """What ``run_spec`` returns: the exit code, the report and the output rows."""
+
+    def __init__(self, code: int, output: Path | None) -> None:
+        self.code = code
+        self.output = output
+        report = output / "_infer_run_report.json" if output else None
+        self.report = json.loads(report.read_text()) if report and report.exists() else None
+
+    def rows(self) -> list[dict[str, Any]]:
+        import pyarrow.dataset as pads
+
+        assert self.output is not None
+        fmt = "parquet" if any(self.output.glob("*.parquet")) else "json"
+        return pads.dataset(self.output, format=fmt).to_table().to_pylist()
+
+
+@pytest.fixture
+def run_spec(infer_ray: None, tmp_path: Path) -> Callable[..., SpecRun]:
+    """Run a spec (a path or a dict) through the real CLI on the local Ray.
+
+    The writer's path defaults to a fresh temporary directory.
+    """
+    from omegaconf import OmegaConf
+
+    from framework.cli import main
+
+    def run(spec: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()) -> SpecRun:
+        if not isinstance(spec, (str, Path)):
+            path = tmp_path / "spec.yaml"
+            OmegaConf.save(OmegaConf.create(dict(spec)), path)
+            spec = path
+        output = tmp_path / "output"
+        args = [str(spec), f"writer.path={output}", "writer.overwrite=true", *overrides]
+        code = main(args)
+        return SpecRun(code, output if output.exists() else None)
+
+    return run
