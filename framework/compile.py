@@ -8,9 +8,9 @@ from typing import Any
 
 import ray.data
 
-from framework.components import ID_COLUMN, Batch, Writer
-from framework.errors import RunError
+from framework.components import Batch, Writer
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
+from framework.worker import StageRunner
 
 
 @dataclass
@@ -21,99 +21,96 @@ class Compiled:
     writer: Writer
 
 
-def checked_call(stage: Any, batch: Batch, name: str) -> Batch:
-    """Run one stage on one batch and hold it to the batch contract."""
-    rows = len(batch[ID_COLUMN]) if ID_COLUMN in batch else None
-    out = stage(batch)
-    if not isinstance(out, dict):
-        raise RunError(f"stage {name} returned {type(out).__name__}, expected a dict of arrays")
-    if ID_COLUMN not in out:
-        raise RunError(f"stage {name} dropped the {ID_COLUMN!r} column")
-    for column, values in out.items():
-        if len(values) != rows:
-            raise RunError(
-                f"stage {name} returned {len(values)} rows in column {column!r} for {rows} input rows"
-            )
-    return out
+@dataclass(frozen=True)
+class RunContext:
+    """What every worker of one run shares: its id and the StageLog actor (None: no log)."""
+
+    run_id: str = "local"
+    log: Any = None
 
 
-# Stateless stages run as tasks: one instance per worker process, reused across batches.
-_INSTANCES: dict[tuple[str, str, str], Any] = {}
+# Stateless stages run as tasks: one runner per stage per worker process, reused.
+_RUNNERS: dict[tuple[str, str], StageRunner] = {}
 
 
-def _task_fn(node: MapNode) -> Callable[[Batch], Batch]:
-    cls, params, name = node.stage.cls, node.stage.params, node.name
-    key = (cls.__module__, cls.__qualname__, repr(sorted(params.items())))
+def _task_fn(node: MapNode, run_id: str, log: Any) -> Callable[[Batch], Batch]:
+    key = (run_id, node.stage.path)
+    cls, params, path = node.stage.cls, node.stage.params, node.stage.path
 
     def apply(batch: Batch) -> Batch:
-        stage = _INSTANCES.get(key)
-        if stage is None:
-            stage = _INSTANCES[key] = cls(**params)
-        return checked_call(stage, batch, name)
+        runner = _RUNNERS.get(key)
+        if runner is None:
+            runner = _RUNNERS[key] = StageRunner(path, cls, params, log)
+        return runner(batch)
 
-    apply.__name__ = apply.__qualname__ = name
+    apply.__name__ = apply.__qualname__ = node.name
     return apply
 
 
 class _StageActor:
     """Holds one stateful stage (a loaded model) for the life of a Ray actor."""
 
-    stage_name = ""
-
-    def __init__(self, cls: type, params: dict[str, Any]) -> None:
-        self.stage = cls(**params)
+    def __init__(self, path: str, cls: type, params: dict[str, Any], log: Any) -> None:
+        self.runner = StageRunner(path, cls, params, log)
+        self.runner.build()  # load the model now, not on the first batch
 
     def __call__(self, batch: Batch) -> Batch:
-        return checked_call(self.stage, batch, self.stage_name)
+        return self.runner(batch)
 
 
 def _actor_cls(node: MapNode) -> type:
     # A subclass per stage so Ray Data names the operator after the stage.
-    return type(node.name, (_StageActor,), {"stage_name": node.name})
+    return type(node.name, (_StageActor,), {})
 
 
-def _emit_read(node: ReadNode, _: ray.data.Dataset | None) -> ray.data.Dataset:
+def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> ray.data.Dataset:
     reader = node.stage.cls(**node.stage.params)
     dataset = reader.read()
     return dataset.limit(node.limit) if node.limit else dataset
 
 
-def _emit_map(node: MapNode, dataset: ray.data.Dataset) -> ray.data.Dataset:
+def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.data.Dataset:
     kwargs: dict[str, Any] = dict(node.ray_args)
     if node.compute == "actors":
         assert node.pool is not None
         fn: Any = _actor_cls(node)
-        kwargs["fn_constructor_kwargs"] = {"cls": node.stage.cls, "params": node.stage.params}
+        kwargs["fn_constructor_kwargs"] = {
+            "path": node.stage.path,
+            "cls": node.stage.cls,
+            "params": node.stage.params,
+            "log": run.log,
+        }
         kwargs["compute"] = ray.data.ActorPoolStrategy(
             min_size=node.pool[0],
             max_size=node.pool[1],
             max_tasks_in_flight_per_actor=node.max_tasks_in_flight_per_actor,
         )
     else:
-        fn = _task_fn(node)
+        fn = _task_fn(node, run.run_id, run.log)
     return dataset.map_batches(fn, batch_format="numpy", batch_size=node.batch_size, **kwargs)
 
 
-def _emit_write(node: WriteNode, dataset: ray.data.Dataset) -> Writer:
+def _emit_write(node: WriteNode, dataset: ray.data.Dataset, run: RunContext) -> Writer:
     return node.stage.cls(**node.stage.params)
 
 
-EMITTERS: dict[type, Callable[[Any, Any], Any]] = {
+EMITTERS: dict[type, Callable[[Any, Any, RunContext], Any]] = {
     ReadNode: _emit_read,
     MapNode: _emit_map,
     WriteNode: _emit_write,
 }
 
 
-def compile_plan(plan: Plan) -> Compiled:
-    """1. read, 2. one ``map_batches`` per stage, 3. the writer, prepared but not yet run."""
+def compile_plan(plan: Plan, run: RunContext | None = None) -> Compiled:
+    """1. read, 2. one ``map_batches`` per stage, 3. the writer, built but not yet run."""
+    run = run or RunContext()
     dataset: Any = None
     writer: Writer | None = None
     for node in plan.nodes:
         emit = EMITTERS.get(type(node))
         if emit is None:
             raise TypeError(f"no Ray Data translation for plan node {node!r}")
-        result = emit(node, dataset)
+        result = emit(node, dataset, run)
         if isinstance(node, WriteNode):
             writer = result
         else:
@@ -122,4 +119,4 @@ def compile_plan(plan: Plan) -> Compiled:
     return Compiled(dataset, writer)
 
 
-__all__ = ["EMITTERS", "Compiled", "checked_call", "compile_plan"]
+__all__ = ["EMITTERS", "Compiled", "RunContext", "compile_plan"]

@@ -117,9 +117,14 @@ def build_report(
     components: list[dict[str, Any]],
     warnings: list[str],
     rows_failed: int = 0,
+    stages: dict[str, dict[str, Any]] | None = None,
+    first_stage: str | None = None,
 ) -> RunReport:
     ops = operator_figures(summary)
-    read, written = rows_read(ops), rows_written(ops)
+    stages = stages or {}
+    written = rows_written(ops)
+    # The first stage's own count is exact; Ray's operator counts blur under fusion.
+    read = stages[first_stage]["rows_in"] if first_stage in stages else rows_read(ops)
     if read != written + rows_failed:
         warnings = [
             *warnings,
@@ -139,6 +144,7 @@ def build_report(
             "output": output,
             "report_path": report_path,
             "spec": {"source": spec.source, "fingerprint": spec_fingerprint(spec)},
+            "stages": stages,
             "operators": ops,
             "components": components,
             "plugins": plugins,

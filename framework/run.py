@@ -5,18 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from typing import Any
 
 import ray
 import ray.data
 
-from framework.compile import compile_plan
+from framework.compile import RunContext, compile_plan
 from framework.errors import InferError, RunError
 from framework.plan import Plan
 from framework.registry import Registry
 from framework.report import REPORT_NAME, RunReport, build_report
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
+from framework.telemetry import StageLog, stage_figures
 
 log = logging.getLogger("infer_run")
 
@@ -62,9 +64,12 @@ def run_plan(plan: Plan, registry: Registry) -> RunReport:
     init_ray(spec)
     context = ray.data.DataContext.get_current()
     context.per_stage_map_timing = True
+    run_id = uuid.uuid4().hex[:12]
+    stage_log = StageLog.options(name=f"infer_run_log_{run_id}").remote()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    origin = time.time()
     start = time.perf_counter()
-    compiled = compile_plan(plan)
+    compiled = compile_plan(plan, RunContext(run_id, stage_log))
     try:
         compiled.writer.write(compiled.dataset)
     except ray.exceptions.RayError as exc:
@@ -90,11 +95,25 @@ def run_plan(plan: Plan, registry: Registry) -> RunReport:
         plugins=plugins,
         components=components,
         warnings=warnings,
+        stages=stage_figures(ray.get(stage_log.snapshot.remote()), origin, _node_descriptions()),
+        first_stage=spec.stages[0].path if spec.stages else None,
     )
+    ray.kill(stage_log)
     write_text(report_path, report.to_json(), writer.storage)
     if spec.run.report:
         write_text(spec.run.report, report.to_json(), None)
     return report
+
+
+def _node_descriptions() -> dict[str, dict[str, Any]]:
+    return {
+        n["NodeID"]: {
+            "address": n.get("NodeManagerAddress"),
+            "resources": {k: v for k, v in n.get("Resources", {}).items() if "node:" not in k},
+        }
+        for n in ray.nodes()
+        if n.get("Alive")
+    }
 
 
 def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 from omegaconf import OmegaConf
 
 from framework.compile import EMITTERS, compile_plan
@@ -137,14 +140,16 @@ def test_every_plan_node_kind_has_a_ray_data_translation():
 
 
 def test_building_a_plan_does_not_start_ray(data):
-    plan_for(
-        {
-            "reader": {"type": "parquet", "path": data},
-            "models": [{"type": "echo"}],
-            "writer": {"type": "parquet", "path": "/tmp/o"},
-        }
+    # A fresh interpreter: this test session may already have Ray running.
+    code = (
+        "import ray; from tests.test_plan import plan_for; "
+        f"plan_for({{'reader': {{'type': 'parquet', 'path': {data!r}}}, "
+        "'models': [{'type': 'echo'}], 'writer': {'type': 'parquet', 'path': '/tmp/o'}}); "
+        "assert not ray.is_initialized(), 'Ray started'"
     )
-    assert not ray.is_initialized()
+    root = Path(__file__).parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_unknown_node_kind_is_named(data):
