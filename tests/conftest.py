@@ -5,6 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 
+pytest_plugins = ["tests.s3fixture"]
+
 # Keep Ray quiet and small on a 2-core CI machine; every test shares one local cluster.
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -15,13 +17,9 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole test session, started on first use."""
     import ray
 
+    from framework.run import start_local_ray
+
     if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            object_store_memory=1024**3,
-            configure_logging=False,
-            log_to_driver=False,
-        )
+        start_local_ray(2, object_store_memory=1024**3, log_to_driver=False)
     yield
     ray.shutdown()

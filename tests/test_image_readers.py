@@ -1,0 +1,435 @@
+"""The image readers on real files: photos from scikit-image and matplotlib, encoded by PIL."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray.data
+import skimage
+from PIL import Image
+
+from framework.plugins import load_registry
+from plugins.images import ImageFolderReader, ImageParquetReader, WebDatasetReader
+from plugins.images.parquet_images import flat_to_tensor
+
+pytestmark = pytest.mark.ray
+
+# Not square, so a transposed height and width cannot pass for the right array.
+HEIGHT, WIDTH = 24, 32
+
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
+PHOTO_FILES = {
+    "astronaut": SKIMAGE_DATA / "astronaut.png",
+    "chelsea": SKIMAGE_DATA / "chelsea.png",
+    "coffee": SKIMAGE_DATA / "coffee.png",
+    "rocket": SKIMAGE_DATA / "rocket.jpg",
+    "hopper": Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
+}
+
+
+def load_photos() -> dict[str, np.ndarray]:
+    """Each sample photo as a small RGB uint8 array."""
+    photos = {}
+    for name, file in PHOTO_FILES.items():
+        with Image.open(file) as image:
+            small = image.convert("RGB").resize((WIDTH, HEIGHT))
+        photos[name] = np.asarray(small, dtype=np.uint8)
+    return photos
+
+
+def encode(pixels: np.ndarray, fmt: str) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format=fmt)
+    return out.getvalue()
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for relative, data in files.items():
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def image_tree(photos: dict[str, np.ndarray]) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """(images the folder reader must return by id, files it must skip)."""
+    images = {
+        "astronaut.png": encode(photos["astronaut"], "PNG"),
+        "cats/Chelsea.JPG": encode(photos["chelsea"], "JPEG"),
+        "cats/deep/coffee 1.jpeg": encode(photos["coffee"], "JPEG"),
+        "rocket.jpg": encode(photos["rocket"], "JPEG"),
+        "people/hopper.webp": encode(photos["hopper"], "WEBP"),
+    }
+    skipped = {
+        "notes.txt": b"not an image",
+        "cats/deep/data.npy": photos["coffee"].tobytes(),
+        "cats/._Chelsea.JPG": b"macOS resource fork",
+        ".cache/rocket.jpg": encode(photos["rocket"], "JPEG"),
+    }
+    return images, skipped
+
+
+def make_shard(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def shard_samples(photos: dict[str, np.ndarray]) -> tuple[list[list[tuple[str, bytes]]], dict]:
+    """Members of two shards, and the image each sample key must come out with."""
+    first = [
+        ("train/000.cls", b"3"),
+        ("train/000.jpg", encode(photos["astronaut"], "JPEG")),
+        ("train/001.json", b'{"label": 1}'),
+        ("train/001.PNG", encode(photos["chelsea"], "PNG")),
+        ("train/001.jpg", encode(photos["coffee"], "JPEG")),
+        ("train/002.txt", b"a caption and no image"),
+    ]
+    second = [
+        ("train/003.seg.png", encode(photos["rocket"], "PNG")),
+        ("train/004.webp", encode(photos["hopper"], "WEBP")),
+    ]
+    expected = {
+        "train/000": first[1][1],
+        "train/001": first[3][1],  # the first image member in tar order wins
+        "train/002": b"",  # kept, so the decode stage can fail it under its id
+        "train/003": second[0][1],
+        "train/004": second[1][1],
+    }
+    return [first, second], expected
+
+
+def rows(ds: ray.data.Dataset) -> dict[Any, dict[str, Any]]:
+    """Every row by id, through numpy batches as the stages see them."""
+    out: dict[Any, dict[str, Any]] = {}
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=3):
+        for i, key in enumerate(batch["id"]):
+            key = key.item() if isinstance(key, np.generic) else key
+            assert key not in out, f"duplicate id {key!r}"
+            out[key] = {name: column[i] for name, column in batch.items()}
+    return out
+
+
+def tensor_batches(ds: ray.data.Dataset) -> dict[Any, np.ndarray]:
+    """Images by id, checking every batch holds them as one [N, H, W, 3] uint8 array."""
+    out = {}
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=2):
+        images = batch["image"]
+        assert images.dtype == np.uint8
+        assert images.shape == (len(batch["id"]), HEIGHT, WIDTH, 3)
+        for key, image in zip(batch["id"], images, strict=True):
+            out[key.item() if isinstance(key, np.generic) else key] = image
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    return load_photos()
+
+
+def test_readers_are_registered() -> None:
+    registry = load_registry()
+    for name, cls in (
+        ("image_parquet", ImageParquetReader),
+        ("image_folder", ImageFolderReader),
+        ("webdataset", WebDatasetReader),
+    ):
+        entry = registry.find("reader", name)
+        assert entry is not None and entry.cls is cls and entry.plugin == "images"
+
+
+# --- image_folder -------------------------------------------------------------------
+
+
+def test_folder_reads_images_recursively_with_relative_ids(ray_session, tmp_path, photos):
+    images, skipped = image_tree(photos)
+    write_tree(tmp_path, {**images, **skipped})
+    assert ImageFolderReader.check({"path": str(tmp_path)}) == []
+
+    got = rows(ImageFolderReader(path=str(tmp_path)).read())
+
+    assert sorted(got) == sorted(images)
+    for key, row in got.items():
+        assert set(row) == {"id", "image"}
+        assert isinstance(key, str)
+        assert bytes(row["image"]) == images[key], key
+
+
+def test_folder_extensions_are_case_insensitive(ray_session, tmp_path, photos):
+    images, skipped = image_tree(photos)
+    write_tree(tmp_path, {**images, **skipped})
+
+    got = rows(ImageFolderReader(path=f"{tmp_path}/", extensions=[".JPG", "jpeg"]).read())
+
+    assert sorted(got) == ["cats/Chelsea.JPG", "cats/deep/coffee 1.jpeg", "rocket.jpg"]
+
+
+def test_folder_check_reports_missing_file_and_empty(tmp_path, photos):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "notes.txt").write_text("no images here")
+    (tmp_path / "one.png").write_bytes(encode(photos["coffee"], "PNG"))
+
+    assert ImageFolderReader.check({"path": str(tmp_path / "nope")}) == [
+        f"path: no such directory {tmp_path / 'nope'}"
+    ]
+    assert ImageFolderReader.check({"path": str(tmp_path / "one.png")}) == [
+        f"path: {tmp_path / 'one.png'} is a file, not a directory"
+    ]
+    assert ImageFolderReader.check({"path": str(tmp_path / "empty")}) == [
+        "path: no image files (jpg, jpeg, png, bmp, webp, tif, tiff, gif) "
+        f"under {tmp_path / 'empty'}"
+    ]
+    assert ImageFolderReader.check({"path": str(tmp_path), "extensions": "png"}) == [
+        "extensions: expected a non-empty list such as [jpg, png], got 'png'"
+    ]
+    assert ImageFolderReader.check({"path": str(tmp_path), "extensions": ["gif"]}) == [
+        f"path: no image files (gif) under {tmp_path}"
+    ]
+
+
+# --- image_parquet ------------------------------------------------------------------
+
+
+def test_parquet_with_encoded_images(ray_session, tmp_path, photos):
+    names = sorted(photos)
+    encoded = [encode(photos[n], "PNG" if i % 2 else "JPEG") for i, n in enumerate(names)]
+    table = pa.table(
+        {
+            "key": pa.array(range(10, 10 + len(names)), pa.int64()),
+            "jpeg": pa.array(encoded, pa.binary()),
+            "label": names,
+            "unused": [0.5] * len(names),
+        }
+    )
+    pq.write_table(table, tmp_path / "part-0.parquet", row_group_size=2)
+    params = {"path": str(tmp_path), "image_column": "jpeg", "id_column": "key"}
+    assert ImageParquetReader.check(params) == []
+
+    got = rows(ImageParquetReader(**params).read())
+    assert sorted(got) == list(range(10, 10 + len(names)))
+    assert all(set(row) == {"id", "image"} for row in got.values())
+    assert [bytes(got[10 + i]["image"]) for i in range(len(names))] == encoded
+
+    with_label = rows(ImageParquetReader(**params, columns=["label"]).read())
+    assert {key: row["label"] for key, row in with_label.items()} == {
+        10 + i: name for i, name in enumerate(names)
+    }
+    assert all(set(row) == {"id", "image", "label"} for row in with_label.values())
+
+
+def test_parquet_with_hugging_face_image_structs(ray_session, tmp_path, photos):
+    encoded = {name: encode(pixels, "PNG") for name, pixels in photos.items()}
+    images = pa.array(
+        [{"bytes": data, "path": f"{name}.png"} for name, data in encoded.items()],
+        pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+    )
+    pq.write_table(pa.table({"id": list(encoded), "image": images}), tmp_path / "hf.parquet")
+
+    got = rows(ImageParquetReader(path=str(tmp_path / "hf.parquet")).read())
+    assert {key: bytes(row["image"]) for key, row in got.items()} == encoded
+
+
+def pixels_table(photos: dict[str, np.ndarray], column: pa.Array) -> pa.Table:
+    return pa.table({"id": list(photos), "image": column})
+
+
+def test_parquet_with_canonical_tensors(ray_session, tmp_path, photos):
+    stack = np.stack(list(photos.values()))
+    column = pa.FixedShapeTensorArray.from_numpy_ndarray(stack)
+    pq.write_table(pixels_table(photos, column), tmp_path / "t.parquet", row_group_size=3)
+    assert ImageParquetReader.check({"path": str(tmp_path)}) == []
+
+    got = tensor_batches(ImageParquetReader(path=str(tmp_path), num_blocks=2).read())
+    assert sorted(got) == sorted(photos)
+    for name, pixels in photos.items():
+        np.testing.assert_array_equal(got[name], pixels)
+
+
+def test_parquet_with_ray_tensors_as_in_the_ray_benchmark(ray_session, tmp_path, photos):
+    # The benchmark's data set was written by Ray: its tensor extension type, under "image".
+    items = [{"ident": name, "pixels": pixels} for name, pixels in photos.items()]
+    ray.data.from_items(items).write_parquet(str(tmp_path))
+    params = {"path": str(tmp_path), "image_column": "pixels", "id_column": "ident"}
+    assert ImageParquetReader.check(params) == []
+
+    got = tensor_batches(ImageParquetReader(**params).read())
+    for name, pixels in photos.items():
+        np.testing.assert_array_equal(got[name], pixels)
+
+
+@pytest.mark.parametrize(
+    "make_column",
+    [
+        lambda flat: pa.array(list(flat), pa.list_(pa.uint8())),
+        lambda flat: pa.array(list(flat), pa.large_list(pa.uint8())),
+        lambda flat: pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]),
+    ],
+    ids=["list", "large_list", "fixed_size_list"],
+)
+def test_parquet_with_flat_pixels_and_shape(ray_session, tmp_path, photos, make_column):
+    flat = np.stack([p.reshape(-1) for p in photos.values()])
+    pq.write_table(
+        pixels_table(photos, make_column(flat)), tmp_path / "f.parquet", row_group_size=2
+    )
+    params = {"path": str(tmp_path / "f.parquet"), "shape": [HEIGHT, WIDTH, 3]}
+    assert ImageParquetReader.check(params) == []
+
+    got = tensor_batches(ImageParquetReader(**params).read())
+    assert sorted(got) == sorted(photos)
+    for name, pixels in photos.items():
+        np.testing.assert_array_equal(got[name], pixels)
+
+
+def test_flat_pixels_of_the_wrong_length_name_the_row(photos):
+    # The conversion Ray runs in the read tasks, called here directly to keep the test fast.
+    flat = [p.reshape(-1) for p in photos.values()]
+    flat[2] = flat[2][:-3]
+    table = pixels_table(photos, pa.array([list(f) for f in flat], pa.list_(pa.uint8())))
+    shape = (HEIGHT, WIDTH, 3)
+
+    with pytest.raises(ValueError) as failure:
+        flat_to_tensor(table, column="image", id_column="id", shape=shape)
+    assert str(failure.value) == (
+        "image_parquet: row id='coffee' of column 'image' holds 2301 values, "
+        "shape [24, 32, 3] needs 2304"
+    )
+
+    missing = table.set_column(1, "image", pa.array([None, *flat[:1] * 4], pa.list_(pa.uint8())))
+    with pytest.raises(ValueError, match="row id='astronaut' of column 'image' holds null"):
+        flat_to_tensor(missing, column="image", id_column="id", shape=shape)
+
+    holes = pa.array([list(f) for f in flat[:2]] + [[None] * 2304] * 3, pa.list_(pa.uint8()))
+    with pytest.raises(
+        ValueError, match="row id='coffee' of column 'image' holds null pixel values"
+    ):
+        flat_to_tensor(
+            table.set_column(1, "image", holes), column="image", id_column="id", shape=shape
+        )
+
+    empty = flat_to_tensor(table.slice(0, 0), column="image", id_column="id", shape=shape)
+    assert empty.num_rows == 0 and empty.schema.field("image").type.shape == list(shape)
+
+
+def test_parquet_check_reports_layout_problems(tmp_path):
+    table = pa.table(
+        {
+            "id": ["a"],
+            "name": ["x"],
+            "ints": pa.array([[1, 2, 3, 4]], pa.list_(pa.int32())),
+            "flat": pa.array([[1, 2, 3, 4, 5, 6]], pa.list_(pa.uint8())),
+            "fixed": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(6, np.uint8)), 6),
+            "floats": pa.FixedShapeTensorArray.from_numpy_ndarray(np.zeros((1, 2, 2), np.float32)),
+            "score": [0.5],
+            "image": pa.array([b"\x89PNG"], pa.binary()),
+        }
+    )
+    path = str(tmp_path / "p.parquet")
+    pq.write_table(table, path)
+
+    def check(**params: Any) -> list[str]:
+        return ImageParquetReader.check({"path": path, **params})
+
+    assert check() == []
+    assert check(path=str(tmp_path / "none")) == [
+        f"path: no such file or directory {tmp_path / 'none'}"
+    ]
+    assert check(image_column="img") == [
+        f"image_column: {path} has no column 'img' "
+        "(columns: id, name, ints, flat, fixed, floats, score, image)"
+    ]
+    assert check(image_column="flat") == [
+        "image_column: column 'flat' is list<element: uint8>, flat pixels: "
+        "give shape: [height, width, channels]"
+    ]
+    assert check(image_column="flat", shape=[1, 2, 3]) == []
+    assert check(image_column="fixed", shape=[2, 2]) == [
+        "image_column: column 'fixed' holds 6 values per row, shape [2, 2] needs 4"
+    ]
+    assert check(image_column="ints", shape=[2, 2]) == [
+        "image_column: column 'ints' is list<element: int32>; image arrays must be uint8"
+    ]
+    assert check(image_column="floats") == [
+        "image_column: column 'floats' holds float tensors; image arrays must be uint8"
+    ]
+    assert check(image_column="score") == [
+        "image_column: column 'score' is double: expected encoded image bytes or uint8 arrays"
+    ]
+    assert check(shape=[2, 2]) == [
+        "image_column: column 'image' is binary; shape: applies only to list columns of pixels"
+    ]
+    assert check(shape=[0, 2]) == [
+        "shape: expected [height, width] or [height, width, channels], got [0, 2]"
+    ]
+    assert check(id_column="score") == [
+        "id_column: column 'score' is double; ids must be strings or integers"
+    ]
+    assert check(columns="name") == ["columns: expected a list of column names, got 'name'"]
+    assert check(image_column="id") == ["image_column: must name a different column than id_column"]
+    assert check(image_column="name", columns=["image"]) == [
+        "columns: 'image' would clash with the output column 'image'"
+    ]
+
+
+# --- webdataset -----------------------------------------------------------------------
+
+
+def test_webdataset_reads_keys_and_first_image_member(ray_session, tmp_path, photos):
+    shards, expected = shard_samples(photos)
+    make_shard(tmp_path / "shard-000000.tar", shards[0])
+    make_shard(tmp_path / "shard-000001.tar", shards[1])
+    (tmp_path / "README.md").write_text("shards of a test set")
+    assert WebDatasetReader.check({"path": str(tmp_path)}) == []
+
+    got = rows(WebDatasetReader(path=str(tmp_path)).read())
+
+    assert sorted(got) == sorted(expected)
+    for key, row in got.items():
+        assert set(row) == {"id", "image"}
+        assert bytes(row["image"]) == expected[key], key
+
+
+def test_webdataset_reads_a_list_of_shards_gzipped_or_not(ray_session, tmp_path, photos):
+    shards, expected = shard_samples(photos)
+    make_shard(tmp_path / "a.tar", shards[0])
+    zipped = tmp_path / "c.tgz"
+    with tarfile.open(zipped, "w:gz") as tar:
+        for name, data in shards[1]:
+            info = tarfile.TarInfo(name.replace("train/", "val/"))
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    paths = [str(tmp_path / "a.tar"), str(zipped)]
+    assert WebDatasetReader.check({"path": paths}) == []
+
+    got = rows(WebDatasetReader(path=paths, extensions=["jpg", "webp"]).read())
+
+    assert sorted(got) == ["train/000", "train/001", "train/002", "val/003", "val/004"]
+    assert bytes(got["train/001"]["image"]) == shards[0][4][1]  # the .PNG is not asked for
+    assert bytes(got["val/003"]["image"]) == b""
+    assert bytes(got["val/004"]["image"]) == expected["train/004"]
+
+
+def test_webdataset_check_reports_missing_wrong_and_empty(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no shards")
+    (tmp_path / "data.zip").write_bytes(b"PK")
+
+    assert WebDatasetReader.check({"path": [str(tmp_path / "x.tar"), str(tmp_path / "empty")]}) == [
+        f"path: no such file or directory {tmp_path / 'x.tar'}",
+        f"path: no tar shards (tar, tar.gz, tgz) under {tmp_path / 'empty'}",
+    ]
+    assert WebDatasetReader.check({"path": str(tmp_path / "data.zip")}) == [
+        f"path: {tmp_path / 'data.zip'} is not a tar shard (tar, tar.gz, tgz)"
+    ]
+    assert WebDatasetReader.check({"path": [str(tmp_path), "s3://bucket/shards"]}) == [
+        "path: all paths must use the same storage, got file, s3"
+    ]

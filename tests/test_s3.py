@@ -1,0 +1,121 @@
+"""The image readers on ``s3://`` URIs, against moto's S3 server over real HTTP."""
+
+from __future__ import annotations
+
+import io
+import urllib.parse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from plugins.images import ImageFolderReader, ImageParquetReader, WebDatasetReader
+from tests.test_image_readers import (
+    HEIGHT,
+    WIDTH,
+    image_tree,
+    load_photos,
+    make_shard,
+    rows,
+    shard_samples,
+    tensor_batches,
+    write_tree,
+)
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, np.ndarray]:
+    return load_photos()
+
+
+def test_server_listens_on_loopback_and_buckets_start_empty(s3_server, s3_bucket):
+    assert urllib.parse.urlsplit(s3_server.endpoint_url).hostname == "127.0.0.1"
+    client = s3_server.client()
+    assert client.list_objects_v2(Bucket=s3_bucket)["KeyCount"] == 0
+    client.put_object(Bucket=s3_bucket, Key="a/b.txt", Body=b"hello")
+    assert client.get_object(Bucket=s3_bucket, Key="a/b.txt")["Body"].read() == b"hello"
+    storage = s3_server.storage
+    storage["region"] = "elsewhere"
+    assert s3_server.storage["region"] == "us-east-1"
+
+
+def test_image_folder_on_s3(ray_session, s3_server, s3_bucket, tmp_path, photos):
+    images, skipped = image_tree(photos)
+    write_tree(tmp_path, {**images, **skipped})
+    s3_server.upload_tree(tmp_path, s3_bucket, "photos/set-1")
+    s3_server.client().put_object(Bucket=s3_bucket, Key="photos/other.jpg", Body=b"outside")
+    params = {"path": f"s3://{s3_bucket}/photos/set-1/", "storage": s3_server.storage}
+    assert ImageFolderReader.check(params) == []
+
+    got = rows(ImageFolderReader(**params).read())
+
+    assert sorted(got) == sorted(images)
+    for key, row in got.items():
+        assert bytes(row["image"]) == images[key], key
+
+
+def test_image_parquet_on_s3(ray_session, s3_server, s3_bucket, photos):
+    client = s3_server.client()
+    names = sorted(photos)
+    for part, chunk in enumerate((names[:2], names[2:])):
+        table = pa.table(
+            {
+                "id": chunk,
+                "image": pa.FixedShapeTensorArray.from_numpy_ndarray(
+                    np.stack([photos[n] for n in chunk])
+                ),
+            }
+        )
+        out = io.BytesIO()
+        pq.write_table(table, out)
+        client.put_object(Bucket=s3_bucket, Key=f"arrays/part-{part}.parquet", Body=out.getvalue())
+    params = {"path": f"s3://{s3_bucket}/arrays", "storage": s3_server.storage}
+    assert ImageParquetReader.check(params) == []
+
+    got = tensor_batches(ImageParquetReader(**params).read())
+
+    assert sorted(got) == names
+    for name in names:
+        assert got[name].shape == (HEIGHT, WIDTH, 3)
+        np.testing.assert_array_equal(got[name], photos[name])
+
+
+def test_webdataset_on_s3(ray_session, s3_server, s3_bucket, tmp_path, photos):
+    shards, expected = shard_samples(photos)
+    for i, members in enumerate(shards):
+        make_shard(tmp_path / f"shard-{i:06d}.tar", members)
+    s3_server.upload_tree(tmp_path, s3_bucket, "wds")
+    params = {"path": f"s3://{s3_bucket}/wds", "storage": s3_server.storage}
+    assert WebDatasetReader.check(params) == []
+
+    got = rows(WebDatasetReader(**params).read())
+
+    assert {key: bytes(row["image"]) for key, row in got.items()} == expected
+
+
+def test_checks_on_s3_report_missing_and_empty(s3_server, s3_bucket):
+    s3_server.client().put_object(Bucket=s3_bucket, Key="docs/readme.txt", Body=b"no images")
+    storage = s3_server.storage
+
+    assert ImageFolderReader.check({"path": f"s3://{s3_bucket}/nope", "storage": storage}) == [
+        f"path: no such directory s3://{s3_bucket}/nope"
+    ]
+    assert ImageFolderReader.check({"path": f"s3://{s3_bucket}/docs", "storage": storage}) == [
+        "path: no image files (jpg, jpeg, png, bmp, webp, tif, tiff, gif) "
+        f"under s3://{s3_bucket}/docs"
+    ]
+    assert WebDatasetReader.check({"path": f"s3://{s3_bucket}/docs", "storage": storage}) == [
+        f"path: no tar shards (tar, tar.gz, tgz) under s3://{s3_bucket}/docs"
+    ]
+    assert ImageParquetReader.check({"path": f"s3://{s3_bucket}/nope", "storage": storage}) == [
+        f"path: no such file or directory s3://{s3_bucket}/nope"
+    ]
+    assert ImageFolderReader.check(
+        {"path": f"s3://{s3_bucket}/docs", "storage": {**storage, "secret": "x"}}
+    ) == [
+        "storage: unknown key 'secret' (known: endpoint_url, region, access_key_id, "
+        "secret_access_key, session_token, anonymous)"
+    ]
