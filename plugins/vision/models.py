@@ -1,0 +1,266 @@
+"""``torchvision``, ``timm`` and ``torchscript`` classifiers: uint8 or float images in, logits out.
+
+Weights come only from the local disk (torch hub's cache for torchvision enums, which
+``check()`` fills or explains how to fill) or are ``random``; nothing downloads in an actor.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from plugins.vision.classifier import ImageClassifier
+from plugins.vision.model_info import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    TORCHVISION_DEFAULT_WEIGHTS,
+    load_labels,
+)
+from plugins.vision.weights import (
+    RANDOM,
+    checkpoint_problem,
+    classifier_outputs,
+    ensure_torchvision_weights,
+    identify_checkpoint,
+    is_checkpoint_path,
+    load_state_dict,
+    timm_name_problem,
+    torchvision_weights,
+    torchvision_weights_enum,
+)
+
+
+def _from_checkpoint(
+    build: Callable[..., torch.nn.Module], path: str, num_classes: int | None
+) -> torch.nn.Module:
+    """Build the architecture with the checkpoint's head size unless ``num_classes`` is given."""
+    state = load_state_dict(path)
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    module = build(**kwargs)
+    if num_classes is None:
+        found = classifier_outputs(module, state)
+        if found is not None and found != classifier_outputs(module, module.state_dict()):
+            module = build(num_classes=found)
+    module.load_state_dict(state)
+    return module
+
+
+class TorchvisionClassifier(ImageClassifier):
+    """A ``torchvision.models`` classifier.
+
+    ``weights``: an enum member name (``IMAGENET1K_V2``, ``DEFAULT``) read from torch hub's
+    cache, a local state_dict file, or ``random``.
+    """
+
+    model_type = "torchvision"
+
+    def __init__(
+        self,
+        name: str,
+        weights: str = TORCHVISION_DEFAULT_WEIGHTS,
+        num_classes: int | None = None,
+        labels: str | list[str] | None = None,
+        column: str = "image",
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool | str = "auto",
+        keep_image: bool = False,
+    ) -> None:
+        import torchvision
+
+        params = {"name": name, "weights": weights, "num_classes": num_classes, "labels": labels}
+        info = self.model_info(params)
+        self.labels = list(info.labels) if info.labels is not None else None
+
+        def build(**kwargs: Any) -> torch.nn.Module:
+            return torchvision.models.get_model(name, weights=None, **kwargs)
+
+        kwargs = {} if num_classes is None else {"num_classes": num_classes}
+        if weights == RANDOM:
+            self._warn_random(f"torchvision model {name}")
+            module = build(**kwargs)
+        elif is_checkpoint_path(weights):
+            module = _from_checkpoint(build, weights, num_classes)
+        else:
+            member = torchvision_weights(name, weights)
+            module = torchvision.models.get_model(name, weights=member, **kwargs)
+        self._setup(
+            module,
+            info.mean,
+            info.std,
+            column=column,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            keep_image=keep_image,
+        )
+
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        problems = cls.common_problems(params)
+        name = str(params["name"])
+        try:
+            torchvision_weights_enum(name)
+        except ValueError as exc:
+            return [*problems, f"name: {exc}"]
+        weights = str(params.get("weights") or TORCHVISION_DEFAULT_WEIGHTS)
+        if weights == RANDOM:
+            return problems
+        if is_checkpoint_path(weights):
+            problem = checkpoint_problem("weights", weights)
+            return [*problems, problem] if problem else problems
+        try:
+            member = torchvision_weights(name, weights)
+        except ValueError as exc:
+            return [*problems, f"weights: {exc}"]
+        problem = ensure_torchvision_weights(member)
+        return [*problems, problem] if problem else problems
+
+    @classmethod
+    def report_info(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        name = str(params["name"])
+        weights = str(params.get("weights") or TORCHVISION_DEFAULT_WEIGHTS)
+        if weights == RANDOM:
+            return cls.random_report()
+        if is_checkpoint_path(weights):
+            member = identify_checkpoint(name, weights)
+            found = {"weights_identified_as": str(member)} if member else {}
+            return {"weights": os.path.abspath(os.path.expanduser(weights)), **found}
+        member = torchvision_weights(name, weights)
+        return {"weights": str(member), "weights_url": member.url}
+
+
+class TimmClassifier(ImageClassifier):
+    """A timm model built with ``pretrained=False``; ``checkpoint`` is a local file or ``random``.
+
+    ``name`` may carry a pretrained tag (``resnet18.a1_in1k``): it picks the preprocessing
+    and labels that go with those weights, whose file you supply as ``checkpoint``.
+    """
+
+    model_type = "timm"
+
+    def __init__(
+        self,
+        name: str,
+        checkpoint: str,
+        num_classes: int | None = None,
+        labels: str | list[str] | None = None,
+        column: str = "image",
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool | str = "auto",
+        keep_image: bool = False,
+    ) -> None:
+        import timm
+
+        params = {"name": name, "num_classes": num_classes, "labels": labels}
+        info = self.model_info(params)
+        self.labels = list(info.labels) if info.labels is not None else None
+
+        def build(**kwargs: Any) -> torch.nn.Module:
+            return timm.create_model(name, pretrained=False, **kwargs)
+
+        if checkpoint == RANDOM:
+            self._warn_random(f"timm model {name}")
+            module = build(**({} if num_classes is None else {"num_classes": num_classes}))
+        else:
+            module = _from_checkpoint(build, checkpoint, num_classes)
+        self._setup(
+            module,
+            info.mean,
+            info.std,
+            column=column,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            keep_image=keep_image,
+        )
+
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        problems = cls.common_problems(params)
+        name_problem = timm_name_problem(str(params["name"]))
+        if name_problem:
+            problems.append(name_problem)
+        checkpoint = str(params["checkpoint"])
+        if checkpoint != RANDOM:
+            problem = checkpoint_problem("checkpoint", checkpoint)
+            if problem:
+                problems.append(problem)
+        return problems
+
+    @classmethod
+    def report_info(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        checkpoint = str(params["checkpoint"])
+        if checkpoint == RANDOM:
+            return cls.random_report()
+        return {"weights": os.path.abspath(os.path.expanduser(checkpoint))}
+
+
+def load_scripted(path: str) -> tuple[torch.nn.Module, bool]:
+    """A TorchScript or ``torch.export`` (.pt2) file as a callable module, and whether it has eval()."""
+    path = os.path.expanduser(path)
+    if path.endswith(".pt2"):
+        # Exported programs are captured in the mode they were exported in and refuse eval().
+        return torch.export.load(path).module(), False
+    return torch.jit.load(path, map_location="cpu"), True
+
+
+class TorchScriptClassifier(ImageClassifier):
+    """A TorchScript file (``torch.jit.save``) or ``torch.export`` program (``.pt2``).
+
+    Such files carry no preprocessing metadata: ``mean``/``std`` normalize uint8 input
+    here, and ``resize_size``/``crop_size``/``interpolation`` are only read by
+    ``image_transform.from_model``. A ``.pt2`` must be exported with a dynamic batch dim.
+    """
+
+    model_type = "torchscript"
+
+    def __init__(
+        self,
+        path: str,
+        mean: list[float] | None = None,
+        std: list[float] | None = None,
+        labels: str | list[str] | None = None,
+        resize_size: int | list[int] | None = None,
+        crop_size: int | list[int] | None = None,
+        interpolation: str | None = None,
+        column: str = "image",
+        device: str = "auto",
+        precision: str = "auto",
+        channels_last: bool | str = "auto",
+        keep_image: bool = False,
+    ) -> None:
+        self.path = path
+        self.labels = list(load_labels(labels) or []) or None
+        module, can_eval = load_scripted(path)
+        self._setup(
+            module,
+            mean or IMAGENET_MEAN,
+            std or IMAGENET_STD,
+            column=column,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            keep_image=keep_image,
+            can_eval=can_eval,
+        )
+
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        problems = cls.common_problems(params)
+        problem = checkpoint_problem("path", str(params["path"]), allow_random=False)
+        if problem:
+            problems.append(problem)
+        for key in ("mean", "std"):
+            values = params.get(key)
+            if values is not None and len(values) != 3:
+                problems.append(f"{key}: expected 3 values (R, G, B), got {list(values)}")
+        return problems
+
+    @classmethod
+    def report_info(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"weights": os.path.abspath(os.path.expanduser(str(params["path"])))}

@@ -1,0 +1,105 @@
+"""Where and how a classifier runs: device, CPU threads, memory format, autocast dtype.
+
+CUDA is only touched when Ray granted this actor a GPU (or the user asked for it by
+name): a CPU actor that initialised CUDA would grab memory on a GPU it does not own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _in_ray_actor() -> bool:
+    try:
+        import ray
+    except ImportError:  # the classes also run standalone, e.g. in a notebook without Ray
+        return False
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device: {requested} was asked for but CUDA is not available")
+        return torch.device(requested)
+    if _in_ray_actor():
+        import ray
+
+        # Ray narrows CUDA_VISIBLE_DEVICES to the granted GPUs, so the first visible one is ours.
+        if ray.get_gpu_ids() and torch.cuda.is_available():
+            return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def configure_cpu_threads() -> int:
+    """Use as many intra-op threads as CPUs Ray granted this actor (torch's default outside Ray)."""
+    if _in_ray_actor():
+        import ray
+
+        granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        torch.set_num_threads(max(1, int(granted)))
+    return torch.get_num_threads()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None for plain fp32; ``auto`` is fp32 on CPU and bf16 (or fp16 before Ampere) on CUDA."""
+    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return _DTYPES[precision]
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
+    if dtype is None:
+        yield
+    else:
+        with torch.autocast(device_type=device.type, dtype=dtype):
+            yield
+
+
+def is_conv_net(module: torch.nn.Module) -> bool:
+    """Most parameters in 2-D convolutions: ResNets and EfficientNets yes, ViTs and ConvNeXts no."""
+    conv = total = 0
+    for child in module.modules():
+        own = sum(p.numel() for p in child.parameters(recurse=False))
+        total += own
+        if isinstance(child, torch.nn.Conv2d):
+            conv += own
+    return total > 0 and conv * 2 >= total
+
+
+def use_channels_last(
+    setting: bool | str, module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None
+) -> bool:
+    """``auto``: channels_last for conv nets on CPU, and on CUDA under reduced precision.
+
+    oneDNN and cuDNN's tensor-core kernels both want NHWC; in CUDA fp32 the gain is small
+    and the layout conversion can cost more than it saves.
+    """
+    if isinstance(setting, bool):
+        return setting
+    if device.type == "cpu" or dtype is not None:
+        return is_conv_net(module)
+    return False
+
+
+def setting_problems(device: str, precision: str, channels_last: bool | str) -> list[str]:
+    problems = []
+    if device not in DEVICES and not device.startswith("cuda:"):
+        problems.append(f"device: {device!r} is not one of {', '.join(DEVICES)} or cuda:N")
+    if precision not in PRECISIONS:
+        problems.append(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if not isinstance(channels_last, bool) and channels_last != "auto":
+        problems.append(f"channels_last: expected true, false or 'auto', got {channels_last!r}")
+    return problems

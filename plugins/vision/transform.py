@@ -1,0 +1,137 @@
+"""Resize, center-crop and normalize uint8 image tensors with torchvision transforms v2.
+
+Everything stays uint8 until the optional normalize: torchvision's uint8 antialiased
+resize is both the fastest CPU path and bit-identical between a batch and one image.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from plugins.vision.model_info import IMAGENET_MEAN, IMAGENET_STD, as_pair, as_resize, model_info
+
+INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
+DEFAULT_CROP = 224
+# The classic ImageNet eval ratio (224 / 256) when only the crop size is given.
+DEFAULT_CROP_FRACTION = 0.875
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    resize_size: tuple[int, ...]  # (s,): shorter side to s; (h, w): exact size
+    crop_size: tuple[int, int]
+    interpolation: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def resolve_config(
+    resize_size: int | Sequence[int] | None = None,
+    crop_size: int | Sequence[int] | None = None,
+    interpolation: str | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    from_model: Mapping[str, Any] | None = None,
+) -> TransformConfig:
+    """Explicit values win over ``from_model``'s, which win over ImageNet defaults.
+
+    Raises ValueError whose message starts with the offending parameter's name.
+    """
+    info = None
+    if from_model is not None:
+        try:
+            info = model_info(from_model)
+        except (ValueError, OSError) as exc:
+            message = str(exc)
+            raise ValueError(
+                message if message.startswith("from_model:") else f"from_model: {message}"
+            ) from exc
+    try:
+        crop = as_pair(crop_size) if crop_size is not None else (info.crop_size if info else None)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"crop_size: {exc}") from exc
+    try:
+        resize = as_resize(resize_size) if resize_size is not None else None
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"resize_size: {exc}") from exc
+    if resize is None and info is not None:
+        resize = info.resize_size
+    elif resize is None:
+        base = crop[0] if crop else DEFAULT_CROP
+        resize = (math.floor(base / DEFAULT_CROP_FRACTION),)
+    if crop is None:
+        crop = (min(resize), min(resize)) if resize_size is not None else as_pair(DEFAULT_CROP)
+    config = TransformConfig(
+        resize_size=resize,
+        crop_size=crop,
+        interpolation=interpolation or (info.interpolation if info else "bilinear"),
+        mean=tuple(float(v) for v in mean or (info.mean if info else IMAGENET_MEAN)),
+        std=tuple(float(v) for v in std or (info.std if info else IMAGENET_STD)),
+    )
+    _validate(config)
+    return config
+
+
+def _validate(config: TransformConfig) -> None:
+    if config.interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation: {config.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}"
+        )
+    if min(config.resize_size) < 1:
+        raise ValueError(f"resize_size: sizes must be positive, got {list(config.resize_size)}")
+    if min(config.crop_size) < 1:
+        raise ValueError(f"crop_size: sizes must be positive, got {list(config.crop_size)}")
+    for key, values in (("mean", config.mean), ("std", config.std)):
+        if len(values) != 3:
+            raise ValueError(f"{key}: expected 3 values (R, G, B), got {list(values)}")
+    if any(v == 0 for v in config.std):
+        raise ValueError(f"std: values must be non-zero, got {list(config.std)}")
+
+
+def interpolation_mode(name: str) -> Any:
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(name)
+
+
+def resize_crop(images: torch.Tensor, config: TransformConfig) -> torch.Tensor:
+    """[..., 3, H, W] uint8 -> [..., 3, crop_h, crop_w] uint8 (zero-padded if smaller)."""
+    from torchvision.transforms.v2 import functional as F
+
+    out = F.resize(
+        images,
+        list(config.resize_size),
+        interpolation=interpolation_mode(config.interpolation),
+        antialias=True,
+    )
+    return F.center_crop(out, list(config.crop_size))
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float32 ``(x / 255 - mean) / std``, the models' on-device formula."""
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
+    return images.to(torch.float32).div_(255.0).sub_(m).div_(s)
+
+
+def stack_hwc(images: Sequence[torch.Tensor]) -> np.ndarray:
+    """CHW tensors as HWC arrays: one [N, H, W, 3] array when all sizes agree, else ragged.
+
+    A ragged column is an object array of arrays, which Ray Data stores as a
+    variable-shaped tensor column.
+    """
+    arrays = [t.permute(1, 2, 0).contiguous().numpy() for t in images]
+    if not arrays:
+        return np.empty((0, 0, 0, 3), dtype=np.uint8)
+    if all(a.shape == arrays[0].shape for a in arrays):
+        return np.stack(arrays)
+    ragged = np.empty(len(arrays), dtype=object)
+    for i, array in enumerate(arrays):
+        ragged[i] = array
+    return ragged

@@ -1,0 +1,361 @@
+"""The vision plugin: decoding, preprocessing config, weights handling, models and top-k."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageOps
+
+from framework import RunError
+from plugins.vision import (
+    DecodeImage,
+    ImageTransform,
+    TimmClassifier,
+    TopK,
+    TorchScriptClassifier,
+    TorchvisionClassifier,
+)
+from plugins.vision.model_info import model_info
+from plugins.vision.runtime import autocast_dtype, is_conv_net, select_device
+
+RNG = np.random.default_rng(0)
+PIXELS = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def column(values: list) -> np.ndarray:
+    """An object column as Ray Data hands binary or ragged cells to a numpy batch."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def pil_reference(data: bytes) -> np.ndarray:
+    return np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+
+
+def rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    return encode(Image.fromarray(PIXELS), "JPEG", quality=95, exif=exif.tobytes())
+
+
+# High byte = the 8-bit pixels, low byte = noise that must be dropped.
+SIXTEEN_BIT = (PIXELS[:, :, 0].astype(np.uint16) << 8) | PIXELS[:, :, 1]
+
+
+@pytest.mark.parametrize(
+    ("label", "data", "expected"),
+    [
+        ("rgb png", encode(Image.fromarray(PIXELS), "PNG"), None),
+        ("gray png", encode(Image.fromarray(PIXELS).convert("L"), "PNG"), None),
+        ("gray jpeg", encode(Image.fromarray(PIXELS).convert("L"), "JPEG"), None),
+        ("rgba png", encode(Image.fromarray(PIXELS).convert("RGBA"), "PNG"), PIXELS),
+        ("cmyk jpeg", encode(Image.fromarray(PIXELS).convert("CMYK"), "JPEG", quality=95), None),
+        ("16-bit png", encode(Image.fromarray(SIXTEEN_BIT), "PNG"), PIXELS[:, :, [0, 0, 0]]),
+        ("16-bit tiff", encode(Image.fromarray(SIXTEEN_BIT), "TIFF"), PIXELS[:, :, [0, 0, 0]]),
+        ("exif-rotated jpeg", rotated_jpeg(), None),
+        ("palette gif", encode(Image.fromarray(PIXELS).convert("P"), "GIF"), None),
+        ("webp", encode(Image.fromarray(PIXELS), "WEBP", lossless=True), PIXELS),
+        ("bmp", encode(Image.fromarray(PIXELS), "BMP"), PIXELS),
+    ],
+)
+def test_decode_edge_cases_match_pillow(label, data, expected):
+    out = DecodeImage()({"id": np.array([7]), "image": column([data])})["image"]
+    want = pil_reference(data) if expected is None else expected
+    assert out.dtype == np.uint8 and out.shape == (1, *want.shape), label
+    np.testing.assert_array_equal(out[0], want, err_msg=label)
+
+
+def test_exif_orientation_is_applied():
+    out = DecodeImage()({"id": np.array([0]), "image": column([rotated_jpeg()])})["image"]
+    assert out.shape == (1, 40, 30, 3)  # 30x40 stored, shown rotated
+
+
+def test_decode_image_ragged_batch_and_decoded_arrays():
+    small = encode(Image.fromarray(PIXELS[:10, :20]), "PNG")
+    batch = {"id": np.array([0, 1, 2]), "image": column([small, PIXELS, PIXELS[:, :, 0]])}
+    out = DecodeImage()(batch)["image"]
+    assert out.dtype == object and [a.shape for a in out] == [(10, 20, 3), (30, 40, 3), (30, 40, 3)]
+    np.testing.assert_array_equal(out[2], PIXELS[:, :, [0, 0, 0]])
+
+
+def test_pixel_limit_and_bad_bytes_name_the_row():
+    data = encode(Image.fromarray(PIXELS), "PNG")
+    with pytest.raises(RunError, match=r"id 'big'.*1200 pixels exceeds max_pixels=1000"):
+        DecodeImage(max_pixels=1000)({"id": np.array(["big"]), "image": column([data])})
+    with pytest.raises(RunError, match=r"image_transform: image with id 5: not an image"):
+        ImageTransform()({"id": np.array([4, 5]), "image": column([data, b"not an image"])})
+    truncated = encode(Image.fromarray(PIXELS), "JPEG")[:200]
+    with pytest.raises(RunError, match="id 9"):
+        ImageTransform()({"id": np.array([9]), "image": column([truncated])})
+
+
+def test_image_transform_encoded_and_decoded_inputs_agree():
+    transform = ImageTransform(resize_size=20, crop_size=16)
+    encoded = transform(
+        {"id": np.array([0, 1]), "image": column([encode(Image.fromarray(PIXELS), "PNG")] * 2)}
+    )
+    decoded = transform({"id": np.array([0, 1]), "image": np.stack([PIXELS, PIXELS])})
+    assert encoded["image"].shape == (2, 3, 16, 16) and encoded["image"].dtype == np.uint8
+    np.testing.assert_array_equal(encoded["image"], decoded["image"])
+
+    normalized = ImageTransform(resize_size=20, crop_size=16, normalize=True)
+    out = normalized({"id": np.array([0]), "image": PIXELS[None]})["image"]
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    want = (decoded["image"][:1] / 255.0 - mean[:, None, None]) / std[:, None, None]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+def test_fast_decode_is_close_and_only_for_big_jpegs():
+    big = Image.fromarray(PIXELS).resize((1600, 1200), Image.Resampling.BICUBIC)
+    data = column([encode(big, "JPEG", quality=90), encode(big, "PNG")])
+    ids = np.array([0, 1])
+    exact = ImageTransform(resize_size=64, crop_size=64)({"id": ids, "image": data.copy()})
+    fast = ImageTransform(resize_size=64, crop_size=64, fast_decode=True)(
+        {"id": ids, "image": data}
+    )
+    diff = np.abs(exact["image"].astype(int) - fast["image"].astype(int))
+    assert 0 < diff[0].mean() < 1.0  # the JPEG took the reduced path, and it stayed close
+    assert diff[1].max() == 0  # PNG has no reduced decode
+
+
+def test_from_model_torchvision_resnet50():
+    node = {"type": "torchvision", "name": "resnet50", "weights": "IMAGENET1K_V2"}
+    config = ImageTransform(from_model=node).config
+    assert config.resize_size == (232,) and config.crop_size == (224, 224)
+    assert config.interpolation == "bilinear"
+    assert config.mean == (0.485, 0.456, 0.406) and config.std == (0.229, 0.224, 0.225)
+    # Explicit params override the model's.
+    assert ImageTransform(from_model=node, crop_size=200).config.crop_size == (200, 200)
+    labels = model_info(node).labels
+    assert labels == tuple(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"])
+    v1 = model_info({**node, "weights": "IMAGENET1K_V1"})
+    assert v1.resize_size == (256,)
+    # The official file name identifies the weights, so its recipe is kept offline.
+    assert model_info({**node, "weights": "/ckpt/resnet50-11ad3fa6.pth"}).resize_size == (232,)
+
+
+def test_from_model_timm_matches_timm():
+    import timm
+    import timm.data
+
+    name = "vit_tiny_patch16_224"
+    config = ImageTransform(
+        from_model={"type": "timm", "name": name, "checkpoint": "random"}
+    ).config
+    data = timm.data.resolve_model_data_config(timm.create_model(name, pretrained=False))
+    resize, crop, *_ = timm.data.create_transform(**data, is_training=False).transforms
+    assert config.resize_size == (resize.size,) and config.crop_size == tuple(crop.size)
+    assert config.interpolation == data["interpolation"] == "bicubic"
+    assert config.mean == tuple(data["mean"]) and config.std == tuple(data["std"])
+    labels = TopK(from_model={"type": "timm", "name": name}).labels
+    assert len(labels) == 1000 and labels[0].startswith("tench")
+
+
+def test_offline_weights_message(tmp_path, monkeypatch):
+    # An empty hub cache, and a proxy nobody listens on: offline, deterministically.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    problems = TorchvisionClassifier.check({"name": "resnet50", "weights": "IMAGENET1K_V2"})
+    assert len(problems) == 1
+    wanted = tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-11ad3fa6.pth"
+    message = problems[0]
+    assert message.startswith("weights: ")
+    assert "https://download.pytorch.org/models/resnet50-11ad3fa6.pth" in message
+    assert f"place that file at {wanted}" in message
+    assert "weights: /path/to/checkpoint.pth" in message and "weights: random" in message
+    assert not wanted.parent.exists()
+
+
+def test_unknown_names_suggest_close_matches():
+    assert "did you mean 'resnet50'" in TorchvisionClassifier.check({"name": "resnet5O"})[0]
+    wrong_enum = TorchvisionClassifier.check({"name": "resnet50", "weights": "IMAGENET1K_V3"})
+    assert "'IMAGENET1K_V2'" in wrong_enum[0]
+    timm_problems = TimmClassifier.check({"name": "resnet_18", "checkpoint": "random"})
+    assert timm_problems[0].startswith("name: ") and "'resnet18'" in timm_problems[0]
+    missing = TimmClassifier.check({"name": "resnet18", "checkpoint": "/nope/ckpt.pth"})
+    assert missing == [
+        "checkpoint: file /nope/ckpt.pth does not exist (or pass checkpoint: random for a throughput run)"
+    ]
+    assert ImageTransform.check({"interpolation": "lanczos"})[0].startswith("interpolation: ")
+
+
+def test_random_weights_are_flagged(caplog):
+    params = {"name": "resnet18", "weights": "random", "num_classes": 4}
+    info = TorchvisionClassifier.report_info(params)
+    assert info["weights"] == "random" and "meaningless" in info["warnings"][0]
+    assert TimmClassifier.report_info({"name": "resnet18", "checkpoint": "random"}) == info
+    with caplog.at_level(logging.WARNING):
+        model = TorchvisionClassifier(**params)
+    assert model.random_weights is True
+    assert "random weights" in caplog.text
+    assert TorchvisionClassifier.check(params) == []
+
+
+def test_checkpoint_head_size_is_inferred_and_image_dropped(tmp_path):
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(num_classes=3).eval()
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": module.state_dict()}, path)  # a training wrapper
+    model = TorchvisionClassifier(name="resnet18", weights=str(path))
+    assert model.random_weights is False and model.device.type == "cpu"
+    images = RNG.integers(0, 256, (2, 3, 64, 64), dtype=np.uint8)
+    out = model({"id": np.array([1, 2]), "image": images, "other": np.array([5, 6])})
+    assert set(out) == {"id", "other", "logits"} and out["logits"].shape == (2, 3)
+    x = (torch.from_numpy(images).float() / 255 - model.mean) / model.std
+    with torch.inference_mode():
+        np.testing.assert_allclose(out["logits"], module(x).numpy(), rtol=1e-4, atol=1e-4)
+    # HWC pixels straight from a reader are accepted too.
+    hwc = model({"id": np.array([1, 2]), "image": images.transpose(0, 2, 3, 1).copy()})
+    np.testing.assert_allclose(hwc["logits"], out["logits"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RunError, match="put image_transform before the model"):
+        model({"id": np.array([1]), "image": column([PIXELS])})
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_torchscript_and_export_match_eager(tmp_path):
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(num_classes=5).eval()
+    example = torch.randn(2, 3, 64, 64)
+    scripted, exported = tmp_path / "model.pt", tmp_path / "model.pt2"
+    torch.jit.save(torch.jit.trace(module, example), scripted)
+    batch_dim = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(module, (example,), dynamic_shapes={"x": {0: batch_dim}})
+    torch.export.save(program, exported)
+
+    images = RNG.integers(0, 256, (3, 3, 64, 64), dtype=np.uint8)
+    x = (torch.from_numpy(images).float() / 255 - torch.tensor([0.5] * 3).view(1, 3, 1, 1)) / 0.25
+    with torch.inference_mode():
+        want = module(x).numpy()
+    for path in (scripted, exported):
+        model = TorchScriptClassifier(path=str(path), mean=[0.5] * 3, std=[0.25] * 3)
+        out = model({"id": np.arange(3), "image": images})["logits"]
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-4, err_msg=str(path))
+    assert TorchScriptClassifier.check({"path": str(tmp_path / "missing.pt")}) == [
+        f"path: file {tmp_path / 'missing.pt'} does not exist"
+    ]
+
+
+def test_runtime_choices_outside_ray():
+    assert select_device("auto").type == "cpu"
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+    assert is_conv_net(torchvision.models.resnet18())
+    assert not is_conv_net(torchvision.models.vit_b_16())
+
+
+def test_topk_matches_torch(tmp_path):
+    logits = RNG.normal(size=(7, 12)).astype(np.float32) * 4
+    labels_file = tmp_path / "labels.txt"
+    labels_file.write_text("".join(f"class {i}\n" for i in range(12)))
+    out = TopK(k=3, labels=str(labels_file))({"id": np.arange(7), "logits": logits})
+    scores, ids = torch.topk(torch.softmax(torch.from_numpy(logits), dim=1), 3)
+    np.testing.assert_array_equal(out["top_ids"], ids.numpy())
+    np.testing.assert_allclose(out["top_scores"], scores.numpy(), rtol=1e-6)
+    assert out["top_ids"].dtype == np.int64 and out["top_scores"].dtype == np.float32
+    assert list(out["top_labels"][0]) == [f"class {i}" for i in ids[0].tolist()]
+    assert "logits" not in out
+    kept = TopK(k=2, keep_logits=True)({"id": np.arange(7), "logits": logits})
+    assert "logits" in kept and "top_labels" not in kept
+    with pytest.raises(RunError, match="12 labels for 5 classes"):
+        TopK(labels=str(labels_file))({"id": np.arange(1), "logits": logits[:1, :5]})
+
+
+@pytest.mark.ray
+def test_topk_round_trips_through_parquet_and_jsonl(ray_session, tmp_path):
+    import ray.data
+
+    logits = RNG.normal(size=(5, 6)).astype(np.float32)
+    labels = ["cat", "dog, large", 'say "hi"', "é", "fish", "bird"]
+    ds = ray.data.from_items([{"id": i, "logits": logits[i]} for i in range(5)])
+    ds = ds.map_batches(TopK(k=2, labels=labels), batch_size=2, batch_format="numpy")
+    ds.write_parquet(str(tmp_path / "pq"))
+    ds.write_json(str(tmp_path / "js"), lines=True, orient="records")
+
+    want = TopK(k=2, labels=labels)({"id": np.arange(5), "logits": logits})
+    table = pq.read_table(tmp_path / "pq").to_pylist()
+    lines = [
+        json.loads(line)
+        for name in os.listdir(tmp_path / "js")
+        for line in (tmp_path / "js" / name).read_text().splitlines()
+    ]
+    for rows in (table, lines):
+        by_id = {row["id"]: row for row in rows}
+        assert sorted(by_id) == list(range(5))
+        for i in range(5):
+            assert list(by_id[i]["top_labels"]) == list(want["top_labels"][i])
+            assert list(by_id[i]["top_ids"]) == want["top_ids"][i].tolist()
+            np.testing.assert_allclose(by_id[i]["top_scores"], want["top_scores"][i], rtol=1e-6)
+
+
+def test_plugin_registers_its_names():
+    from framework.plugins import load_registry
+
+    registry = load_registry()
+    assert {"decode_image", "image_transform", "topk"} <= set(registry.names("preprocessor"))
+    assert {"torchvision", "timm", "torchscript"} <= set(registry.names("model"))
+    assert registry.find("model", "timm").plugin == "vision"
+
+
+@pytest.mark.ray
+def test_ragged_decode_and_actor_runtime_under_ray(ray_session):
+    import ray
+    import ray.data
+
+    from plugins.vision.runtime import configure_cpu_threads
+
+    sizes = [(20, 10), (30, 40), (30, 40), (8, 9), (16, 16)]
+    items = [
+        {"id": i, "image": encode(Image.fromarray(PIXELS).resize(size), "PNG")}
+        for i, size in enumerate(sizes)
+    ]
+    ds = ray.data.from_items(items).map_batches(DecodeImage(), batch_size=2, batch_format="numpy")
+    shapes = {row["id"]: row["image"].shape for row in ds.take_all()}
+    assert shapes == {i: (h, w, 3) for i, (w, h) in enumerate(sizes)}
+
+    @ray.remote(num_cpus=1)
+    class Probe:
+        def runtime(self) -> tuple[str, int]:
+            return select_device("auto").type, configure_cpu_threads()
+
+    probe = Probe.remote()
+    assert ray.get(probe.runtime.remote()) == ("cpu", 1)
+    ray.kill(probe)
+
+
+def test_stages_pass_the_conformance_kit(tmp_path):
+    from framework.testing import conformance_problems
+
+    encoded = column([encode(Image.fromarray(PIXELS), fmt) for fmt in ("PNG", "JPEG", "WEBP")])
+    images = {"id": np.arange(3), "image": encoded}
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=5).state_dict(), checkpoint)
+    pixels = {"id": np.arange(2), "image": RNG.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)}
+    logits = {"id": np.arange(4), "logits": RNG.normal(size=(4, 5)).astype(np.float32)}
+    cases = [
+        ("preprocessor", "decode_image", {}, images),
+        ("preprocessor", "image_transform", {"resize_size": 40, "crop_size": 32}, images),
+        ("model", "torchvision", {"name": "resnet18", "weights": str(checkpoint)}, pixels),
+        ("model", "timm", {"name": "resnet18", "checkpoint": "random", "num_classes": 5}, pixels),
+        ("preprocessor", "topk", {"k": 2, "labels": list("abcde")}, logits),
+    ]
+    for kind, name, params, batch in cases:
+        assert conformance_problems(kind, name, params, batch) == [], name
