@@ -19,6 +19,7 @@ from framework.components import (
 )
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
 from framework.hookspecs import hookimpl
+from framework.plugins import component_class
 from framework.storage import filesystem_for, is_remote
 
 try:
@@ -41,6 +42,7 @@ __all__ = [
     "Stage",
     "Writer",
     "__version__",
+    "component_class",
     "filesystem_for",
     "hookimpl",
     "is_remote",

@@ -12,10 +12,12 @@ from omegaconf import OmegaConf
 
 from framework import __version__
 from framework.errors import ExitCode, InferError, SpecError
+from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugins import load_registry
 from framework.redact import redact
 from framework.registry import Registry
+from framework.run import cluster_for, run_spec
 from framework.spec import load_spec, validate_spec
 from framework.spec.validate import resolve
 
@@ -33,7 +35,7 @@ def run_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="infer-run",
         description="Run a batch-inference spec on Ray Data. "
-        "Other commands: 'infer-run plugins', 'infer-run datagen'.",
+        "Other commands: 'infer-run plugins', 'infer-run datagen', 'infer-run k8s'.",
     )
     p.add_argument("spec", help="the YAML spec file")
     p.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")
@@ -72,16 +74,15 @@ def main_run(argv: Sequence[str]) -> int:
         return ExitCode.OK
     registry = load_registry()
     spec = validate_spec(cfg, registry, args.spec)
-    plan = build_plan(spec)
-    if args.plan:
-        print(plan.describe())
-    if args.validate:
-        print(f"{args.spec}: valid ({len(spec.stages)} stages)")
     if args.plan or args.validate:
+        plan = build_plan(spec, cluster_for(spec))
+        if args.plan:
+            print(plan.describe())
+        check_feasible(plan)
+        if args.validate:
+            print(f"{args.spec}: valid ({len(spec.stages)} stages)")
         return ExitCode.OK
-    from framework.run import run_plan  # imports Ray: only when running
-
-    report = run_plan(plan, registry)
+    report = run_spec(spec, registry)
     print(report.summary())
     return ExitCode.OK
 
@@ -119,9 +120,18 @@ def main_datagen(argv: Sequence[str]) -> int:
     return datagen.main(p.parse_args(argv))
 
 
+def main_k8s(argv: Sequence[str]) -> int:
+    from framework import k8s
+
+    p = _Parser(prog="infer-run k8s", description="Print a KubeRay RayJob manifest for a spec.")
+    k8s.add_arguments(p)
+    return k8s.main(p.parse_intermixed_args(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "plugins": main_plugins,
     "datagen": main_datagen,
+    "k8s": main_k8s,
 }
 
 

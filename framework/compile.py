@@ -65,6 +65,7 @@ def _actor_cls(node: MapNode) -> type:
 
 def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> ray.data.Dataset:
     reader = node.stage.cls(**node.stage.params)
+    reader.num_cpus = node.num_cpus
     dataset = reader.read()
     return dataset.limit(node.limit) if node.limit else dataset
 
@@ -91,7 +92,9 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
 
 
 def _emit_write(node: WriteNode, dataset: ray.data.Dataset, run: RunContext) -> Writer:
-    return node.stage.cls(**node.stage.params)
+    writer = node.stage.cls(**node.stage.params)
+    writer.num_cpus = node.num_cpus
+    return writer
 
 
 EMITTERS: dict[type, Callable[[Any, Any, RunContext], Any]] = {

@@ -49,7 +49,13 @@ class Component:
 
 
 class Reader(Component, ABC):
-    """Produces a Ray Dataset whose rows carry a unique ``id`` column."""
+    """Produces a Ray Dataset whose rows carry a unique ``id`` column.
+
+    ``num_cpus`` is set by the framework before ``read()`` from the plan: pass it to
+    ``ray.data.read_*(num_cpus=...)`` so read tasks fit beside the model actors.
+    """
+
+    num_cpus: float | None = None
 
     @abstractmethod
     def read(self) -> ray.data.Dataset: ...
@@ -81,7 +87,6 @@ class Model(Stage):
     """A stateful stage run in an actor pool; load weights in ``__init__``."""
 
     stateful = True
-    default_resources = {"actors": 1}
 
 
 class Writer(Component, ABC):
@@ -90,6 +95,13 @@ class Writer(Component, ABC):
     The run report is written into that directory as ``_infer_run_report.json``.
     An existing, non-empty output is refused unless ``overwrite`` is true.
     """
+
+    # Set by the framework from the plan; pass ``ray_remote_args`` to Ray Data's write_*.
+    num_cpus: float | None = None
+
+    @property
+    def ray_remote_args(self) -> dict[str, Any]:
+        return {} if self.num_cpus is None else {"num_cpus": self.num_cpus}
 
     def __init__(
         self, path: str, storage: dict[str, Any] | None = None, overwrite: bool = False

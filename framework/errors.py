@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     PLUGIN_ERROR = 4
     INPUT_ERROR = 5  # missing or unreadable input, existing output
     RUN_FAILED = 6  # the run started but stopped on bad data or a failed stage
+    RESOURCE_ERROR = 7  # a stage asks for resources no node of the cluster has
     INTERRUPTED = 130
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from framework.cluster import Cluster
+from framework.sizing import Sized, size_resources
 from framework.spec.schema import Spec, StageConfig
 
 # Models keep an accelerator busy only with batches; tasks use Ray Data's own default.
@@ -18,6 +20,8 @@ DEFAULT_MODEL_BATCH_SIZE = 64
 class ReadNode:
     stage: StageConfig
     limit: int | None = None
+    num_cpus: float | None = None  # per read task
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,7 @@ class MapNode:
     pool: tuple[int, int] | None = None  # (min, max) actors
     max_tasks_in_flight_per_actor: int | None = None
     ray_args: dict[str, Any] = field(default_factory=dict)  # num_cpus, num_gpus, memory, ...
+    reason: str = ""
 
     @property
     def name(self) -> str:
@@ -38,6 +43,8 @@ class MapNode:
 @dataclass(frozen=True)
 class WriteNode:
     stage: StageConfig
+    num_cpus: float | None = None  # per write task
+    reason: str = ""
 
 
 PlanNode = ReadNode | MapNode | WriteNode
@@ -47,33 +54,47 @@ PlanNode = ReadNode | MapNode | WriteNode
 class Plan:
     nodes: tuple[PlanNode, ...]
     spec: Spec
+    cluster: Cluster
 
     def describe(self) -> str:
-        """The human-readable plan printed by ``--plan``."""
-        lines = []
+        """The human-readable plan printed by ``--plan``: what each stage gets, and why."""
+        lines = [f"cluster: {self.cluster.describe()}"]
         for i, node in enumerate(self.nodes):
             stage = node.stage
             head = f"{i}. {stage.kind:<12} {stage.path:<18} {stage.type}"
             if isinstance(node, ReadNode):
-                lines.append(head + (f"  limit={node.limit}" if node.limit else ""))
+                limit = f" limit={node.limit}" if node.limit else ""
+                lines.append(f"{head}  num_cpus={node.num_cpus:g}{limit}")
             elif isinstance(node, MapNode):
                 pool = f"actors={node.pool[0]}..{node.pool[1]}" if node.pool else "tasks"
-                args = " ".join(f"{k}={v}" for k, v in node.ray_args.items())
+                args = " ".join(
+                    f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in node.ray_args.items()
+                )
                 lines.append(f"{head}  {pool} batch_size={node.batch_size or 'ray-default'} {args}")
             else:
-                lines.append(f"{head}  -> {stage.params.get('path', '')}")
+                lines.append(
+                    f"{head}  num_cpus={node.num_cpus:g} -> {stage.params.get('path', '')}"
+                )
+            lines.append(f"{'':<3}{node.reason}")
         return "\n".join(lines)
 
 
-def build_plan(spec: Spec) -> Plan:
-    nodes: list[PlanNode] = [ReadNode(spec.reader, spec.run.limit)]
-    nodes.extend(_map_node(stage) for stage in spec.stages)
-    nodes.append(WriteNode(spec.writer))
-    return Plan(tuple(nodes), spec)
+def build_plan(spec: Spec, cluster: Cluster) -> Plan:
+    """The plan for ``spec`` on ``cluster``: unset resources chosen by ``size_resources``."""
+    sized = size_resources(spec, cluster)
+    read = sized[spec.reader.path]
+    nodes: list[PlanNode] = [
+        ReadNode(spec.reader, spec.run.limit, read.resources.num_cpus, read.reason)
+    ]
+    nodes.extend(_map_node(stage, sized[stage.path]) for stage in spec.stages)
+    write = sized[spec.writer.path]
+    nodes.append(WriteNode(spec.writer, write.resources.num_cpus, write.reason))
+    return Plan(tuple(nodes), spec, cluster)
 
 
-def _map_node(stage: StageConfig) -> MapNode:
-    r = stage.resources
+def _map_node(stage: StageConfig, sized: Sized) -> MapNode:
+    r = sized.resources
     stateful = getattr(stage.cls, "stateful", False) or r.actors is not None
     pool = None
     if stateful:
@@ -99,4 +120,5 @@ def _map_node(stage: StageConfig) -> MapNode:
         pool=pool,
         max_tasks_in_flight_per_actor=r.max_tasks_in_flight_per_actor,
         ray_args=ray_args,
+        reason=sized.reason,
     )

@@ -1,12 +1,16 @@
 """Build the plugin manager: load every ``infer_run`` entry point, built-ins included.
 
-Switches, read from the environment so they also reach Ray workers:
+Switches, read from the environment:
 ``INFER_LOAD_PLUGINS=a,b`` loads only those plugins, ``INFER_DISABLE_PLUGINS=x,y``
-blocks those, ``INFER_TRACE_PLUGINS=1`` prints every hook call to stderr.
+blocks those, ``INFER_PLUGINS=pkg.mod,other.mod`` also registers importable modules
+that no distribution declares (a plugin under development), and
+``INFER_TRACE_PLUGINS=1`` prints every hook call to stderr.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import importlib.metadata
 import os
 import sys
@@ -78,6 +82,17 @@ def make_plugin_manager(
                 ) from exc
             _register(pm, plugin, ep.name)
             pm.distributions[ep.name] = dist
+    for module_name in sorted(_split(env.get("INFER_PLUGINS"))):
+        if pm.is_blocked(module_name):
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as exc:
+            raise PluginError(
+                f"error importing plugin {module_name!r} (from INFER_PLUGINS): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        _register(pm, module, module_name)
     for plugin in extra_plugins:
         _register(pm, plugin, None)
     try:
@@ -143,3 +158,17 @@ def build_registry(pm: PluginManager) -> Registry:
 
 def load_registry(extra_plugins: Iterable[object] = ()) -> Registry:
     return build_registry(make_plugin_manager(extra_plugins))
+
+
+@functools.cache
+def _cached_registry() -> Registry:
+    return load_registry()
+
+
+def component_class(kind: str, name: str) -> type:
+    """The class registered as ``name`` for ``kind``, for plugins that build on each other
+    (an image stage reading a model plugin's preprocessing); KeyError naming close names."""
+    entry = _cached_registry().find(kind, name)
+    if entry is None:
+        raise KeyError(_cached_registry().unknown_message(kind, name))
+    return entry.cls

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import logging
+import os
 import time
 import uuid
 from typing import Any
@@ -11,9 +13,11 @@ from typing import Any
 import ray
 import ray.data
 
+from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
 from framework.compile import RunContext, compile_plan
 from framework.errors import InferError, RunError
-from framework.plan import Plan
+from framework.feasibility import check_feasible
+from framework.plan import Plan, build_plan
 from framework.registry import Registry
 from framework.report import REPORT_NAME, RunReport, build_report
 from framework.spec.schema import Spec
@@ -23,15 +27,27 @@ from framework.telemetry import StageLog, stage_figures
 log = logging.getLogger("infer_run")
 
 
+def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
+    """A local Ray with this machine's cores plus one spare logical CPU (see cluster.SPARE_CPU)."""
+    cores = num_cpus if num_cpus is not None else len(os.sched_getaffinity(0))
+    kwargs.setdefault("include_dashboard", False)
+    kwargs.setdefault("configure_logging", False)
+    # address="local": a fresh Ray even when another one runs on this machine.
+    ray.init(address="local", num_cpus=cores + 1, resources={SPARE_CPU: 1}, **kwargs)
+
+
 def init_ray(spec: Spec) -> None:
     """Join ``ray.address`` if the spec names a cluster, else start a local Ray for this run."""
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "configure_logging": False}
     if spec.ray.address:
-        ray.init(address=spec.ray.address, **kwargs)
+        ray.init(
+            address=spec.ray.address,
+            runtime_env=runtime_env(spec) or None,
+            configure_logging=False,
+        )
         return
-    ray.init(num_cpus=spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory, **kwargs)
+    start_local_ray(spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory)
 
 
 def component_facts(spec: Spec, registry: Registry) -> tuple[list[dict[str, Any]], list[str]]:
@@ -54,16 +70,47 @@ def component_facts(spec: Spec, registry: Registry) -> tuple[list[dict[str, Any]
     return facts, warnings
 
 
+def runtime_env(spec: Spec) -> dict[str, Any]:
+    """``ray.runtime_env``, plus with ``ray.ship_code`` the code every stage's class needs."""
+    env = dict(spec.ray.runtime_env)
+    if spec.ray.ship_code:
+        packages = {"framework", "plugins"}
+        for stage in (spec.reader, *spec.stages, spec.writer):
+            packages.add(stage.cls.__module__.split(".")[0])
+        modules = [importlib.import_module(name) for name in sorted(packages)]
+        env["py_modules"] = [*env.get("py_modules", []), *modules]
+    return env
+
+
+def cluster_for(spec: Spec) -> Cluster:
+    """The cluster the spec will run on: joined if it names one, else this machine."""
+    if spec.ray.address or ray.is_initialized():
+        init_ray(spec)
+        return ray_cluster(spec.ray.address or "the local Ray")
+    return local_cluster(spec.ray.num_cpus)
+
+
+def run_spec(spec: Spec, registry: Registry) -> RunReport:
+    """Plan ``spec`` on the cluster it runs on, check it fits, run it, write the report."""
+    # Refuse an existing output before paying for Ray's start-up.
+    spec.writer.cls(**spec.writer.params).prepare()
+    init_ray(spec)
+    plan = build_plan(spec, ray_cluster(spec.ray.address or "the local Ray"))
+    check_feasible(plan)
+    return run_plan(plan, registry)
+
+
 def run_plan(plan: Plan, registry: Registry) -> RunReport:
     spec = plan.spec
     components, warnings = component_facts(spec, registry)
     for warning in warnings:
         log.warning(warning)
-    # Refuse an existing output before paying for Ray's start-up.
-    spec.writer.cls(**spec.writer.params).prepare()
     init_ray(spec)
     context = ray.data.DataContext.get_current()
     context.per_stage_map_timing = True
+    block_bytes = max(1, int(spec.run.block_mb * 1024**2))
+    context.target_max_block_size = block_bytes
+    context.target_min_block_size = min(context.target_min_block_size or block_bytes, block_bytes)
     run_id = uuid.uuid4().hex[:12]
     stage_log = StageLog.options(name=f"infer_run_log_{run_id}").remote()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -137,4 +184,4 @@ def _user_cause(exc: BaseException) -> InferError | None:
     return None
 
 
-__all__ = ["init_ray", "run_plan", "write_text"]
+__all__ = ["cluster_for", "init_ray", "run_plan", "run_spec", "write_text"]

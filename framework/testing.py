@@ -56,14 +56,14 @@ def conformance_problems(
     stage = entry.cls(**bound)
     first = _call(stage, _copy(batch), where, problems)
     if first is not None:
-        problems.extend(_output_problems(entry.cls, batch, first, where))
+        problems.extend(_output_problems(stage, batch, first, where))
         again = _call(stage, _copy(batch), where, problems)
         if again is not None and not _same(first, again):
             problems.append(f"{where}: the same input gave a different output the second time")
     empty = {k: v[:0] for k, v in batch.items()}
     out = _call(stage, empty, f"{where} on an empty batch", problems)
     if out is not None:
-        problems.extend(_output_problems(entry.cls, empty, out, f"{where} on an empty batch"))
+        problems.extend(_output_problems(stage, empty, out, f"{where} on an empty batch"))
     return problems
 
 
@@ -80,7 +80,8 @@ def _call(stage: Any, batch: Batch, where: str, problems: list[str]) -> Batch | 
         return None
 
 
-def _output_problems(cls: type, batch: Batch, out: Any, where: str) -> list[str]:
+def _output_problems(stage: Any, batch: Batch, out: Any, where: str) -> list[str]:
+    # The instance's output_columns: what a stage adds can depend on its parameters.
     if not isinstance(out, dict):
         return [f"{where}: returned {type(out).__name__}, expected dict[str, numpy.ndarray]"]
     problems = []
@@ -94,7 +95,7 @@ def _output_problems(cls: type, batch: Batch, out: Any, where: str) -> list[str]
         problems.append(f"{where}: dropped the {ID_COLUMN!r} column")
     elif not np.array_equal(np.asarray(out[ID_COLUMN]), np.asarray(batch[ID_COLUMN])):
         problems.append(f"{where}: ids changed or were reordered")
-    for column, dtype in getattr(cls, "output_columns", {}).items():
+    for column, dtype in getattr(stage, "output_columns", {}).items():
         if column not in out:
             problems.append(f"{where}: declared output column {column!r} is missing")
         elif isinstance(out[column], np.ndarray) and out[column].dtype.kind != np.dtype(dtype).kind:
@@ -135,9 +136,11 @@ def infer_ray() -> Iterator[None]:
     """A local Ray for the test session (reuses one already started)."""
     import ray
 
+    from framework.run import start_local_ray
+
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+        start_local_ray()
         started = True
     yield
     if started:

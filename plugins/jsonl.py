@@ -25,7 +25,13 @@ class JsonlReader(Reader):
     def read(self) -> ray.data.Dataset:
         fs, _ = filesystem_for(self.paths[0], self.storage)
         paths = [filesystem_for(p, self.storage)[1] for p in self.paths]
-        ds = ray.data.read_json(paths, filesystem=fs, lines=True, file_extensions=["jsonl", "json"])
+        ds = ray.data.read_json(
+            paths,
+            filesystem=fs,
+            lines=True,
+            file_extensions=["jsonl", "json"],
+            num_cpus=self.num_cpus,
+        )
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})
         return ds
@@ -36,7 +42,13 @@ class JsonlWriter(Writer):
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)
-        dataset.write_json(where, filesystem=fs, lines=True, orient="records")
+        dataset.write_json(
+            where,
+            filesystem=fs,
+            lines=True,
+            orient="records",
+            ray_remote_args=self.ray_remote_args,
+        )
 
 
 @hookimpl

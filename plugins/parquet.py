@@ -55,7 +55,11 @@ class ParquetReader(Reader):
         if self.columns is not None:
             columns = list(dict.fromkeys([self.id_column, *self.columns]))
         ds = ray.data.read_parquet(
-            paths, filesystem=fs, columns=columns, override_num_blocks=self.num_blocks
+            paths,
+            filesystem=fs,
+            columns=columns,
+            override_num_blocks=self.num_blocks,
+            num_cpus=self.num_cpus,
         )
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})
@@ -77,7 +81,12 @@ class ParquetWriter(Writer):
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)
-        dataset.write_parquet(where, filesystem=fs, min_rows_per_file=self.rows_per_file)
+        dataset.write_parquet(
+            where,
+            filesystem=fs,
+            min_rows_per_file=self.rows_per_file,
+            ray_remote_args=self.ray_remote_args,
+        )
 
 
 @hookimpl

@@ -48,13 +48,29 @@ def test_print_spec_is_resolved_yaml_without_secrets(spec, capsys, tmp_path):
     assert "hunter2" not in out
 
 
-def test_plan_prints_stages_with_resources(spec, capsys, tmp_path):
-    assert main([str(spec), "--plan"]) == ExitCode.OK
+def test_plan_prints_stages_with_resources_and_why(spec, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # pin the local cluster: 4 CPUs, no GPU
+    assert main([str(spec), "--plan", "ray.num_cpus=4"]) == ExitCode.OK
     assert capsys.readouterr().out.splitlines() == [
-        "0. reader       reader             parquet",
-        "1. model        models[0]          echo  actors=1..2 batch_size=16 num_cpus=1",
-        f"2. writer       writer             parquet  -> {tmp_path / 'out'}",
+        "cluster: this machine: 1 node: localhost (4 CPUs, 0 GPUs)",
+        "0. reader       reader             parquet  num_cpus=0.25",
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
+        "1. model        models[0]          echo  actors=1..2 batch_size=16 num_cpus=3.5",
+        "   auto (num_cpus, num_gpus): no GPU: 1 actor(s) of 3.5 CPUs (torch threads follow), "
+        "0.5 CPU per node kept for reading, CPU stages and writing",
+        "2. writer       writer             parquet  num_cpus=0.25 -> " + str(tmp_path / "out"),
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
     ]
+
+
+def test_plan_refuses_what_the_cluster_cannot_run(spec, capsys, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    code = main([str(spec), "--validate", "ray.num_cpus=2", "models.0.resources.num_gpus=1"])
+    assert code == ExitCode.RESOURCE_ERROR
+    assert capsys.readouterr().err == (
+        "infer-run: error: models[0]: asks for num_cpus=1, num_gpus=1 per actor, which no node "
+        "has - this machine: 1 node: localhost (2 CPUs, 0 GPUs)\n"
+    )
 
 
 def test_plugins_lists_kind_name_and_distribution(capsys):

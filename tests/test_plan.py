@@ -1,4 +1,4 @@
-"""Plan shape for several specs, without starting Ray."""
+"""Plan shape, automatic sizing and feasibility for several specs, without starting Ray."""
 
 from __future__ import annotations
 
@@ -12,11 +12,24 @@ import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
+from framework.cluster import Cluster, Node
 from framework.compile import EMITTERS, compile_plan
+from framework.feasibility import ResourceError, check_feasible, infeasible
 from framework.plan import MapNode, Plan, ReadNode, WriteNode, build_plan
 from framework.plugins import load_registry
 from framework.spec import validate_spec
 from tests.plugins import upper
+
+GPU_BOX = Cluster((Node("n1", "10.0.0.1", cpus=8, gpus=2, custom={"gpu_node": 1}),), "test")
+LAPTOP = Cluster((Node("n1", "10.0.0.1", cpus=2, spare_cpus=1),), "test")
+MIXED = Cluster(
+    (
+        Node("c1", "10.0.0.1", cpus=16),
+        Node("c2", "10.0.0.2", cpus=16),
+        Node("g1", "10.0.0.3", cpus=8, gpus=4, custom={"accelerator_type:A100": 1}),
+    ),
+    "test",
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +39,18 @@ def data(tmp_path_factory):
     return str(path)
 
 
-def plan_for(spec: dict, extra=()) -> Plan:
+def plan_for(spec: dict, extra=(), cluster: Cluster = GPU_BOX) -> Plan:
     registry = load_registry(extra)
-    return build_plan(validate_spec(OmegaConf.create(spec), registry))
+    return build_plan(validate_spec(OmegaConf.create(spec), registry), cluster)
+
+
+def simple(data: str, **model: object) -> dict:
+    return {
+        "reader": {"type": "parquet", "path": data},
+        "preprocessors": [{"type": "select_columns"}],
+        "models": [{"type": "echo", **model}],
+        "writer": {"type": "parquet", "path": "/tmp/o"},
+    }
 
 
 def shape(plan: Plan) -> list[tuple]:
@@ -37,39 +59,25 @@ def shape(plan: Plan) -> list[tuple]:
         if isinstance(node, MapNode):
             out.append(("map", node.name, node.compute, node.pool, node.batch_size, node.ray_args))
         else:
-            out.append((type(node).__name__, node.stage.type))
+            out.append((type(node).__name__, node.stage.type, node.num_cpus))
     return out
 
 
-def test_reader_model_writer(data):
-    plan = plan_for(
-        {
-            "reader": {"type": "parquet", "path": data},
-            "models": [{"type": "echo"}],
-            "writer": {"type": "parquet", "path": "/tmp/o"},
-        }
-    )
-    assert shape(plan) == [
-        ("ReadNode", "parquet"),
-        ("map", "models_0:echo", "actors", (1, 1), 64, {"num_cpus": 1}),
-        ("WriteNode", "parquet"),
-    ]
-
-
-def test_every_stage_kind_with_resources(data):
+def test_every_stage_kind_with_explicit_resources(data):
     plan = plan_for(
         {
             "run": {"limit": 10},
-            "reader": {"type": "parquet", "path": data},
+            "reader": {"type": "parquet", "path": data, "resources": {"num_cpus": 0.5}},
             "preprocessors": [
                 {"type": "upper", "resources": {"num_cpus": 0.5, "batch_size": 16}},
-                {"type": "select_columns", "columns": ["text_upper"]},
+                {"type": "select_columns", "columns": ["text_upper"], "resources": {"num_cpus": 1}},
             ],
             "models": [
                 {
                     "type": "echo",
                     "resources": {
                         "actors": [2, 4],
+                        "num_cpus": 1,
                         "num_gpus": 0.25,
                         "memory": 1_000_000,
                         "accelerator_type": "A100",
@@ -79,15 +87,18 @@ def test_every_stage_kind_with_resources(data):
                     },
                 }
             ],
-            "postprocessors": [{"type": "rename_columns", "mapping": {"x_echo": "y"}}],
-            "writer": {"type": "jsonl", "path": "/tmp/o"},
+            "postprocessors": [
+                {"type": "rename_columns", "mapping": {"x_echo": "y"}, "resources": {"num_cpus": 2}}
+            ],
+            "writer": {"type": "jsonl", "path": "/tmp/o", "resources": {"num_cpus": 1}},
         },
         [upper],
     )
-    assert plan.nodes[0] == ReadNode(plan.spec.reader, 10)
-    assert shape(plan)[1:] == [
+    assert plan.nodes[0].limit == 10
+    assert shape(plan) == [
+        ("ReadNode", "parquet", 0.5),
         ("map", "preprocessors_0:upper", "tasks", None, 16, {"num_cpus": 0.5}),
-        ("map", "preprocessors_1:select_columns", "tasks", None, None, {"num_cpus": 1}),
+        ("map", "preprocessors_1:select_columns", "tasks", None, None, {"num_cpus": 1.0}),
         (
             "map",
             "models_0:echo",
@@ -95,17 +106,75 @@ def test_every_stage_kind_with_resources(data):
             (2, 4),
             8,
             {
-                "num_cpus": 1,
+                "num_cpus": 1.0,
                 "num_gpus": 0.25,
                 "memory": 1_000_000,
                 "accelerator_type": "A100",
                 "resources": {"gpu_node": 1.0},
             },
         ),
-        ("map", "postprocessors_0:rename_columns", "tasks", None, None, {"num_cpus": 1}),
-        ("WriteNode", "jsonl"),
+        ("map", "postprocessors_0:rename_columns", "tasks", None, None, {"num_cpus": 2.0}),
+        ("WriteNode", "jsonl", 1.0),
     ]
     assert plan.nodes[3].max_tasks_in_flight_per_actor == 3
+    assert all(node.reason == "as the spec says" for node in plan.nodes)
+
+
+def test_gpu_cluster_one_actor_per_gpu_and_one_cpu_per_task(data):
+    plan = plan_for(simple(data), cluster=GPU_BOX)
+    assert shape(plan) == [
+        ("ReadNode", "parquet", 1.0),
+        ("map", "preprocessors_0:select_columns", "tasks", None, None, {"num_cpus": 1.0}),
+        ("map", "models_0:echo", "actors", (2, 2), 64, {"num_cpus": 1.0, "num_gpus": 1.0}),
+        ("WriteNode", "parquet", 1.0),
+    ]
+    assert plan.nodes[2].reason == (
+        "auto (actors, num_cpus, num_gpus): 1 GPU per actor, 2 actor(s) for the cluster's 2 GPUs"
+    )
+
+
+def test_two_models_share_the_gpus(data):
+    spec = simple(data)
+    spec["models"].append({"type": "echo", "scale": 2})
+    plan = plan_for(spec, cluster=Cluster((Node("n", "h", cpus=8, gpus=1),), "test"))
+    models = [n for n in plan.nodes if isinstance(n, MapNode) and n.stage.kind == "model"]
+    assert [(m.pool, m.ray_args["num_gpus"]) for m in models] == [((1, 1), 0.5), ((1, 1), 0.5)]
+
+
+def test_cpu_only_model_gets_most_cores(data):
+    plan = plan_for(simple(data), cluster=LAPTOP)
+    assert shape(plan) == [
+        ("ReadNode", "parquet", 0.25),
+        ("map", "preprocessors_0:select_columns", "tasks", None, None, {"num_cpus": 0.25}),
+        ("map", "models_0:echo", "actors", (1, 1), 64, {"num_cpus": 1.5}),
+        ("WriteNode", "parquet", 0.25),
+    ]
+    assert "0.5 CPU per node kept for reading, CPU stages and writing" in plan.nodes[2].reason
+
+
+def test_small_node_without_a_spare_cpu_keeps_one_for_ray_data(data):
+    # An external cluster: Ray's logical CPUs are all there is, and listing needs one.
+    plan = plan_for(simple(data), cluster=Cluster((Node("n1", "h", cpus=2),), "test"))
+    assert plan.nodes[2].ray_args == {"num_cpus": 1.0}
+    assert plan.nodes[1].ray_args == {"num_cpus": 0.5}
+    assert infeasible(plan) == []
+
+
+def test_large_cpu_nodes_get_several_model_actors(data):
+    big = Cluster((Node("a", "h1", cpus=32), Node("b", "h2", cpus=32)), "test")
+    plan = plan_for(simple(data), cluster=big)
+    model = plan.nodes[2]
+    # 32 CPUs, 3 kept: 29 over ceil(29 / 8) = 4 actors per node, on 2 nodes.
+    assert (model.pool, model.ray_args) == ((8, 8), {"num_cpus": 7.25})
+    assert plan.nodes[1].ray_args == {"num_cpus": 1.5}
+
+
+def test_spec_values_win_over_sizing(data):
+    plan = plan_for(simple(data, resources={"num_gpus": 0, "num_cpus": 1}), cluster=GPU_BOX)
+    model = plan.nodes[2]
+    # As many 1-CPU actors as fit beside the CPU kept for Ray Data: 7 of the 8.
+    assert (model.pool, model.ray_args) == ((7, 7), {"num_cpus": 1.0})
+    assert model.reason.startswith("auto (actors):")
 
 
 def test_stateless_stage_with_actors_runs_as_a_pool(data):
@@ -120,19 +189,66 @@ def test_stateless_stage_with_actors_runs_as_a_pool(data):
     assert (node.compute, node.pool) == ("actors", (3, 3))
 
 
-def test_describe_lists_each_stage_with_resources(data):
-    plan = plan_for(
-        {
-            "reader": {"type": "parquet", "path": data},
-            "models": [{"type": "echo", "resources": {"actors": [1, 2], "batch_size": 32}}],
-            "writer": {"type": "parquet", "path": "/tmp/o"},
-        }
-    )
+def test_describe_lists_each_stage_with_resources_and_why(data):
+    plan = plan_for(simple(data, resources={"batch_size": 32}), cluster=LAPTOP)
     assert plan.describe().splitlines() == [
-        "0. reader       reader             parquet",
-        "1. model        models[0]          echo  actors=1..2 batch_size=32 num_cpus=1",
-        "2. writer       writer             parquet  -> /tmp/o",
+        "cluster: test: 1 node: 10.0.0.1 (2 CPUs, 0 GPUs)",
+        "0. reader       reader             parquet  num_cpus=0.25",
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
+        "1. preprocessor preprocessors[0]   select_columns  tasks batch_size=ray-default num_cpus=0.25",
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
+        "2. model        models[0]          echo  actors=1..1 batch_size=32 num_cpus=1.5",
+        "   auto (actors, num_cpus, num_gpus): no GPU: 1 actor(s) of 1.5 CPUs (torch threads "
+        "follow), 0.5 CPU per node kept for reading, CPU stages and writing",
+        "3. writer       writer             parquet  num_cpus=0.25 -> /tmp/o",
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
     ]
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        (
+            {"num_gpus": 1},
+            "models[0]: asks for num_cpus=1, num_gpus=1 per actor, which no node has "
+            "- test: 1 node: 10.0.0.1 (2 CPUs, 0 GPUs)",
+        ),
+        (
+            {"num_cpus": 4},
+            "models[0]: asks for num_cpus=4 per actor, which no node has "
+            "- test: 1 node: 10.0.0.1 (2 CPUs, 0 GPUs)",
+        ),
+        (
+            {"custom": {"tpu_pod": 1}},
+            "models[0]: asks for num_cpus=1.5, tpu_pod=1 per actor, which no node has "
+            "- test: 1 node: 10.0.0.1 (2 CPUs, 0 GPUs)",
+        ),
+        (
+            {"accelerator_type": "H100"},
+            "models[0]: asks for num_cpus=1.5, accelerator_type=H100 per actor, which no node "
+            "has - test: 1 node: 10.0.0.1 (2 CPUs, 0 GPUs)",
+        ),
+        (
+            {"num_cpus": 1.5, "actors": 2},
+            "models[0]: the actor pools hold 3 of the cluster's 3 logical CPUs, leaving less "
+            "than the 1 CPU that Ray Data's read, CPU-stage and write tasks need - lower the "
+            "actors' num_cpus or pool size",
+        ),
+    ],
+)
+def test_infeasible_stage_is_named_with_what_it_asked_and_what_exists(data, resources, expected):
+    plan = plan_for(simple(data, resources=resources), cluster=LAPTOP)
+    assert infeasible(plan) == [expected]
+    with pytest.raises(ResourceError) as info:
+        check_feasible(plan)
+    assert str(info.value) == expected
+
+
+def test_accelerator_type_found_on_a_mixed_cluster(data):
+    plan = plan_for(simple(data, resources={"accelerator_type": "A100"}), cluster=MIXED)
+    assert infeasible(plan) == []
+    model = plan.nodes[2]
+    assert (model.pool, model.ray_args["num_gpus"]) == ((4, 4), 1.0)
 
 
 def test_every_plan_node_kind_has_a_ray_data_translation():
@@ -142,9 +258,8 @@ def test_every_plan_node_kind_has_a_ray_data_translation():
 def test_building_a_plan_does_not_start_ray(data):
     # A fresh interpreter: this test session may already have Ray running.
     code = (
-        "import ray; from tests.test_plan import plan_for; "
-        f"plan_for({{'reader': {{'type': 'parquet', 'path': {data!r}}}, "
-        "'models': [{'type': 'echo'}], 'writer': {'type': 'parquet', 'path': '/tmp/o'}}); "
+        "import ray; from tests.test_plan import plan_for, simple; "
+        f"plan_for(simple({data!r})); "
         "assert not ray.is_initialized(), 'Ray started'"
     )
     root = Path(__file__).parent.parent
@@ -153,12 +268,7 @@ def test_building_a_plan_does_not_start_ray(data):
 
 
 def test_unknown_node_kind_is_named(data):
-    plan = plan_for(
-        {
-            "reader": {"type": "parquet", "path": data},
-            "writer": {"type": "parquet", "path": "/tmp/o"},
-        }
-    )
-    bogus = Plan(("not a node",), plan.spec)  # type: ignore[arg-type]
+    plan = plan_for(simple(data))
+    bogus = Plan(("not a node",), plan.spec, plan.cluster)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="no Ray Data translation for plan node 'not a node'"):
         compile_plan(bogus)

@@ -126,5 +126,18 @@ def test_unknown_name_suggests_close_registered_names():
         "unknown preprocessor 'uper' - did you mean 'upper'?"
     )
     assert registry.unknown_message("writer", "zzz") == (
-        "unknown writer 'zzz' - registered writers: jsonl, parquet"
+        "unknown writer 'zzz' - registered writers: csv, jsonl, parquet"
+    )
+
+
+def test_infer_plugins_registers_a_module_by_import_path():
+    registry = build_registry(make_plugin_manager(env={"INFER_PLUGINS": "tests.plugins.upper"}))
+    entry = registry.find("preprocessor", "upper")
+    assert entry is not None
+    assert (entry.plugin, entry.distribution) == ("tests.plugins.upper", None)
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(env={"INFER_PLUGINS": "tests.plugins.nope"})
+    assert str(info.value) == (
+        "error importing plugin 'tests.plugins.nope' (from INFER_PLUGINS): "
+        "ModuleNotFoundError: No module named 'tests.plugins.nope'"
     )

@@ -12,6 +12,7 @@ from framework.cli import main
 from framework.errors import ExitCode, SpecError
 from framework.plugins import load_registry
 from framework.spec import load_spec, validate_spec
+from tests.plugins import upper
 
 
 @pytest.fixture
@@ -75,9 +76,11 @@ def test_override_can_add_a_whole_stage(tmp_path, data):
 
 def test_defaults_from_plugin_are_overridden_key_by_key(tmp_path, data):
     path = write_spec(tmp_path, GOOD.format(root=tmp_path))
-    spec = validate_spec(load_spec(path, ["models.0.resources.num_cpus=2"]), load_registry())
-    assert spec.models[0].resources.actors == 1  # from Model.default_resources
-    assert spec.models[0].resources.num_cpus == 2
+    overrides = ["preprocessors=[{type: upper, column: x}]", "preprocessors.0.resources.num_cpus=2"]
+    spec = validate_spec(load_spec(path, overrides), load_registry([upper]))
+    resources = spec.preprocessors[0].resources
+    assert resources.batch_size == 8  # from Upper.default_resources
+    assert resources.num_cpus == 2  # the spec wins
 
 
 BAD_SPECS = [

@@ -33,9 +33,13 @@ class Resources:
 
 @dataclass
 class RaySection:
-    address: str | None = None
-    num_cpus: int | None = None
-    object_store_memory: int | None = None
+    address: str | None = None  # "auto", "ray://host:10001", host:port; None: a local Ray
+    num_cpus: int | None = None  # for the local Ray only
+    object_store_memory: int | None = None  # for the local Ray only
+    # Passed to ray.init: how workers of an existing cluster get the plugins' code.
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+    # Upload infer-run and the packages of every component the spec uses (py_modules).
+    ship_code: bool = False
 
 
 @dataclass
@@ -43,6 +47,9 @@ class RunSection:
     name: str = "infer-run"
     limit: int | None = None
     report: str | None = None
+    # Ray Data's target block size: smaller blocks stream to the next stage sooner and
+    # spread over more tasks; larger ones cost less per-block overhead.
+    block_mb: float = 16.0
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,8 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
     run = _section(resolved.get("run"), RunSection, "run", problems)
     if run.limit is not None and run.limit < 1:
         problems.append(f"run.limit: must be at least 1, got {run.limit}")
+    if run.block_mb <= 0:
+        problems.append(f"run.block_mb: must be positive, got {run.block_mb}")
     reader = _stage(resolved.get("reader"), "reader", "reader", registry, problems)
     writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
     lists: dict[str, tuple[StageConfig, ...]] = {}

@@ -9,6 +9,7 @@ from framework import Batch, Preprocessor, hookimpl
 
 class Upper(Preprocessor):
     output_columns = {"text_upper": "object"}
+    default_resources = {"batch_size": 8, "num_cpus": 0.5}
 
     def __init__(self, column: str = "text") -> None:
         self.column = column

@@ -1,0 +1,90 @@
+"""Refuse, before anything runs, a plan that the cluster could never schedule.
+
+Ray waits silently for resources that no node offers; a user on a CPU-only cluster
+who asked for a GPU should get one line naming the stage, not a hang.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from framework.cluster import Cluster, Node
+from framework.errors import ExitCode, InferError
+from framework.plan import MapNode, Plan
+
+
+class ResourceError(InferError):
+    """A stage asks for resources that no node of the cluster has."""
+
+    exit_code = ExitCode.RESOURCE_ERROR
+
+
+def _asks(node: Any) -> dict[str, Any]:
+    if isinstance(node, MapNode):
+        return node.ray_args
+    return {"num_cpus": node.num_cpus or 0}
+
+
+def _fits(node: Node, asks: dict[str, Any]) -> bool:
+    if node.cpus < (asks.get("num_cpus") or 0) or node.gpus < (asks.get("num_gpus") or 0):
+        return False
+    if asks.get("memory") and node.memory and node.memory < asks["memory"]:
+        return False
+    accelerator = asks.get("accelerator_type")
+    if accelerator and accelerator not in node.accelerator_types:
+        return False
+    return all(node.custom.get(k, 0) >= v for k, v in (asks.get("resources") or {}).items())
+
+
+def _describe(asks: dict[str, Any]) -> str:
+    parts = []
+    for key, value in asks.items():
+        if key == "resources":
+            parts += [f"{k}={v:g}" for k, v in value.items()]
+        elif value:
+            parts.append(f"{key}={value:g}" if isinstance(value, float | int) else f"{key}={value}")
+    return ", ".join(parts) or "nothing"
+
+
+def infeasible(plan: Plan) -> list[str]:
+    """One line per stage that cannot run on ``plan.cluster``; [] when all can."""
+    cluster: Cluster = plan.cluster
+    problems = []
+    for node in plan.nodes:
+        asks = _asks(node)
+        unit = "actor" if isinstance(node, MapNode) and node.pool else "task"
+        if not any(_fits(n, asks) for n in cluster.nodes):
+            problems.append(
+                f"{node.stage.path}: asks for {_describe(asks)} per {unit}, which no node has "
+                f"- {cluster.describe()}"
+            )
+    if problems:
+        return problems
+    actors = [n for n in plan.nodes if isinstance(n, MapNode) and n.pool]
+    held_gpus = sum(n.pool[0] * (n.ray_args.get("num_gpus") or 0) for n in actors)
+    if held_gpus > cluster.gpus:
+        problems.append(
+            f"{', '.join(n.stage.path for n in actors)}: the actor pools' minimum sizes need "
+            f"{held_gpus:g} GPUs together, the cluster has {cluster.gpus:g}"
+        )
+    held_cpus = sum(n.pool[0] * (n.ray_args.get("num_cpus") or 0) for n in actors)
+    tasks = [n for n in plan.nodes if not (isinstance(n, MapNode) and n.pool)]
+    # Ray Data's file-listing task always asks for one whole CPU.
+    task_cpus = max([1.0, *(_asks(n).get("num_cpus") or 0 for n in tasks)])
+    if actors and held_cpus + task_cpus > cluster.logical_cpus:
+        problems.append(
+            f"{', '.join(n.stage.path for n in actors)}: the actor pools hold {held_cpus:g} of the "
+            f"cluster's {cluster.logical_cpus:g} logical CPUs, leaving less than the {task_cpus:g} "
+            "CPU that Ray Data's read, CPU-stage and write tasks need - lower the actors' "
+            "num_cpus or pool size"
+        )
+    return problems
+
+
+def check_feasible(plan: Plan) -> None:
+    problems = infeasible(plan)
+    if problems:
+        raise ResourceError("\n".join(problems))
+
+
+__all__ = ["ResourceError", "check_feasible", "infeasible"]

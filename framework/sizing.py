@@ -1,0 +1,99 @@
+"""Fill in the resources a spec leaves out, from what the cluster has, and say why.
+
+Nothing the spec (or a plugin's ``default_resources``) sets is changed. The rules:
+with GPUs, each model gets one GPU per actor and one actor per GPU, and CPU work
+spreads over every CPU at one CPU per task; on CPUs only, the models get most of
+each node (torch threads follow the grant) and a small share is kept for reading,
+CPU stages and writing, whose tasks are sized to fit in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from framework.cluster import Cluster
+from framework.spec.schema import Resources, Spec, StageConfig
+
+# torch's intra-op scaling flattens out past this many threads; more CPUs → more actors.
+MAX_THREADS_PER_ACTOR = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Sized:
+    resources: Resources
+    reason: str
+
+
+def _cpu_reserve(node_cpus: float) -> float:
+    return 0.5 if node_cpus <= 4 else float(max(1, round(0.1 * node_cpus)))
+
+
+def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
+    """Resources per stage path (reader, stages, writer) with every unset key decided."""
+    models = [s for s in spec.stages if s.kind == "model"]
+    gpus = cluster.gpus
+    unset_gpu = [m for m in models if m.resources.num_gpus is None]
+    gpu_share = 0.0
+    if gpus and unset_gpu:
+        gpu_share = 1.0 if gpus >= len(unset_gpu) else math.floor(gpus / len(unset_gpu) * 100) / 100
+
+    def gpus_of(stage: StageConfig) -> float:
+        r = stage.resources
+        return r.num_gpus if r.num_gpus is not None else gpu_share
+
+    gpu_models = [m for m in models if gpus_of(m) > 0]
+    cpu_models = [m for m in models if gpus_of(m) == 0]
+    cpu_nodes = [n for n in cluster.nodes if n.cpus > 0]
+    node_cpus = min((n.cpus for n in cpu_nodes), default=1.0)
+    spare = min((n.spare_cpus for n in cpu_nodes), default=0.0)
+    # Ray Data's listing task needs one whole logical CPU beside the actors.
+    reserve = max(_cpu_reserve(node_cpus), 1.0 - spare) if cpu_models else 0.0
+    task_cpus = reserve / 2 if cpu_models else 1.0
+
+    out: dict[str, Sized] = {}
+    for model in gpu_models:
+        share = gpus_of(model)
+        pool = max(1, int(gpus / len(gpu_models) / share)) if gpus else 1
+        out[model.path] = _fill(
+            model.resources,
+            num_gpus=share,
+            num_cpus=1.0,
+            actors=pool,
+            why=f"{share:g} GPU per actor, {pool} actor(s) for the cluster's {gpus:g} GPUs",
+        )
+    if cpu_models:
+        avail = (node_cpus - reserve) / len(cpu_models)
+        per_node = max(1, math.ceil(avail / MAX_THREADS_PER_ACTOR))
+        auto_cpus = max(0.25, math.floor(avail / per_node * 4) / 4)
+        for model in cpu_models:
+            cpus_each = model.resources.num_cpus or auto_cpus
+            # As many actors as fit on the CPU nodes beside the reserve, at least one.
+            fits = sum(int((n.cpus - reserve) / len(cpu_models) // cpus_each) for n in cpu_nodes)
+            pool = max(1, fits)
+            out[model.path] = _fill(
+                model.resources,
+                num_gpus=0.0,
+                num_cpus=auto_cpus,
+                actors=pool,
+                why=(
+                    f"no GPU: {pool} actor(s) of {cpus_each:g} CPUs (torch threads follow), "
+                    f"{reserve:g} CPU per node kept for reading, CPU stages and writing"
+                ),
+            )
+    why_tasks = (
+        f"{task_cpus:g} CPU per task, to fit beside the model actors"
+        if cpu_models
+        else "1 CPU per task, spread over every node with CPUs"
+    )
+    for stage in (spec.reader, *(s for s in spec.stages if s.kind != "model"), spec.writer):
+        out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why_tasks)
+    return out
+
+
+def _fill(r: Resources, why: str, **chosen: float) -> Sized:
+    """``r`` with only its unset keys taken from ``chosen``; the reason names what was chosen."""
+    updates = {k: v for k, v in chosen.items() if getattr(r, k) is None}
+    if not updates:
+        return Sized(r, "as the spec says")
+    return Sized(dataclasses.replace(r, **updates), f"auto ({', '.join(sorted(updates))}): {why}")

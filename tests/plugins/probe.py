@@ -1,0 +1,55 @@
+"""A model that reports, per row, what its worker was given: threads, GPUs, CUDA state, node."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import ray
+import torch
+
+from framework import Batch, Model, Preprocessor, hookimpl
+
+
+class Probe(Model):
+    output_columns = {"threads": "int64", "gpu_ids": "object", "cuda_initialized": "bool"}
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+
+    def __call__(self, batch: Batch) -> Batch:
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        n = len(batch["id"])
+        batch["threads"] = np.full(n, torch.get_num_threads(), dtype=np.int64)
+        ids = ",".join(str(g) for g in ray.get_gpu_ids())
+        batch["gpu_ids"] = np.array([ids] * n, dtype=object)
+        batch["cuda_initialized"] = np.full(n, torch.cuda.is_initialized())
+        batch["node_id"] = np.array([ray.get_runtime_context().get_node_id()] * n, dtype=object)
+        batch["pid"] = np.full(n, os.getpid(), dtype=np.int64)
+        return batch
+
+
+class SlowCopy(Preprocessor):
+    """A CPU stage stand-in that takes time, so stage overlap is visible."""
+
+    def __init__(self, delay_s: float = 0.05) -> None:
+        self.delay_s = delay_s
+
+    def __call__(self, batch: Batch) -> Batch:
+        time.sleep(self.delay_s)
+        batch["pre_node_id"] = np.array(
+            [ray.get_runtime_context().get_node_id()] * len(batch["id"]), dtype=object
+        )
+        return batch
+
+
+@hookimpl
+def register_models(register):
+    register("probe", Probe)
+
+
+@hookimpl
+def register_preprocessors(register):
+    register("slow_copy", SlowCopy)

@@ -1,0 +1,139 @@
+"""Per-stage placement on a real multi-node Ray cluster started outside the test process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from framework.errors import ExitCode
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).parent.parent
+MIB = 1024**2
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A head with CPUs only (custom resource cpu_node) and a node advertising a GPU."""
+    nodes = [
+        {"num_cpus": 2, "resources": {"cpu_node": 4}, "object_store_memory": 200 * MIB},
+        {
+            "num_cpus": 2,
+            "num_gpus": 1,
+            "resources": {"gpu_node": 1},
+            "object_store_memory": 200 * MIB,
+        },
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "ray_cluster_proc.py"), json.dumps(nodes)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    address = proc.stdout.readline().strip()
+    assert address, "the cluster process did not start"
+    yield address
+    proc.stdin.close()
+    proc.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cluster-input")
+    for part in range(8):
+        ids = [f"r{part}-{i:03d}" for i in range(100)]
+        pq.write_table(pa.table({"id": ids, "x": np.arange(100.0)}), root / f"p{part}.parquet")
+    return root
+
+
+def run_cli(spec: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "INFER_PLUGINS": "tests.plugins.probe", "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "framework.cli", str(spec), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def write_spec(tmp_path: Path, dataset: Path, model_resources: str) -> Path:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+run: {{block_mb: 0.001}}  # a block per batch: the model can start on the first one
+reader: {{type: parquet, path: {dataset}}}
+preprocessors:
+  - type: slow_copy
+    delay_s: 0.2
+    resources: {{custom: {{cpu_node: 1}}, batch_size: 25}}
+models:
+  - type: probe
+    delay_s: 0.05
+    resources: {model_resources}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    return spec
+
+
+def test_cpu_stage_on_cpu_node_model_on_gpu_node_and_they_stream(cluster, dataset, tmp_path):
+    spec = write_spec(tmp_path, dataset, "{num_gpus: 1, custom: {gpu_node: 1}, batch_size: 25}")
+    done = run_cli(spec, "--address", cluster)
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(
+        f"r{p}-{i:03d}" for p in range(8) for i in range(100)
+    )
+
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    pre, model = report["stages"]["preprocessors[0]"], report["stages"]["models[0]"]
+    assert [n["resources"].get("cpu_node") for n in pre["nodes"]] == [4.0]
+    assert [n["resources"].get("GPU") for n in model["nodes"]] == [1.0]
+    assert pre["nodes"][0]["node_id"] != model["nodes"][0]["node_id"]
+    # Streaming: the model was already busy before the CPU stage had finished.
+    assert model["first_start_s"] < pre["last_end_s"]
+    # Inside the workers: the model's actor holds the GPU, the CPU stage none, and nobody
+    # initialised CUDA (there is no real GPU behind the advertised one).
+    assert {r["gpu_ids"] for r in rows} == {"0"}
+    assert not any(r["cuda_initialized"] for r in rows)
+    assert {w["gpus"] for w in pre["workers"]} == {0.0}
+    assert {w["gpu_ids"] == [] for w in pre["workers"]} == {True}
+
+
+def test_threads_follow_the_cpu_grant(cluster, dataset, tmp_path):
+    spec = write_spec(
+        tmp_path, dataset, "{num_cpus: 2, num_gpus: 0, custom: {gpu_node: 1}, batch_size: 50}"
+    )
+    done = run_cli(spec, "--address", cluster)
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    assert {r["threads"] for r in rows} == {2}
+    assert {r["gpu_ids"] for r in rows} == {""}
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert {w["torch_threads"] for w in report["stages"]["models[0]"]["workers"]} == {2}
+
+
+def test_infeasible_spec_fails_fast_instead_of_waiting(cluster, dataset, tmp_path):
+    spec = write_spec(tmp_path, dataset, "{num_gpus: 1, accelerator_type: H100}")
+    # Far below the minutes Ray would wait for a resource nobody offers.
+    done = run_cli(spec, "--address", cluster, timeout=60)
+    assert done.returncode == ExitCode.RESOURCE_ERROR
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        "infer-run: error: models[0]: asks for num_cpus=1, num_gpus=1, accelerator_type=H100 "
+        "per actor, which no node has - "
+    )
+    assert "(2 CPUs, 1 GPUs, gpu_node=1)" in line
