@@ -17,6 +17,7 @@ from framework.components import (
     Stage,
     Writer,
 )
+from framework.dead_letter import ERROR_COLUMN
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
 from framework.hookspecs import hookimpl
 from framework.plugins import component_class
@@ -28,6 +29,7 @@ except PackageNotFoundError:  # running from a checkout that was never installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "ERROR_COLUMN",
     "ID_COLUMN",
     "Batch",
     "Component",

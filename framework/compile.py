@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray.data
 
 from framework.components import Batch, Writer
+from framework.dead_letter import ErrorPolicy
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.worker import StageRunner
 
@@ -23,24 +24,25 @@ class Compiled:
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every worker of one run shares: its id and the StageLog actor (None: no log)."""
+    """What every worker of one run shares: its id, the StageLog actor, the error policy."""
 
     run_id: str = "local"
     log: Any = None
+    errors: ErrorPolicy = field(default_factory=ErrorPolicy)
 
 
 # Stateless stages run as tasks: one runner per stage per worker process, reused.
 _RUNNERS: dict[tuple[str, str], StageRunner] = {}
 
 
-def _task_fn(node: MapNode, run_id: str, log: Any) -> Callable[[Batch], Batch]:
-    key = (run_id, node.stage.path)
+def _task_fn(node: MapNode, run: RunContext) -> Callable[[Batch], Batch]:
+    key = (run.run_id, node.stage.path)
     cls, params, path = node.stage.cls, node.stage.params, node.stage.path
 
     def apply(batch: Batch) -> Batch:
         runner = _RUNNERS.get(key)
         if runner is None:
-            runner = _RUNNERS[key] = StageRunner(path, cls, params, log)
+            runner = _RUNNERS[key] = StageRunner(path, cls, params, run.log, run.errors)
         return runner(batch)
 
     apply.__name__ = apply.__qualname__ = node.name
@@ -50,8 +52,10 @@ def _task_fn(node: MapNode, run_id: str, log: Any) -> Callable[[Batch], Batch]:
 class _StageActor:
     """Holds one stateful stage (a loaded model) for the life of a Ray actor."""
 
-    def __init__(self, path: str, cls: type, params: dict[str, Any], log: Any) -> None:
-        self.runner = StageRunner(path, cls, params, log)
+    def __init__(
+        self, path: str, cls: type, params: dict[str, Any], log: Any, errors: ErrorPolicy
+    ) -> None:
+        self.runner = StageRunner(path, cls, params, log, errors)
         self.runner.build()  # load the model now, not on the first batch
 
     def __call__(self, batch: Batch) -> Batch:
@@ -80,6 +84,7 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
             "cls": node.stage.cls,
             "params": node.stage.params,
             "log": run.log,
+            "errors": run.errors,
         }
         kwargs["compute"] = ray.data.ActorPoolStrategy(
             min_size=node.pool[0],
@@ -87,14 +92,36 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
             max_tasks_in_flight_per_actor=node.max_tasks_in_flight_per_actor,
         )
     else:
-        fn = _task_fn(node, run.run_id, run.log)
+        fn = _task_fn(node, run)
     return dataset.map_batches(fn, batch_format="numpy", batch_size=node.batch_size, **kwargs)
 
 
-def _emit_write(node: WriteNode, dataset: ray.data.Dataset, run: RunContext) -> Writer:
+class _PassThrough:
+    def __call__(self, batch: Batch) -> Batch:
+        return batch
+
+
+WRITER_PATH = "writer"
+
+
+def _emit_write(node: WriteNode, dataset: ray.data.Dataset, run: RunContext) -> Compiled:
     writer = node.stage.cls(**node.stage.params)
     writer.num_cpus = node.num_cpus
-    return writer
+    # Every row reaching the writer is counted here (and rows a reader flagged in a
+    # pipeline without stages are set aside); Ray fuses this into the write tasks.
+    runner = StageRunner(WRITER_PATH, _PassThrough, {}, run.log, run.errors)
+
+    def count_rows(batch: Batch) -> Batch:
+        return runner(batch)
+
+    counted = dataset.map_batches(
+        count_rows,
+        batch_format="numpy",
+        batch_size=None,
+        num_cpus=node.num_cpus,
+        compute=ray.data.TaskPoolStrategy(),
+    )
+    return Compiled(counted, writer)
 
 
 EMITTERS: dict[type, Callable[[Any, Any, RunContext], Any]] = {
@@ -108,18 +135,14 @@ def compile_plan(plan: Plan, run: RunContext | None = None) -> Compiled:
     """1. read, 2. one ``map_batches`` per stage, 3. the writer, built but not yet run."""
     run = run or RunContext()
     dataset: Any = None
-    writer: Writer | None = None
     for node in plan.nodes:
         emit = EMITTERS.get(type(node))
         if emit is None:
             raise TypeError(f"no Ray Data translation for plan node {node!r}")
-        result = emit(node, dataset, run)
-        if isinstance(node, WriteNode):
-            writer = result
-        else:
-            dataset = result
-    assert writer is not None, "a plan always ends with a write node"
-    return Compiled(dataset, writer)
+        dataset = emit(node, dataset, run)
+        if isinstance(dataset, Compiled):
+            return dataset
+    raise TypeError("a plan must end with a write node")
 
 
-__all__ = ["EMITTERS", "Compiled", "RunContext", "compile_plan"]
+__all__ = ["EMITTERS", "WRITER_PATH", "Compiled", "RunContext", "compile_plan"]

@@ -119,10 +119,14 @@ def build_report(
     rows_failed: int = 0,
     stages: dict[str, dict[str, Any]] | None = None,
     first_stage: str | None = None,
+    errors: dict[str, Any] | None = None,
+    failure: str | None = None,
 ) -> RunReport:
     ops = operator_figures(summary)
     stages = stages or {}
-    written = rows_written(ops)
+    # The framework's own count in front of the writer; Ray's operator counts blur when
+    # the write is fused with the stages before it.
+    written = stages["writer"]["rows_out"] if "writer" in stages else rows_written(ops)
     # The first stage's own count is exact; Ray's operator counts blur under fusion.
     read = stages[first_stage]["rows_in"] if first_stage in stages else rows_read(ops)
     if read != written + rows_failed:
@@ -133,13 +137,15 @@ def build_report(
     return RunReport(
         {
             "schema_version": SCHEMA_VERSION,
-            "status": "ok",
+            "status": "failed" if failure else "ok",
+            "failure": failure,
             "name": spec.run.name,
             "started_at": started_at,
             "wall_time_s": round(wall_time_s, 4),
             "rows_read": read,
             "rows_written": written,
             "rows_failed": rows_failed,
+            "errors": errors or {},
             "rows_per_s": round(written / wall_time_s, 3) if wall_time_s else 0.0,
             "output": output,
             "report_path": report_path,

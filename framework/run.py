@@ -14,7 +14,8 @@ import ray
 import ray.data
 
 from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
-from framework.compile import RunContext, compile_plan
+from framework.compile import WRITER_PATH, RunContext, compile_plan
+from framework.dead_letter import ErrorPolicy
 from framework.errors import InferError, RunError
 from framework.feasibility import check_feasible
 from framework.plan import Plan, build_plan
@@ -112,18 +113,22 @@ def run_plan(plan: Plan, registry: Registry) -> RunReport:
     context.target_max_block_size = block_bytes
     context.target_min_block_size = min(context.target_min_block_size or block_bytes, block_bytes)
     run_id = uuid.uuid4().hex[:12]
-    stage_log = StageLog.options(name=f"infer_run_log_{run_id}").remote()
+    first_stage = spec.stages[0].path if spec.stages else WRITER_PATH
+    stage_log = StageLog.options(name=f"infer_run_log_{run_id}").remote(first_stage)
+    errors = error_policy(spec)
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     origin = time.time()
     start = time.perf_counter()
-    compiled = compile_plan(plan, RunContext(run_id, stage_log))
+    compiled = compile_plan(plan, RunContext(run_id, stage_log, errors))
+    failure: RunError | None = None
     try:
         compiled.writer.write(compiled.dataset)
     except ray.exceptions.RayError as exc:
-        cause = _user_cause(exc)
-        if cause is not None:
-            raise RunError(str(cause)) from exc
-        raise
+        # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
+        reason = ray.get(stage_log.stop_reason.remote()) or _user_cause(exc)
+        if reason is None:
+            raise
+        failure = RunError(reason)
     wall = time.perf_counter() - start
     writer = compiled.writer
     report_path = f"{writer.path.rstrip('/')}/{REPORT_NAME}"
@@ -132,6 +137,7 @@ def run_plan(plan: Plan, registry: Registry) -> RunReport:
         for c in components
         if c["plugin"]
     }
+    failed, by_stage = ray.get(stage_log.failures.remote())
     report = build_report(
         spec,
         compiled.dataset.get_stats_summary(),
@@ -143,13 +149,31 @@ def run_plan(plan: Plan, registry: Registry) -> RunReport:
         components=components,
         warnings=warnings,
         stages=stage_figures(ray.get(stage_log.snapshot.remote()), origin, _node_descriptions()),
-        first_stage=spec.stages[0].path if spec.stages else None,
+        first_stage=first_stage,
+        rows_failed=failed,
+        errors={"policy": errors.policy, "dead_letter": errors.dead_letter, "by_stage": by_stage},
+        failure=str(failure) if failure else None,
     )
     ray.kill(stage_log)
     write_text(report_path, report.to_json(), writer.storage)
     if spec.run.report:
         write_text(spec.run.report, report.to_json(), None)
+    if failure is not None:
+        raise failure
     return report
+
+
+def error_policy(spec: Spec) -> ErrorPolicy:
+    """The spec's ``errors:`` section; dead letters default to ``_dead_letter`` in the output."""
+    e = spec.errors
+    writer = spec.writer.params
+    return ErrorPolicy(
+        policy=e.policy,
+        dead_letter=e.dead_letter or f"{str(writer['path']).rstrip('/')}/_dead_letter",
+        storage=writer.get("storage"),
+        max_count=e.max_count,
+        max_fraction=e.max_fraction,
+    )
 
 
 def _node_descriptions() -> dict[str, dict[str, Any]]:
@@ -172,14 +196,18 @@ def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:
         out.write(text.encode())
 
 
-def _user_cause(exc: BaseException) -> InferError | None:
-    """The InferError a stage raised inside a Ray worker, if that is what failed."""
+def _user_cause(exc: BaseException) -> str | None:
+    """The message of the InferError a stage raised inside a Ray worker, if that failed.
+
+    Ray re-raises a worker's exception as a class deriving from both RayTaskError and the
+    original type, whose str() carries the remote traceback; the original's args do not.
+    """
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, InferError):
-            return current
+            return str(current.args[0]) if current.args else type(current).__name__
         current = current.__cause__ or getattr(current, "cause", None)
     return None
 

@@ -16,12 +16,31 @@ import ray
 class StageLog:
     """One per run: every stage's batches report here with their node and wall interval."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_stage: str | None = None) -> None:
         self.stages: dict[str, dict[str, Any]] = {}
+        self.first_stage = first_stage
+        self.seen = 0  # rows into the first stage: what the error fraction is of
+        self.failed = 0
+        self.errors: dict[str, dict[str, int]] = {}
 
     def record(
-        self, stage: str, node_id: str, start: float, end: float, rows_in: int, rows_out: int
-    ) -> None:
+        self,
+        stage: str,
+        node_id: str,
+        start: float,
+        end: float,
+        rows_in: int,
+        rows_out: int,
+        failures: dict[str, dict[str, int]] | None = None,
+    ) -> tuple[int, int]:
+        """Count one batch; returns (rows seen, rows failed) so far, for the error budget."""
+        if stage == self.first_stage:
+            self.seen += rows_in
+        for where, kinds in (failures or {}).items():
+            counts = self.errors.setdefault(where, {})
+            for kind, count in kinds.items():
+                counts[kind] = counts.get(kind, 0) + count
+                self.failed += count
         s = self.stages.setdefault(
             stage,
             {
@@ -45,6 +64,7 @@ class StageLog:
         n["batches"] += 1
         n["rows"] += rows_in
         n["busy_s"] += end - start
+        return self.seen, self.failed
 
     def worker(self, stage: str, info: dict[str, Any]) -> None:
         """What one worker process saw when it built the stage: threads, GPUs, device."""
@@ -65,6 +85,17 @@ class StageLog:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return self.stages
+
+    def stop(self, message: str) -> None:
+        """Keep the first reason a worker stopped the run: Ray loses the exception's type."""
+        self.stopped = getattr(self, "stopped", None) or message
+
+    def stop_reason(self) -> str | None:
+        return getattr(self, "stopped", None)
+
+    def failures(self) -> tuple[int, dict[str, dict[str, int]]]:
+        """Rows failed in all, and their counts by stage and error type."""
+        return self.failed, self.errors
 
 
 def stage_figures(

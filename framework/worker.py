@@ -4,6 +4,7 @@ CPUs Ray granted, hold the stage to the batch contract, and log each batch's tim
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -12,7 +13,10 @@ from typing import Any
 import ray
 
 from framework.components import ID_COLUMN, Batch
+from framework.dead_letter import ErrorPolicy, run_isolated, split_flagged
 from framework.errors import RunError
+
+log = logging.getLogger("infer_run.worker")
 
 
 def granted(resource: str) -> float:
@@ -56,11 +60,19 @@ def checked_call(stage: Any, batch: Batch, name: str) -> Batch:
 class StageRunner:
     """One stage in one worker process; ``log`` is the run's StageLog actor (or None)."""
 
-    def __init__(self, path: str, cls: type, params: dict[str, Any], log: Any = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        cls: type,
+        params: dict[str, Any],
+        log: Any = None,
+        errors: ErrorPolicy | None = None,
+    ) -> None:
         self.path = path
         self.cls = cls
         self.params = params
         self.log = log
+        self.errors = errors or ErrorPolicy()
         self.stage: Any = None
 
     def build(self) -> None:
@@ -85,10 +97,42 @@ class StageRunner:
         match_torch_threads()  # task workers are reused across stages with other grants
         rows = len(batch[ID_COLUMN]) if ID_COLUMN in batch else 0
         start = time.time()
-        out = checked_call(self.stage, batch, self.path)
+        batch, failures = split_flagged(batch, "reader")
+        try:
+            out = checked_call(self.stage, batch, self.path)
+        except Exception:  # which rows broke it? retry them one by one
+            log.debug("stage %s failed on a batch; isolating rows", self.path, exc_info=True)
+            out, failed = run_isolated(
+                lambda row: checked_call(self.stage, row, self.path),
+                batch,
+                self.path,
+                stop_at_first=self.errors.policy == "fail",
+            )
+            failures += failed
         end = time.time()
+        if failures and self.errors.policy == "fail":
+            self._stop(failures[0].line() + " - errors.policy=skip writes bad rows aside")
+        self.errors.write(failures)
         if self.log is not None:
             node = ray.get_runtime_context().get_node_id()
+            kinds: dict[str, dict[str, int]] = {}
+            for f in failures:
+                counts = kinds.setdefault(f.stage, {})
+                counts[f.error_type] = counts.get(f.error_type, 0) + 1
             # Waited on so that every batch is counted before the driver reads the log.
-            ray.get(self.log.record.remote(self.path, node, start, end, rows, len(out[ID_COLUMN])))
+            seen, failed = ray.get(
+                self.log.record.remote(
+                    self.path, node, start, end, rows, len(out[ID_COLUMN]), kinds
+                )
+            )
+            reason = self.errors.over_budget(seen, failed)
+            if reason:
+                self._stop(
+                    f"error budget exceeded: {reason} - bad rows are in {self.errors.dead_letter}"
+                )
         return out
+
+    def _stop(self, message: str) -> None:
+        if self.log is not None:
+            ray.get(self.log.stop.remote(message))
+        raise RunError(message)

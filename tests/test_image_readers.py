@@ -290,31 +290,40 @@ def test_parquet_with_flat_pixels_and_shape(ray_session, tmp_path, photos, make_
         np.testing.assert_array_equal(got[name], pixels)
 
 
-def test_flat_pixels_of_the_wrong_length_name_the_row(photos):
+def test_flat_pixels_that_cannot_fill_the_shape_are_flagged_not_dropped(photos):
     # The conversion Ray runs in the read tasks, called here directly to keep the test fast.
     flat = [p.reshape(-1) for p in photos.values()]
+    ids = list(photos)
     flat[2] = flat[2][:-3]
     table = pixels_table(photos, pa.array([list(f) for f in flat], pa.list_(pa.uint8())))
     shape = (HEIGHT, WIDTH, 3)
 
-    with pytest.raises(ValueError) as failure:
-        flat_to_tensor(table, column="image", id_column="id", shape=shape)
-    assert str(failure.value) == (
-        "image_parquet: row id='coffee' of column 'image' holds 2301 values, "
-        "shape [24, 32, 3] needs 2304"
-    )
+    out = flat_to_tensor(table, column="image", id_column="id", shape=shape)
+    assert out.num_rows == len(ids)
+    reasons = out["_error"].to_pylist()
+    assert reasons[2] == "'image' holds 2301 values, shape [24, 32, 3] needs 2304"
+    assert [r for i, r in enumerate(reasons) if i != 2] == [""] * (len(ids) - 1)
+    pixels = out["image"].combine_chunks().to_numpy_ndarray()
+    for i, name in enumerate(ids):
+        expected = np.zeros(shape, np.uint8) if i == 2 else photos[name]
+        np.testing.assert_array_equal(pixels[i], expected)
 
     missing = table.set_column(1, "image", pa.array([None, *flat[:1] * 4], pa.list_(pa.uint8())))
-    with pytest.raises(ValueError, match="row id='astronaut' of column 'image' holds null"):
-        flat_to_tensor(missing, column="image", id_column="id", shape=shape)
+    out = flat_to_tensor(missing, column="image", id_column="id", shape=shape)
+    assert out["_error"].to_pylist()[0] == "'image' holds null, shape [24, 32, 3] needs 2304"
 
     holes = pa.array([list(f) for f in flat[:2]] + [[None] * 2304] * 3, pa.list_(pa.uint8()))
-    with pytest.raises(
-        ValueError, match="row id='coffee' of column 'image' holds null pixel values"
-    ):
-        flat_to_tensor(
-            table.set_column(1, "image", holes), column="image", id_column="id", shape=shape
-        )
+    out = flat_to_tensor(
+        table.set_column(1, "image", holes), column="image", id_column="id", shape=shape
+    )
+    assert out["_error"].to_pylist() == ["", ""] + ["'image' holds null pixel values"] * 3
+
+    clean = [p.reshape(-1) for p in photos.values()]
+    table = pixels_table(photos, pa.array([list(f) for f in clean], pa.list_(pa.uint8())))
+    assert (
+        "_error"
+        not in flat_to_tensor(table, column="image", id_column="id", shape=shape).column_names
+    )
 
     empty = flat_to_tensor(table.slice(0, 0), column="image", id_column="id", shape=shape)
     assert empty.num_rows == 0 and empty.schema.field("image").type.shape == list(shape)

@@ -11,7 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Sections of the spec file, in pipeline order; ``vars`` is free-form for interpolation.
-SECTIONS = ("vars", "ray", "run", "reader", "preprocessors", "models", "postprocessors", "writer")
+SECTIONS = (
+    "vars",
+    "ray",
+    "run",
+    "errors",
+    "reader",
+    "preprocessors",
+    "models",
+    "postprocessors",
+    "writer",
+)
 STAGE_LISTS = {"preprocessors": "preprocessor", "models": "model", "postprocessors": "preprocessor"}
 STAGE_NODES = {"reader": "reader", "writer": "writer"}
 RESERVED_STAGE_KEYS = ("type", "resources")
@@ -52,6 +62,14 @@ class RunSection:
     block_mb: float = 16.0
 
 
+@dataclass
+class ErrorsSection:
+    policy: str = "fail"  # fail: stop at the first bad row; skip: dead-letter it and go on
+    max_count: int | None = None  # skip: stop once more rows than this failed
+    max_fraction: float | None = None  # skip: stop once this share of the rows seen failed
+    dead_letter: str | None = None  # default: <writer.path>/_dead_letter
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """One validated stage node."""
@@ -75,6 +93,7 @@ class Spec:
     writer: StageConfig
     ray: RaySection
     run: RunSection
+    errors: ErrorsSection
     resolved: dict[str, Any]
     source: str | None = None
 

@@ -15,12 +15,14 @@ from typing import Any, Literal, Union
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from framework.dead_letter import POLICIES
 from framework.errors import SpecError, did_you_mean
 from framework.registry import Registry
 from framework.spec.schema import (
     RESERVED_STAGE_KEYS,
     SECTIONS,
     STAGE_LISTS,
+    ErrorsSection,
     RaySection,
     Resources,
     RunSection,
@@ -43,6 +45,8 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
             problems.append(f"{required}: missing - every spec needs a {required}")
     ray = _section(resolved.get("ray"), RaySection, "ray", problems)
     run = _section(resolved.get("run"), RunSection, "run", problems)
+    errors = _section(resolved.get("errors"), ErrorsSection, "errors", problems)
+    problems.extend(_error_problems(errors))
     if run.limit is not None and run.limit < 1:
         problems.append(f"run.limit: must be at least 1, got {run.limit}")
     if run.block_mb <= 0:
@@ -68,6 +72,7 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
         writer=writer,
         ray=ray,
         run=run,
+        errors=errors,
         resolved=resolved,
         source=source,
         **lists,
@@ -158,6 +163,17 @@ def _stage(
     checked = entry.cls.check(bound)
     problems.extend(f"{path}.{p}" for p in checked)
     return StageConfig(path, kind, str(type_name), entry.cls, bound, resources)
+
+
+def _error_problems(e: ErrorsSection) -> list[str]:
+    out = []
+    if e.policy not in POLICIES:
+        out.append(f"errors.policy: expected one of {', '.join(POLICIES)}, got {e.policy!r}")
+    if e.max_count is not None and e.max_count < 0:
+        out.append(f"errors.max_count: must not be negative, got {e.max_count}")
+    if e.max_fraction is not None and not 0 <= e.max_fraction <= 1:
+        out.append(f"errors.max_fraction: must be between 0 and 1, got {e.max_fraction}")
+    return out
 
 
 def _resource_problems(r: Resources) -> list[str]:

@@ -19,13 +19,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
-from framework import ID_COLUMN, InputError, Reader, filesystem_for
+from framework import ERROR_COLUMN, ID_COLUMN, InputError, Reader, filesystem_for
 from plugins.images.common import as_paths, locate, path_list_problems
 
 IMAGE_COLUMN = "image"
@@ -241,31 +242,35 @@ def flat_to_tensor(
 ) -> pa.Table:
     """Flat pixel lists to one fixed-shape tensor column, so batches hold one [N, *shape] array.
 
-    The tensor reuses the lists' value buffer; a row that cannot fill ``shape`` stops the
-    read with its id, since a tensor column has no way to carry it as a bad row.
+    A row that cannot fill ``shape`` (null, wrong length, null pixels) keeps zeros in the
+    tensor and its reason in the ``_error`` column: the framework dead-letters it under
+    ``errors.policy: skip`` and stops the run naming it otherwise.
     """
     values = table[column].combine_chunks()
     size = math.prod(shape)
-
-    def fail(row: int, held: str) -> ValueError:
-        return ValueError(
-            f"image_parquet: row id={table[id_column][row].as_py()!r} of column {column!r} "
-            f"holds {held}, shape {list(shape)} needs {size}"
-        )
-
     lengths = pc.list_value_length(values)
-    wrong = pc.invert(pc.fill_null(pc.equal(lengths, size), False))
-    if pc.any(wrong).as_py():
-        row = pc.index(wrong, True).as_py()
-        raise fail(row, "null" if not values[row].is_valid else f"{lengths[row]} values")
-    pixels = values.flatten()
+    good = pc.fill_null(pc.equal(lengths, size), False)
+    pixels = pc.list_flatten(pc.filter(values, good))
+    parents = pc.list_parent_indices(pc.filter(values, good))
+    good_rows = np.flatnonzero(good.to_numpy(zero_copy_only=False))
+    reasons = [""] * len(values)
+    for row in np.flatnonzero(~good.to_numpy(zero_copy_only=False)):
+        held = "null" if not values[int(row)].is_valid else f"{lengths[int(row)]} values"
+        reasons[int(row)] = f"{column!r} holds {held}, shape {list(shape)} needs {size}"
     if pixels.null_count:
-        row = pc.filter(pc.list_parent_indices(values), pc.is_null(pixels))[0].as_py()
-        raise fail(row, "null pixel values")
+        for local in set(pc.filter(parents, pc.is_null(pixels)).to_pylist()):
+            reasons[int(good_rows[local])] = f"{column!r} holds null pixel values"
+    dense = np.zeros((len(values), size), dtype=np.uint8)
+    if len(good_rows):
+        dense[good_rows] = pc.fill_null(pixels, 0).to_numpy(zero_copy_only=False).reshape(-1, size)
     tensor = pa.ExtensionArray.from_storage(
-        pa.fixed_shape_tensor(pa.uint8(), shape), pa.FixedSizeListArray.from_arrays(pixels, size)
+        pa.fixed_shape_tensor(pa.uint8(), shape),
+        pa.FixedSizeListArray.from_arrays(pa.array(dense.reshape(-1)), size),
     )
-    return table.set_column(table.schema.get_field_index(column), column, tensor)
+    table = table.set_column(table.schema.get_field_index(column), column, tensor)
+    if any(reasons):
+        table = table.append_column(ERROR_COLUMN, pa.array(reasons, pa.string()))
+    return table
 
 
 def struct_to_bytes(table: pa.Table, column: str) -> pa.Table:

@@ -1,0 +1,142 @@
+"""Bad rows: isolate them inside a batch, record them, and keep the error budget.
+
+Ray Data drops or fails a whole block when one row breaks a stage. Here a failing
+batch is retried row by row, so only the bad rows leave the pipeline; each one is
+written to the dead-letter output with its id, stage, error type and message, and
+``rows_read = rows_written + rows_failed`` holds for every run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from framework.components import ID_COLUMN, Batch
+from framework.storage import filesystem_for
+
+# A reader (or stage) that cannot produce a row keeps it, with the reason in this
+# column; the next stage's runner moves it to the dead-letter output.
+ERROR_COLUMN = "_error"
+POLICIES = ("fail", "skip")
+log = logging.getLogger("infer_run.dead_letter")
+
+
+@dataclass(frozen=True)
+class Failure:
+    row_id: Any
+    stage: str
+    error_type: str
+    message: str
+
+    def line(self) -> str:
+        return f"row {self.row_id!r} failed in {self.stage}: {self.error_type}: {self.message}"
+
+    def record(self) -> dict[str, Any]:
+        row_id = self.row_id.item() if hasattr(self.row_id, "item") else self.row_id
+        return {
+            "id": row_id,
+            "stage": self.stage,
+            "error_type": self.error_type,
+            "message": self.message,
+        }
+
+
+@dataclass(frozen=True)
+class ErrorPolicy:
+    """What a run does with a bad row; ``dead_letter`` is a directory (local or s3://)."""
+
+    policy: str = "fail"
+    dead_letter: str | None = None
+    storage: dict[str, Any] | None = None
+    max_count: int | None = None
+    max_fraction: float | None = None
+
+    def write(self, failures: Sequence[Failure]) -> None:
+        """One JSON Lines file per batch with failures: no two workers share a file."""
+        if not failures or self.dead_letter is None:
+            return
+        fs, root = filesystem_for(self.dead_letter, self.storage)
+        fs.create_dir(root, recursive=True)
+        name = f"{failures[0].stage.replace('[', '_').replace(']', '')}-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
+        text = "".join(json.dumps(f.record(), default=str) + "\n" for f in failures)
+        with fs.open_output_stream(f"{root}/{name}") as out:
+            out.write(text.encode())
+
+    def over_budget(self, seen: int, failed: int) -> str | None:
+        """Why the run must stop now, or None while the budget holds."""
+        if self.max_count is not None and failed > self.max_count:
+            return f"{failed} rows failed, more than errors.max_count={self.max_count}"
+        if self.max_fraction is not None and seen and failed / seen > self.max_fraction:
+            return (
+                f"{failed} of {seen} rows failed ({failed / seen:.1%}), more than "
+                f"errors.max_fraction={self.max_fraction}"
+            )
+        return None
+
+
+def split_flagged(batch: Batch, stage: str) -> tuple[Batch, list[Failure]]:
+    """Rows a reader flagged in ``_error`` become failures; the rest go on, without the column."""
+    if ERROR_COLUMN not in batch:
+        return batch, []
+    reasons = batch.pop(ERROR_COLUMN)
+    bad = np.array([bool(r) for r in reasons], dtype=bool)
+    if not bad.any():
+        return batch, []
+    failures = [
+        Failure(row_id, stage, "BadInput", str(reason))
+        for row_id, reason in zip(batch[ID_COLUMN][bad], reasons[bad], strict=True)
+    ]
+    return {k: v[~bad] for k, v in batch.items()}, failures
+
+
+def run_isolated(
+    call: Callable[[Batch], Batch], batch: Batch, stage: str, stop_at_first: bool
+) -> tuple[Batch, list[Failure]]:
+    """``call`` on each row alone: the good rows' outputs joined, and a failure per bad row."""
+    outputs: list[Batch] = []
+    failures: list[Failure] = []
+    for i in range(len(batch[ID_COLUMN])):
+        row = {k: v[i : i + 1] for k, v in batch.items()}
+        try:
+            outputs.append(call(row))
+        except Exception as exc:  # any error in the stage's code is this row's failure
+            log.warning("row %r failed in %s", batch[ID_COLUMN][i], stage, exc_info=True)
+            failures.append(Failure(batch[ID_COLUMN][i], stage, type(exc).__name__, str(exc)))
+            if stop_at_first:
+                break
+    if outputs:
+        return {k: _concat([o[k] for o in outputs]) for k in outputs[0]}, failures
+    try:
+        # Every row failed: an empty batch through the stage gives the right columns.
+        return call({k: v[:0] for k, v in batch.items()}), failures
+    except Exception:
+        return {ID_COLUMN: batch[ID_COLUMN][:0]}, failures
+
+
+def _concat(parts: list[np.ndarray]) -> np.ndarray:
+    try:
+        return np.concatenate(parts)
+    except ValueError:  # rows of different shapes (decoded images): one object per row
+        out = np.empty(sum(len(p) for p in parts), dtype=object)
+        i = 0
+        for part in parts:
+            for value in part:
+                out[i] = value
+                i += 1
+        return out
+
+
+def check_policy(policy: str) -> str | None:
+    if policy not in POLICIES:
+        return f"errors.policy: expected one of {', '.join(POLICIES)}, got {policy!r}"
+    return None
+
+
+__all__ = ["ERROR_COLUMN", "ErrorPolicy", "Failure", "run_isolated", "split_flagged"]

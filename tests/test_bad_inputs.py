@@ -1,0 +1,140 @@
+"""Bad inputs: under errors.policy=skip each case is processed or dead-lettered, never lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+import skimage
+from PIL import Image
+
+from framework.cli import main
+from framework.errors import ExitCode
+
+pytestmark = pytest.mark.ray
+PHOTO = Path(skimage.__file__).parent / "data" / "chelsea.png"
+GOOD = [
+    "good.jpg",
+    "alpha.png",
+    "gray.png",
+    "cmyk.jpg",
+    "sixteen.png",
+    "exif.jpg",
+    "sub/nested.jpg",
+]
+BAD = ["bomb.png", "zero.jpg", "truncated.jpg", "random.jpg", "notes.jpg"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "sub").mkdir()
+    photo = Image.open(PHOTO).convert("RGB").resize((160, 120))
+    photo.save(root / "good.jpg", quality=90)
+    photo.save(root / "sub" / "nested.jpg", quality=90)
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(root / "alpha.png")
+    photo.convert("L").save(root / "gray.png")
+    photo.convert("CMYK").save(root / "cmyk.jpg", quality=90)
+    Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257).save(root / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° on display
+    photo.save(root / "exif.jpg", quality=90, exif=exif)
+    Image.new("RGB", (1200, 1000)).save(root / "bomb.png")  # past the spec's 1e6-pixel limit
+    (root / "zero.jpg").write_bytes(b"")
+    data = (root / "good.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "random.jpg").write_bytes(np.random.default_rng(0).bytes(4000))
+    (root / "notes.jpg").write_text("not an image, whatever the name says")
+    (root / "readme.txt").write_text("not an input: the reader filters by extension")
+    return root
+
+
+def spec(tmp_path: Path, reader: str, policy: str = "skip") -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"""
+errors: {{policy: {policy}}}
+reader: {reader}
+preprocessors:
+  - {{type: image_transform, resize_size: 64, crop_size: 56, max_pixels: 1000000}}
+  - {{type: select_columns, drop: [image]}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    return path
+
+
+def outcome(out: Path) -> tuple[list[str], dict[str, dict]]:
+    written = pads.dataset(out, format="parquet").to_table()["id"].to_pylist()
+    dead = {
+        r["id"]: r
+        for f in sorted((out / "_dead_letter").glob("*.jsonl"))
+        for r in map(json.loads, f.read_text().splitlines())
+    }
+    return written, dead
+
+
+def test_folder_corpus_under_skip(ray_session, corpus, tmp_path):
+    path = spec(tmp_path, f"{{type: image_folder, path: {corpus}}}")
+    assert main([str(path)]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    assert sorted(written) == sorted(GOOD)
+    assert sorted(dead) == sorted(BAD)
+    assert all(r["stage"] == "preprocessors[0]" and r["message"] for r in dead.values())
+    assert "pixel" in dead["bomb.png"]["message"]
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (12, 7, 5)
+    assert report["errors"]["by_stage"] == {"preprocessors[0]": {"RunError": 5}}
+    assert report["warnings"] == []
+
+
+def test_fail_policy_names_the_first_bad_row(ray_session, corpus, tmp_path, capsys):
+    one_bad = tmp_path / "imgs"
+    one_bad.mkdir()
+    for name in ("good.jpg", "zero.jpg", "gray.png"):
+        (one_bad / name).write_bytes((corpus / name).read_bytes())
+    path = spec(tmp_path, f"{{type: image_folder, path: {one_bad}}}", policy="fail")
+    assert main([str(path)]) == ExitCode.RUN_FAILED
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "infer-run: error: row 'zero.jpg' failed in preprocessors[0]: RunError: image_transform: "
+        "image with id 'zero.jpg': not an image in a format Pillow or torchvision can read "
+        "(0 bytes) - errors.policy=skip writes bad rows aside"
+    )
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["status"] == "failed"
+
+
+def test_parquet_null_image_and_wrong_shape_array(ray_session, corpus, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    jpeg = (corpus / "good.jpg").read_bytes()
+    pq.write_table(
+        pa.table({"id": ["a", "b", "c"], "image": pa.array([jpeg, None, jpeg], pa.binary())}),
+        data / "bytes.parquet",
+    )
+    path = spec(tmp_path, f"{{type: image_parquet, path: {data}}}")
+    assert main([str(path)]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    assert (sorted(written), sorted(dead)) == (["a", "c"], ["b"])
+
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    pixels = [list(range(48)), list(range(45)), list(range(48))]  # 4x4x3; row y is short
+    pq.write_table(
+        pa.table({"id": ["x", "y", "z"], "image": pa.array(pixels, pa.list_(pa.uint8()))}),
+        arrays / "flat.parquet",
+    )
+    out = tmp_path / "out2"
+    path = spec(tmp_path, f"{{type: image_parquet, path: {arrays}, shape: [4, 4, 3]}}")
+    assert main([str(path), f"writer.path={out}"]) == ExitCode.OK
+    written, dead = outcome(out)
+    assert (sorted(written), sorted(dead)) == (["x", "z"], ["y"])
+    assert dead["y"]["stage"] == "reader"
+    assert dead["y"]["message"] == "'image' holds 45 values, shape [4, 4, 3] needs 48"

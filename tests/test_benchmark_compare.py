@@ -1,0 +1,134 @@
+"""``python -m benchmarks.compare`` end to end at a tiny size: every figure is recorded.
+
+No timing is asserted: throughput on a shared CI machine says nothing; the benchmark is
+run for real by hand (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import compare
+
+REPO = Path(__file__).resolve().parent.parent
+MODES = ("ceiling", "loop", "raydata", "infer-run")
+RATIOS = ("infer-run/ceiling", "infer-run/loop", "infer-run/raydata")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(600)
+def test_compare_records_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results" / "tiny.json"
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.compare",
+        "--rows",
+        "32",
+        "--model",
+        "resnet18",
+        "--batch-size",
+        "16",
+        "--json",
+        str(out),
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=580)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    doc = json.loads(out.read_text())
+    # The cached dataset was generated, with its marker beside it, not inside it.
+    data = Path(doc["config"]["data"])
+    assert data.parent == tmp_path / "cache" / "infer-run" / "benchmarks"
+    assert data.with_name(f"{data.name}.json").is_file()
+    assert doc["config"]["rows"] == 32
+    assert doc["config"]["batch_size"] == 16
+    assert doc["config"]["model"] == "resnet18"
+    assert doc["config"]["modes"] == list(MODES)
+
+    machine = doc["machine"]
+    assert machine["cpu_model"]
+    assert machine["cores"] >= 1
+    assert machine["torch"]
+    assert machine["torch_threads_default"] >= 1
+
+    for mode in MODES:
+        result = doc["modes"][mode]
+        assert "error" not in result, result
+        assert result["rows_per_s"] > 0
+        assert result["wall_time_s"] > 0
+        assert result["process_wall_s"] >= result["wall_time_s"]
+        assert Path(result["log"]).is_file()
+    for mode in ("loop", "raydata", "infer-run"):
+        assert doc["modes"][mode]["rows"] == 32
+
+    ceiling = doc["modes"]["ceiling"]
+    assert ceiling["rows"] >= 32
+    assert isinstance(ceiling["channels_last"], bool)
+    assert set(ceiling["memory_formats"]) == {"contiguous", "channels_last"}
+    assert ceiling["torch_threads"] == os.cpu_count()
+
+    raydata = doc["modes"]["raydata"]
+    assert len(raydata["actors"]) == 1
+    assert raydata["actors"][0]["torch_threads"] >= 1
+
+    infer_run = doc["modes"]["infer-run"]
+    report = infer_run["report"]
+    assert report["status"] == "ok"
+    assert report["rows_written"] == 32
+    assert infer_run["wall_time_s"] == report["wall_time_s"]
+    assert infer_run["summary"]["operators"]
+    assert "models[0]" in infer_run["summary"]["stages"]
+
+    for key in RATIOS:
+        assert doc["ratios"][key] > 0
+        assert doc["targets"][key] > 0
+        assert isinstance(doc["meets_targets"][key], bool)
+    # The table was printed with the ratios.
+    assert "infer-run /" in done.stdout
+    assert machine["cpu_model"] in done.stdout
+
+
+def test_modes_are_parsed_in_the_documented_order() -> None:
+    assert compare.parse_modes("infer-run, ceiling") == ("ceiling", "infer-run")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown mode"):
+        compare.parse_modes("ceiling,spark")
+
+
+def test_ratios_leave_out_missing_or_failed_modes() -> None:
+    modes = {
+        "ceiling": {"rows_per_s": 100.0},
+        "loop": {"error": "exited with code 1"},
+        "infer-run": {"rows_per_s": 50.0},
+    }
+    assert compare.ratios(modes) == {
+        "infer-run/ceiling": 0.5,
+        "infer-run/loop": None,
+        "infer-run/raydata": None,
+    }
+
+
+def test_cached_dataset_is_reused_for_the_same_rows_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path, rows = compare.ensure_dataset(None, 3, 0)
+    assert rows == 3 and compare.count_rows(path) == 3
+    stamp = compare.parquet_files(path)[0].stat().st_mtime_ns
+    again, _ = compare.ensure_dataset(None, 3, 0)
+    assert again == path
+    assert compare.parquet_files(path)[0].stat().st_mtime_ns == stamp
+    other, _ = compare.ensure_dataset(None, 3, 1)
+    assert other != path and compare.count_rows(other) == 3
+    # A stale marker (an interrupted generation) makes it generate again.
+    path.with_name(f"{path.name}.json").write_text('{"rows": 4}')
+    compare.ensure_dataset(None, 3, 0)
+    assert json.loads(path.with_name(f"{path.name}.json").read_text())["rows"] == 3
