@@ -128,7 +128,19 @@ def main_k8s(argv: Sequence[str]) -> int:
     return k8s.main(p.parse_intermixed_args(argv))
 
 
+def main_bench(argv: Sequence[str]) -> int:
+    from framework import bench
+
+    p = _Parser(
+        prog="infer-run bench",
+        description="Run a spec's benchmark: block and check its expectations.",
+    )
+    bench.add_arguments(p)
+    return bench.main(p.parse_intermixed_args(argv))
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "bench": main_bench,
     "plugins": main_plugins,
     "datagen": main_datagen,
     "k8s": main_k8s,

@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     INPUT_ERROR = 5  # missing or unreadable input, existing output
     RUN_FAILED = 6  # the run started but stopped on bad data or a failed stage
     RESOURCE_ERROR = 7  # a stage asks for resources no node of the cluster has
+    BENCHMARK_FAILED = 8  # infer-run bench: an expectation of the benchmark: block was missed
     INTERRUPTED = 130
 
 

@@ -16,6 +16,7 @@ SECTIONS = (
     "ray",
     "run",
     "errors",
+    "benchmark",
     "reader",
     "preprocessors",
     "models",
@@ -70,6 +71,19 @@ class ErrorsSection:
     dead_letter: str | None = None  # default: <writer.path>/_dead_letter
 
 
+@dataclass
+class BenchmarkSection:
+    """Throughput expectations, as ratios that hold on any machine (``infer-run bench``)."""
+
+    rounds: int = 1
+    warmup_rounds: int = 0
+    sample_rows: int = 64  # rows the model-only ceiling is measured on
+    min_model_ratio: float | None = None  # end-to-end rows/s ÷ model-only rows/s
+    max_outside_model_share: float | None = None  # share of wall time the model is idle
+    # Advisory absolute floors keyed by machine label (INFER_MACHINE_LABEL): {rows_per_s: x}
+    floors: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """One validated stage node."""
@@ -94,6 +108,7 @@ class Spec:
     ray: RaySection
     run: RunSection
     errors: ErrorsSection
+    benchmark: BenchmarkSection | None
     resolved: dict[str, Any]
     source: str | None = None
 

@@ -22,6 +22,7 @@ from framework.spec.schema import (
     RESERVED_STAGE_KEYS,
     SECTIONS,
     STAGE_LISTS,
+    BenchmarkSection,
     ErrorsSection,
     RaySection,
     Resources,
@@ -46,6 +47,9 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
     ray = _section(resolved.get("ray"), RaySection, "ray", problems)
     run = _section(resolved.get("run"), RunSection, "run", problems)
     errors = _section(resolved.get("errors"), ErrorsSection, "errors", problems)
+    benchmark = None
+    if resolved.get("benchmark") is not None:
+        benchmark = _section(resolved["benchmark"], BenchmarkSection, "benchmark", problems)
     problems.extend(_error_problems(errors))
     if run.limit is not None and run.limit < 1:
         problems.append(f"run.limit: must be at least 1, got {run.limit}")
@@ -73,6 +77,7 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
         ray=ray,
         run=run,
         errors=errors,
+        benchmark=benchmark,
         resolved=resolved,
         source=source,
         **lists,
