@@ -1,0 +1,54 @@
+"""A model worker killed mid-run: the run still completes with every id exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from framework.errors import ExitCode
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).parent.parent
+
+
+def test_model_worker_killed_mid_run(tmp_path):
+    data = tmp_path / "in"
+    data.mkdir()
+    ids = [f"r{i:04d}" for i in range(400)]
+    for part in range(4):
+        chunk = ids[part * 100 : (part + 1) * 100]
+        pq.write_table(pa.table({"id": chunk, "x": np.arange(100.0)}), data / f"p{part}.parquet")
+    marker = tmp_path / "crashed"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+run: {{block_mb: 0.001}}
+reader: {{type: parquet, path: {data}}}
+models:
+  - {{type: crash_once, marker: {marker}, resources: {{batch_size: 20}}}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    env = {**os.environ, "INFER_PLUGINS": "tests.plugins.crashy", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "framework.cli", str(spec)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=240,
+    )
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    assert marker.exists(), "the worker never crashed: the test proves nothing"
+    out = pq.read_table(tmp_path / "out").to_pydict()
+    assert sorted(out["id"]) == ids  # every id, exactly once
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (400, 400, 0)
