@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import ray.data
 
-from framework.components import Batch, Writer
-from framework.dead_letter import ErrorPolicy
+from framework.components import ID_COLUMN, Batch, Writer
+from framework.dead_letter import ERROR_COLUMN, ErrorPolicy, Failure
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.worker import StageRunner
 
@@ -96,30 +99,44 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
     return dataset.map_batches(fn, batch_format="numpy", batch_size=node.batch_size, **kwargs)
 
 
-class _PassThrough:
-    def __call__(self, batch: Batch) -> Batch:
-        return batch
-
-
 WRITER_PATH = "writer"
+
+
+def _writer_counter(run: RunContext) -> Callable[[pa.Table], pa.Table]:
+    """Counts every row reaching the writer, and sets aside rows a reader flagged when no
+    stage ran before; Arrow in and out, so the written columns keep their exact types."""
+    runner = StageRunner(WRITER_PATH, object, {}, run.log, run.errors)
+
+    def count_rows(table: pa.Table) -> pa.Table:
+        start, rows, failures = time.time(), table.num_rows, []
+        if ERROR_COLUMN in table.column_names:
+            reasons = pc.fill_null(table[ERROR_COLUMN], "")
+            bad = pc.not_equal(reasons, "")
+            failures = [
+                Failure(row_id, "reader", "BadInput", reason)
+                for row_id, reason in zip(
+                    pc.filter(table[ID_COLUMN], bad).to_pylist(),
+                    pc.filter(reasons, bad).to_pylist(),
+                    strict=True,
+                )
+            ]
+            table = table.filter(pc.invert(bad)).drop_columns([ERROR_COLUMN])
+        runner.settle(start, time.time(), rows, table.num_rows, failures)
+        return table
+
+    return count_rows
 
 
 def _emit_write(node: WriteNode, dataset: ray.data.Dataset, run: RunContext) -> Compiled:
     writer = node.stage.cls(**node.stage.params)
     writer.num_cpus = node.num_cpus
-    # Every row reaching the writer is counted here (and rows a reader flagged in a
-    # pipeline without stages are set aside); Ray fuses this into the write tasks.
-    runner = StageRunner(WRITER_PATH, _PassThrough, {}, run.log, run.errors)
-
-    def count_rows(batch: Batch) -> Batch:
-        return runner(batch)
-
+    # Ray fuses this into the write tasks: no extra pass over the data.
     counted = dataset.map_batches(
-        count_rows,
-        batch_format="numpy",
+        _writer_counter(run),
+        batch_format="pyarrow",
         batch_size=None,
         num_cpus=node.num_cpus,
-        compute=ray.data.TaskPoolStrategy(),
+        zero_copy_batch=True,
     )
     return Compiled(counted, writer)
 

@@ -85,9 +85,9 @@ def runtime_env(spec: Spec) -> dict[str, Any]:
 
 def cluster_for(spec: Spec) -> Cluster:
     """The cluster the spec will run on: joined if it names one, else this machine."""
-    if spec.ray.address or ray.is_initialized():
+    if spec.ray.address:
         init_ray(spec)
-        return ray_cluster(spec.ray.address or "the local Ray")
+        return ray_cluster(spec.ray.address)
     return local_cluster(spec.ray.num_cpus)
 
 

@@ -4,19 +4,24 @@ Fixtures: ``infer_registry`` (the components every installed plugin registers),
 ``infer_ray`` (a local Ray for the session) and ``run_spec`` (run a spec end to end
 and get its report and output rows). ``conformance_problems`` / ``assert_conformant``
 check any reader, preprocessor, model or writer against the framework's contract.
+``pytest --infer-specs DIR`` (or the ``infer_specs`` ini option) turns every spec under DIR
+with a ``benchmark:`` block into a pytest-benchmark throughput test.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from framework.bench import MACHINE_LABEL_ENV, Bench
 from framework.components import ID_COLUMN, Batch, Model, Preprocessor, Reader, Writer
+from framework.errors import InferError
 from framework.plugins import load_registry
 from framework.registry import Registry
 from framework.spec.validate import bind_params
@@ -185,3 +190,97 @@ def run_spec(infer_ray: None, tmp_path: Path) -> Callable[..., SpecRun]:
         return SpecRun(code, output if output.exists() else None)
 
     return run
+
+
+# -- throughput tests from specs: pytest --infer-specs DIR -------------------------------
+
+SPEC_DIRS = pytest.StashKey[list[Path]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("infer-run", "infer-run spec throughput tests")
+    group.addoption(
+        "--infer-specs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="run every spec with a benchmark: block under DIR as a throughput test; "
+        "without test paths on the command line, only these are collected",
+    )
+    group.addoption(
+        "--infer-strict-floors",
+        action="store_true",
+        default=False,
+        help="a missed benchmark.floors entry fails the test (advisory otherwise)",
+    )
+    parser.addini("infer_specs", "spec directories collected beside the tests", type="paths")
+    parser.addini("infer_strict_floors", "as --infer-strict-floors", type="bool", default=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    given = config.getoption("infer_specs")
+    here = config.invocation_params.dir
+    dirs = [(here / d).resolve() for d in given] or [
+        p.resolve() for p in config.getini("infer_specs")
+    ]
+    config.stash[SPEC_DIRS] = dirs
+    if given and config.args_source != pytest.Config.ArgsSource.ARGS:
+        # `pytest --infer-specs specs/ci` asks for the specs, not the testpaths too.
+        config.args = []
+    collected = [(here / arg.split("::")[0]).resolve() for arg in config.args]
+    config.args.extend(str(d) for d in dirs if not _within(d, collected))
+
+
+def _within(path: Path, roots: Iterable[Path]) -> bool:
+    return any(path == root or root in path.parents for root in roots)
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml") and _within(
+        file_path.resolve(), parent.config.stash.get(SPEC_DIRS, [])
+    ):
+        return SpecFile.from_parent(parent, path=file_path)
+    return None
+
+
+class SpecFile(pytest.File):
+    """A spec under ``--infer-specs``: one throughput test if it has a ``benchmark:`` block."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.path.read_text())
+        except yaml.YAMLError as exc:
+            raise self.CollectError(f"{self.path}: invalid YAML: {exc}") from None
+        if isinstance(data, dict) and data.get("benchmark") is not None:
+            test = _throughput_test(self.path)
+            yield pytest.Function.from_parent(self, name=self.path.stem, callobj=test)
+
+
+def _throughput_test(path: Path) -> Callable[..., None]:
+    def throughput(benchmark: Any, infer_ray: None, pytestconfig: pytest.Config) -> None:
+        """The model-only ceiling, then the timed end-to-end rounds, then the checks."""
+        strict = pytestconfig.getoption("infer_strict_floors") or pytestconfig.getini(
+            "infer_strict_floors"
+        )
+        try:
+            bench = Bench(path)
+            try:
+                bench.measure_ceiling()
+                benchmark.pedantic(
+                    bench.run_round,
+                    setup=bench.prepare_round,  # untimed: the previous round's output goes
+                    rounds=bench.settings.rounds,
+                    warmup_rounds=bench.settings.warmup_rounds,
+                )
+                result = bench.result(os.environ.get(MACHINE_LABEL_ENV), bool(strict))
+            finally:
+                bench.close()
+        except InferError as exc:
+            pytest.fail(f"{path}: {exc}", pytrace=False)
+        benchmark.extra_info.update(result)
+        if result["failures"]:
+            pytest.fail("\n".join(result["failures"]), pytrace=False)
+
+    return throughput

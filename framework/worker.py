@@ -10,10 +10,11 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import ray
 
 from framework.components import ID_COLUMN, Batch
-from framework.dead_letter import ErrorPolicy, run_isolated, split_flagged
+from framework.dead_letter import ErrorPolicy, Failure, run_isolated, split_flagged
 from framework.errors import RunError
 
 log = logging.getLogger("infer_run.worker")
@@ -39,6 +40,23 @@ def match_torch_threads() -> int | None:
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     return wanted
+
+
+def lists_for_arrow(batch: Batch) -> Batch:
+    """Object columns of per-row arrays (a list column read back as numpy) become lists.
+
+    Ray turns an object column whose per-row arrays happen to share a shape into a
+    fixed-shape tensor, block by block; Python lists always stay an Arrow list.
+    """
+    for name, values in batch.items():
+        first = values[0] if values.dtype == object and len(values) else None
+        # Only strings: numeric per-row arrays (ragged images) stay Ray's ragged tensors.
+        if isinstance(first, np.ndarray) and first.dtype.kind in "USO":
+            out = np.empty(len(values), dtype=object)
+            for i, value in enumerate(values):
+                out[i] = value.tolist() if isinstance(value, np.ndarray) else value
+            batch[name] = out
+    return batch
 
 
 def checked_call(stage: Any, batch: Batch, name: str) -> Batch:
@@ -109,28 +127,32 @@ class StageRunner:
                 stop_at_first=self.errors.policy == "fail",
             )
             failures += failed
-        end = time.time()
+        self.settle(start, time.time(), rows, len(out[ID_COLUMN]), failures)
+        return lists_for_arrow(out)
+
+    def settle(
+        self, start: float, end: float, rows_in: int, rows_out: int, failures: list[Failure]
+    ) -> None:
+        """Apply the error policy to a batch's failures and count the batch in the run's log."""
         if failures and self.errors.policy == "fail":
             self._stop(failures[0].line() + " - errors.policy=skip writes bad rows aside")
         self.errors.write(failures)
-        if self.log is not None:
-            node = ray.get_runtime_context().get_node_id()
-            kinds: dict[str, dict[str, int]] = {}
-            for f in failures:
-                counts = kinds.setdefault(f.stage, {})
-                counts[f.error_type] = counts.get(f.error_type, 0) + 1
-            # Waited on so that every batch is counted before the driver reads the log.
-            seen, failed = ray.get(
-                self.log.record.remote(
-                    self.path, node, start, end, rows, len(out[ID_COLUMN]), kinds
-                )
+        if self.log is None:
+            return
+        node = ray.get_runtime_context().get_node_id()
+        kinds: dict[str, dict[str, int]] = {}
+        for f in failures:
+            counts = kinds.setdefault(f.stage, {})
+            counts[f.error_type] = counts.get(f.error_type, 0) + 1
+        # Waited on so that every batch is counted before the driver reads the log.
+        seen, failed = ray.get(
+            self.log.record.remote(self.path, node, start, end, rows_in, rows_out, kinds)
+        )
+        reason = self.errors.over_budget(seen, failed)
+        if reason:
+            self._stop(
+                f"error budget exceeded: {reason} - bad rows are in {self.errors.dead_letter}"
             )
-            reason = self.errors.over_budget(seen, failed)
-            if reason:
-                self._stop(
-                    f"error budget exceeded: {reason} - bad rows are in {self.errors.dead_letter}"
-                )
-        return out
 
     def _stop(self, message: str) -> None:
         if self.log is not None:

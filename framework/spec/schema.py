@@ -73,15 +73,18 @@ class ErrorsSection:
 
 @dataclass
 class BenchmarkSection:
-    """Throughput expectations, as ratios that hold on any machine (``infer-run bench``)."""
+    """Throughput expectations for ``infer-run bench`` and ``pytest --infer-specs``.
 
-    rounds: int = 1
-    warmup_rounds: int = 0
+    The checks are ratios that hold on any machine; ``floors`` are absolute, per machine
+    label (``INFER_MACHINE_LABEL``), and advisory unless strict floors are asked for.
+    """
+
+    rounds: int = 1  # timed end-to-end runs; the best one is checked
+    warmup_rounds: int = 0  # untimed runs before them
     sample_rows: int = 64  # rows the model-only ceiling is measured on
-    min_model_ratio: float | None = None  # end-to-end rows/s ÷ model-only rows/s
-    max_outside_model_share: float | None = None  # share of wall time the model is idle
-    # Advisory absolute floors keyed by machine label (INFER_MACHINE_LABEL): {rows_per_s: x}
-    floors: dict[str, dict[str, float]] = field(default_factory=dict)
+    min_model_ratio: float | None = None  # end-to-end rows/s / model-only rows/s
+    max_outside_model_share: float | None = None  # share of wall time the models are idle
+    floors: dict[str, float] = field(default_factory=dict)  # machine label -> min rows/s
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
     benchmark = None
     if resolved.get("benchmark") is not None:
         benchmark = _section(resolved["benchmark"], BenchmarkSection, "benchmark", problems)
+        problems.extend(_benchmark_problems(benchmark))
     problems.extend(_error_problems(errors))
     if run.limit is not None and run.limit < 1:
         problems.append(f"run.limit: must be at least 1, got {run.limit}")
@@ -178,6 +179,27 @@ def _error_problems(e: ErrorsSection) -> list[str]:
         out.append(f"errors.max_count: must not be negative, got {e.max_count}")
     if e.max_fraction is not None and not 0 <= e.max_fraction <= 1:
         out.append(f"errors.max_fraction: must be between 0 and 1, got {e.max_fraction}")
+    return out
+
+
+def _benchmark_problems(b: BenchmarkSection) -> list[str]:
+    # min_model_ratio has no upper bound: an impossible one is how a failing check is tested.
+    least = {"rounds": 1, "warmup_rounds": 0, "sample_rows": 1}
+    out = [
+        f"benchmark.{k}: must be at least {v}, got {getattr(b, k)}"
+        for k, v in least.items()
+        if getattr(b, k) < v
+    ]
+    if b.min_model_ratio is not None and b.min_model_ratio <= 0:
+        out.append(f"benchmark.min_model_ratio: must be positive, got {b.min_model_ratio}")
+    share = b.max_outside_model_share
+    if share is not None and not 0 <= share <= 1:
+        out.append(f"benchmark.max_outside_model_share: must be between 0 and 1, got {share}")
+    out.extend(
+        f"benchmark.floors.{label}: must be positive rows/s, got {floor}"
+        for label, floor in b.floors.items()
+        if floor <= 0
+    )
     return out
 
 
