@@ -53,6 +53,7 @@ def test_compare_records_every_figure(tmp_path: Path) -> None:
     assert doc["config"]["batch_size"] == 16
     assert doc["config"]["model"] == "resnet18"
     assert doc["config"]["modes"] == list(MODES)
+    assert doc["config"]["repeat"] == 1
 
     machine = doc["machine"]
     assert machine["cpu_model"]
@@ -67,6 +68,7 @@ def test_compare_records_every_figure(tmp_path: Path) -> None:
         assert result["wall_time_s"] > 0
         assert result["process_wall_s"] >= result["wall_time_s"]
         assert Path(result["log"]).is_file()
+        assert [r["rows_per_s"] for r in result["runs"]] == [result["rows_per_s"]]
     for mode in ("loop", "raydata", "infer-run"):
         assert doc["modes"][mode]["rows"] == 32
 
@@ -114,6 +116,19 @@ def test_ratios_leave_out_missing_or_failed_modes() -> None:
         "infer-run/loop": None,
         "infer-run/raydata": None,
     }
+
+
+def test_best_run_keeps_the_fastest_and_lists_every_run() -> None:
+    results = [
+        {"rows_per_s": 10.0, "wall_time_s": 5.0, "log": "a"},
+        {"rows_per_s": 12.0, "wall_time_s": 4.0, "log": "b"},
+    ]
+    best = compare.best_run(results)
+    assert best["rows_per_s"] == 12.0 and best["log"] == "b"
+    assert [r["rows_per_s"] for r in best["runs"]] == [10.0, 12.0]
+    assert "error" not in best
+    failed = compare.best_run([*results, {"error": "timed out after 5s", "log": "c"}])
+    assert failed["rows_per_s"] == 12.0 and failed["error"] == "timed out after 5s"
 
 
 def test_cached_dataset_is_reused_for_the_same_rows_and_seed(

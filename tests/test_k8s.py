@@ -98,3 +98,26 @@ writer: {{type: parquet, path: /out}}
     limits = groups[0]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits == {"cpu": "16", "memory": "32Gi"}
     assert groups[0]["rayStartParams"] == {}
+
+
+def test_resnet50_spec_manifest(capsys, tmp_path):
+    data = tmp_path / "imagenet-like"
+    from framework.datagen import generate
+
+    generate(data, 4, "parquet", seed=0)
+    spec = str(ROOT / "specs" / "resnet50_imagenet.yaml")
+    overrides = [f"vars.input={data}", "models.0.weights=random", "models.0.resources.actors=2"]
+    config_map, job = render(capsys, spec, *overrides, "--image", "me/infer-run:0.1")
+    carried = yaml.safe_load(config_map["data"]["spec.yaml"])
+    assert carried["models"][0]["name"] == "resnet50"
+    assert carried["preprocessors"][0]["from_model"] == "${models.0}"  # kept, not expanded
+    assert config_map["metadata"]["name"] == "resnet50-imagenet-spec"
+    cpu, gpu = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert cpu["groupName"] == "cpu"
+    # The spec leaves num_gpus to the cluster: on Kubernetes each model actor gets a GPU.
+    assert (gpu["groupName"], gpu["replicas"], gpu["rayStartParams"]) == (
+        "gpu-0",
+        2,
+        {"num-gpus": "1"},
+    )
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1

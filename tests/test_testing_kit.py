@@ -20,6 +20,7 @@ SAMPLE = {"id": np.array(["a", "b", "c"], dtype=object), "x": np.array([1.0, 2.0
         ("model", "echo", {"scale": 2.0}),
         ("writer", "parquet", {"path": "/tmp/never-written"}),
         ("writer", "jsonl", {"path": "/tmp/never-written"}),
+        ("writer", "csv", {"path": "/tmp/never-written"}),
     ],
 )
 def test_built_in_plugins_conform(kind, name, params):
@@ -64,3 +65,82 @@ def test_run_spec_fixture_runs_through_the_cli(run_spec, tmp_path):
     assert result.code == 0
     assert sorted((r["id"], r["x_echo"]) for r in result.rows()) == [("a", 10.0), ("b", 20.0)]
     assert result.report["rows_written"] == 2
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A real file for every built-in reader."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("kit")
+    png = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 10, 10)).save(png, format="PNG")
+    pq.write_table(pa.table({"id": ["a"], "x": [1.0]}), root / "rows.parquet")
+    (root / "rows.jsonl").write_text('{"id": "a", "x": 1.0}\n')
+    pq.write_table(pa.table({"id": ["a"], "image": [png.getvalue()]}), root / "images.parquet")
+    (root / "folder").mkdir()
+    (root / "folder" / "a.png").write_bytes(png.getvalue())
+    with tarfile.open(root / "shard-0.tar", "w") as tar:
+        info = tarfile.TarInfo("a.png")
+        info.size = len(png.getvalue())
+        tar.addfile(info, io.BytesIO(png.getvalue()))
+    return root
+
+
+READERS = {
+    "parquet": "rows.parquet",
+    "jsonl": "rows.jsonl",
+    "image_parquet": "images.parquet",
+    "image_folder": "folder",
+    "webdataset": "shard-0.tar",
+}
+
+
+@pytest.mark.parametrize("name", sorted(READERS))
+def test_built_in_readers_conform(name, inputs):
+    assert_conformant("reader", name, params={"path": str(inputs / READERS[name])})
+
+
+def test_every_built_in_plugin_is_covered_by_a_conformance_test():
+    # Stages of the vision package are checked in test_vision.py with image batches.
+    covered = {
+        ("preprocessor", "select_columns"),
+        ("preprocessor", "rename_columns"),
+        ("model", "echo"),
+        ("writer", "parquet"),
+        ("writer", "jsonl"),
+        ("writer", "csv"),
+        *(("reader", name) for name in READERS),
+        ("preprocessor", "decode_image"),
+        ("preprocessor", "image_transform"),
+        ("preprocessor", "topk"),
+        ("model", "torchvision"),
+        ("model", "timm"),
+        ("model", "torchscript"),
+    }
+    built_in = {(e.kind, e.name) for e in load_registry().all() if e.distribution == "infer-run"}
+    assert built_in == covered
+
+
+def test_torchscript_model_conforms(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 5),
+    ).eval()
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(net).save(str(path))
+    pixels = {
+        "id": np.arange(2),
+        "image": np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16), dtype=np.uint8),
+    }
+    assert_conformant("model", "torchscript", params={"path": str(path)}, batch=pixels)
