@@ -47,6 +47,12 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--limit", type=int, help="process only the first N rows; same as run.limit")
     p.add_argument("--report", help="also write the JSON run report here; same as run.report")
+    p.add_argument(
+        "--resume", action="store_true", help="finish an interrupted run, skipping committed rows"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing output; same as writer.overwrite"
+    )
     p.add_argument("--version", action="version", version=f"infer-run {__version__}")
     return p
 
@@ -59,11 +65,16 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
         extra.append(f"run.limit={args.limit}")
     if args.report:
         extra.append(f"run.report={args.report}")
+    if args.overwrite:
+        extra.append("writer.overwrite=true")
     return extra
 
 
 def main_run(argv: Sequence[str]) -> int:
-    args = run_parser().parse_intermixed_args(argv)
+    parser = run_parser()
+    args = parser.parse_intermixed_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume and --overwrite exclude each other")
     cfg = load_spec(args.spec, [*args.overrides, *_flag_overrides(args)])
     if args.print_spec:
         problems: list[str] = []
@@ -82,7 +93,7 @@ def main_run(argv: Sequence[str]) -> int:
         if args.validate:
             print(f"{args.spec}: valid ({len(spec.stages)} stages)")
         return ExitCode.OK
-    report = run_spec(spec, registry)
+    report = run_spec(spec, registry, resume=args.resume)
     print(report.summary())
     return ExitCode.OK
 

@@ -14,6 +14,7 @@ import ray.data
 from framework.components import ID_COLUMN, Batch, Writer
 from framework.dead_letter import ERROR_COLUMN, ErrorPolicy, Failure
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
+from framework.resume import skip_committed
 from framework.worker import StageRunner
 
 
@@ -32,6 +33,7 @@ class RunContext:
     run_id: str = "local"
     log: Any = None
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
+    skip_ids: Any = None  # resuming: an ObjectRef of the ids committed before
 
 
 # Stateless stages run as tasks: one runner per stage per worker process, reused.
@@ -74,6 +76,13 @@ def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> r
     reader = node.stage.cls(**node.stage.params)
     reader.num_cpus = node.num_cpus
     dataset = reader.read()
+    if run.skip_ids is not None:
+        dataset = dataset.map_batches(
+            skip_committed,
+            fn_kwargs={"done": run.skip_ids},
+            batch_format="numpy",
+            num_cpus=node.num_cpus,
+        )
     return dataset.limit(node.limit) if node.limit else dataset
 
 

@@ -127,5 +127,12 @@ class Writer(Component, ABC):
             else:
                 fs.delete_dir_contents(where)
 
+    def committed_ids(self) -> list[Any]:
+        """Ids in the output files an interrupted run finished; removes half-written files.
+
+        Writers that support ``--resume`` override this.
+        """
+        raise InputError(f"--resume: the {type(self).__name__} writer cannot resume a run")
+
     @abstractmethod
     def write(self, dataset: ray.data.Dataset) -> None: ...

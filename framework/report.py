@@ -121,6 +121,7 @@ def build_report(
     first_stage: str | None = None,
     errors: dict[str, Any] | None = None,
     failure: str | None = None,
+    resumed: int = 0,
 ) -> RunReport:
     ops = operator_figures(summary)
     stages = stages or {}
@@ -146,6 +147,7 @@ def build_report(
             "rows_written": written,
             "rows_failed": rows_failed,
             "errors": errors or {},
+            "resumed_rows": resumed,
             "rows_per_s": round(written / wall_time_s, 3) if wall_time_s else 0.0,
             "output": output,
             "report_path": report_path,

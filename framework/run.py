@@ -20,7 +20,8 @@ from framework.errors import InferError, RunError
 from framework.feasibility import check_feasible
 from framework.plan import Plan, build_plan
 from framework.registry import Registry
-from framework.report import REPORT_NAME, RunReport, build_report
+from framework.report import REPORT_NAME, RunReport, build_report, spec_fingerprint
+from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
 from framework.telemetry import StageLog, stage_figures
@@ -91,17 +92,25 @@ def cluster_for(spec: Spec) -> Cluster:
     return local_cluster(spec.ray.num_cpus)
 
 
-def run_spec(spec: Spec, registry: Registry) -> RunReport:
+def run_spec(spec: Spec, registry: Registry, resume: bool = False) -> RunReport:
     """Plan ``spec`` on the cluster it runs on, check it fits, run it, write the report."""
-    # Refuse an existing output before paying for Ray's start-up.
-    spec.writer.cls(**spec.writer.params).prepare()
+    components, _ = component_facts(spec, registry)
+    expected = manifest(spec_fingerprint(spec), components)
+    writer = spec.writer.cls(**spec.writer.params)
+    done: list[Any] = []
+    if resume:
+        check_resumable(writer, expected)
+        done = committed_ids(writer, error_policy(spec).dead_letter)
+    else:
+        writer.prepare()  # refuse an existing output before paying for Ray's start-up
+        write_manifest(writer, expected)
     init_ray(spec)
     plan = build_plan(spec, ray_cluster(spec.ray.address or "the local Ray"))
     check_feasible(plan)
-    return run_plan(plan, registry)
+    return run_plan(plan, registry, skip_ids=put_ids(done) if resume else None, resumed=len(done))
 
 
-def run_plan(plan: Plan, registry: Registry) -> RunReport:
+def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int = 0) -> RunReport:
     spec = plan.spec
     components, warnings = component_facts(spec, registry)
     for warning in warnings:
@@ -119,7 +128,7 @@ def run_plan(plan: Plan, registry: Registry) -> RunReport:
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     origin = time.time()
     start = time.perf_counter()
-    compiled = compile_plan(plan, RunContext(run_id, stage_log, errors))
+    compiled = compile_plan(plan, RunContext(run_id, stage_log, errors, skip_ids))
     failure: RunError | None = None
     try:
         compiled.writer.write(compiled.dataset)
@@ -153,6 +162,7 @@ def run_plan(plan: Plan, registry: Registry) -> RunReport:
         rows_failed=failed,
         errors={"policy": errors.policy, "dead_letter": errors.dead_letter, "by_stage": by_stage},
         failure=str(failure) if failure else None,
+        resumed=resumed,
     )
     ray.kill(stage_log)
     write_text(report_path, report.to_json(), writer.storage)

@@ -1,0 +1,91 @@
+"""Resume an interrupted run: keep what was committed, redo only the rest.
+
+A run writes ``_infer_run_manifest.json`` into its output before any data: the spec's
+fingerprint and what each component reports about itself (the weights used). A resumed
+run must match both; it then reads back the ids already in committed output files and
+the dead-letter records, drops unreadable (half-written) files, and skips those ids.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray
+
+from framework.components import ID_COLUMN, Batch, Writer
+from framework.errors import InputError
+from framework.storage import filesystem_for
+
+MANIFEST_NAME = "_infer_run_manifest.json"
+DEAD_LETTER_DIR = "_dead_letter"
+
+
+def manifest(fingerprint: str, components: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"fingerprint": fingerprint, "components": components}
+
+
+def write_manifest(writer: Writer, content: dict[str, Any]) -> None:
+    fs, root = filesystem_for(writer.path, writer.storage)
+    fs.create_dir(root, recursive=True)
+    with fs.open_output_stream(f"{root}/{MANIFEST_NAME}") as out:
+        out.write(json.dumps(content, indent=2, default=str).encode())
+
+
+def check_resumable(writer: Writer, expected: dict[str, Any]) -> None:
+    """Refuse a resume whose spec or model weights differ from the interrupted run's."""
+    fs, root = filesystem_for(writer.path, writer.storage)
+    try:
+        with fs.open_input_stream(f"{root}/{MANIFEST_NAME}") as f:
+            found = json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        raise InputError(
+            f"--resume: {writer.path} holds no run to resume (no {MANIFEST_NAME}) "
+            "- run without --resume"
+        ) from None
+    if found.get("fingerprint") != expected["fingerprint"]:
+        raise InputError(
+            f"--resume: the spec changed since the run that wrote {writer.path} "
+            "- pass --overwrite to start over"
+        )
+    if found.get("components") != expected["components"]:
+        raise InputError(
+            f"--resume: a component (model weights, plugin version) changed since the run that "
+            f"wrote {writer.path} - pass --overwrite to start over"
+        )
+
+
+def committed_ids(writer: Writer, dead_letter: str | None) -> list[Any]:
+    """Ids already written (the writer's committed files) or dead-lettered."""
+    ids = list(writer.committed_ids())
+    if dead_letter:
+        fs, root = filesystem_for(dead_letter, writer.storage)
+        selector = pafs.FileSelector(root, allow_not_found=True)
+        for info in fs.get_file_info(selector):
+            if info.type != pafs.FileType.File or not info.path.endswith(".jsonl"):
+                continue
+            with fs.open_input_stream(info.path) as f:
+                for line in f.read().decode().splitlines():
+                    try:
+                        ids.append(json.loads(line)["id"])
+                    except (ValueError, KeyError):
+                        continue  # a line cut short when the run was killed
+    return ids
+
+
+_DONE: dict[Any, frozenset[Any]] = {}
+
+
+def skip_committed(batch: Batch, done: Any) -> Batch:
+    """Drop the rows whose id was committed by the interrupted run."""
+    import numpy as np
+
+    if isinstance(done, ray.ObjectRef):  # fetched once per worker process
+        done = _DONE.setdefault(done, ray.get(done))
+    keep = np.array([row_id not in done for row_id in batch[ID_COLUMN].tolist()], dtype=bool)
+    return batch if keep.all() else {k: v[keep] for k, v in batch.items()}
+
+
+def put_ids(ids: list[Any]) -> Any:
+    return ray.put(frozenset(ids))

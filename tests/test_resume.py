@@ -1,0 +1,95 @@
+"""The driver killed mid-run, then --resume: every id exactly once, nothing redone twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from framework.cli import main
+from framework.errors import ExitCode
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).parent.parent
+IDS = [f"r{i:04d}" for i in range(600)]
+
+
+def make_spec(tmp_path: Path, scale: float = 2.0) -> Path:
+    data = tmp_path / "in"
+    data.mkdir(exist_ok=True)
+    for part in range(6):
+        chunk = IDS[part * 100 : (part + 1) * 100]
+        pq.write_table(pa.table({"id": chunk, "x": np.arange(100.0)}), data / f"p{part}.parquet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+run: {{block_mb: 0.001}}
+reader: {{type: parquet, path: {data}}}
+models:
+  - {{type: echo, scale: {scale}, delay_s: 0.1, resources: {{batch_size: 10}}}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    return spec
+
+
+def cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "framework.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # so the kill takes the driver's whole process group
+    )
+
+
+def written_files(out: Path) -> list[Path]:
+    return [p for p in out.glob("*.parquet")]
+
+
+def test_driver_killed_then_resumed(tmp_path):
+    spec = make_spec(tmp_path)
+    out = tmp_path / "out"
+    run = cli(str(spec))
+    deadline = time.time() + 180
+    while len(written_files(out)) < 3 and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    assert run.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    before = pads.dataset(written_files(out), format="parquet").to_table()["id"].to_pylist()
+    assert 0 < len(before) < len(IDS)
+
+    resumed = cli(str(spec), "--resume")
+    output, _ = resumed.communicate(timeout=240)
+    assert resumed.returncode == ExitCode.OK, output.decode()[-3000:]
+    ids = pads.dataset(written_files(out), format="parquet").to_table()["id"].to_pylist()
+    assert sorted(ids) == IDS  # every id exactly once
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert report["resumed_rows"] >= len(before)
+    assert report["rows_read"] == len(IDS) - report["resumed_rows"]
+
+
+def test_resume_refused_after_a_spec_change_unless_overwrite(ray_session, tmp_path, capsys):
+    spec = make_spec(tmp_path)
+    assert main([str(spec), "--limit", "20"]) == ExitCode.OK
+    capsys.readouterr()
+    changed = make_spec(tmp_path, scale=3.0)
+    assert main([str(changed), "--limit", "20", "--resume"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err == (
+        f"infer-run: error: --resume: the spec changed since the run that wrote "
+        f"{tmp_path / 'out'} - pass --overwrite to start over\n"
+    )
+    assert main([str(changed), "--limit", "20", "--overwrite"]) == ExitCode.OK
+    assert main([str(changed), "--limit", "20"]) == ExitCode.INPUT_ERROR  # no silent append
