@@ -18,6 +18,7 @@ from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy
 from framework.errors import InferError, RunError
 from framework.feasibility import check_feasible
+from framework.memory import MemorySampler
 from framework.plan import Plan, build_plan
 from framework.registry import Registry
 from framework.report import REPORT_NAME, RunReport, build_report, spec_fingerprint
@@ -130,8 +131,10 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
     start = time.perf_counter()
     compiled = compile_plan(plan, RunContext(run_id, stage_log, errors, skip_ids))
     failure: RunError | None = None
+    sampler = MemorySampler()
     try:
-        compiled.writer.write(compiled.dataset)
+        with sampler:
+            compiled.writer.write(compiled.dataset)
     except ray.exceptions.RayError as exc:
         # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
         reason = ray.get(stage_log.stop_reason.remote()) or _user_cause(exc)
@@ -163,6 +166,7 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
         errors={"policy": errors.policy, "dead_letter": errors.dead_letter, "by_stage": by_stage},
         failure=str(failure) if failure else None,
         resumed=resumed,
+        memory=sampler.figures(),
     )
     ray.kill(stage_log)
     write_text(report_path, report.to_json(), writer.storage)
