@@ -17,16 +17,19 @@ import psutil
 SHM = "/dev/shm"  # where Ray's object store keeps its objects on Linux
 
 
+def _memory(proc: psutil.Process) -> int:
+    # PSS splits shared pages (torch's libraries, mapped by every worker) among the
+    # processes that map them, so the sum is what the processes really hold.
+    try:
+        return int(getattr(proc.memory_full_info(), "pss", proc.memory_info().rss))
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
+
+
 def _run_rss() -> int:
-    """RSS of this driver and its descendants: a local Ray's raylet, GCS and workers."""
+    """Memory of this driver and its descendants: a local Ray's raylet, GCS and workers."""
     me = psutil.Process()
-    total = me.memory_info().rss
-    for proc in me.children(recursive=True):
-        try:
-            total += proc.memory_info().rss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
+    return _memory(me) + sum(_memory(p) for p in me.children(recursive=True))
 
 
 def _shm_used() -> int:

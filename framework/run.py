@@ -122,6 +122,11 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
     block_bytes = max(1, int(spec.run.block_mb * 1024**2))
     context.target_max_block_size = block_bytes
     context.target_min_block_size = min(context.target_min_block_size or block_bytes, block_bytes)
+    if spec.run.inflight_mb_per_node:
+        budget = spec.run.inflight_mb_per_node * 1024**2 * max(1, len(plan.cluster.nodes))
+        context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
+            object_store_memory=budget
+        )
     run_id = uuid.uuid4().hex[:12]
     first_stage = spec.stages[0].path if spec.stages else WRITER_PATH
     stage_log = StageLog.options(name=f"infer_run_log_{run_id}").remote(first_stage)

@@ -253,6 +253,8 @@ class SpecFile(pytest.File):
         except yaml.YAMLError as exc:
             raise self.CollectError(f"{self.path}: invalid YAML: {exc}") from None
         if isinstance(data, dict) and data.get("benchmark") is not None:
+            if not self.config.pluginmanager.hasplugin("benchmark"):
+                raise self.CollectError("--infer-specs needs pytest-benchmark: pip install it")
             test = _throughput_test(self.path)
             yield pytest.Function.from_parent(self, name=self.path.stem, callobj=test)
 

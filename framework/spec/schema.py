@@ -61,6 +61,9 @@ class RunSection:
     # Ray Data's target block size: smaller blocks stream to the next stage sooner and
     # spread over more tasks; larger ones cost less per-block overhead.
     block_mb: float = 16.0
+    # Data in flight between stages (Ray Data's object store budget), per node: bounds
+    # memory however large the input; null leaves Ray Data's own default.
+    inflight_mb_per_node: float | None = 512.0
 
 
 @dataclass
