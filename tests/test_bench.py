@@ -138,7 +138,7 @@ def test_bench_exit_codes_json_and_no_output_left(
     assert doc["model_only"]["batch_size"] == 16
     assert doc["rows_written"] == 64
     assert set(doc["stage_busy_s"]) == {"models[0]", "writer"}
-    assert 0 < doc["model_ratio"] and 0 <= doc["outside_model_share"] <= 1
+    assert doc["model_ratio"] > 0 and 0 <= doc["outside_model_share"] <= 1
     # Rounds write to a temporary directory, never to the spec's writer path.
     assert not (tmp_path / "never-written").exists()
 
@@ -148,7 +148,8 @@ def test_bench_exit_codes_json_and_no_output_left(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("infer-run bench: missed: min_model_ratio: ")
     assert err[0].endswith("expected >= 1000")
-    assert json.loads((tmp_path / "miss.json").read_text())["failures"] == [err[0][25:]]
+    missed = err[0].removeprefix("infer-run bench: missed: ")
+    assert json.loads((tmp_path / "miss.json").read_text())["failures"] == [missed]
 
 
 @pytest.mark.ray
@@ -220,9 +221,9 @@ def test_plugin_runs_specs_under_pytest_benchmark(pytester: pytest.Pytester, tab
         "--infer-specs", "specs", "--benchmark-json", "bench.json", "-p", "no:cacheprovider"
     )
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(
-        ["FAILED specs/impossible.yaml::impossible - Failed: min_model_ratio: *expected >= 1000"]
-    )
+    # The failure's whole report is the missed expectation's line.
+    result.stdout.fnmatch_lines(["min_model_ratio: * expected >= 1000", "*= short test summary*"])
+    result.stdout.fnmatch_lines(["FAILED specs/impossible.yaml::impossible - Failed: *"])
     doc = json.loads((pytester.path / "bench.json").read_text())
     runs = {b["fullname"]: b for b in doc["benchmarks"]}
     assert set(runs) == {"specs/fast.yaml::fast", "specs/impossible.yaml::impossible"}
@@ -235,3 +236,26 @@ def test_plugin_runs_specs_under_pytest_benchmark(pytester: pytest.Pytester, tab
     assert runs["specs/impossible.yaml::impossible"]["extra_info"]["failures"][0].startswith(
         "min_model_ratio: "
     )
+
+
+def test_ci_specs_are_valid_and_cover_every_reader_and_model_kind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from framework.datagen import FORMATS, generate
+
+    for layout in FORMATS:
+        generate(tmp_path / layout, 4, format=layout, workers=1)
+    (tmp_path / "resnet18.torchscript.pt").touch()  # CI scripts the real one; check() wants a file
+    monkeypatch.setenv("INFER_CI_DATA", str(tmp_path))
+    registry = load_registry()
+    readers, models = set(), set()
+    for path in sorted((REPO / "specs" / "ci").glob("*.yaml")):
+        spec = validate_spec(load_spec(path), registry, str(path))
+        assert spec.benchmark is not None, path
+        assert spec.benchmark.min_model_ratio and spec.benchmark.max_outside_model_share, path
+        readers.add(spec.reader.type)
+        models.update(m.type for m in spec.models)
+        # Image inputs come from the data directory CI fills, nothing else.
+        assert str(spec.reader.params["path"]).startswith(str(tmp_path)), path
+    assert readers == {"image_parquet", "image_folder", "webdataset", "parquet"}
+    assert models == {"torchvision", "timm", "torchscript", "echo"}
