@@ -21,7 +21,7 @@ from framework.dead_letter import ERROR_COLUMN
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
 from framework.hookspecs import hookimpl
 from framework.plugins import component_class
-from framework.storage import filesystem_for, is_remote
+from framework.storage import filesystem_for, is_remote, parquet_files
 
 try:
     __version__ = version("infer-run")
@@ -48,4 +48,5 @@ __all__ = [
     "filesystem_for",
     "hookimpl",
     "is_remote",
+    "parquet_files",
 ]

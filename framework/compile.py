@@ -34,6 +34,7 @@ class RunContext:
     log: Any = None
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
     skip_ids: Any = None  # resuming: an ObjectRef of the ids committed before
+    bad_input: Any = None  # the reader's callback for inputs it cannot read at all
 
 
 # Stateless stages run as tasks: one runner per stage per worker process, reused.
@@ -75,6 +76,7 @@ def _actor_cls(node: MapNode) -> type:
 def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> ray.data.Dataset:
     reader = node.stage.cls(**node.stage.params)
     reader.num_cpus = node.num_cpus
+    reader.bad_input = run.bad_input
     dataset = reader.read()
     if run.skip_ids is not None:
         dataset = dataset.map_batches(

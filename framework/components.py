@@ -56,6 +56,16 @@ class Reader(Component, ABC):
     """
 
     num_cpus: float | None = None
+    # Set by the framework from the spec's error policy: a callable taking an input
+    # (a file) the reader cannot read at all and the exception; it raises under
+    # errors.policy=fail and records the input as failed under skip.
+    bad_input: Any = None
+
+    def report_bad_input(self, where: str, error: Exception) -> None:
+        """Call for an input that yields no rows at all (a corrupt file), then skip it."""
+        if self.bad_input is None:
+            raise InputError(f"reader: cannot read {where}: {type(error).__name__}: {error}")
+        self.bad_input(where, error)
 
     @abstractmethod
     def read(self) -> ray.data.Dataset: ...

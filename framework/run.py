@@ -15,8 +15,8 @@ import ray.data
 
 from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
-from framework.dead_letter import ErrorPolicy
-from framework.errors import InferError, RunError
+from framework.dead_letter import ErrorPolicy, Failure
+from framework.errors import InferError, InputError, RunError
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, build_plan
@@ -134,7 +134,17 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     origin = time.time()
     start = time.perf_counter()
-    compiled = compile_plan(plan, RunContext(run_id, stage_log, errors, skip_ids))
+    bad_inputs: list[str] = []
+
+    def bad_input(where: str, error: Exception) -> None:
+        failure = Failure(where, "reader", type(error).__name__, str(error))
+        if errors.policy == "fail":
+            raise InputError(f"reader: cannot read {where}: {failure.error_type}: {error}")
+        errors.write([failure])
+        bad_inputs.append(where)
+        log.warning("reader: set aside unreadable input %s: %s", where, error)
+
+    compiled = compile_plan(plan, RunContext(run_id, stage_log, errors, skip_ids, bad_input))
     failure: RunError | None = None
     sampler = MemorySampler()
     try:
@@ -168,7 +178,12 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
         stages=stage_figures(ray.get(stage_log.snapshot.remote()), origin, _node_descriptions()),
         first_stage=first_stage,
         rows_failed=failed,
-        errors={"policy": errors.policy, "dead_letter": errors.dead_letter, "by_stage": by_stage},
+        errors={
+            "policy": errors.policy,
+            "dead_letter": errors.dead_letter,
+            "by_stage": by_stage,
+            "unreadable_inputs": bad_inputs,
+        },
         failure=str(failure) if failure else None,
         resumed=resumed,
         memory=sampler.figures(),

@@ -10,7 +10,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
-from framework import ID_COLUMN, Reader, Writer, filesystem_for, hookimpl
+from framework import ID_COLUMN, Reader, Writer, filesystem_for, hookimpl, parquet_files
 
 
 class ParquetReader(Reader):
@@ -49,8 +49,9 @@ class ParquetReader(Reader):
         return []
 
     def read(self) -> ray.data.Dataset:
-        fs, _ = filesystem_for(self.paths[0], self.storage)
-        paths = [filesystem_for(p, self.storage)[1] for p in self.paths]
+        fs, paths, unreadable = parquet_files(self.paths, self.storage)
+        for path, error in unreadable:
+            self.report_bad_input(path, error)
         columns = None
         if self.columns is not None:
             columns = list(dict.fromkeys([self.id_column, *self.columns]))

@@ -138,3 +138,36 @@ def test_parquet_null_image_and_wrong_shape_array(ray_session, corpus, tmp_path)
     assert (sorted(written), sorted(dead)) == (["x", "z"], ["y"])
     assert dead["y"]["stage"] == "reader"
     assert dead["y"]["message"] == "'image' holds 45 values, shape [4, 4, 3] needs 48"
+
+
+def test_unreadable_parquet_file_is_set_aside(ray_session, corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    jpeg = (corpus / "good.jpg").read_bytes()
+    for part, ids in enumerate((["a", "b"], ["c"])):
+        pq.write_table(pa.table({"id": ids, "image": [jpeg] * len(ids)}), data / f"p{part}.parquet")
+    (data / "p2.parquet").write_bytes(b"PAR1 this file was cut short")
+    path = spec(tmp_path, f"{{type: image_parquet, path: {data}}}")
+    assert main([str(path)]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    assert sorted(written) == ["a", "b", "c"]
+    assert list(dead) == [str(data / "p2.parquet")]
+    assert dead[str(data / "p2.parquet")]["stage"] == "reader"
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["errors"]["unreadable_inputs"] == [str(data / "p2.parquet")]
+
+    capsys.readouterr()
+    failing = spec(tmp_path, f"{{type: image_parquet, path: {data}}}", policy="fail")
+    assert main([str(failing), "--overwrite"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err.startswith(
+        f"infer-run: error: reader: cannot read {data / 'p2.parquet'}: "
+    )
+
+
+def test_missing_column_is_named_before_anything_runs(corpus, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "picture": [b"x"]}), data / "p.parquet")
+    path = spec(tmp_path, f"{{type: image_parquet, path: {data}}}")
+    assert main([str(path)]) == ExitCode.SPEC_ERROR
+    assert "reader.image_column:" in capsys.readouterr().err

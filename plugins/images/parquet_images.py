@@ -26,7 +26,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
-from framework import ERROR_COLUMN, ID_COLUMN, InputError, Reader, filesystem_for
+from framework import (
+    ERROR_COLUMN,
+    ID_COLUMN,
+    InputError,
+    Reader,
+    filesystem_for,
+    parquet_files,
+)
 from plugins.images.common import as_paths, locate, path_list_problems
 
 IMAGE_COLUMN = "image"
@@ -204,9 +211,11 @@ class ImageParquetReader(Reader):
         if problems:
             raise InputError("\n".join(f"reader.{p}" for p in problems))
         layout = layout_of(self.image_column, schema.field(self.image_column).type, self.shape)
-        fs, _ = filesystem_for(self.paths[0], self.storage)
+        fs, files, unreadable = parquet_files(self.paths, self.storage)
+        for path, error in unreadable:
+            self.report_bad_input(path, error)
         ds = ray.data.read_parquet(
-            [filesystem_for(p, self.storage)[1] for p in self.paths],
+            files,
             filesystem=fs,
             columns=list(dict.fromkeys([self.id_column, self.image_column, *self.columns])),
             override_num_blocks=self.num_blocks,
