@@ -1,0 +1,1 @@
+"""Benchmarks that compare infer-run with the ways people run batch inference without it."""
