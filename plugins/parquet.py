@@ -49,9 +49,11 @@ class ParquetReader(Reader):
         return []
 
     def read(self) -> ray.data.Dataset:
-        fs, paths, unreadable = parquet_files(self.paths, self.storage)
+        fs, _, unreadable = parquet_files(self.paths, self.storage)
         for path, error in unreadable:
             self.report_bad_input(path, error)
+        # The spec's own paths, listed by Ray's ListFiles task, minus the unreadable files.
+        paths = [filesystem_for(p, self.storage)[1] for p in self.paths]
         columns = None
         if self.columns is not None:
             columns = list(dict.fromkeys([self.id_column, *self.columns]))
@@ -61,6 +63,7 @@ class ParquetReader(Reader):
             columns=columns,
             override_num_blocks=self.num_blocks,
             num_cpus=self.num_cpus,
+            skip_paths=[path for path, _ in unreadable] or None,
         )
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})

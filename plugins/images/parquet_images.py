@@ -211,11 +211,12 @@ class ImageParquetReader(Reader):
         if problems:
             raise InputError("\n".join(f"reader.{p}" for p in problems))
         layout = layout_of(self.image_column, schema.field(self.image_column).type, self.shape)
-        fs, files, unreadable = parquet_files(self.paths, self.storage)
+        fs, _, unreadable = parquet_files(self.paths, self.storage)
         for path, error in unreadable:
             self.report_bad_input(path, error)
         ds = ray.data.read_parquet(
-            files,
+            [filesystem_for(p, self.storage)[1] for p in self.paths],
+            skip_paths=[path for path, _ in unreadable] or None,
             filesystem=fs,
             columns=list(dict.fromkeys([self.id_column, self.image_column, *self.columns])),
             override_num_blocks=self.num_blocks,
