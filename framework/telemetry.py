@@ -41,19 +41,7 @@ class StageLog:
             for kind, count in kinds.items():
                 counts[kind] = counts.get(kind, 0) + count
                 self.failed += count
-        s = self.stages.setdefault(
-            stage,
-            {
-                "batches": 0,
-                "rows_in": 0,
-                "rows_out": 0,
-                "busy_s": 0.0,
-                "start": start,
-                "end": end,
-                "nodes": {},
-                "workers": {},
-            },
-        )
+        s = self._stage(stage)
         s["batches"] += 1
         s["rows_in"] += rows_in
         s["rows_out"] += rows_out
@@ -68,20 +56,14 @@ class StageLog:
 
     def worker(self, stage: str, info: dict[str, Any]) -> None:
         """What one worker process saw when it built the stage: threads, GPUs, device."""
-        s = self.stages.setdefault(
-            stage,
-            {
-                "batches": 0,
-                "rows_in": 0,
-                "rows_out": 0,
-                "busy_s": 0.0,
-                "start": float("inf"),
-                "end": 0.0,
-                "nodes": {},
-                "workers": {},
-            },
-        )
+        s = self._stage(stage)
         s["workers"][f"{info['node_id']}:{info['pid']}"] = info
+
+    def _stage(self, stage: str) -> dict[str, Any]:
+        empty = {"batches": 0, "rows_in": 0, "rows_out": 0, "busy_s": 0.0}
+        return self.stages.setdefault(
+            stage, {**empty, "start": float("inf"), "end": 0.0, "nodes": {}, "workers": {}}
+        )
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         return self.stages
