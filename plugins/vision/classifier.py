@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from framework import Batch, Model, RunError
-from plugins.vision.model_info import ModelInfo, load_labels, model_info
+from plugins.vision.model_info import ModelInfo, labels_problems, model_info
 from plugins.vision.runtime import (
     autocast,
     autocast_dtype,
@@ -73,12 +73,7 @@ class ImageClassifier(Model):
             str(params.get("precision", "auto")),
             params.get("channels_last", "auto"),
         )
-        labels = params.get("labels")
-        if labels is not None:
-            try:
-                load_labels(labels)
-            except OSError as exc:
-                problems.append(f"labels: cannot read {labels}: {exc}")
+        problems += labels_problems(params.get("labels"))
         return problems
 
     def _setup(

@@ -59,6 +59,17 @@ def load_labels(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(line.rstrip("\r") for line in lines)
 
 
+def labels_problems(labels: str | Sequence[str] | None) -> list[str]:
+    """The ``labels:`` parameter's problem, for ``check()``: a labels file that cannot be read."""
+    if labels is None:
+        return []
+    try:
+        load_labels(labels)
+    except OSError as exc:
+        return [f"labels: cannot read {labels}: {exc}"]
+    return []
+
+
 def as_pair(value: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(value, int):
         return (value, value)

@@ -14,7 +14,7 @@ import numpy as np
 
 from framework import Batch, Preprocessor, RunError
 from plugins.vision.classifier import LOGITS
-from plugins.vision.model_info import load_labels, model_info
+from plugins.vision.model_info import labels_problems, load_labels, model_info
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -74,10 +74,7 @@ class TopK(Preprocessor):
             problems.append(f"k: must be at least 1, got {params.get('k')}")
         labels = params.get("labels")
         if labels is not None:
-            try:
-                load_labels(labels)
-            except OSError as exc:
-                problems.append(f"labels: cannot read {labels}: {exc}")
+            problems += labels_problems(labels)
         elif params.get("from_model") is not None:
             try:
                 model_info(params["from_model"])
