@@ -18,6 +18,8 @@ from framework import ID_COLUMN, Batch, Preprocessor, RunError
 from plugins.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_images
 from plugins.vision.transform import normalize, resize_crop, resolve_config, stack_hwc
 
+DECODE_CHUNK = 16
+
 
 def _common_problems(params: Mapping[str, Any]) -> list[str]:
     problems = []
@@ -114,19 +116,24 @@ class ImageTransform(Preprocessor):
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 images = torch.from_numpy(np.ascontiguousarray(values)).permute(0, 3, 1, 2)
             return resize_crop(images, self.config)
-        try:
-            decoded = decode_images(
-                values,
-                ids,
-                self.max_pixels,
-                target=self.config.resize_size,
-                fast_decode=self.fast_decode,
-            )
-        except DecodeError as exc:
-            raise RunError(f"image_transform: {exc}") from exc
-        if not decoded:
-            return torch.empty((0, 3, *self.config.crop_size), dtype=torch.uint8)
-        return torch.stack([resize_crop(image, self.config) for image in decoded])
+        crops = torch.empty((len(values), 3, *self.config.crop_size), dtype=torch.uint8)
+        # Full-size pixels are decoded a few at a time and cropped at once, so a worker holds
+        # DECODE_CHUNK decoded images, not a whole batch of them (~0.7 MB each at ImageNet size).
+        for start in range(0, len(values), DECODE_CHUNK):
+            chunk = slice(start, start + DECODE_CHUNK)
+            try:
+                decoded = decode_images(
+                    values[chunk],
+                    ids[chunk],
+                    self.max_pixels,
+                    target=self.config.resize_size,
+                    fast_decode=self.fast_decode,
+                )
+            except DecodeError as exc:
+                raise RunError(f"image_transform: {exc}") from exc
+            for offset, image in enumerate(decoded):
+                crops[start + offset] = resize_crop(image, self.config)
+        return crops
 
     def __call__(self, batch: Batch) -> Batch:
         images = self._pixels(batch[self.column], batch[ID_COLUMN])
