@@ -18,12 +18,26 @@ SHM = "/dev/shm"  # where Ray's object store keeps its objects on Linux
 
 
 def _memory(proc: psutil.Process) -> int:
-    # PSS splits shared pages (torch's libraries, mapped by every worker) among the
-    # processes that map them, so the sum is what the processes really hold.
+    """PSS without shared memory: the object store's pages, mapped by every worker that
+    reads or writes an object, are counted once, from /dev/shm, not once per mapping.
+
+    PSS splits shared pages (torch's libraries, mapped by every worker) among the
+    processes that map them, so the sum is what the processes really hold.
+    """
+    try:
+        with open(f"/proc/{proc.pid}/smaps_rollup") as rollup:
+            fields = dict(line.split(":", 1) for line in rollup if ":" in line)
+        return (_kib(fields["Pss"]) - _kib(fields.get("Pss_Shmem", "0 kB"))) * 1024
+    except (OSError, KeyError, ValueError):
+        pass  # no smaps_rollup (not Linux, or an old kernel): fall back to psutil
     try:
         return int(getattr(proc.memory_full_info(), "pss", proc.memory_info().rss))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return 0
+
+
+def _kib(field: str) -> int:
+    return int(field.split()[0])
 
 
 def _run_rss() -> int:
