@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray.data
 
+from framework.allocator import hold_freed_memory, release_free_memory
 from framework.components import ID_COLUMN, Batch, Writer
 from framework.dead_letter import ERROR_COLUMN, ErrorPolicy, Failure
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
@@ -49,7 +50,9 @@ def _task_fn(node: MapNode, run: RunContext) -> Callable[[Batch], Batch]:
         runner = _RUNNERS.get(key)
         if runner is None:
             runner = _RUNNERS[key] = StageRunner(path, cls, params, run.log, run.errors)
-        return runner(batch)
+        out = runner(batch)
+        release_free_memory()
+        return out
 
     apply.__name__ = apply.__qualname__ = node.name
     return apply
@@ -61,6 +64,7 @@ class _StageActor:
     def __init__(
         self, path: str, cls: type, params: dict[str, Any], log: Any, errors: ErrorPolicy
     ) -> None:
+        hold_freed_memory()
         self.runner = StageRunner(path, cls, params, log, errors)
         self.runner.build()  # load the model now, not on the first batch
 

@@ -13,6 +13,7 @@ from typing import Any
 import ray
 import ray.data
 
+from framework.allocator import worker_env
 from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy, Failure
@@ -33,6 +34,8 @@ log = logging.getLogger("infer_run")
 def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
     """A local Ray with this machine's cores plus one spare logical CPU (see cluster.SPARE_CPU)."""
     cores = num_cpus if num_cpus is not None else len(os.sched_getaffinity(0))
+    env = kwargs.pop("runtime_env", None) or {}
+    kwargs["runtime_env"] = {**env, "env_vars": worker_env(env.get("env_vars"))}
     kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("configure_logging", False)
     # address="local": a fresh Ray even when another one runs on this machine.
@@ -76,6 +79,7 @@ def component_facts(spec: Spec, registry: Registry) -> tuple[list[dict[str, Any]
 def runtime_env(spec: Spec) -> dict[str, Any]:
     """``ray.runtime_env``, plus with ``ray.ship_code`` the code every stage's class needs."""
     env = dict(spec.ray.runtime_env)
+    env["env_vars"] = worker_env(env.get("env_vars"))
     if spec.ray.ship_code:
         packages = {"framework", "plugins"}
         for stage in (spec.reader, *spec.stages, spec.writer):

@@ -1,0 +1,62 @@
+"""Memory accounting and the allocator policy that keeps long runs flat."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from multiprocessing import shared_memory
+
+import psutil
+
+from framework.allocator import WORKER_ENV, hold_freed_memory, release_free_memory, worker_env
+from framework.memory import _memory
+
+
+def test_shared_memory_is_not_counted_per_process() -> None:
+    # The object store lives in /dev/shm and is counted once from there; a worker that maps
+    # an object must not count it again.
+    me = psutil.Process()
+    before = _memory(me)
+    block = shared_memory.SharedMemory(create=True, size=64 * 1024**2)
+    try:
+        block.buf[:] = b"\x01" * block.size  # touch every page
+        assert me.memory_full_info().pss - before > 48 * 1024**2  # PSS alone counts it
+        assert _memory(me) - before < 16 * 1024**2
+    finally:
+        block.close()
+        block.unlink()
+
+
+def test_release_free_memory_returns_freed_pages() -> None:
+    code = """
+import ctypes, psutil
+from framework.allocator import release_free_memory
+libc = ctypes.CDLL("libc.so.6")
+libc.mallopt(-3, 64 * 1024 * 1024)  # keep 4 MB blocks on the heap
+libc.mallopt(-1, 1024**3)  # and no trimming but ours
+blocks = [bytearray(4 * 1024 * 1024) for _ in range(64)]
+for b in blocks[:-1]:
+    b[:] = b"x" * len(b)
+held = psutil.Process().memory_info().rss
+del blocks[:-1]
+release_free_memory()
+print(held - psutil.Process().memory_info().rss)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(done.stdout) > 128 * 1024**2, done.stdout
+
+
+def test_hold_freed_memory_is_safe_to_call() -> None:
+    hold_freed_memory()
+    release_free_memory()
+
+
+def test_worker_env_yields_to_the_user(monkeypatch) -> None:
+    name = "MALLOC_MMAP_THRESHOLD_"
+    monkeypatch.delenv(name, raising=False)
+    assert worker_env()[name] == WORKER_ENV[name]
+    assert worker_env({name: "4096"})[name] == "4096"  # ray.runtime_env.env_vars
+    monkeypatch.setenv(name, "8192")  # the driver's own environment
+    assert name not in worker_env()
+    assert os.environ[name] == "8192"
