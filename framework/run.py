@@ -34,12 +34,18 @@ log = logging.getLogger("infer_run")
 def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
     """A local Ray with this machine's cores plus one spare logical CPU (see cluster.SPARE_CPU)."""
     cores = num_cpus if num_cpus is not None else len(os.sched_getaffinity(0))
-    env = kwargs.pop("runtime_env", None) or {}
-    kwargs["runtime_env"] = {**env, "env_vars": worker_env(env.get("env_vars"))}
     kwargs.setdefault("include_dashboard", False)
     kwargs.setdefault("configure_logging", False)
-    # address="local": a fresh Ray even when another one runs on this machine.
-    ray.init(address="local", num_cpus=cores + 1, resources={SPARE_CPU: 1}, **kwargs)
+    # The raylet passes its environment to every worker it starts. A job runtime_env would
+    # do the same, but Ray does not hand the workers it prestarted to a job that has one.
+    saved = dict(os.environ)
+    os.environ.update(worker_env())
+    try:
+        # address="local": a fresh Ray even when another one runs on this machine.
+        ray.init(address="local", num_cpus=cores + 1, resources={SPARE_CPU: 1}, **kwargs)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def init_ray(spec: Spec) -> None:

@@ -60,3 +60,17 @@ def test_worker_env_yields_to_the_user(monkeypatch) -> None:
     monkeypatch.setenv(name, "8192")  # the driver's own environment
     assert name not in worker_env()
     assert os.environ[name] == "8192"
+
+
+def test_local_workers_get_the_allocator_env_and_the_driver_keeps_its_own(ray_session) -> None:
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def worker_env_values() -> dict[str, str | None]:
+        return {name: os.environ.get(name) for name in WORKER_ENV}
+
+    seen = ray.get(worker_env_values.remote())
+    for name, value in WORKER_ENV.items():
+        if name not in os.environ:  # a value the developer set wins, and is tested above
+            assert seen[name] == value, name
+    assert os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]
