@@ -106,6 +106,16 @@ def rows_written(ops: list[dict[str, Any]]) -> int:
     return writes[-1]["rows_in"] if writes else 0
 
 
+def gpu_busy(stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Adds ``gpu_busy_pct`` to each stage whose workers sampled a GPU: the mean of their
+    figures, each worker once however long it ran, so a starved worker pulls it down."""
+    for figures in stages.values():
+        busy = [w["gpu_busy_pct"] for w in figures.get("workers", []) if w.get("gpu_samples")]
+        if busy:
+            figures["gpu_busy_pct"] = round(sum(busy) / len(busy), 2)
+    return stages
+
+
 def build_report(
     spec: Spec,
     summary: Any,
@@ -125,7 +135,7 @@ def build_report(
     memory: dict[str, int] | None = None,
 ) -> RunReport:
     ops = operator_figures(summary)
-    stages = stages or {}
+    stages = gpu_busy(stages or {})
     # The framework's own count in front of the writer; Ray's operator counts blur when
     # the write is fused with the stages before it.
     written = stages["writer"]["rows_out"] if "writer" in stages else rows_written(ops)

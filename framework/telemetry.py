@@ -59,6 +59,11 @@ class StageLog:
         s = self._stage(stage)
         s["workers"][f"{info['node_id']}:{info['pid']}"] = info
 
+    def gpu(self, stage: str, node_id: str, pid: int, summary: dict[str, Any]) -> None:
+        """A worker's GPU figures so far (``framework.gpu_usage``): each replaces the last."""
+        workers = self._stage(stage)["workers"]
+        workers.setdefault(f"{node_id}:{pid}", {"node_id": node_id, "pid": pid}).update(summary)
+
     def _stage(self, stage: str) -> dict[str, Any]:
         empty = {"batches": 0, "rows_in": 0, "rows_out": 0, "busy_s": 0.0}
         return self.stages.setdefault(

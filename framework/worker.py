@@ -16,8 +16,11 @@ import ray
 from framework.components import ID_COLUMN, Batch
 from framework.dead_letter import ErrorPolicy, Failure, run_isolated, split_flagged
 from framework.errors import RunError
+from framework.gpu_usage import GpuSampler, nvml_reader
 
 log = logging.getLogger("infer_run.worker")
+
+GPU_PUSH_S = 1.0  # how often a worker sends its GPU figures to the run's log, at most
 
 
 def granted(resource: str) -> float:
@@ -92,18 +95,23 @@ class StageRunner:
         self.log = log
         self.errors = errors or ErrorPolicy()
         self.stage: Any = None
+        self.gpu: GpuSampler | None = None  # sampling the granted GPUs, from the first batch
+        self.gpu_pushed = (-GPU_PUSH_S, 0)  # when the log last got GPU figures; of how many samples
 
     def build(self) -> None:
         self.stage = self.cls(**self.params)
         threads = match_torch_threads()
         if self.log is not None:
+            gpu_ids = [str(g) for g in ray.get_gpu_ids()]
+            if granted("GPU") > 0:
+                self.gpu = GpuSampler(nvml_reader(gpu_ids))
             torch = sys.modules.get("torch")
             info = {
                 "node_id": ray.get_runtime_context().get_node_id(),
                 "pid": os.getpid(),
                 "cpus": granted("CPU"),
                 "gpus": granted("GPU"),
-                "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "gpu_ids": gpu_ids,
                 "torch_threads": threads,
                 "cuda_initialized": bool(torch and torch.cuda.is_initialized()),
             }
@@ -113,6 +121,8 @@ class StageRunner:
         if self.stage is None:
             self.build()
         match_torch_threads()  # task workers are reused across stages with other grants
+        if self.gpu is not None:
+            self.gpu.start()
         rows = len(batch[ID_COLUMN]) if ID_COLUMN in batch else 0
         start = time.time()
         batch, failures = split_flagged(batch, "reader")
@@ -145,14 +155,25 @@ class StageRunner:
             counts = kinds.setdefault(f.stage, {})
             counts[f.error_type] = counts.get(f.error_type, 0) + 1
         # Waited on so that every batch is counted before the driver reads the log.
-        seen, failed = ray.get(
-            self.log.record.remote(self.path, node, start, end, rows_in, rows_out, kinds)
-        )
+        refs = [self.log.record.remote(self.path, node, start, end, rows_in, rows_out, kinds)]
+        refs += self._push_gpu(node)
+        seen, failed = ray.get(refs)[0]
         reason = self.errors.over_budget(seen, failed)
         if reason:
             self._stop(
                 f"error budget exceeded: {reason} - bad rows are in {self.errors.dead_letter}"
             )
+
+    def _push_gpu(self, node: str) -> list[Any]:
+        """Send the GPU figures when there are new samples, at most every GPU_PUSH_S;
+        waited on with the batch's record, so they are in the log before the run ends."""
+        summary = self.gpu.summary() if self.gpu is not None else None
+        last, samples = self.gpu_pushed
+        now = time.monotonic()
+        if summary is None or summary["gpu_samples"] == samples or now - last < GPU_PUSH_S:
+            return []
+        self.gpu_pushed = (now, summary["gpu_samples"])
+        return [self.log.gpu.remote(self.path, node, os.getpid(), summary)]
 
     def _stop(self, message: str) -> None:
         if self.log is not None:
