@@ -2,6 +2,14 @@
 
 CPU stages ship uint8 [N, 3, H, W]; the model normalizes on its own device with its own
 mean/std, so preprocessing moves 4x fewer bytes and cannot disagree with the weights.
+
+Three options move more of the work onto the GPU (all off by default):
+
+- ``compile``: ``torch.compile`` the module (after device and memory-format setup);
+- ``decode_on_device``: the column holds encoded images, decoded on the model's device
+  (nvjpeg for JPEGs on CUDA) and resized/cropped there with the model's own preprocessing;
+- ``micro_batch``: the forward pass runs over slices of at most that many rows, halving on
+  out-of-memory; ``auto`` probes the largest size that fits on the GPU at start-up.
 """
 
 from __future__ import annotations
@@ -13,20 +21,29 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from framework import Batch, Model, RunError
+from framework import ID_COLUMN, Batch, Model, RunError
+from plugins.vision.decode import DecodeError
+from plugins.vision.device_decode import decode_on_device
+from plugins.vision.microbatch import DEFAULT_MAX, MicroBatcher, choose_micro_batch
 from plugins.vision.model_info import ModelInfo, labels_problems, model_info
 from plugins.vision.runtime import (
     autocast,
     autocast_dtype,
+    compile_mode,
     configure_cpu_threads,
+    gpu_option_problems,
+    maybe_compile,
     select_device,
     setting_problems,
     use_channels_last,
 )
+from plugins.vision.transform import config_from_info, resize_crop
 from plugins.vision.weights import RANDOM
 
 logger = logging.getLogger(__name__)
 LOGITS = "logits"
+# Modes whose compiled graphs replay CUDA graphs, which reuse their output buffers.
+_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class ImageClassifier(Model):
@@ -74,13 +91,18 @@ class ImageClassifier(Model):
             params.get("channels_last", "auto"),
         )
         problems += labels_problems(params.get("labels"))
+        problems += gpu_option_problems(
+            params.get("compile", False),
+            params.get("decode_on_device", False),
+            params.get("micro_batch"),
+            params.get("micro_batch_max", DEFAULT_MAX),
+        )
         return problems
 
     def _setup(
         self,
         module: torch.nn.Module,
-        mean: Sequence[float],
-        std: Sequence[float],
+        info: ModelInfo,
         *,
         column: str,
         device: str,
@@ -88,6 +110,10 @@ class ImageClassifier(Model):
         channels_last: bool | str,
         keep_image: bool,
         can_eval: bool = True,
+        compile: bool | str = False,
+        decode_on_device: bool = False,
+        micro_batch: int | str | None = None,
+        micro_batch_max: int = DEFAULT_MAX,
     ) -> None:
         self.column = column
         self.keep_image = keep_image
@@ -103,8 +129,47 @@ class ImageClassifier(Model):
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         self.module = module
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        shape = (1, 3, 1, 1)
+        self.mean = torch.tensor(info.mean, dtype=torch.float32, device=self.device).view(shape)
+        self.std = torch.tensor(info.std, dtype=torch.float32, device=self.device).view(shape)
+        # decode_on_device resizes and crops exactly as image_transform with from_model would.
+        self.preprocess = config_from_info(info)
+        self.decode_on_device = decode_on_device
+        self.eager_module = module
+        # The probe runs _forward uncompiled: a compiled module would recompile for every
+        # probed size. Compilation itself happens lazily, on the first batch.
+        self.compile_mode: str | None = None
+        self.micro_batcher = self._micro_batcher(micro_batch, micro_batch_max)
+        self.compile_mode = compile_mode(compile)
+        self.module = maybe_compile(module, compile)
+        logger.info(
+            "%s on %s: precision %s, channels_last %s, compile %s, decode_on_device %s, %s",
+            self.model_type,
+            self.device,
+            "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).split(".")[-1],
+            self.channels_last,
+            self.compile_mode or "off",
+            self.decode_on_device,
+            self.micro_batch_reason,
+        )
+
+    def _micro_batcher(
+        self, setting: int | str | None, cap: int, probe_on_cpu: bool = False
+    ) -> MicroBatcher:
+        def synthetic(rows: int) -> torch.Tensor:
+            shape = (rows, 3, *self.preprocess.crop_size)
+            return torch.randint(0, 256, shape, dtype=torch.uint8, device=self.device)
+
+        with torch.inference_mode():
+            size, self.micro_batch_reason = choose_micro_batch(
+                setting, cap, self.device, self._forward, synthetic, probe_on_cpu
+            )
+        return MicroBatcher(size, self.device, name=self.model_type)
+
+    @property
+    def micro_batch(self) -> int | None:
+        """Rows per forward pass now (None: the whole batch); an OOM back-off lowers it."""
+        return self.micro_batcher.size
 
     def _warn_random(self, what: str) -> None:
         self.random_weights = True
@@ -114,12 +179,18 @@ class ImageClassifier(Model):
             what,
         )
 
-    def _input(self, values: np.ndarray) -> torch.Tensor:
+    def _pixels(self, values: np.ndarray) -> torch.Tensor:
+        """A [N, 3, H, W] uint8 or float32 column on the device, not yet normalized."""
         if values.dtype == object or values.ndim != 4:
+            hint = (
+                "set decode_on_device: true to decode encoded images in the model, or "
+                if values.dtype == object and not self.decode_on_device
+                else ""
+            )
             raise RunError(
                 f"{self.model_type}: column {self.column!r} must be one [N, 3, H, W] tensor, got "
                 f"{'ragged images' if values.dtype == object else f'shape {list(values.shape)}'}"
-                " - put image_transform before the model"
+                f" - {hint}put image_transform before the model"
             )
         if not values.flags.writeable:  # zero-copy views of Arrow buffers are read-only
             values = values.copy()
@@ -131,20 +202,58 @@ class ImageClassifier(Model):
                 f"{self.model_type}: column {self.column!r} has shape {list(values.shape)}, "
                 "expected [N, 3, H, W]"
             )
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
-        if tensor.dtype == torch.uint8:
-            tensor = tensor.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
-        elif tensor.is_floating_point():
-            tensor = tensor.to(torch.float32)
-        else:
+        if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
             raise RunError(
                 f"{self.model_type}: column {self.column!r} must be uint8 (normalized here) or "
                 f"float (used as-is), got {values.dtype}"
             )
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _decoded_pixels(self, values: np.ndarray, ids: Sequence[Any]) -> torch.Tensor:
+        """Encoded cells decoded, resized and cropped on the device: uint8 [N, 3, crop_h, crop_w]."""
+        try:
+            images = decode_on_device(values, ids, self.device)
+        except DecodeError as exc:
+            raise RunError(f"{self.model_type}: {exc}") from exc
+        if not images:
+            return torch.empty(
+                (0, 3, *self.preprocess.crop_size), dtype=torch.uint8, device=self.device
+            )
+        # Sizes differ until cropped, so each image is resized on its own (as image_transform does).
+        return torch.stack([resize_crop(image, self.preprocess) for image in images])
+
+    def _batch_pixels(self, batch: Batch) -> torch.Tensor:
+        values = batch[self.column]
+        if self.decode_on_device and values.dtype == object:
+            ids = batch[ID_COLUMN] if ID_COLUMN in batch else list(range(len(values)))
+            return self._decoded_pixels(values, ids)
+        # Pixel tensors (e.g. from image_transform) are already decoded, resized and cropped.
+        return self._pixels(values)
+
+    def _normalize(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.dtype == torch.uint8:
+            tensor = tensor.to(torch.float32).div_(255.0).sub_(self.mean).div_(self.std)
+        else:
+            tensor = tensor.to(torch.float32)
         if self.channels_last:
             tensor = tensor.contiguous(memory_format=torch.channels_last)
         return tensor
+
+    def _forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalize and run one micro-batch: float32 [n, num_classes] logits on the device."""
+        images = self._normalize(pixels)
+        # An empty batch (every row of it dead-lettered) would cost a compile of its own.
+        module = self.module if len(pixels) else self.eager_module
+        replays_graphs = module is not self.eager_module and self.compile_mode in _CUDA_GRAPH_MODES
+        if replays_graphs and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        with autocast(self.device, self.autocast_dtype):
+            output = module(images)
+        logits = self._logits(output).to(torch.float32)
+        # A replayed CUDA graph overwrites its output buffer on the next micro-batch.
+        return logits.clone() if replays_graphs else logits
 
     def _logits(self, output: Any) -> torch.Tensor:
         if isinstance(output, Mapping) and LOGITS in output:
@@ -166,10 +275,8 @@ class ImageClassifier(Model):
                 f"(columns: {', '.join(batch)}) - set column: to the image column"
             )
         with torch.inference_mode():
-            images = self._input(batch[self.column])
-            with autocast(self.device, self.autocast_dtype):
-                output = self.module(images)
-            logits = self._logits(output).to(torch.float32).cpu().numpy()
+            pixels = self._batch_pixels(batch)
+            logits = self.micro_batcher.run(pixels, self._forward).cpu().numpy()
         if not self.keep_image:
             # The pixels are rarely wanted downstream and would dominate the output files.
             del batch[self.column]

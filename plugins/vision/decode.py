@@ -21,20 +21,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 # Pillow's own default limit: ~0.25 GiB of RGBA pixels.
 DEFAULT_MAX_PIXELS = 89_478_485
 _TORCHVISION_FORMATS = ("JPEG", "PNG")
+EXIF_ORIENTATION = 0x0112
 
 
 class DecodeError(ValueError):
     """One image could not be turned into pixels; the message says why."""
 
 
-def _row(ids: Sequence[Any], i: int) -> str:
+def row_label(ids: Sequence[Any], i: int) -> str:
     """``id 'a'`` rather than numpy 2's ``id np.str_('a')``."""
     value = ids[i]
     return f"image with id {(value.item() if isinstance(value, np.generic) else value)!r}"
 
 
 @contextmanager
-def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+def pillow_limit(max_pixels: int | None) -> Iterator[None]:
     """Let ``max_pixels`` be the only guard when it is looser than Pillow's global one.
 
     Pillow refuses images over twice its ``MAX_IMAGE_PIXELS`` inside ``Image.open``, before
@@ -123,7 +124,7 @@ def _decode_with_pillow(img: Image.Image, draft: tuple[int, int] | None) -> torc
     return torch.from_numpy(np.ascontiguousarray(_pillow_to_rgb(img))).permute(2, 0, 1).contiguous()
 
 
-def _open(data: bytes, max_pixels: int | None) -> Image.Image:
+def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
@@ -137,6 +138,15 @@ def _open(data: bytes, max_pixels: int | None) -> Image.Image:
             "(decompression-bomb guard; raise max_pixels if the image is legitimate)"
         )
     return img
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1-8; 1 = as stored) of an opened image, read from its header."""
+    try:
+        value = img.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: show the image as stored
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def decode_images(
@@ -158,7 +168,7 @@ def decode_images(
         return [pixels_to_chw(v) for v in values]
     out: list[torch.Tensor | None] = [None] * len(values)
     jpegs: list[tuple[int, torch.Tensor]] = []
-    with _pillow_limit(max_pixels):
+    with pillow_limit(max_pixels):
         for i, value in enumerate(values):
             try:
                 if value is None:
@@ -167,7 +177,7 @@ def decode_images(
                 if data is None:
                     out[i] = pixels_to_chw(np.asarray(value))
                     continue
-                img = _open(data, max_pixels)
+                img = open_image(data, max_pixels)
                 draft = None
                 if fast_decode and target is not None and img.format == "JPEG":
                     wanted = draft_size(img.size, target, draft_margin)
@@ -183,7 +193,7 @@ def decode_images(
                     png = decode_png(encoded, ImageReadMode.RGB, apply_exif_orientation=True)
                     out[i] = chw_to_rgb(png)
             except (DecodeError, OSError, RuntimeError, ValueError, SyntaxError) as exc:
-                raise DecodeError(f"{_row(ids, i)}: {exc}") from exc
+                raise DecodeError(f"{row_label(ids, i)}: {exc}") from exc
     if jpegs:
         try:
             decoded = decode_jpeg(
@@ -198,7 +208,7 @@ def decode_images(
                         decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
                     )
                 except RuntimeError as exc:
-                    raise DecodeError(f"{_row(ids, i)}: {exc}") from exc
+                    raise DecodeError(f"{row_label(ids, i)}: {exc}") from exc
         for (i, _), image in zip(jpegs, decoded, strict=True):
             out[i] = image
     # Every cell was either decoded above or raised.

@@ -1,5 +1,8 @@
 """``torchvision``, ``timm`` and ``torchscript`` classifiers: uint8 or float images in, logits out.
 
+All three take ``compile``, ``decode_on_device``, ``micro_batch`` and ``micro_batch_max``
+(see ``plugins.vision.classifier``).
+
 Weights come only from the local disk (torch hub's cache for torchvision enums, which
 ``check()`` fills or explains how to fill) or are ``random``; nothing downloads in an actor.
 """
@@ -13,12 +16,9 @@ from typing import Any
 import torch
 
 from plugins.vision.classifier import ImageClassifier
-from plugins.vision.model_info import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    TORCHVISION_DEFAULT_WEIGHTS,
-    load_labels,
-)
+from plugins.vision.microbatch import DEFAULT_MAX
+from plugins.vision.model_info import TORCHVISION_DEFAULT_WEIGHTS
+from plugins.vision.runtime import COMPILE_MODES, COMPILE_TORCHSCRIPT
 from plugins.vision.weights import (
     RANDOM,
     checkpoint_problem,
@@ -68,6 +68,10 @@ class TorchvisionClassifier(ImageClassifier):
         precision: str = "auto",
         channels_last: bool | str = "auto",
         keep_image: bool = False,
+        compile: bool | str = False,
+        decode_on_device: bool = False,
+        micro_batch: int | str | None = None,
+        micro_batch_max: int = DEFAULT_MAX,
     ) -> None:
         import torchvision
 
@@ -89,13 +93,16 @@ class TorchvisionClassifier(ImageClassifier):
             module = torchvision.models.get_model(name, weights=member, **kwargs)
         self._setup(
             module,
-            info.mean,
-            info.std,
+            info,
             column=column,
             device=device,
             precision=precision,
             channels_last=channels_last,
             keep_image=keep_image,
+            compile=compile,
+            decode_on_device=decode_on_device,
+            micro_batch=micro_batch,
+            micro_batch_max=micro_batch_max,
         )
 
     @classmethod
@@ -153,6 +160,10 @@ class TimmClassifier(ImageClassifier):
         precision: str = "auto",
         channels_last: bool | str = "auto",
         keep_image: bool = False,
+        compile: bool | str = False,
+        decode_on_device: bool = False,
+        micro_batch: int | str | None = None,
+        micro_batch_max: int = DEFAULT_MAX,
     ) -> None:
         import timm
 
@@ -170,13 +181,16 @@ class TimmClassifier(ImageClassifier):
             module = _from_checkpoint(build, checkpoint, num_classes)
         self._setup(
             module,
-            info.mean,
-            info.std,
+            info,
             column=column,
             device=device,
             precision=precision,
             channels_last=channels_last,
             keep_image=keep_image,
+            compile=compile,
+            decode_on_device=decode_on_device,
+            micro_batch=micro_batch,
+            micro_batch_max=micro_batch_max,
         )
 
     @classmethod
@@ -200,10 +214,15 @@ class TimmClassifier(ImageClassifier):
         return {"weights": os.path.abspath(os.path.expanduser(checkpoint))}
 
 
+def is_exported(path: str) -> bool:
+    """A ``torch.export`` program (compilable), as opposed to a TorchScript file (not)."""
+    return path.endswith(".pt2")
+
+
 def load_scripted(path: str) -> tuple[torch.nn.Module, bool]:
     """A TorchScript or ``torch.export`` (.pt2) file as a callable module, and whether it has eval()."""
     path = os.path.expanduser(path)
-    if path.endswith(".pt2"):
+    if is_exported(path):
         # Exported programs are captured in the mode they were exported in and refuse eval().
         return torch.export.load(path).module(), False
     return torch.jit.load(path, map_location="cpu"), True
@@ -213,8 +232,10 @@ class TorchScriptClassifier(ImageClassifier):
     """A TorchScript file (``torch.jit.save``) or ``torch.export`` program (``.pt2``).
 
     Such files carry no preprocessing metadata: ``mean``/``std`` normalize uint8 input
-    here, and ``resize_size``/``crop_size``/``interpolation`` are only read by
-    ``image_transform.from_model``. A ``.pt2`` must be exported with a dynamic batch dim.
+    here, and ``resize_size``/``crop_size``/``interpolation`` are read by
+    ``image_transform.from_model`` and by ``decode_on_device``. A ``.pt2`` must be exported
+    with a dynamic batch dim. Only a ``.pt2`` can take ``compile``: torch.compile cannot
+    trace a TorchScript module, so ``check()`` refuses that combination.
     """
 
     model_type = "torchscript"
@@ -233,20 +254,38 @@ class TorchScriptClassifier(ImageClassifier):
         precision: str = "auto",
         channels_last: bool | str = "auto",
         keep_image: bool = False,
+        compile: bool | str = False,
+        decode_on_device: bool = False,
+        micro_batch: int | str | None = None,
+        micro_batch_max: int = DEFAULT_MAX,
     ) -> None:
         self.path = path
-        self.labels = list(load_labels(labels) or []) or None
+        info = self.model_info(
+            {
+                "path": path,
+                "mean": mean,
+                "std": std,
+                "labels": labels,
+                "resize_size": resize_size,
+                "crop_size": crop_size,
+                "interpolation": interpolation,
+            }
+        )
+        self.labels = list(info.labels or []) or None
         module, can_eval = load_scripted(path)
         self._setup(
             module,
-            mean or IMAGENET_MEAN,
-            std or IMAGENET_STD,
+            info,
             column=column,
             device=device,
             precision=precision,
             channels_last=channels_last,
             keep_image=keep_image,
             can_eval=can_eval,
+            compile=compile,
+            decode_on_device=decode_on_device,
+            micro_batch=micro_batch,
+            micro_batch_max=micro_batch_max,
         )
 
     @classmethod
@@ -259,6 +298,10 @@ class TorchScriptClassifier(ImageClassifier):
             values = params.get(key)
             if values is not None and len(values) != 3:
                 problems.append(f"{key}: expected 3 values (R, G, B), got {list(values)}")
+        setting = params.get("compile", False)
+        wants_compile = setting is True or setting in COMPILE_MODES
+        if wants_compile and not is_exported(str(params["path"])):
+            problems.append(COMPILE_TORCHSCRIPT)
         return problems
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Where and how a classifier runs: device, CPU threads, memory format, autocast dtype.
+"""Where and how a classifier runs: device, CPU threads, memory format, autocast dtype, compile.
 
 CUDA is only touched when Ray granted this actor a GPU (or the user asked for it by
 name): a CPU actor that initialised CUDA would grab memory on a GPU it does not own.
@@ -102,4 +102,54 @@ def setting_problems(device: str, precision: str, channels_last: bool | str) -> 
         problems.append(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if not isinstance(channels_last, bool) and channels_last != "auto":
         problems.append(f"channels_last: expected true, false or 'auto', got {channels_last!r}")
+    return problems
+
+
+# torch.compile's modes; true means "default".
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_TORCHSCRIPT = (
+    "compile: a TorchScript file cannot be compiled by torch.compile - export the model "
+    "with torch.export to a .pt2 file instead, or leave compile: false"
+)
+
+
+def compile_mode(setting: bool | str) -> str | None:
+    """The torch.compile mode for a ``compile:`` setting, or None for no compilation."""
+    if setting is False:
+        return None
+    return "default" if setting is True else str(setting)
+
+
+def maybe_compile(module: torch.nn.Module, setting: bool | str) -> torch.nn.Module:
+    """``module`` compiled with the setting's mode; compilation itself happens on the first call."""
+    mode = compile_mode(setting)
+    if mode is None:
+        return module
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ValueError(COMPILE_TORCHSCRIPT)
+    return torch.compile(module, mode=mode)
+
+
+def _is_rows(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def gpu_option_problems(
+    compile: object, decode_on_device: object, micro_batch: object, micro_batch_max: object
+) -> list[str]:
+    """One message per bad ``compile``/``decode_on_device``/``micro_batch(_max)`` value."""
+    problems = []
+    if not isinstance(compile, bool) and compile not in COMPILE_MODES:
+        problems.append(
+            f"compile: expected false, true or one of {', '.join(COMPILE_MODES)}, got {compile!r}"
+        )
+    if not isinstance(decode_on_device, bool):
+        problems.append(f"decode_on_device: expected true or false, got {decode_on_device!r}")
+    if micro_batch is not None and micro_batch != "auto" and not _is_rows(micro_batch):
+        problems.append(
+            "micro_batch: expected null (the whole batch), a number of rows >= 1 or 'auto', "
+            f"got {micro_batch!r}"
+        )
+    if not _is_rows(micro_batch_max):
+        problems.append(f"micro_batch_max: expected a number of rows >= 1, got {micro_batch_max!r}")
     return problems

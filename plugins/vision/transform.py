@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from plugins.vision.model_info import IMAGENET_MEAN, IMAGENET_STD, as_pair, as_resize, model_info
+from plugins.vision.model_info import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelInfo,
+    as_pair,
+    as_resize,
+    model_info,
+)
 
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
 DEFAULT_CROP = 224
@@ -135,3 +142,16 @@ def stack_hwc(images: Sequence[torch.Tensor]) -> np.ndarray:
     for i, array in enumerate(arrays):
         ragged[i] = array
     return ragged
+
+
+def config_from_info(info: ModelInfo) -> TransformConfig:
+    """The transform ``image_transform`` with ``from_model`` (and no overrides) would apply."""
+    config = TransformConfig(
+        resize_size=tuple(info.resize_size),
+        crop_size=(info.crop_size[0], info.crop_size[1]),
+        interpolation=info.interpolation,
+        mean=tuple(float(v) for v in info.mean),
+        std=tuple(float(v) for v in info.std),
+    )
+    _validate(config)
+    return config

@@ -1,0 +1,445 @@
+"""The classifiers' GPU-path options: compile, decode_on_device, micro_batch.
+
+Each option must not change the predictions: every test compares the option's output
+with the plain path's. They run on CPU here (the same code paths, minus nvjpeg and
+CUDA memory); the ``cuda`` tests at the end run where a GPU is present, and
+``benchmarks/gpu_path_check.py`` checks the same on a GPU with timings.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from PIL import Image, ImageOps
+
+from framework import RunError
+from framework.testing import conformance_problems
+from plugins.vision import ImageTransform, TorchScriptClassifier, TorchvisionClassifier
+from plugins.vision.decode import DecodeError, exif_orientation
+from plugins.vision.device_decode import apply_orientation, decode_on_device
+from plugins.vision.microbatch import MicroBatcher, choose_micro_batch, probe_largest
+from plugins.vision.runtime import COMPILE_TORCHSCRIPT
+
+RNG = np.random.default_rng(0)
+PHOTOS = Path(skimage.data.__file__).parent
+GRACE_HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+PHOTO_FILES = [
+    PHOTOS / "chelsea.png",
+    PHOTOS / "coffee.png",
+    PHOTOS / "astronaut.png",
+    PHOTOS / "rocket.jpg",
+    GRACE_HOPPER,
+]
+# Acceptable top-1 ImageNet classes (as in tests/test_example_package.py): a sanity check
+# that the real weights and both preprocessing paths see the photos as they are.
+GOLDEN = {
+    "chelsea": {281, 282, 283, 284, 285},  # tabby, tiger, Persian, Siamese, Egyptian cat
+    "coffee": {967, 968},  # espresso, cup
+    "rocket": {657, 744},  # missile, projectile
+}
+CPU = torch.device("cpu")
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def column(values: list) -> np.ndarray:
+    """An object column of bytes, as the image readers hand it to a numpy batch."""
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+def with_orientation(image: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return encode(image, "JPEG", quality=95, exif=exif.tobytes())
+
+
+def photo_batch() -> dict[str, np.ndarray]:
+    """Every photo as JPEG and as PNG bytes, plus the odd cases the device path must route."""
+    ids: list[str] = []
+    cells: list[bytes] = []
+    for path in PHOTO_FILES:
+        image = Image.open(path).convert("RGB")
+        for fmt, kwargs in (("JPEG", {"quality": 90}), ("PNG", {})):
+            ids.append(f"{path.stem}.{fmt.lower()}")
+            cells.append(encode(image, fmt, **kwargs))
+    chelsea = Image.open(PHOTOS / "chelsea.png").convert("RGB")
+    odd = {
+        "chelsea-rotated.jpeg": with_orientation(chelsea, 6),  # EXIF: show turned 90 degrees
+        "chelsea-gray.jpeg": encode(chelsea.convert("L"), "JPEG", quality=90),
+        "chelsea-cmyk.jpeg": encode(chelsea.convert("CMYK"), "JPEG", quality=90),
+    }
+    ids += list(odd)
+    cells += list(odd.values())
+    return {"id": np.array(ids, dtype=object), "image": column(cells)}
+
+
+def copy(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: value.copy() for key, value in batch.items()}
+
+
+# ---------------------------------------------------------------------------- check()
+
+
+def test_each_bad_value_gets_one_message_naming_its_param():
+    params = {
+        "name": "resnet18",
+        "weights": "random",
+        "compile": "fast",
+        "decode_on_device": "yes",
+        "micro_batch": 0,
+        "micro_batch_max": True,
+    }
+    assert TorchvisionClassifier.check(params) == [
+        "compile: expected false, true or one of default, reduce-overhead, max-autotune, "
+        "max-autotune-no-cudagraphs, got 'fast'",
+        "decode_on_device: expected true or false, got 'yes'",
+        "micro_batch: expected null (the whole batch), a number of rows >= 1 or 'auto', got 0",
+        "micro_batch_max: expected a number of rows >= 1, got True",
+    ]
+    good = {"name": "resnet18", "weights": "random", "decode_on_device": True}
+    for compile_, micro_batch in ((True, "auto"), ("max-autotune", 64), (False, None)):
+        checked = {**good, "compile": compile_, "micro_batch": micro_batch, "micro_batch_max": 8}
+        assert TorchvisionClassifier.check(checked) == []
+    # micro_batch: true would otherwise pass as the integer 1.
+    assert TorchvisionClassifier.check({**good, "micro_batch": True})[0].startswith("micro_batch: ")
+
+
+def test_torchscript_refuses_compile_but_export_takes_it(tmp_path):
+    scripted, exported = tmp_path / "model.pt", tmp_path / "model.pt2"
+    scripted.write_bytes(b"x")
+    exported.write_bytes(b"x")
+    assert TorchScriptClassifier.check({"path": str(scripted), "compile": True}) == [
+        COMPILE_TORCHSCRIPT
+    ]
+    assert TorchScriptClassifier.check({"path": str(scripted), "compile": False}) == []
+    assert TorchScriptClassifier.check({"path": str(exported), "compile": "default"}) == []
+
+
+# ---------------------------------------------------------------------------- compile
+
+
+def tiny_convnet() -> torch.nn.Module:
+    """Conv + BN + pool + linear: the op mix of a classifier, compiled in seconds."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8, 5),
+    ).eval()
+
+
+@pytest.mark.slow
+def test_compile_gives_the_same_logits():
+    # resnet18 rather than a smaller net: inductor compiles it fastest here (~30 s cold,
+    # a few seconds with a warm cache) - few distinct kernels, the convolutions go to oneDNN.
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    eager, compiled = build(node), build(node, compile=True)
+    assert compiled.compile_mode == "default" and compiled.module is not compiled.eager_module
+    images = RNG.integers(0, 256, (4, 3, 64, 64), dtype=np.uint8)
+    want = eager({"id": np.arange(4), "image": images.copy()})["logits"]
+    got = compiled({"id": np.arange(4), "image": images.copy()})["logits"]
+    # Inductor fuses and reorders float32 arithmetic: equal up to rounding, not bit for bit.
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert (got.argmax(1) == want.argmax(1)).all()
+    # An empty batch (all rows dead-lettered) goes through the eager module: no compile.
+    empty = compiled({"id": np.arange(0), "image": images[:0]})["logits"]
+    assert empty.shape == (0, 1000)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_compile_takes_exported_programs_and_refuses_torchscript(tmp_path):
+    module = tiny_convnet()
+    example = torch.randn(2, 3, 32, 32)
+    exported, scripted = tmp_path / "model.pt2", tmp_path / "model.pt"
+    batch_dim = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: batch_dim},))
+    torch.export.save(program, exported)
+    torch.jit.save(torch.jit.trace(module, example), scripted)
+
+    images = RNG.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    want = TorchScriptClassifier(path=str(exported))({"id": np.arange(3), "image": images.copy()})
+    model = TorchScriptClassifier(path=str(exported), compile=True)
+    got = model({"id": np.arange(3), "image": images.copy()})
+    np.testing.assert_allclose(got["logits"], want["logits"], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="TorchScript file cannot be compiled"):
+        TorchScriptClassifier(path=str(scripted), compile=True)
+
+
+# ---------------------------------------------------------------------------- decode_on_device
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_device_orientation_matches_pillow_and_torchvision(orientation):
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    pixels = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    data = with_orientation(Image.fromarray(pixels), orientation)
+    assert exif_orientation(Image.open(io.BytesIO(data))) == orientation
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    # nvjpeg's output: pixels as stored, EXIF ignored; apply_orientation turns them.
+    stored = decode_jpeg(encoded, mode=ImageReadMode.RGB)
+    turned = apply_orientation(stored, orientation)
+    want = decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    assert torch.equal(turned, want)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    np.testing.assert_array_equal(turned.permute(1, 2, 0).numpy(), shown)
+
+
+@pytest.fixture(scope="module")
+def lite0_torchscript(tmp_path_factory) -> dict:
+    """EfficientNet-Lite0 with its real ImageNet weights, as a torchscript model node.
+
+    The example plugin package ships the weights; traced to TorchScript, the network runs
+    through the built-in ``torchscript`` classifier, which is what takes decode_on_device.
+    """
+    pytest.importorskip("infer_efficientnet_lite", reason="pip install -e examples/...")
+    from infer_efficientnet_lite import checkpoint, preprocessing
+
+    module = checkpoint.load_module(checkpoint.default_checkpoint()).eval()
+    path = tmp_path_factory.mktemp("lite0") / "lite0.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+        torch.jit.save(torch.jit.trace(module, torch.randn(1, 3, 224, 224)), path)
+    return {
+        "type": "torchscript",
+        "path": str(path),
+        "mean": list(preprocessing.MEAN),
+        "std": list(preprocessing.STD),
+        "resize_size": preprocessing.RESIZE_SIZE,
+        "crop_size": preprocessing.INPUT_SIZE,
+        "interpolation": preprocessing.INTERPOLATION,
+    }
+
+
+def build(node: dict, **options) -> TorchScriptClassifier | TorchvisionClassifier:
+    params = {key: value for key, value in node.items() if key != "type"}
+    cls = TorchScriptClassifier if node["type"] == "torchscript" else TorchvisionClassifier
+    if cls is TorchvisionClassifier:
+        torch.manual_seed(0)  # random weights: the same ones for both paths
+    return cls(**params, **options)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("which", ["efficientnet_lite0 real weights", "resnet18 random weights"])
+def test_decode_on_device_predicts_like_image_transform(which, request):
+    if which.startswith("efficientnet"):
+        node = request.getfixturevalue("lite0_torchscript")
+    else:
+        node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    batch = photo_batch()
+    crops = ImageTransform(from_model=node)(copy(batch))
+    want = build(node)(copy(crops))["logits"]
+
+    model = build(node, decode_on_device=True)
+    with torch.inference_mode():
+        device_crops = model._decoded_pixels(batch["image"], batch["id"])
+    # On CPU both paths use libjpeg-turbo/libpng and the same uint8 resize: same pixels.
+    np.testing.assert_array_equal(device_crops.numpy(), crops["image"])
+    got = model(copy(batch))
+    assert "image" not in got and list(got["id"]) == list(batch["id"])
+    # Same pixels, same module, same batch: only float noise could differ, so the bound is
+    # tight; on a GPU, nvjpeg and the float resize shift pixels, hence the looser GPU check.
+    np.testing.assert_allclose(got["logits"], want, rtol=1e-5, atol=1e-5)
+    top1 = got["logits"].argmax(1)
+    assert list(top1) == list(want.argmax(1))
+    if which.startswith("efficientnet"):
+        for row_id, label in zip(batch["id"], top1, strict=True):
+            stem = row_id.split(".")[0].split("-")[0]
+            if stem in GOLDEN and "-" not in row_id:
+                assert label in GOLDEN[stem], (row_id, label)
+
+
+def test_decode_on_device_names_the_bad_row():
+    model = build(
+        {"type": "torchvision", "name": "resnet18", "weights": "random"}, decode_on_device=True
+    )
+    good = encode(Image.open(PHOTOS / "coffee.png").convert("RGB"), "JPEG")
+    noise = RNG.integers(0, 256, 500, dtype=np.uint8).tobytes()
+    with pytest.raises(RunError, match=r"torchvision: image with id 'noise': not an image"):
+        model({"id": np.array(["ok", "noise"], dtype=object), "image": column([good, noise])})
+    # A JPEG whose header reads fine but whose data is cut: the batched decode fails, the
+    # one-by-one retry isolates it, and the CPU decoder names it.
+    with pytest.raises(RunError, match=r"image with id 'cut'"):
+        model({"id": np.array(["ok", "cut"], dtype=object), "image": column([good, good[:400]])})
+
+
+def test_decode_on_device_guards_and_passes_pixels_through():
+    data = encode(Image.fromarray(RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)), "JPEG")
+    with pytest.raises(DecodeError, match=r"id 'big'.*exceeds max_pixels=1000"):
+        decode_on_device(column([data]), ["big"], CPU, max_pixels=1000)
+    with pytest.raises(DecodeError, match="id 3: the image cell is null"):
+        decode_on_device(column([None]), [3], CPU)
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    model, plain = build(node, decode_on_device=True), build(node)
+    # A pixel tensor (image_transform in front after all) is taken as it is.
+    pixels = RNG.integers(0, 256, (2, 3, 48, 48), dtype=np.uint8)
+    np.testing.assert_array_equal(
+        model({"id": np.arange(2), "image": pixels.copy()})["logits"],
+        plain({"id": np.arange(2), "image": pixels.copy()})["logits"],
+    )
+
+
+# ---------------------------------------------------------------------------- micro_batch
+
+
+class OomAbove(torch.nn.Module):
+    """A real module that raises the real OOM type whenever it gets more than ``limit`` rows."""
+
+    def __init__(self, limit: int, inner: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.limit = limit
+        self.inner = inner or torch.nn.Linear(4, 3)
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(x))
+        if len(x) > self.limit:
+            raise torch.OutOfMemoryError(f"{len(x)} rows > {self.limit}")
+        return self.inner(x)
+
+
+def test_micro_batches_give_the_same_output():
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3)
+    inputs = torch.randn(10, 4)
+    with torch.inference_mode():
+        want = module(inputs)
+        for size in (1, 3, None, 64):
+            got = MicroBatcher(size).run(inputs, module)
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        assert MicroBatcher(3).run(inputs[:0], module).shape == (0, 3)
+
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    images = RNG.integers(0, 256, (7, 3, 40, 40), dtype=np.uint8)
+    outputs = [
+        build(node, micro_batch=size)({"id": np.arange(7), "image": images.copy()})["logits"]
+        for size in (None, 1, 3)
+    ]
+    for out in outputs[1:]:
+        # oneDNN may pick other kernels for other batch sizes: equal up to float rounding.
+        np.testing.assert_allclose(out, outputs[0], rtol=1e-5, atol=1e-5)
+        assert (out.argmax(1) == outputs[0].argmax(1)).all()
+
+
+def test_out_of_memory_halves_the_micro_batch(caplog):
+    module = OomAbove(5)
+    inputs = torch.randn(37, 4)
+    batcher = MicroBatcher(None, name="net")
+    with torch.inference_mode(), caplog.at_level(logging.WARNING):
+        got = batcher.run(inputs, module)
+        want = module.inner(inputs)
+    torch.testing.assert_close(got, want)
+    assert batcher.size is not None and batcher.size <= 5
+    assert batcher.size == 4  # 37 -> 18 -> 9 -> 4
+    assert "micro_batch whole batch -> 18" in caplog.text and "9 -> 4" in caplog.text
+    with pytest.raises(torch.OutOfMemoryError):
+        MicroBatcher(8).run(inputs, OomAbove(0))
+
+
+def test_out_of_memory_back_off_inside_the_classifier():
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    images = RNG.integers(0, 256, (9, 3, 40, 40), dtype=np.uint8)
+    want = build(node)({"id": np.arange(9), "image": images.copy()})["logits"]
+    model = build(node)
+    assert model.micro_batch is None
+    model.module = OomAbove(3, inner=model.module)
+    got = model({"id": np.arange(9), "image": images.copy()})["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert model.micro_batch is not None and model.micro_batch <= 3
+
+
+@pytest.mark.parametrize(
+    ("limit", "cap", "expected"),
+    [
+        (1, 1024, 1),
+        (5, 1024, 4),
+        (64, 1024, 64),
+        (100, 1024, 64),
+        (5000, 1024, 1024),
+        (500, 100, 100),
+    ],
+)
+def test_probe_finds_the_largest_power_of_two_that_fits(limit, cap, expected):
+    module = OomAbove(limit)
+    with torch.inference_mode():
+        assert probe_largest(module, lambda rows: torch.zeros(rows, 4), cap, CPU) == expected
+    # Doubling from 1, stopping at the first OOM (or at the cap).
+    assert module.calls[0] == 1 and module.calls[-1] in (cap, expected * 2)
+
+
+def test_probe_at_one_row_propagates_and_auto_on_cpu_does_not_split():
+    with pytest.raises(torch.OutOfMemoryError):
+        probe_largest(OomAbove(0), lambda rows: torch.zeros(rows, 4), 8, CPU)
+    module = OomAbove(20)
+    size, why = choose_micro_batch("auto", 1024, CPU, module, lambda r: torch.zeros(r, 4))
+    assert size is None and "only GPU memory is probed" in why and module.calls == []
+    size, why = choose_micro_batch(
+        "auto", 1024, CPU, module, lambda r: torch.zeros(r, 4), probe_on_cpu=True
+    )
+    assert size == 16 and "16 rows" in why
+
+    model = build(
+        {"type": "torchvision", "name": "resnet18", "weights": "random"}, micro_batch="auto"
+    )
+    assert model.micro_batch is None and "auto on cpu" in model.micro_batch_reason
+    # The classifier's own probe (what runs on CUDA), asked for on CPU: the real forward.
+    probed = model._micro_batcher("auto", 4, probe_on_cpu=True)
+    assert probed.size == 4 and "4 rows" in model.micro_batch_reason
+
+
+def test_options_pass_the_conformance_kit():
+    cells = [encode(Image.open(p).convert("RGB"), "JPEG") for p in PHOTO_FILES[:3]]
+    cells.append(encode(Image.open(PHOTOS / "coffee.png").convert("RGB"), "PNG"))
+    batch = {"id": np.arange(4), "image": column(cells)}
+    params = {
+        "name": "resnet18",
+        "weights": "random",
+        "num_classes": 5,
+        "decode_on_device": True,
+        "micro_batch": 3,
+    }
+    assert conformance_problems("model", "torchvision", params, batch) == []
+
+
+# ---------------------------------------------------------------------------- on a GPU
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_gpu_decode_predicts_like_the_cpu_path():
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    batch = photo_batch()
+    want = build(node, device="cpu", precision="fp32", decode_on_device=True)(copy(batch))
+    got = build(node, device="cuda", precision="fp32", decode_on_device=True)(copy(batch))
+    # nvjpeg's IDCT/upsampling and the CUDA float resize move pixels by a few levels, so
+    # logits agree to a few percent of their range, not bit for bit.
+    assert (got["logits"].argmax(1) == want["logits"].argmax(1)).mean() >= 0.9
+    spread = np.ptp(want["logits"])
+    assert np.abs(got["logits"] - want["logits"]).max() <= 0.05 * spread
+
+
+@cuda
+def test_gpu_auto_micro_batch_probes_a_size():
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    model = build(node, device="cuda", micro_batch="auto", micro_batch_max=64)
+    assert model.micro_batch == 64 and "probed" in model.micro_batch_reason
