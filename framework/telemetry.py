@@ -106,6 +106,21 @@ def stage_figures(
                 }
                 for node_id, figures in sorted(s["nodes"].items())
             ],
-            "workers": sorted(s["workers"].values(), key=lambda w: (w["node_id"], w["pid"])),
+            "workers": [
+                _relative(worker, origin)
+                for worker in sorted(s["workers"].values(), key=lambda w: (w["node_id"], w["pid"]))
+            ],
         }
+    return out
+
+
+WORKER_TIMES = ("process_started", "build_started", "ready")
+
+
+def _relative(worker: dict[str, Any], origin: float) -> dict[str, Any]:
+    """A worker's start-up as seconds from the run's start (negative: started before it)."""
+    out = {k: v for k, v in worker.items() if k not in WORKER_TIMES}
+    for key in WORKER_TIMES:
+        if key in worker:
+            out[f"{key}_s"] = round(worker[key] - origin, 4)
     return out

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import numpy as np
+import psutil
 import ray
 
 from framework.components import ID_COLUMN, Batch
@@ -99,7 +100,9 @@ class StageRunner:
         self.gpu_pushed = (-GPU_PUSH_S, 0)  # when the log last got GPU figures; of how many samples
 
     def build(self) -> None:
+        started = time.time()
         self.stage = self.cls(**self.params)
+        built = time.time()
         threads = match_torch_threads()
         if self.log is not None:
             gpu_ids = [str(g) for g in ray.get_gpu_ids()]
@@ -114,6 +117,10 @@ class StageRunner:
                 "gpu_ids": gpu_ids,
                 "torch_threads": threads,
                 "cuda_initialized": bool(torch and torch.cuda.is_initialized()),
+                # Absolute times; the report makes them relative to the run's start.
+                "process_started": psutil.Process().create_time(),
+                "build_started": started,
+                "ready": built,
             }
             ray.get(self.log.worker.remote(self.path, info))
 
