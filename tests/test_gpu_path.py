@@ -1,4 +1,4 @@
-"""The classifiers' GPU-path options: compile, decode_on_device, micro_batch.
+"""The classifiers' GPU-path options: compile, decode_on_device, micro_batch, staged uploads.
 
 Each option must not change the predictions: every test compares the option's output
 with the plain path's. They run on CPU here (the same code paths, minus nvjpeg and
@@ -27,6 +27,7 @@ from plugins.vision.decode import DecodeError, exif_orientation
 from plugins.vision.device_decode import apply_orientation, decode_on_device
 from plugins.vision.microbatch import MicroBatcher, choose_micro_batch, probe_largest
 from plugins.vision.runtime import COMPILE_TORCHSCRIPT
+from plugins.vision.staging import MIN_CHUNK_ROWS, ChunkedUpload, StagingBuffer, chunk_rows
 
 RNG = np.random.default_rng(0)
 PHOTOS = Path(skimage.data.__file__).parent
@@ -420,6 +421,134 @@ def test_options_pass_the_conformance_kit():
     assert conformance_problems("model", "torchvision", params, batch) == []
 
 
+# ---------------------------------------------------------------------------- staged uploads
+# On CUDA, pixel batches go up through a pinned staging buffer a chunk ahead of the compute.
+# The same code runs on CPU unpinned and without streams: the bookkeeping is tested here,
+# the streams and events in the cuda tests below.
+
+
+@pytest.mark.parametrize(
+    ("rows", "micro_batch", "explicit", "expected"),
+    [
+        (128, None, False, 64),  # the default: two chunks ...
+        (130, None, False, 65),
+        (64, None, False, MIN_CHUNK_ROWS),
+        (40, None, False, MIN_CHUNK_ROWS),  # ... of at least MIN_CHUNK_ROWS rows
+        (20, None, False, 20),  # a small batch: one chunk
+        (0, None, False, 1),
+        (128, 48, True, 48),  # micro_batch from the spec: taken as it is
+        (128, 512, True, 512),  # >= the batch: one chunk, no overlap
+        (128, 40, False, 40),  # probed by auto or left by a back-off: a ceiling
+        (128, 512, False, 64),
+    ],
+)
+def test_chunk_rows(rows, micro_batch, explicit, expected):
+    assert chunk_rows(rows, micro_batch, explicit) == expected
+
+
+def test_staging_buffer_grows_only_for_a_bigger_batch():
+    staging = StagingBuffer(pin_memory=False)
+    assert staging.capacity == 0 and staging.allocations == 0
+    first = staging.reserve((4, 3, 2, 2), torch.uint8)
+    assert first.shape == (4, 3, 2, 2) and staging.capacity == 48 and staging.allocations == 1
+    pointer = first.data_ptr()
+    smaller = staging.reserve((2, 3, 2, 2), torch.uint8)
+    assert smaller.data_ptr() == pointer and staging.allocations == 1
+    floats = staging.reserve((1, 3, 2, 2), torch.float32)  # the same bytes, as float32
+    assert floats.dtype == torch.float32 and floats.data_ptr() == pointer
+    bigger = staging.reserve((5, 3, 2, 2), torch.uint8)
+    assert staging.capacity == 60 and staging.allocations == 2 and bigger.is_contiguous()
+
+
+def test_chunked_upload_fills_each_row_once_and_serves_prefetched_rows():
+    source = torch.from_numpy(RNG.integers(0, 256, (10, 3, 4, 4), dtype=np.uint8))
+    staging = StagingBuffer(pin_memory=False)
+    upload = ChunkedUpload(source, staging, CPU)
+    assert len(upload) == 10 and upload.filled == 0
+    assert torch.equal(upload[0:4], source[0:4]) and upload.filled == 4
+    upload.prefetch(4, 8)
+    assert upload.filled == 8 and list(upload.pending) == [(4, 8)]
+    # After a back-off the retry asks for part of a prefetched chunk: served from it.
+    assert torch.equal(upload[4:6], source[4:6]) and upload.pending == {}
+    assert torch.equal(upload[6:8], source[6:8])  # re-sent from the staging buffer
+    assert torch.equal(upload[8:10], source[8:10]) and upload.filled == 10
+    # Copies, not views: the next batch may refill the staging buffer.
+    got = upload[0:10]
+    ChunkedUpload(torch.zeros_like(source), staging, CPU)[0:10]
+    assert torch.equal(got, source) and staging.allocations == 1
+    hwc = torch.from_numpy(RNG.integers(0, 256, (3, 4, 4, 3), dtype=np.uint8))
+    chw = ChunkedUpload(hwc.permute(0, 3, 1, 2), staging, CPU)[0:3]
+    assert chw.is_contiguous() and torch.equal(chw, hwc.permute(0, 3, 1, 2))
+
+
+class Recording(torch.nn.Module):
+    """Records the rows of each forward pass."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(x))
+        return self.inner(x)
+
+
+def plain_logits(model, images: np.ndarray, chunk: int) -> torch.Tensor:
+    """The unpipelined path over the same slices: the same kernels on the same inputs."""
+    with torch.inference_mode():
+        pixels = model._pixels(images)
+        return torch.cat(
+            [model._forward(pixels[i : i + chunk]) for i in range(0, len(pixels), chunk)]
+        )
+
+
+@pytest.mark.parametrize(
+    ("micro_batch", "sizes"),
+    [(None, [40, 40, 70, 7]), (16, [40, 70])],
+)
+def test_staged_logits_equal_the_plain_path_over_the_same_slices(micro_batch, sizes):
+    model = build(
+        {"type": "torchvision", "name": "resnet18", "weights": "random"}, micro_batch=micro_batch
+    )
+    model.module = Recording(model.module)
+    for rows in sizes:  # 40 -> 70 grows the staging buffer, 7 reuses it
+        images = RNG.integers(0, 256, (rows, 3, 32, 32), dtype=np.uint8)
+        images.flags.writeable = False  # as Arrow hands it: read without a copy
+        chunk = chunk_rows(rows, model.micro_batch, model.micro_batch_explicit)
+        model.module.calls.clear()
+        with torch.inference_mode():
+            got = model._staged_logits(model._host_pixels(images, copy_read_only=False))
+        assert model.module.calls == [min(chunk, rows - i) for i in range(0, rows, chunk)]
+        torch.testing.assert_close(got, plain_logits(model, images, chunk), rtol=0, atol=0)
+    assert model.staging is not None and model.staging.allocations == 2
+
+
+def test_staged_logits_back_off_on_out_of_memory():
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    images = RNG.integers(0, 256, (70, 3, 32, 32), dtype=np.uint8)
+    want = build(node)({"id": np.arange(70), "image": images.copy()})["logits"]
+    model = build(node)
+    model.module = OomAbove(20, inner=model.module)
+    with torch.inference_mode():
+        got = model._staged_logits(model._host_pixels(images)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Two chunks of 35 rows: the first runs out of memory, 35 -> 17, the rest in 17s.
+    assert model.micro_batch == 17 and max(model.module.calls) == 35
+    assert model.staging is not None and model.staging.allocations == 1
+
+
+def test_cpu_batches_skip_the_staging_buffer():
+    model = build({"type": "torchvision", "name": "resnet18", "weights": "random"})
+    assert not model.pipeline_uploads
+    images = RNG.integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    images.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # read-only input: copied on CPU, no torch warning
+        model({"id": np.arange(3), "image": images})
+    assert model.staging is None and model.copy_stream is None
+
+
 # ---------------------------------------------------------------------------- on a GPU
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -443,3 +572,39 @@ def test_gpu_auto_micro_batch_probes_a_size():
     node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
     model = build(node, device="cuda", micro_batch="auto", micro_batch_max=64)
     assert model.micro_batch == 64 and "probed" in model.micro_batch_reason
+
+
+@cuda
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("micro_batch", [None, 24])
+def test_gpu_staged_logits_equal_the_plain_path(precision, micro_batch):
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    model = build(node, device="cuda", precision=precision, micro_batch=micro_batch)
+    assert model.pipeline_uploads
+    # 80 -> 50 reuses the staging buffer; 130 outgrows it; 97 and 50 end on a partial chunk.
+    for rows in (80, 50, 130, 97, 1):
+        images = RNG.integers(0, 256, (rows, 3, 64, 64), dtype=np.uint8)
+        chunk = chunk_rows(rows, model.micro_batch, model.micro_batch_explicit)
+        got = model({"id": np.arange(rows), "image": images.copy()})["logits"]
+        want = plain_logits(model, images, chunk).cpu().numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        model.pipeline_uploads = False  # the plain path, whole micro-batches: other kernels
+        plain = model({"id": np.arange(rows), "image": images.copy()})["logits"]
+        model.pipeline_uploads = True
+        assert (got.argmax(1) == plain.argmax(1)).mean() >= 0.9
+    assert model.staging is not None and model.staging.allocations == 2
+    assert model.staging.buffer is not None and model.staging.buffer.is_pinned()
+
+
+@cuda
+def test_gpu_staged_logits_back_off_on_out_of_memory():
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    model = build(node, device="cuda", precision="fp32")
+    images = RNG.integers(0, 256, (70, 3, 64, 64), dtype=np.uint8)
+    inner = model.module
+    model.module = OomAbove(20, inner=inner)
+    got = model({"id": np.arange(70), "image": images.copy()})["logits"]
+    assert model.micro_batch == 17
+    model.module = inner
+    want = plain_logits(model, images, 17).cpu().numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

@@ -10,11 +10,15 @@ Three options move more of the work onto the GPU (all off by default):
   (nvjpeg for JPEGs on CUDA) and resized/cropped there with the model's own preprocessing;
 - ``micro_batch``: the forward pass runs over slices of at most that many rows, halving on
   out-of-memory; ``auto`` probes the largest size that fits on the GPU at start-up.
+
+On CUDA, pixel batches go up through one reusable pinned staging buffer, a chunk ahead of
+the forward pass (``plugins/vision/staging.py``); on CPU the batch is used where it lies.
 """
 
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -24,7 +28,7 @@ import torch
 from framework import ID_COLUMN, Batch, Model, RunError
 from plugins.vision.decode import DecodeError
 from plugins.vision.device_decode import decode_on_device
-from plugins.vision.microbatch import DEFAULT_MAX, MicroBatcher, choose_micro_batch
+from plugins.vision.microbatch import AUTO, DEFAULT_MAX, MicroBatcher, choose_micro_batch
 from plugins.vision.model_info import ModelInfo, labels_problems, model_info
 from plugins.vision.runtime import (
     autocast,
@@ -37,6 +41,7 @@ from plugins.vision.runtime import (
     setting_problems,
     use_channels_last,
 )
+from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
 from plugins.vision.transform import config_from_info, resize_crop
 from plugins.vision.weights import RANDOM
 
@@ -140,6 +145,13 @@ class ImageClassifier(Model):
         # probed size. Compilation itself happens lazily, on the first batch.
         self.compile_mode: str | None = None
         self.micro_batcher = self._micro_batcher(micro_batch, micro_batch_max)
+        # A number from the spec is also the upload chunk; None and auto get the default split.
+        self.micro_batch_explicit = micro_batch is not None and micro_batch != AUTO
+        # CUDA pixel batches go through the staging pipeline (False: the plain upload, which
+        # tests and benchmarks/gpu_path_check.py compare it with). Created on first use.
+        self.pipeline_uploads = self.device.type == "cuda"
+        self.staging: StagingBuffer | None = None
+        self.copy_stream: torch.cuda.Stream | None = None
         self.compile_mode = compile_mode(compile)
         self.module = maybe_compile(module, compile)
         logger.info(
@@ -180,7 +192,21 @@ class ImageClassifier(Model):
         )
 
     def _pixels(self, values: np.ndarray) -> torch.Tensor:
-        """A [N, 3, H, W] uint8 or float32 column on the device, not yet normalized."""
+        """A [N, 3, H, W] uint8 or float32 column on the device, not yet normalized.
+
+        The plain upload: the whole batch pinned (a copy) and sent before any compute.
+        """
+        tensor = self._host_pixels(values)
+        if self.device.type == "cuda":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _host_pixels(self, values: np.ndarray, copy_read_only: bool = True) -> torch.Tensor:
+        """The column as a [N, 3, H, W] CPU tensor over the batch's memory where it can be.
+
+        ``copy_read_only=False`` leaves read-only arrays uncopied: for callers that only
+        copy out of the tensor (the staging buffer), a copy first would be a second memcpy.
+        """
         if values.dtype == object or values.ndim != 4:
             hint = (
                 "set decode_on_device: true to decode encoded images in the model, or "
@@ -192,9 +218,9 @@ class ImageClassifier(Model):
                 f"{'ragged images' if values.dtype == object else f'shape {list(values.shape)}'}"
                 f" - {hint}put image_transform before the model"
             )
-        if not values.flags.writeable:  # zero-copy views of Arrow buffers are read-only
-            values = values.copy()
-        tensor = torch.from_numpy(np.ascontiguousarray(values))
+        if not values.flags.writeable and copy_read_only:
+            values = values.copy()  # zero-copy views of Arrow buffers are read-only
+        tensor = _from_numpy(np.ascontiguousarray(values))
         if tensor.shape[1] != 3 and tensor.shape[3] == 3:  # HWC pixels, e.g. from a reader
             tensor = tensor.permute(0, 3, 1, 2)
         if tensor.shape[1] != 3:
@@ -207,8 +233,6 @@ class ImageClassifier(Model):
                 f"{self.model_type}: column {self.column!r} must be uint8 (normalized here) or "
                 f"float (used as-is), got {values.dtype}"
             )
-        if self.device.type == "cuda":
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
     def _decoded_pixels(self, values: np.ndarray, ids: Sequence[Any]) -> torch.Tensor:
@@ -224,13 +248,33 @@ class ImageClassifier(Model):
         # Sizes differ until cropped, so each image is resized on its own (as image_transform does).
         return torch.stack([resize_crop(image, self.preprocess) for image in images])
 
-    def _batch_pixels(self, batch: Batch) -> torch.Tensor:
+    def _batch_logits(self, batch: Batch) -> torch.Tensor:
+        """float32 [N, num_classes] logits on the device."""
         values = batch[self.column]
         if self.decode_on_device and values.dtype == object:
             ids = batch[ID_COLUMN] if ID_COLUMN in batch else list(range(len(values)))
-            return self._decoded_pixels(values, ids)
+            return self.micro_batcher.run(self._decoded_pixels(values, ids), self._forward)
         # Pixel tensors (e.g. from image_transform) are already decoded, resized and cropped.
-        return self._pixels(values)
+        if self.pipeline_uploads and len(values):
+            return self._staged_logits(self._host_pixels(values, copy_read_only=False))
+        return self.micro_batcher.run(self._pixels(values), self._forward)
+
+    def _staged_logits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Logits for host ``pixels``, sent through the staging buffer a chunk ahead.
+
+        Works on any device (on CPU unpinned and in line, which is what the unit tests use);
+        ``__call__`` routes only CUDA batches here.
+        """
+        upload = self._upload(pixels)
+        chunk = chunk_rows(len(pixels), self.micro_batcher.size, self.micro_batch_explicit)
+        return self.micro_batcher.run(upload, self._forward, limit=chunk, prefetch=upload.prefetch)
+
+    def _upload(self, pixels: torch.Tensor) -> ChunkedUpload:
+        on_cuda = self.device.type == "cuda"
+        if self.staging is None:
+            self.staging = StagingBuffer(pin_memory=on_cuda)
+            self.copy_stream = torch.cuda.Stream(self.device) if on_cuda else None
+        return ChunkedUpload(pixels, self.staging, self.device, self.copy_stream)
 
     def _normalize(self, tensor: torch.Tensor) -> torch.Tensor:
         if tensor.dtype == torch.uint8:
@@ -275,10 +319,16 @@ class ImageClassifier(Model):
                 f"(columns: {', '.join(batch)}) - set column: to the image column"
             )
         with torch.inference_mode():
-            pixels = self._batch_pixels(batch)
-            logits = self.micro_batcher.run(pixels, self._forward).cpu().numpy()
+            logits = self._batch_logits(batch).cpu().numpy()
         if not self.keep_image:
             # The pixels are rarely wanted downstream and would dominate the output files.
             del batch[self.column]
         batch[LOGITS] = logits
         return batch
+
+
+def _from_numpy(values: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy``, quiet about read-only arrays (only copied from, never written)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(values)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -26,6 +27,16 @@ OutOfMemoryError: type[RuntimeError] = getattr(
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 MakeInput = Callable[[int], torch.Tensor]
+# Starts moving rows [start, stop) to the device ahead of their forward pass.
+Prefetch = Callable[[int, int], None]
+
+
+class Rows(Protocol):
+    """What ``run`` slices: a tensor, or rows still on their way to the device."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, rows: slice, /) -> torch.Tensor: ...
 
 
 def release_memory(device: torch.device) -> None:
@@ -51,20 +62,38 @@ class MicroBatcher:
         self.device = device or torch.device("cpu")
         self.name = name
 
-    def run(self, inputs: torch.Tensor, forward: Forward) -> torch.Tensor:
+    def run(
+        self,
+        inputs: Rows,
+        forward: Forward,
+        limit: int | None = None,
+        prefetch: Prefetch | None = None,
+    ) -> torch.Tensor:
+        """``forward`` over slices of ``inputs``, concatenated.
+
+        ``limit`` caps the slices of this call below ``size`` (the upload pipeline's chunks);
+        ``prefetch`` is told the next slice once the current one's forward was launched, so
+        its copy overlaps that forward. A back-off halves whichever of the two applied.
+        """
         rows = len(inputs)
         if rows == 0:  # still one call: the output's trailing shape comes from the model
-            return forward(inputs)
+            return forward(inputs[0:0])
         outputs: list[torch.Tensor] = []
         start = 0
         while start < rows:
-            stop = min(rows, start + (self.size or rows))
+            stop = self._stop(start, rows, limit)
             out = self._attempt(inputs[start:stop], forward)
             if out is None:
                 continue  # retry the same rows in smaller slices
             outputs.append(out)
             start = stop
+            if prefetch is not None and start < rows:
+                prefetch(start, self._stop(start, rows, limit))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _stop(self, start: int, rows: int, limit: int | None) -> int:
+        sizes = [size for size in (self.size, limit) if size is not None]
+        return min(rows, start + min(sizes, default=rows))
 
     def _attempt(self, inputs: torch.Tensor, forward: Forward) -> torch.Tensor | None:
         try:
