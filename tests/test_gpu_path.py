@@ -27,7 +27,7 @@ from plugins.vision.decode import DecodeError, exif_orientation
 from plugins.vision.device_decode import apply_orientation, decode_on_device
 from plugins.vision.microbatch import MicroBatcher, choose_micro_batch, probe_largest
 from plugins.vision.runtime import COMPILE_TORCHSCRIPT
-from plugins.vision.staging import MIN_CHUNK_ROWS, ChunkedUpload, StagingBuffer, chunk_rows
+from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
 
 RNG = np.random.default_rng(0)
 PHOTOS = Path(skimage.data.__file__).parent
@@ -430,16 +430,13 @@ def test_options_pass_the_conformance_kit():
 @pytest.mark.parametrize(
     ("rows", "micro_batch", "explicit", "expected"),
     [
-        (128, None, False, 64),  # the default: two chunks ...
-        (130, None, False, 65),
-        (64, None, False, MIN_CHUNK_ROWS),
-        (40, None, False, MIN_CHUNK_ROWS),  # ... of at least MIN_CHUNK_ROWS rows
-        (20, None, False, 20),  # a small batch: one chunk
+        (128, None, False, 128),  # the default: the whole batch in one chunk
+        (20, None, False, 20),
         (0, None, False, 1),
         (128, 48, True, 48),  # micro_batch from the spec: taken as it is
         (128, 512, True, 512),  # >= the batch: one chunk, no overlap
         (128, 40, False, 40),  # probed by auto or left by a back-off: a ceiling
-        (128, 512, False, 64),
+        (128, 512, False, 128),
     ],
 )
 def test_chunk_rows(rows, micro_batch, explicit, expected):
@@ -533,8 +530,8 @@ def test_staged_logits_back_off_on_out_of_memory():
     with torch.inference_mode():
         got = model._staged_logits(model._host_pixels(images)).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    # Two chunks of 35 rows: the first runs out of memory, 35 -> 17, the rest in 17s.
-    assert model.micro_batch == 17 and max(model.module.calls) == 35
+    # One chunk of 70 rows runs out of memory: 70 -> 35 -> 17, the rest in 17s.
+    assert model.micro_batch == 17 and model.module.calls[:3] == [70, 35, 17]
     assert model.staging is not None and model.staging.allocations == 1
 
 
