@@ -74,3 +74,17 @@ def test_local_workers_get_the_allocator_env_and_the_driver_keeps_its_own(ray_se
         if name not in os.environ:  # a value the developer set wins, and is tested above
             assert seen[name] == value, name
     assert os.environ.get("MALLOC_MMAP_THRESHOLD_") != WORKER_ENV["MALLOC_MMAP_THRESHOLD_"]
+
+
+def test_sampler_catches_a_peak_that_comes_after_its_start() -> None:
+    import time
+
+    from framework.memory import MemorySampler
+
+    with MemorySampler(interval=0.05) as sampler:
+        start = sampler.peak_rss
+        block = bytearray(256 * 1024**2)
+        block[:] = b"\x01" * len(block)  # touched: resident, private
+        time.sleep(0.3)
+        del block
+    assert sampler.figures()["peak_process_rss_bytes"] - start > 200 * 1024**2
