@@ -28,6 +28,7 @@ from plugins.vision.device_decode import apply_orientation, decode_on_device
 from plugins.vision.microbatch import MicroBatcher, choose_micro_batch, probe_largest
 from plugins.vision.runtime import COMPILE_TORCHSCRIPT
 from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
+from tests.image_helpers import column, encode
 
 RNG = np.random.default_rng(0)
 PHOTOS = Path(skimage.data.__file__).parent
@@ -47,20 +48,6 @@ GOLDEN = {
     "rocket": {657, 744},  # missile, projectile
 }
 CPU = torch.device("cpu")
-
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def column(values: list) -> np.ndarray:
-    """An object column of bytes, as the image readers hand it to a numpy batch."""
-    out = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values):
-        out[i] = value
-    return out
 
 
 def with_orientation(image: Image.Image, orientation: int) -> bytes:

@@ -25,23 +25,10 @@ from plugins.vision import (
 )
 from plugins.vision.model_info import model_info
 from plugins.vision.runtime import autocast_dtype, is_conv_net, select_device
+from tests.image_helpers import column, encode
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
-
-
-def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kwargs)
-    return buf.getvalue()
-
-
-def column(values: list) -> np.ndarray:
-    """An object column as Ray Data hands binary or ragged cells to a numpy batch."""
-    out = np.empty(len(values), dtype=object)
-    for i, value in enumerate(values):
-        out[i] = value
-    return out
 
 
 def pil_reference(data: bytes) -> np.ndarray:
