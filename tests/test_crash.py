@@ -8,24 +8,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from framework.errors import ExitCode
+from tests.helpers import write_id_parts
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).parent.parent
 
 
 def test_model_worker_killed_mid_run(tmp_path):
-    data = tmp_path / "in"
-    data.mkdir()
     ids = [f"r{i:04d}" for i in range(400)]
-    for part in range(4):
-        chunk = ids[part * 100 : (part + 1) * 100]
-        pq.write_table(pa.table({"id": chunk, "x": np.arange(100.0)}), data / f"p{part}.parquet")
+    data = write_id_parts(tmp_path / "in", ids)
     marker = tmp_path / "crashed"
     spec = tmp_path / "spec.yaml"
     spec.write_text(

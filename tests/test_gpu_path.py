@@ -28,7 +28,7 @@ from plugins.vision.device_decode import apply_orientation, decode_on_device
 from plugins.vision.microbatch import MicroBatcher, choose_micro_batch, probe_largest
 from plugins.vision.runtime import COMPILE_TORCHSCRIPT
 from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
-from tests.image_helpers import column, encode
+from tests.helpers import column, encode
 
 RNG = np.random.default_rng(0)
 PHOTOS = Path(skimage.data.__file__).parent

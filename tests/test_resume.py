@@ -10,14 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 import pytest
 
 from framework.cli import main
 from framework.errors import ExitCode
+from tests.helpers import write_id_parts
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).parent.parent
@@ -25,11 +23,7 @@ IDS = [f"r{i:04d}" for i in range(600)]
 
 
 def make_spec(tmp_path: Path, scale: float = 2.0) -> Path:
-    data = tmp_path / "in"
-    data.mkdir(exist_ok=True)
-    for part in range(6):
-        chunk = IDS[part * 100 : (part + 1) * 100]
-        pq.write_table(pa.table({"id": chunk, "x": np.arange(100.0)}), data / f"p{part}.parquet")
+    data = write_id_parts(tmp_path / "in", IDS[:600])
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         f"""

@@ -25,7 +25,7 @@ from plugins.vision import (
 )
 from plugins.vision.model_info import model_info
 from plugins.vision.runtime import autocast_dtype, is_conv_net, select_device
-from tests.image_helpers import column, encode
+from tests.helpers import column, encode
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
