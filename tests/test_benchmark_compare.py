@@ -54,6 +54,8 @@ def test_compare_records_every_figure(tmp_path: Path) -> None:
     assert doc["config"]["model"] == "resnet18"
     assert doc["config"]["modes"] == list(MODES)
     assert doc["config"]["repeat"] == 1
+    assert doc["config"]["device"] == "cpu"
+    assert doc["config"]["precision"] == "fp32"
 
     machine = doc["machine"]
     assert machine["cpu_model"]
@@ -75,7 +77,14 @@ def test_compare_records_every_figure(tmp_path: Path) -> None:
     ceiling = doc["modes"]["ceiling"]
     assert ceiling["rows"] >= 32
     assert isinstance(ceiling["channels_last"], bool)
-    assert set(ceiling["memory_formats"]) == {"contiguous", "channels_last"}
+    assert set(ceiling["variants"]) == {
+        f"{layout}, {model}"
+        for layout in ("contiguous", "channels_last")
+        for model in ("as built", "batch norms folded")
+    }
+    assert ceiling["best"] in ceiling["variants"]
+    assert 0 < ceiling["as_built_rows_per_s"] <= ceiling["rows_per_s"]
+    assert doc["ratio_to_ceiling_as_built"] >= doc["ratios"]["infer-run/ceiling"]
     assert ceiling["torch_threads"] == os.cpu_count()
 
     raydata = doc["modes"]["raydata"]

@@ -24,7 +24,7 @@ from plugins.vision import (
     TorchvisionClassifier,
 )
 from plugins.vision.model_info import model_info
-from plugins.vision.runtime import autocast_dtype, is_conv_net, select_device
+from plugins.vision.runtime import autocast_dtype, fold_batch_norms, is_conv_net, select_device
 from tests.helpers import column, encode
 
 RNG = np.random.default_rng(0)
@@ -214,6 +214,53 @@ def test_checkpoint_head_size_is_inferred_and_image_dropped(tmp_path):
     np.testing.assert_allclose(hwc["logits"], out["logits"], rtol=1e-5, atol=1e-5)
     with pytest.raises(RunError, match="put image_transform before the model"):
         model({"id": np.array([1]), "image": column([PIXELS])})
+
+
+def test_folded_batch_norms_give_the_same_predictions(tmp_path):
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(num_classes=10).eval()
+    # Fresh batch norms (mean 0, var 1, weight 1, bias 0) would fold to nothing.
+    for norm in (m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.2, 0.2)
+    path = tmp_path / "r18.pth"
+    torch.save(module.state_dict(), path)
+    images = RNG.integers(0, 256, (4, 3, 96, 96), dtype=np.uint8)
+    logits = {}
+    for fold in (True, False):
+        model = TorchvisionClassifier(name="resnet18", weights=str(path), fold_batch_norm=fold)
+        logits[fold] = model({"id": np.arange(4), "image": images.copy()})["logits"]
+        assert model.fold_note == (
+            "20 of 20 batch norms folded" if fold else "batch norms not folded"
+        )
+        norms = [m for m in model.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert len(norms) == (0 if fold else 20)
+    np.testing.assert_allclose(logits[True], logits[False], rtol=1e-4, atol=1e-4)
+    assert (logits[True].argmax(1) == logits[False].argmax(1)).all()
+    assert "fold_batch_norm: expected true or false, got 'yes'" in TorchvisionClassifier.check(
+        {"name": "resnet18", "weights": "random", "fold_batch_norm": "yes"}
+    )
+
+
+def test_untraceable_models_run_unfolded():
+    class Branchy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+            self.norm = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent: fx cannot trace it
+                x = -x
+            return self.norm(self.conv(x))
+
+    module = Branchy().eval()
+    same, note = fold_batch_norms(module)
+    assert same is module and note.startswith("batch norms not folded (fx cannot trace")
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval()
+    assert fold_batch_norms(plain) == (plain, "no batch norms to fold")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")

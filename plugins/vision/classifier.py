@@ -35,6 +35,7 @@ from plugins.vision.runtime import (
     autocast_dtype,
     compile_mode,
     configure_cpu_threads,
+    fold_batch_norms,
     gpu_option_problems,
     maybe_compile,
     select_device,
@@ -96,6 +97,10 @@ class ImageClassifier(Model):
             params.get("channels_last", "auto"),
         )
         problems += labels_problems(params.get("labels"))
+        if not isinstance(params.get("fold_batch_norm", True), bool):
+            problems.append(
+                f"fold_batch_norm: expected true or false, got {params['fold_batch_norm']!r}"
+            )
         problems += gpu_option_problems(
             params.get("compile", False),
             params.get("decode_on_device", False),
@@ -115,6 +120,7 @@ class ImageClassifier(Model):
         channels_last: bool | str,
         keep_image: bool,
         can_eval: bool = True,
+        fold_batch_norm: bool = False,
         compile: bool | str = False,
         decode_on_device: bool = False,
         micro_batch: int | str | None = None,
@@ -125,8 +131,11 @@ class ImageClassifier(Model):
         self.device = select_device(device)
         self.num_threads = configure_cpu_threads() if self.device.type == "cpu" else None
         self.autocast_dtype = autocast_dtype(precision, self.device)
+        self.fold_note = "batch norms not folded"
         if can_eval:
             module.eval()
+            if fold_batch_norm:
+                module, self.fold_note = fold_batch_norms(module)
         module = module.to(self.device)
         self.channels_last = use_channels_last(
             channels_last, module, self.device, self.autocast_dtype
@@ -155,11 +164,12 @@ class ImageClassifier(Model):
         self.compile_mode = compile_mode(compile)
         self.module = maybe_compile(module, compile)
         logger.info(
-            "%s on %s: precision %s, channels_last %s, compile %s, decode_on_device %s, %s",
+            "%s on %s: precision %s, channels_last %s, %s, compile %s, decode_on_device %s, %s",
             self.model_type,
             self.device,
             "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).split(".")[-1],
             self.channels_last,
+            self.fold_note,
             self.compile_mode or "off",
             self.decode_on_device,
             self.micro_batch_reason,

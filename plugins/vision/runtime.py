@@ -94,6 +94,30 @@ def use_channels_last(
     return False
 
 
+def fold_batch_norms(module: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """Every Conv2d -> BatchNorm2d pair folded into the convolution, for inference.
+
+    The norm's scale and shift become the convolution's weight and bias: one kernel and one
+    pass over the activations fewer per pair (ResNets ran ~10% faster on CPU). fx traces
+    the module to find the pairs; a model it cannot trace (data-dependent control flow)
+    runs as it is. Returns the module to use and what happened, for the log.
+    """
+    norms = _count_batch_norms(module)
+    if not norms:
+        return module, "no batch norms to fold"
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        folded = fuse(module)
+    except Exception as exc:  # any trace failure means "run it unfolded"
+        return module, f"batch norms not folded (fx cannot trace the model: {exc})"
+    return folded, f"{norms - _count_batch_norms(folded)} of {norms} batch norms folded"
+
+
+def _count_batch_norms(module: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
 def setting_problems(device: str, precision: str, channels_last: bool | str) -> list[str]:
     problems = []
     if device not in DEVICES and not device.startswith("cuda:"):
