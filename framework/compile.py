@@ -44,7 +44,8 @@ _RUNNERS: dict[tuple[str, str], StageRunner] = {}
 
 def _task_fn(node: MapNode, run: RunContext) -> Callable[[Batch], Batch]:
     key = (run.run_id, node.stage.path)
-    cls, params, path = node.stage.cls, node.stage.params, node.stage.path
+    cls, path = node.stage.cls, node.stage.path
+    params = cls.worker_params(node.stage.params)
 
     def apply(batch: Batch) -> Batch:
         runner = _RUNNERS.get(key)
@@ -100,7 +101,7 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
         kwargs["fn_constructor_kwargs"] = {
             "path": node.stage.path,
             "cls": node.stage.cls,
-            "params": node.stage.params,
+            "params": node.stage.cls.worker_params(node.stage.params),
             "log": run.log,
             "errors": run.errors,
         }

@@ -40,6 +40,16 @@ class Component:
         return []
 
     @classmethod
+    def worker_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The parameters the workers build this component from; by default ``params``.
+
+        Runs once on the driver when the run is compiled. Override it to do there what
+        every worker would otherwise repeat at start-up - looking up a model's labels,
+        say, which would make each fresh worker import a model library mid-run.
+        """
+        return dict(params)
+
+    @classmethod
     def report_info(cls, params: Mapping[str, Any]) -> dict[str, Any]:
         """Facts about this component recorded in the run report (weights used, say).
 

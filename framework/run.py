@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib
 import logging
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -29,6 +31,18 @@ from framework.storage import filesystem_for
 from framework.telemetry import StageLog, stage_figures
 
 log = logging.getLogger("infer_run")
+# Ray Data reads parquet footers on a pool of actors it makes for every listing, 32 by
+# default: each a new process importing Ray and Arrow (~1 CPU-second apiece), for two
+# files as for twenty thousand. Each actor drives 128 concurrent reads, so one per 4 CPUs
+# keeps up with S3; on a small machine the 32 start-ups delayed the first batch by seconds.
+FOOTER_ACTORS = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+CPUS_PER_FOOTER_ACTOR = 4
+# Ray kills idle workers beyond this many (default: one per logical CPU), counting actors
+# too: Ray Data's own actors, the run log and the models take the whole allowance on a
+# small machine, so every task worker idle for a second was killed and a fresh one,
+# importing torch again, started for the next task - mid-run, on the model's cores.
+WORKER_LIMIT = "RAY_num_workers_soft_limit"
+RAY_DATA_ACTORS = 8  # Ray Data's coordinator, stats, usage and location actors, our log
 
 
 def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
@@ -40,6 +54,7 @@ def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
     # do the same, but Ray does not hand the workers it prestarted to a job that has one.
     saved = dict(os.environ)
     os.environ.update(worker_env())
+    os.environ.setdefault(WORKER_LIMIT, str(int(cores) + 1 + RAY_DATA_ACTORS))
     try:
         # address="local": a fresh Ray even when another one runs on this machine.
         ray.init(address="local", num_cpus=cores + 1, resources={SPARE_CPU: 1}, **kwargs)
@@ -154,7 +169,9 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
         bad_inputs.append(where)
         log.warning("reader: set aside unreadable input %s: %s", where, error)
 
-    compiled = compile_plan(plan, RunContext(run_id, stage_log, errors, skip_ids, bad_input))
+    with footer_actors(plan.cluster):
+        run_context = RunContext(run_id, stage_log, errors, skip_ids, bad_input)
+        compiled = compile_plan(plan, run_context)
     failure: RunError | None = None
     sampler = MemorySampler()
     try:
@@ -205,6 +222,24 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
     if failure is not None:
         raise failure
     return report
+
+
+@contextlib.contextmanager
+def footer_actors(cluster: Cluster) -> Iterator[None]:
+    """Sizes Ray Data's parquet footer readers to the cluster while the reads are planned.
+
+    The listing reads the variable on the driver, when ``read_parquet`` is called; a value
+    already in the environment wins.
+    """
+    if FOOTER_ACTORS in os.environ:
+        yield
+        return
+    count = max(1, min(32, int(cluster.cpus // CPUS_PER_FOOTER_ACTOR)))
+    os.environ[FOOTER_ACTORS] = str(count)
+    try:
+        yield
+    finally:
+        os.environ.pop(FOOTER_ACTORS, None)
 
 
 def error_policy(spec: Spec) -> ErrorPolicy:

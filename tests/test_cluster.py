@@ -137,3 +137,20 @@ def test_infeasible_spec_fails_fast_instead_of_waiting(cluster, dataset, tmp_pat
         "per actor, which no node has - "
     )
     assert "(2 CPUs, 1 GPUs, gpu_node=1)" in line
+
+
+def test_parquet_footer_readers_are_sized_to_the_cluster(monkeypatch) -> None:
+    from framework.cluster import Cluster, Node
+    from framework.run import FOOTER_ACTORS, footer_actors
+
+    monkeypatch.delenv(FOOTER_ACTORS, raising=False)
+    laptop = Cluster((Node("n", "h", cpus=2),), "test")
+    big = Cluster(tuple(Node(f"n{i}", "h", cpus=64) for i in range(4)), "test")
+    for cluster, expected in ((laptop, "1"), (big, "32")):  # one per 4 CPUs, Ray's 32 at most
+        with footer_actors(cluster):
+            assert os.environ[FOOTER_ACTORS] == expected
+        assert FOOTER_ACTORS not in os.environ  # only while the reads are planned
+    monkeypatch.setenv(FOOTER_ACTORS, "5")  # the user's own value wins
+    with footer_actors(laptop):
+        assert os.environ[FOOTER_ACTORS] == "5"
+    assert os.environ[FOOTER_ACTORS] == "5"

@@ -6,6 +6,9 @@ import io
 import json
 import logging
 import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -393,3 +396,21 @@ def test_stages_pass_the_conformance_kit(tmp_path):
     ]
     for kind, name, params, batch in cases:
         assert conformance_problems(kind, name, params, batch) == [], name
+
+
+def test_topk_workers_start_without_torch():
+    """Labels are looked up once on the driver; a worker running topk imports no torch."""
+    params = TopK.worker_params({"k": 5, "from_model": {"type": "torchvision", "name": "resnet50"}})
+    assert params["from_model"] is None and len(params["labels"]) == 1000
+    assert params["labels"][0] == "tench"
+    code = (
+        "import pickle, sys\n"
+        "runner = pickle.loads(sys.stdin.buffer.read())\n"
+        "print(sorted({'torch', 'torchvision', 'timm'} & set(sys.modules)))\n"
+    )
+    payload = pickle.dumps((TopK, params))  # what a task worker unpickles
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=payload, capture_output=True, check=True
+    )
+    assert done.stdout.decode().strip() == "[]"
+    TopK(**params)  # and builds from those params alone

@@ -43,11 +43,11 @@ from plugins.vision.runtime import (
     use_channels_last,
 )
 from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
+from plugins.vision.topk import LOGITS
 from plugins.vision.transform import config_from_info, resize_crop
 from plugins.vision.weights import RANDOM
 
 logger = logging.getLogger(__name__)
-LOGITS = "logits"
 # Modes whose compiled graphs replay CUDA graphs, which reuse their output buffers.
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 

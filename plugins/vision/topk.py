@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from framework import Batch, Preprocessor, RunError
-from plugins.vision.classifier import LOGITS
 from plugins.vision.model_info import labels_problems, load_labels, model_info
+
+LOGITS = "logits"  # the classifiers' output column
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -66,6 +67,16 @@ class TopK(Preprocessor):
         self.column = column
         if self.labels is None:
             self.output_columns = {"top_ids": "int64", "top_scores": "float32"}
+
+    @classmethod
+    def worker_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Labels looked up once here: workers then need neither torchvision nor timm."""
+        out = dict(params)
+        if out.get("labels") is None and out.get("from_model") is not None:
+            labels = model_info(out["from_model"]).labels
+            out["labels"] = list(labels) if labels is not None else None
+            out["from_model"] = None
+        return out
 
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:

@@ -12,9 +12,10 @@ import os
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used: label lookups need none of it
+    import torch
 
 RANDOM = "random"
 PROBE_TIMEOUT_S = 5.0
@@ -82,6 +83,8 @@ def identify_checkpoint(name: str, path: str) -> Any | None:
 
 def hub_cache_file(url: str) -> str:
     """The file ``torch.hub.load_state_dict_from_url`` reads for ``url``."""
+    import torch
+
     filename = os.path.basename(urllib.parse.urlparse(url).path)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
@@ -135,6 +138,8 @@ def load_state_dict(path: str) -> dict[str, torch.Tensor]:
     Accepts safetensors, plain state_dicts, and the common training wrappers
     (``{"state_dict": ...}``, ``{"model": ...}``) with DataParallel's ``module.`` prefix.
     """
+    import torch
+
     path = os.path.expanduser(path)
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
@@ -162,6 +167,8 @@ def classifier_outputs(module: torch.nn.Module, state: Mapping[str, torch.Tensor
     Lets ``num_classes`` be left out for fine-tuned checkpoints: the architecture is
     rebuilt with the checkpoint's head size instead of failing on a shape mismatch.
     """
+    import torch
+
     last = None
     for name, child in module.named_modules():
         if isinstance(child, torch.nn.Linear):
