@@ -668,7 +668,8 @@ def mode_notes(mode: str, result: dict[str, Any]) -> str:
             w["torch_threads"]
             for stage in result["summary"]["stages"].values()
             for w in stage["workers"]
-            if stage["batches"] and w.get("cpus", 0) >= 1
+            # GPU stages' workers and torch-free CPU ones (topk) report no thread count.
+            if stage["batches"] and w.get("cpus", 0) >= 1 and w.get("torch_threads") is not None
         }
     )
     return f"model torch threads {threads}" if threads else ""

@@ -26,6 +26,7 @@ from framework.plan import Plan, build_plan
 from framework.registry import Registry
 from framework.report import REPORT_NAME, RunReport, build_report, spec_fingerprint
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
+from framework.sizing import inflight_bytes
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
 from framework.telemetry import StageLog, stage_figures
@@ -147,8 +148,8 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
     block_bytes = max(1, int(spec.run.block_mb * 1024**2))
     context.target_max_block_size = block_bytes
     context.target_min_block_size = min(context.target_min_block_size or block_bytes, block_bytes)
-    if spec.run.inflight_mb_per_node:
-        budget = spec.run.inflight_mb_per_node * 1024**2 * max(1, len(plan.cluster.nodes))
+    budget = inflight_bytes(spec.run, plan.cluster)
+    if budget is not None:
         context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
             object_store_memory=budget
         )

@@ -13,7 +13,7 @@ import dataclasses
 import math
 
 from framework.cluster import Cluster
-from framework.spec.schema import Resources, Spec, StageConfig
+from framework.spec.schema import Resources, RunSection, Spec, StageConfig
 
 # torch's intra-op scaling flattens out past this many threads; more CPUs → more actors.
 MAX_THREADS_PER_ACTOR = 8
@@ -89,6 +89,16 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     for stage in (spec.reader, *(s for s in spec.stages if s.kind != "model"), spec.writer):
         out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why_tasks)
     return out
+
+
+def inflight_bytes(run: RunSection, cluster: Cluster) -> int | None:
+    """Ray Data's object store budget for the run: per node, ``inflight_mb_per_node`` or
+    ``inflight_mb_per_cpu`` per CPU, whichever is more; None leaves Ray Data's default."""
+    if not run.inflight_mb_per_node:
+        return None
+    nodes = cluster.nodes or ()
+    mb = sum(max(run.inflight_mb_per_node, run.inflight_mb_per_cpu * n.cpus) for n in nodes)
+    return int((mb or run.inflight_mb_per_node) * 1024**2)
 
 
 def _fill(r: Resources, why: str, **chosen: float) -> Sized:

@@ -272,3 +272,15 @@ def test_unknown_node_kind_is_named(data):
     bogus = Plan(("not a node",), plan.spec, plan.cluster)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="no Ray Data translation for plan node 'not a node'"):
         compile_plan(bogus)
+
+
+def test_inflight_budget_grows_with_the_nodes_cpus():
+    from framework.sizing import inflight_bytes
+    from framework.spec.schema import RunSection
+
+    mb = 1024**2
+    gpu_box = Cluster((Node("n", "h", cpus=16, gpus=1),), "test")
+    assert inflight_bytes(RunSection(), LAPTOP) == 512 * mb  # 2 CPUs: the per-node floor
+    assert inflight_bytes(RunSection(), gpu_box) == 16 * 128 * mb
+    assert inflight_bytes(RunSection(inflight_mb_per_cpu=0), gpu_box) == 512 * mb
+    assert inflight_bytes(RunSection(inflight_mb_per_node=None), gpu_box) is None
