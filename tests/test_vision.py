@@ -242,8 +242,11 @@ def test_folded_batch_norms_give_the_same_predictions(tmp_path):
         assert len(norms) == (0 if fold else 20)
     np.testing.assert_allclose(logits[True], logits[False], rtol=1e-4, atol=1e-4)
     assert (logits[True].argmax(1) == logits[False].argmax(1)).all()
-    assert "fold_batch_norm: expected true or false, got 'yes'" in TorchvisionClassifier.check(
-        {"name": "resnet18", "weights": "random", "fold_batch_norm": "yes"}
+    assert (
+        "fold_batch_norm: expected true, false or 'auto', got 'yes'"
+        in TorchvisionClassifier.check(
+            {"name": "resnet18", "weights": "random", "fold_batch_norm": "yes"}
+        )
     )
 
 

@@ -97,10 +97,9 @@ class ImageClassifier(Model):
             params.get("channels_last", "auto"),
         )
         problems += labels_problems(params.get("labels"))
-        if not isinstance(params.get("fold_batch_norm", True), bool):
-            problems.append(
-                f"fold_batch_norm: expected true or false, got {params['fold_batch_norm']!r}"
-            )
+        fold = params.get("fold_batch_norm", "auto")
+        if not isinstance(fold, bool) and fold != "auto":
+            problems.append(f"fold_batch_norm: expected true, false or 'auto', got {fold!r}")
         problems += gpu_option_problems(
             params.get("compile", False),
             params.get("decode_on_device", False),
@@ -120,7 +119,7 @@ class ImageClassifier(Model):
         channels_last: bool | str,
         keep_image: bool,
         can_eval: bool = True,
-        fold_batch_norm: bool = False,
+        fold_batch_norm: bool | str = False,
         compile: bool | str = False,
         decode_on_device: bool = False,
         micro_batch: int | str | None = None,
@@ -132,9 +131,11 @@ class ImageClassifier(Model):
         self.num_threads = configure_cpu_threads() if self.device.type == "cpu" else None
         self.autocast_dtype = autocast_dtype(precision, self.device)
         self.fold_note = "batch norms not folded"
+        # auto: on CPU only. On an H200 under bf16, cuDNN ran the folded ResNet-50 15% slower.
+        fold = fold_batch_norm is True or (fold_batch_norm == "auto" and self.device.type == "cpu")
         if can_eval:
             module.eval()
-            if fold_batch_norm:
+            if fold:
                 module, self.fold_note = fold_batch_norms(module)
         module = module.to(self.device)
         self.channels_last = use_channels_last(
