@@ -287,7 +287,7 @@ class Check:
         return out
 
     def model_timings(self, model: Any, uint8: np.ndarray, jpegs: np.ndarray) -> dict[str, Any]:
-        from plugins.vision.runtime import autocast
+        from framework.torch_runtime import autocast
 
         rows, seconds = len(uint8), self.args.seconds
         ready = model._normalize(torch.from_numpy(uint8).to(self.device))

@@ -1,6 +1,8 @@
 """infer-run's public API: everything a plugin may import.
 
-Plugins (built-in ones in ``plugins/`` included) import from ``framework`` only.
+Plugins (built-in ones in ``plugins/`` included) import from ``framework`` only, and
+from ``framework.torch_runtime`` (device, CPU threads and precision for torch models),
+which is imported on its own so that ``import framework`` never imports torch.
 """
 
 from __future__ import annotations

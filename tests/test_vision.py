@@ -18,6 +18,7 @@ import torchvision
 from PIL import Image, ImageOps
 
 from framework import RunError
+from framework.torch_runtime import autocast_dtype, select_device
 from plugins.vision import (
     DecodeImage,
     ImageTransform,
@@ -27,7 +28,7 @@ from plugins.vision import (
     TorchvisionClassifier,
 )
 from plugins.vision.model_info import model_info
-from plugins.vision.runtime import autocast_dtype, fold_batch_norms, is_conv_net, select_device
+from plugins.vision.runtime import fold_batch_norms, is_conv_net
 from tests.helpers import column, encode
 
 RNG = np.random.default_rng(0)
@@ -359,7 +360,7 @@ def test_ragged_decode_and_actor_runtime_under_ray(ray_session):
     import ray
     import ray.data
 
-    from plugins.vision.runtime import configure_cpu_threads
+    from framework.torch_runtime import configure_cpu_threads
 
     sizes = [(20, 10), (30, 40), (30, 40), (8, 9), (16, 16)]
     items = [
@@ -417,3 +418,16 @@ def test_topk_workers_start_without_torch():
     )
     assert done.stdout.decode().strip() == "[]"
     TopK(**params)  # and builds from those params alone
+
+
+def test_torch_runtime_is_public_but_import_framework_stays_torch_free():
+    from framework import torch_runtime
+
+    assert torch_runtime.device_problem("cuda:1") is None
+    assert (
+        torch_runtime.device_problem("gpu")
+        == "device: 'gpu' is not one of auto, cpu, cuda or cuda:N"
+    )
+    code = "import sys, framework; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

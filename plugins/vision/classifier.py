@@ -26,19 +26,16 @@ import numpy as np
 import torch
 
 from framework import ID_COLUMN, Batch, Model, RunError
+from framework.torch_runtime import autocast, autocast_dtype, configure_cpu_threads, select_device
 from plugins.vision.decode import DecodeError
 from plugins.vision.device_decode import decode_on_device
 from plugins.vision.microbatch import AUTO, DEFAULT_MAX, MicroBatcher, choose_micro_batch
 from plugins.vision.model_info import ModelInfo, labels_problems, model_info
 from plugins.vision.runtime import (
-    autocast,
-    autocast_dtype,
     compile_mode,
-    configure_cpu_threads,
     fold_batch_norms,
     gpu_option_problems,
     maybe_compile,
-    select_device,
     setting_problems,
     use_channels_last,
 )

@@ -1,71 +1,13 @@
-"""Where and how a classifier runs: device, CPU threads, memory format, autocast dtype, compile.
+"""How a classifier runs: memory format, folded batch norms, compile, option checks.
 
-CUDA is only touched when Ray granted this actor a GPU (or the user asked for it by
-name): a CPU actor that initialised CUDA would grab memory on a GPU it does not own.
+Device, CPU threads and autocast come from ``framework.torch_runtime``.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def _in_ray_actor() -> bool:
-    try:
-        import ray
-    except ImportError:  # the classes also run standalone, e.g. in a notebook without Ray
-        return False
-    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
-
-
-def select_device(requested: str) -> torch.device:
-    if requested == "cpu":
-        return torch.device("cpu")
-    if requested.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device: {requested} was asked for but CUDA is not available")
-        return torch.device(requested)
-    if _in_ray_actor():
-        import ray
-
-        # Ray narrows CUDA_VISIBLE_DEVICES to the granted GPUs, so the first visible one is ours.
-        if ray.get_gpu_ids() and torch.cuda.is_available():
-            return torch.device("cuda", 0)
-    return torch.device("cpu")
-
-
-def configure_cpu_threads() -> int:
-    """Use as many intra-op threads as CPUs Ray granted this actor (torch's default outside Ray)."""
-    if _in_ray_actor():
-        import ray
-
-        granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        torch.set_num_threads(max(1, int(granted)))
-    return torch.get_num_threads()
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None for plain fp32; ``auto`` is fp32 on CPU and bf16 (or fp16 before Ampere) on CUDA."""
-    if precision == "fp32" or (precision == "auto" and device.type == "cpu"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return _DTYPES[precision]
-
-
-@contextlib.contextmanager
-def autocast(device: torch.device, dtype: torch.dtype | None) -> Iterator[None]:
-    if dtype is None:
-        yield
-    else:
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            yield
+from framework.torch_runtime import PRECISIONS, device_problem
 
 
 def is_conv_net(module: torch.nn.Module) -> bool:
@@ -120,8 +62,9 @@ def _count_batch_norms(module: torch.nn.Module) -> int:
 
 def setting_problems(device: str, precision: str, channels_last: bool | str) -> list[str]:
     problems = []
-    if device not in DEVICES and not device.startswith("cuda:"):
-        problems.append(f"device: {device!r} is not one of {', '.join(DEVICES)} or cuda:N")
+    problem = device_problem(device)
+    if problem:
+        problems.append(problem)
     if precision not in PRECISIONS:
         problems.append(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
     if not isinstance(channels_last, bool) and channels_last != "auto":

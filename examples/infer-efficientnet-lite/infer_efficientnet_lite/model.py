@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from framework import Batch, Model, RunError
+from framework import torch_runtime as runtime
 from infer_efficientnet_lite import checkpoint as ckpt
-from infer_efficientnet_lite import preprocessing, runtime
+from infer_efficientnet_lite import preprocessing
 
 LOGITS = "logits"
 
