@@ -60,6 +60,8 @@ import torch
 import torchvision
 from PIL import Image
 
+from framework import torch_runtime
+
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("ceiling", "loop", "raydata", "infer-run")
 DEFAULT_JSON = REPO / "benchmarks" / "results" / "latest.json"
@@ -80,7 +82,7 @@ CEILING_WARMUP_BATCHES = 2
 # other core to the model; more workers only oversubscribe the cores the model uses.
 # With a GPU doing the model's work, every core but the main process's decodes.
 LOOP_WORKERS = 1
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("fp32", "bf16", "fp16")
 MODE_TIMEOUT_S = 3600.0
 
 
@@ -107,12 +109,11 @@ def build_model(name: str, device: str = "cpu") -> torch.nn.Module:
     return torchvision.models.get_model(name, weights=None).eval().to(device)
 
 
-def autocast(config: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+def autocast(config: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
     """Autocast to the configured reduced precision on the configured device; fp32: nothing."""
-    dtype = PRECISIONS[config.get("precision", "fp32")]
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=config.get("device", "cpu"), dtype=dtype)
+    device = torch.device(config.get("device", "cpu"))
+    dtype = torch_runtime.autocast_dtype(config.get("precision", "fp32"), device)
+    return torch_runtime.autocast(device, dtype)
 
 
 def sync(device: str) -> None:
@@ -723,7 +724,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "all cores but one on CUDA)",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where models run")
-    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="autocast")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32", help="autocast")
     p.add_argument(
         "--decode-on-device",
         action="store_true",

@@ -96,8 +96,8 @@ def inflight_bytes(run: RunSection, cluster: Cluster) -> int | None:
     ``inflight_mb_per_cpu`` per CPU, whichever is more; None leaves Ray Data's default."""
     if not run.inflight_mb_per_node:
         return None
-    nodes = cluster.nodes or ()
-    mb = sum(max(run.inflight_mb_per_node, run.inflight_mb_per_cpu * n.cpus) for n in nodes)
+    floor, per_cpu = run.inflight_mb_per_node, run.inflight_mb_per_cpu
+    mb = sum(max(floor, per_cpu * n.cpus) for n in cluster.nodes)
     return int((mb or run.inflight_mb_per_node) * 1024**2)
 
 

@@ -92,11 +92,9 @@ class ImageClassifier(Model):
             str(params.get("device", "auto")),
             str(params.get("precision", "auto")),
             params.get("channels_last", "auto"),
+            params.get("fold_batch_norm", "auto"),
         )
         problems += labels_problems(params.get("labels"))
-        fold = params.get("fold_batch_norm", "auto")
-        if not isinstance(fold, bool) and fold != "auto":
-            problems.append(f"fold_batch_norm: expected true, false or 'auto', got {fold!r}")
         problems += gpu_option_problems(
             params.get("compile", False),
             params.get("decode_on_device", False),

@@ -60,15 +60,18 @@ def _count_batch_norms(module: torch.nn.Module) -> int:
     return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
-def setting_problems(device: str, precision: str, channels_last: bool | str) -> list[str]:
+def setting_problems(
+    device: str, precision: str, channels_last: bool | str, fold_batch_norm: bool | str = "auto"
+) -> list[str]:
     problems = []
     problem = device_problem(device)
     if problem:
         problems.append(problem)
     if precision not in PRECISIONS:
         problems.append(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if not isinstance(channels_last, bool) and channels_last != "auto":
-        problems.append(f"channels_last: expected true, false or 'auto', got {channels_last!r}")
+    for key, value in (("channels_last", channels_last), ("fold_batch_norm", fold_batch_norm)):
+        if not isinstance(value, bool) and value != "auto":
+            problems.append(f"{key}: expected true, false or 'auto', got {value!r}")
     return problems
 
 
