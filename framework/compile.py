@@ -110,6 +110,10 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
             max_size=node.pool[1],
             max_tasks_in_flight_per_actor=node.max_tasks_in_flight_per_actor,
         )
+        # Ray Data's default for actors, said explicitly: Ray Data fuses a task stage into
+        # the actor stage after it when their remote args match, and the CPU work would
+        # then run inside the pool's few actors, one batch at a time beside the model.
+        kwargs.setdefault("max_restarts", -1)
     else:
         fn = _task_fn(node, run)
     return dataset.map_batches(fn, batch_format="numpy", batch_size=node.batch_size, **kwargs)

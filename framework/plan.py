@@ -95,9 +95,8 @@ def build_plan(spec: Spec, cluster: Cluster) -> Plan:
 
 def _map_node(stage: StageConfig, sized: Sized) -> MapNode:
     r = sized.resources
-    stateful = getattr(stage.cls, "stateful", False) or r.actors is not None
     pool = None
-    if stateful:
+    if stage.in_actors:
         sizes = r.actors if r.actors is not None else 1
         sizes = [sizes] if isinstance(sizes, int) else list(sizes)
         pool = (int(sizes[0]), int(sizes[-1]))
@@ -115,7 +114,7 @@ def _map_node(stage: StageConfig, sized: Sized) -> MapNode:
         batch_size = DEFAULT_MODEL_BATCH_SIZE
     return MapNode(
         stage=stage,
-        compute="actors" if stateful else "tasks",
+        compute="actors" if stage.in_actors else "tasks",
         batch_size=batch_size,
         pool=pool,
         max_tasks_in_flight_per_actor=r.max_tasks_in_flight_per_actor,

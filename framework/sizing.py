@@ -4,7 +4,8 @@ Nothing the spec (or a plugin's ``default_resources``) sets is changed. The rule
 with GPUs, each model gets one GPU per actor and one actor per GPU, and CPU work
 spreads over every CPU at one CPU per task; on CPUs only, the models get most of
 each node (torch threads follow the grant) and a small share is kept for reading,
-CPU stages and writing, whose tasks are sized to fit in it.
+CPU stages and writing, whose tasks are sized to fit in it. The stages after the models
+and the writer ask for no CPU.
 """
 
 from __future__ import annotations
@@ -86,9 +87,30 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
         if cpu_models
         else "1 CPU per task, spread over every node with CPUs"
     )
+    after = {s.path for s in _after_actors(spec)}
     for stage in (spec.reader, *(s for s in spec.stages if s.kind != "model"), spec.writer):
-        out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why_tasks)
+        if stage.path in after:
+            out[stage.path] = _fill(stage.resources, num_cpus=0.0, why=WHY_NO_CPU)
+        else:
+            out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why_tasks)
     return out
+
+
+# Ray Data sets CPUs aside for every operator by what its tasks ask and lends what is
+# left to the last one first: a writer asking 1 CPU per task held back cores that the
+# decoding before a GPU model waited for. Tasks asking none are set nothing aside.
+WHY_NO_CPU = (
+    "no CPU asked: light work after the models, which leaves the CPUs to the stages "
+    "before them (set num_cpus for heavy work here)"
+)
+
+
+def _after_actors(spec: Spec) -> list[StageConfig]:
+    """The task stages after the last actor stage (a model), and the writer; none when
+    every stage runs as tasks, for then they are all of the pipeline's work."""
+    stages = list(spec.stages)
+    actors = [i for i, s in enumerate(stages) if s.in_actors]
+    return [*stages[actors[-1] + 1 :], spec.writer] if actors else []
 
 
 def inflight_bytes(run: RunSection, cluster: Cluster) -> int | None:

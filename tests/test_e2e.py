@@ -116,3 +116,32 @@ def test_existing_output_is_refused_then_overwritten(ray_session, tmp_path, data
     )
     assert main([spec, "--limit", "7", "writer.overwrite=true"]) == ExitCode.OK
     assert pads.dataset(tmp_path / "out", format="parquet").count_rows() == 7
+
+
+def test_cpu_stages_run_beside_the_model_and_light_ones_join_the_writer(
+    ray_session, tmp_path, dataset
+):
+    # The CPU stage asks what the model asks: Ray Data would fuse it into the model's one
+    # actor, and it would run there, one batch at a time beside the model.
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+reader: {{type: parquet, path: {dataset}}}
+preprocessors:
+  - {{type: select_columns, columns: [x], resources: {{num_cpus: 1}}}}
+models:
+  - {{type: echo, resources: {{num_cpus: 1, actors: 1}}}}
+postprocessors:
+  - {{type: rename_columns, mapping: {{x_echo: y}}}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    names = [op["name"] for op in report["operators"]]
+    assert [n for n in names if "models_0" in n] == ["MapBatches(models_0:echo)"]
+    # The light stage after the model still fuses with the writer's tasks.
+    assert names[-1] == (
+        "MapBatches(postprocessors_0:rename_columns)->MapBatches(count_rows)->Write"
+    )
+    assert sorted(pq.read_table(tmp_path / "out")["id"].to_pylist()) == sorted(read_input(dataset))

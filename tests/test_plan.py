@@ -126,11 +126,49 @@ def test_gpu_cluster_one_actor_per_gpu_and_one_cpu_per_task(data):
         ("ReadNode", "parquet", 1.0),
         ("map", "preprocessors_0:select_columns", "tasks", None, None, {"num_cpus": 1.0}),
         ("map", "models_0:echo", "actors", (2, 2), 64, {"num_cpus": 1.0, "num_gpus": 1.0}),
-        ("WriteNode", "parquet", 1.0),
+        ("WriteNode", "parquet", 0.0),
     ]
     assert plan.nodes[2].reason == (
         "auto (actors, num_cpus, num_gpus): 1 GPU per actor, 2 actor(s) for the cluster's 2 GPUs"
     )
+
+
+def test_stages_after_the_models_ask_for_no_cpu_unless_told(data):
+    # Ray Data sets aside CPUs for every operator by what its tasks ask: 1 CPU per write
+    # task held back cores from the decoding a GPU model waits for.
+    spec = simple(data)
+    spec["preprocessors"].append({"type": "rename_columns", "mapping": {"x": "z"}})
+    spec["postprocessors"] = [
+        {"type": "rename_columns", "mapping": {"z_echo": "y"}},
+        {"type": "select_columns", "resources": {"num_cpus": 2}},
+    ]
+    plan = plan_for(spec, cluster=GPU_BOX)
+    cpus = {
+        n.stage.path: n.num_cpus if not isinstance(n, MapNode) else n.ray_args["num_cpus"]
+        for n in plan.nodes
+    }
+    assert cpus == {
+        "reader": 1.0,
+        "preprocessors[0]": 1.0,
+        "preprocessors[1]": 1.0,
+        "models[0]": 1.0,
+        "postprocessors[0]": 0.0,
+        "postprocessors[1]": 2.0,
+        "writer": 0.0,
+    }
+    assert plan.nodes[4].reason.startswith("auto (num_cpus): no CPU asked")
+
+
+def test_without_models_the_writer_is_part_of_the_work(data):
+    plan = plan_for(
+        {
+            "reader": {"type": "parquet", "path": data},
+            "preprocessors": [{"type": "select_columns"}],
+            "writer": {"type": "parquet", "path": "/tmp/o"},
+        },
+        cluster=GPU_BOX,
+    )
+    assert [n.num_cpus for n in plan.nodes if isinstance(n, WriteNode)] == [1.0]
 
 
 def test_two_models_share_the_gpus(data):
@@ -147,7 +185,7 @@ def test_cpu_only_model_gets_most_cores(data):
         ("ReadNode", "parquet", 0.25),
         ("map", "preprocessors_0:select_columns", "tasks", None, None, {"num_cpus": 0.25}),
         ("map", "models_0:echo", "actors", (1, 1), 64, {"num_cpus": 1.5}),
-        ("WriteNode", "parquet", 0.25),
+        ("WriteNode", "parquet", 0.0),
     ]
     assert "0.5 CPU per node kept for reading, CPU stages and writing" in plan.nodes[2].reason
 
@@ -200,8 +238,9 @@ def test_describe_lists_each_stage_with_resources_and_why(data):
         "2. model        models[0]          echo  actors=1..1 batch_size=32 num_cpus=1.5",
         "   auto (actors, num_cpus, num_gpus): no GPU: 1 actor(s) of 1.5 CPUs (torch threads "
         "follow), 0.5 CPU per node kept for reading, CPU stages and writing",
-        "3. writer       writer             parquet  num_cpus=0.25 -> /tmp/o",
-        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
+        "3. writer       writer             parquet  num_cpus=0 -> /tmp/o",
+        "   auto (num_cpus): no CPU asked: light work after the models, which leaves the CPUs "
+        "to the stages before them (set num_cpus for heavy work here)",
     ]
 
 

@@ -104,6 +104,11 @@ class StageConfig:
     params: dict[str, Any]
     resources: Resources
 
+    @property
+    def in_actors(self) -> bool:
+        """Runs in an actor pool: a stateful stage (every model), or one given ``actors``."""
+        return bool(getattr(self.cls, "stateful", False)) or self.resources.actors is not None
+
 
 @dataclass(frozen=True)
 class Spec:
