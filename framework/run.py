@@ -44,6 +44,9 @@ CPUS_PER_FOOTER_ACTOR = 4
 # importing torch again, started for the next task - mid-run, on the model's cores.
 WORKER_LIMIT = "RAY_num_workers_soft_limit"
 RAY_DATA_ACTORS = 8  # Ray Data's coordinator, stats, usage and location actors, our log
+# Ray Data records each run's usage tags through an actor of its own, which a fresh local
+# Ray starts (a process, ~1 CPU-second) while the model and the first tasks start up.
+RAY_DATA_USAGE_OFF = "RAY_DATA_USAGE_DISABLED"
 
 
 def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
@@ -62,6 +65,7 @@ def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    os.environ.setdefault(RAY_DATA_USAGE_OFF, "1")  # read by this driver at every run
 
 
 def init_ray(spec: Spec) -> None:

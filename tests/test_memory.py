@@ -147,3 +147,16 @@ def test_idle_task_workers_outlive_a_runs_actors(ray_session) -> None:
     finally:
         for actor in held:
             ray.kill(actor)
+
+
+def test_a_local_ray_starts_no_usage_actor_for_ray_data(ray_session, monkeypatch) -> None:
+    """Ray Data's usage actor is one more process starting beside the model; the local Ray
+    infer-run starts goes without it even where Ray's usage stats are on."""
+    import ray
+    import ray.data
+    from ray.data._internal.usage import collector
+
+    monkeypatch.setattr(collector, "usage_stats_enabled", lambda: True)
+    assert ray.data.range(10).map_batches(lambda b: b).count() == 10
+    names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    assert "DataUsageCollectionActor" not in names
