@@ -256,26 +256,35 @@ def flat_to_tensor(
     tensor and its reason in the ``_error`` column: the framework dead-letters it under
     ``errors.policy: skip`` and stops the run naming it otherwise.
     """
-    values = table[column].combine_chunks()
+    chunks = table[column]
+    # combine_chunks copies even a lone chunk, and a block read from parquet has one.
+    values = chunks.chunk(0) if chunks.num_chunks == 1 else chunks.combine_chunks()
     size = math.prod(shape)
     lengths = pc.list_value_length(values)
     good = pc.fill_null(pc.equal(lengths, size), False)
-    pixels = pc.list_flatten(pc.filter(values, good))
-    parents = pc.list_parent_indices(pc.filter(values, good))
+    all_good = pc.all(good).as_py()
+    kept = values if all_good else pc.filter(values, good)  # a filter copies every pixel
+    pixels = pc.list_flatten(kept)
     good_rows = np.flatnonzero(good.to_numpy(zero_copy_only=False))
     reasons = [""] * len(values)
     for row in np.flatnonzero(~good.to_numpy(zero_copy_only=False)):
         held = "null" if not values[int(row)].is_valid else f"{lengths[int(row)]} values"
         reasons[int(row)] = f"{column!r} holds {held}, shape {list(shape)} needs {size}"
-    if pixels.null_count:
+    if pixels.null_count:  # only then: the parent of every pixel is 8 bytes per pixel
+        parents = pc.list_parent_indices(kept)
         for local in set(pc.filter(parents, pc.is_null(pixels)).to_pylist()):
             reasons[int(good_rows[local])] = f"{column!r} holds null pixel values"
-    dense = np.zeros((len(values), size), dtype=np.uint8)
-    if len(good_rows):
-        dense[good_rows] = pc.fill_null(pixels, 0).to_numpy(zero_copy_only=False).reshape(-1, size)
+    if all_good and not pixels.null_count:
+        storage = pixels  # every row whole: the pixels as read, not copied
+    else:
+        dense = np.zeros((len(values), size), dtype=np.uint8)
+        if len(good_rows):
+            filled = pc.fill_null(pixels, 0).to_numpy(zero_copy_only=False)
+            dense[good_rows] = filled.reshape(-1, size)
+        storage = pa.array(dense.reshape(-1))
     tensor = pa.ExtensionArray.from_storage(
         pa.fixed_shape_tensor(pa.uint8(), shape),
-        pa.FixedSizeListArray.from_arrays(pa.array(dense.reshape(-1)), size),
+        pa.FixedSizeListArray.from_arrays(storage, size),
     )
     table = table.set_column(table.schema.get_field_index(column), column, tensor)
     if any(reasons):
