@@ -17,6 +17,7 @@ from PIL import Image
 
 from framework import InputError, datagen, filesystem_for
 from framework.datagen import generate
+from framework.datagen_photos import source_paths
 from tests.s3fixture import S3Server
 
 
@@ -84,7 +85,7 @@ def test_parquet_layout(tmp_path: Path, small_files: None) -> None:
 
 
 def test_sources_are_natural_photos_found_in_installed_packages() -> None:
-    paths = datagen._source_paths()
+    paths = source_paths()
     assert set(paths) == set(datagen.SOURCES)
     assert {"astronaut", "chelsea", "coffee", "rocket", "grace_hopper"} <= set(paths)
     assert all(p.is_file() for p in paths.values())
