@@ -428,6 +428,7 @@ def report_summary(report: dict[str, Any]) -> dict[str, Any]:
                 "busy_s": stage.get("busy_s"),
                 "first_start_s": stage.get("first_start_s"),
                 "last_end_s": stage.get("last_end_s"),
+                "batches_at_once": batches_at_once(stage),
                 "workers": [
                     {k: w.get(k) for k in ("cpus", "torch_threads")}
                     for w in stage.get("workers", [])
@@ -436,6 +437,15 @@ def report_summary(report: dict[str, Any]) -> dict[str, Any]:
             for path, stage in report.get("stages", {}).items()
         },
     }
+
+
+def batches_at_once(stage: dict[str, Any]) -> float | None:
+    """How many of the stage's batches ran at once on average while it ran: for the CPU
+    stages before a GPU model, how many cores decoding kept busy."""
+    first, last = stage.get("first_start_s"), stage.get("last_end_s")
+    if first is None or last is None or last <= first:
+        return None
+    return round(stage.get("busy_s", 0.0) / (last - first), 2)
 
 
 RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
@@ -673,7 +683,12 @@ def mode_notes(mode: str, result: dict[str, Any]) -> str:
             if stage["batches"] and w.get("cpus", 0) >= 1 and w.get("torch_threads") is not None
         }
     )
-    return f"model torch threads {threads}" if threads else ""
+    stages = result["summary"]["stages"]
+    notes = [f"model torch threads {threads}"] if threads else []
+    pre = stages.get("preprocessors[0]", {}).get("batches_at_once")
+    if pre is not None:
+        notes.append(f"preprocessing {pre:g} batches at once")
+    return ", ".join(notes)
 
 
 def loop_workers(args: argparse.Namespace) -> int:

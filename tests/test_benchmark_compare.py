@@ -98,6 +98,7 @@ def test_compare_records_every_figure(tmp_path: Path) -> None:
     assert infer_run["wall_time_s"] == report["wall_time_s"]
     assert infer_run["summary"]["operators"]
     assert "models[0]" in infer_run["summary"]["stages"]
+    assert infer_run["summary"]["stages"]["preprocessors[0]"]["batches_at_once"] > 0
 
     for key in RATIOS:
         assert doc["ratios"][key] > 0
