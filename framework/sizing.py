@@ -4,8 +4,8 @@ Nothing the spec (or a plugin's ``default_resources``) sets is changed. The rule
 with GPUs, each model gets one GPU per actor and one actor per GPU, and CPU work
 spreads over every CPU at one CPU per task; on CPUs only, the models get most of
 each node (torch threads follow the grant) and a small share is kept for reading,
-CPU stages and writing, whose tasks are sized to fit in it. The stages after the models
-and the writer ask for no CPU.
+CPU stages and writing, whose tasks are sized to fit in it. Beside GPU models, the stages
+after the models and the writer ask for no CPU.
 """
 
 from __future__ import annotations
@@ -87,7 +87,9 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
         if cpu_models
         else "1 CPU per task, spread over every node with CPUs"
     )
-    after = {s.path for s in _after_actors(spec)}
+    # Only beside GPU models: beside CPU models the freed share let more read tasks start
+    # at once, each a process importing torch on the model's cores (first batch 5 s later).
+    after = set() if cpu_models else {s.path for s in _after_actors(spec)}
     for stage in (spec.reader, *(s for s in spec.stages if s.kind != "model"), spec.writer):
         if stage.path in after:
             out[stage.path] = _fill(stage.resources, num_cpus=0.0, why=WHY_NO_CPU)
@@ -100,7 +102,7 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
 # left to the last one first: a writer asking 1 CPU per task held back cores that the
 # decoding before a GPU model waited for. Tasks asking none are set nothing aside.
 WHY_NO_CPU = (
-    "no CPU asked: light work after the models, which leaves the CPUs to the stages "
+    "no CPU asked: light work after GPU models, which leaves the CPUs to the stages "
     "before them (set num_cpus for heavy work here)"
 )
 

@@ -58,9 +58,8 @@ def test_plan_prints_stages_with_resources_and_why(spec, capsys, tmp_path, monke
         "1. model        models[0]          echo  actors=1..2 batch_size=16 num_cpus=3.5",
         "   auto (num_cpus, num_gpus): no GPU: 1 actor(s) of 3.5 CPUs (torch threads follow), "
         "0.5 CPU per node kept for reading, CPU stages and writing",
-        "2. writer       writer             parquet  num_cpus=0 -> " + str(tmp_path / "out"),
-        "   auto (num_cpus): no CPU asked: light work after the models, which leaves the CPUs "
-        "to the stages before them (set num_cpus for heavy work here)",
+        "2. writer       writer             parquet  num_cpus=0.25 -> " + str(tmp_path / "out"),
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
     ]
 
 

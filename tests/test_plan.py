@@ -185,7 +185,9 @@ def test_cpu_only_model_gets_most_cores(data):
         ("ReadNode", "parquet", 0.25),
         ("map", "preprocessors_0:select_columns", "tasks", None, None, {"num_cpus": 0.25}),
         ("map", "models_0:echo", "actors", (1, 1), 64, {"num_cpus": 1.5}),
-        ("WriteNode", "parquet", 0.0),
+        # Beside a CPU model the writer keeps its share: freed, it let more read tasks
+        # start at once, each a process importing torch on the model's cores.
+        ("WriteNode", "parquet", 0.25),
     ]
     assert "0.5 CPU per node kept for reading, CPU stages and writing" in plan.nodes[2].reason
 
@@ -238,9 +240,8 @@ def test_describe_lists_each_stage_with_resources_and_why(data):
         "2. model        models[0]          echo  actors=1..1 batch_size=32 num_cpus=1.5",
         "   auto (actors, num_cpus, num_gpus): no GPU: 1 actor(s) of 1.5 CPUs (torch threads "
         "follow), 0.5 CPU per node kept for reading, CPU stages and writing",
-        "3. writer       writer             parquet  num_cpus=0 -> /tmp/o",
-        "   auto (num_cpus): no CPU asked: light work after the models, which leaves the CPUs "
-        "to the stages before them (set num_cpus for heavy work here)",
+        "3. writer       writer             parquet  num_cpus=0.25 -> /tmp/o",
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
     ]
 
 
