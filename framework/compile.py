@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,12 @@ class RunContext:
     skip_ids: Any = None  # resuming: an ObjectRef of the ids committed before
     bad_input: Any = None  # the reader's callback for inputs it cannot read at all
 
+
+# Ray Data warns when a capped task pool gets fewer inputs than its cap (a small input);
+# the plan's caps are ceilings, not requests for that many tasks.
+warnings.filterwarnings(
+    "ignore", message="The maximum number of concurrent tasks for", category=UserWarning
+)
 
 # Stateless stages run as tasks: one runner per stage per worker process, reused.
 _RUNNERS: dict[tuple[str, str], StageRunner] = {}
@@ -81,6 +88,7 @@ def _actor_cls(node: MapNode) -> type:
 def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> ray.data.Dataset:
     reader = node.stage.cls(**node.stage.params)
     reader.num_cpus = node.num_cpus
+    reader.max_tasks = node.max_tasks
     reader.bad_input = run.bad_input
     dataset = reader.read()
     if run.skip_ids is not None:
@@ -88,7 +96,7 @@ def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> r
             skip_committed,
             fn_kwargs={"done": run.skip_ids},
             batch_format="numpy",
-            num_cpus=node.num_cpus,
+            **reader.map_args,
         )
     return dataset.limit(node.limit) if node.limit else dataset
 
@@ -116,6 +124,8 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
         kwargs.setdefault("max_restarts", -1)
     else:
         fn = _task_fn(node, run)
+        # The same pool size as the reader's lets Ray Data fuse them into one task.
+        kwargs["compute"] = ray.data.TaskPoolStrategy(size=node.max_tasks)
     return dataset.map_batches(fn, batch_format="numpy", batch_size=node.batch_size, **kwargs)
 
 

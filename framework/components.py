@@ -61,11 +61,25 @@ class Component:
 class Reader(Component, ABC):
     """Produces a Ray Dataset whose rows carry a unique ``id`` column.
 
-    ``num_cpus`` is set by the framework before ``read()`` from the plan: pass it to
-    ``ray.data.read_*(num_cpus=...)`` so read tasks fit beside the model actors.
+    ``num_cpus`` and ``max_tasks`` are set by the framework before ``read()`` from the
+    plan: pass ``read_args`` to ``ray.data.read_*`` and ``map_args`` to any
+    ``map_batches`` the reader adds, so read tasks fit beside the model actors, start no
+    more processes than the plan allows, and fuse with the CPU stages after them.
     """
 
     num_cpus: float | None = None
+    max_tasks: int | None = None
+
+    @property
+    def read_args(self) -> dict[str, Any]:
+        return {"num_cpus": self.num_cpus, "concurrency": self.max_tasks}
+
+    @property
+    def map_args(self) -> dict[str, Any]:
+        import ray.data  # only the driver running a plan pays for Ray Data
+
+        return {"num_cpus": self.num_cpus, "compute": ray.data.TaskPoolStrategy(self.max_tasks)}
+
     # Set by the framework from the spec's error policy: a callable taking an input
     # (a file) the reader cannot read at all and the exception; it raises under
     # errors.policy=fail and records the input as failed under skip.

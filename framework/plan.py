@@ -22,6 +22,7 @@ class ReadNode:
     limit: int | None = None
     num_cpus: float | None = None  # per read task
     reason: str = ""
+    max_tasks: int | None = None  # read tasks at once; None: as many as Ray Data starts
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class MapNode:
     max_tasks_in_flight_per_actor: int | None = None
     ray_args: dict[str, Any] = field(default_factory=dict)  # num_cpus, num_gpus, memory, ...
     reason: str = ""
+    max_tasks: int | None = None  # compute "tasks": at once; None: as many as Ray Data starts
 
     @property
     def name(self) -> str:
@@ -64,9 +66,11 @@ class Plan:
             head = f"{i}. {stage.kind:<12} {stage.path:<18} {stage.type}"
             if isinstance(node, ReadNode):
                 limit = f" limit={node.limit}" if node.limit else ""
-                lines.append(f"{head}  num_cpus={node.num_cpus:g}{limit}")
+                tasks = f" tasks<={node.max_tasks}" if node.max_tasks else ""
+                lines.append(f"{head}  num_cpus={node.num_cpus:g}{tasks}{limit}")
             elif isinstance(node, MapNode):
                 pool = f"actors={node.pool[0]}..{node.pool[1]}" if node.pool else "tasks"
+                pool += f"<={node.max_tasks}" if node.max_tasks else ""
                 args = " ".join(
                     f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in node.ray_args.items()
@@ -85,7 +89,7 @@ def build_plan(spec: Spec, cluster: Cluster) -> Plan:
     sized = size_resources(spec, cluster)
     read = sized[spec.reader.path]
     nodes: list[PlanNode] = [
-        ReadNode(spec.reader, spec.run.limit, read.resources.num_cpus, read.reason)
+        ReadNode(spec.reader, spec.run.limit, read.resources.num_cpus, read.reason, read.max_tasks)
     ]
     nodes.extend(_map_node(stage, sized[stage.path]) for stage in spec.stages)
     write = sized[spec.writer.path]
@@ -120,4 +124,5 @@ def _map_node(stage: StageConfig, sized: Sized) -> MapNode:
         max_tasks_in_flight_per_actor=r.max_tasks_in_flight_per_actor,
         ray_args=ray_args,
         reason=sized.reason,
+        max_tasks=None if stage.in_actors else sized.max_tasks,
     )

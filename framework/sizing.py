@@ -24,6 +24,7 @@ MAX_THREADS_PER_ACTOR = 8
 class Sized:
     resources: Resources
     reason: str
+    max_tasks: int | None = None  # tasks of this stage at once (reader, CPU stages)
 
 
 def _cpu_reserve(node_cpus: float) -> float:
@@ -90,9 +91,14 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     # Only beside GPU models: beside CPU models the freed share let more read tasks start
     # at once, each a process importing torch on the model's cores (first batch 5 s later).
     after = set() if cpu_models else {s.path for s in _after_actors(spec)}
+    before = {s.path for s in _before_actors(spec)} if cpu_models else set()
+    capped = TASKS_PER_NODE_BESIDE_CPU_MODELS * max(1, len(cpu_nodes))
     for stage in (spec.reader, *(s for s in spec.stages if s.kind != "model"), spec.writer):
         if stage.path in after:
             out[stage.path] = _fill(stage.resources, num_cpus=0.0, why=WHY_NO_CPU)
+        elif stage.path in before and stage.resources.num_cpus is None:
+            sized = _fill(stage.resources, num_cpus=task_cpus, why=f"{why_tasks}; {capped} at once")
+            out[stage.path] = dataclasses.replace(sized, max_tasks=capped)
         else:
             out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why_tasks)
     return out
@@ -105,6 +111,20 @@ WHY_NO_CPU = (
     "no CPU asked: light work after GPU models, which leaves the CPUs to the stages "
     "before them (set num_cpus for heavy work here)"
 )
+
+
+# Beside CPU models, the share kept for reading and CPU stages runs two tasks per node
+# (each half of it). Uncapped, Ray Data started a read task for every block of input at
+# once, each in a new process importing torch on the model's cores: on 2 cores with 5
+# blocks, the first model batch came 2.5 s later.
+TASKS_PER_NODE_BESIDE_CPU_MODELS = 2
+
+
+def _before_actors(spec: Spec) -> list[StageConfig]:
+    """The reader and the task stages before the first actor stage (a model)."""
+    stages = list(spec.stages)
+    first = next((i for i, s in enumerate(stages) if s.in_actors), len(stages))
+    return [spec.reader, *stages[:first]]
 
 
 def _after_actors(spec: Spec) -> list[StageConfig]:

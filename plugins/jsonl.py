@@ -30,7 +30,7 @@ class JsonlReader(Reader):
             filesystem=fs,
             lines=True,
             file_extensions=["jsonl", "json"],
-            num_cpus=self.num_cpus,
+            **self.read_args,
         )
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})

@@ -62,7 +62,7 @@ class ParquetReader(Reader):
             filesystem=fs,
             columns=columns,
             override_num_blocks=self.num_blocks,
-            num_cpus=self.num_cpus,
+            **self.read_args,
             skip_paths=[path for path, _ in unreadable] or None,
         )
         if self.id_column != ID_COLUMN:

@@ -53,8 +53,8 @@ def test_plan_prints_stages_with_resources_and_why(spec, capsys, tmp_path, monke
     assert main([str(spec), "--plan", "ray.num_cpus=4"]) == ExitCode.OK
     assert capsys.readouterr().out.splitlines() == [
         "cluster: this machine: 1 node: localhost (4 CPUs, 0 GPUs)",
-        "0. reader       reader             parquet  num_cpus=0.25",
-        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
+        "0. reader       reader             parquet  num_cpus=0.25 tasks<=2",
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors; 2 at once",
         "1. model        models[0]          echo  actors=1..2 batch_size=16 num_cpus=3.5",
         "   auto (num_cpus, num_gpus): no GPU: 1 actor(s) of 3.5 CPUs (torch threads follow), "
         "0.5 CPU per node kept for reading, CPU stages and writing",

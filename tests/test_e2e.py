@@ -78,6 +78,8 @@ def test_parquet_to_echo_to_parquet_keeps_every_id_once(ray_session, tmp_path, d
     names = [op["name"] for op in report["operators"]]
     assert any("MapBatches(models_0:echo)" in name for name in names)
     assert any("preprocessors_0:select_columns" in name for name in names)
+    # Reading and the CPU stage share a task pool of the same size: one Ray Data operator.
+    assert "ReadFilesParquetV2->MapBatches(preprocessors_0:select_columns)" in names
     assert report["components"][2]["type"] == "echo"
     assert report["plugins"]["echo"]["distribution"] == "infer-run"
     printed = capsys.readouterr().out

@@ -159,6 +159,31 @@ def test_stages_after_the_models_ask_for_no_cpu_unless_told(data):
     assert plan.nodes[4].reason.startswith("auto (num_cpus): no CPU asked")
 
 
+def test_beside_cpu_models_reading_and_cpu_stages_start_two_tasks_per_node(data):
+    # Uncapped, Ray Data started a read task per block at once, each a new process
+    # importing torch on the model's cores.
+    spec = simple(data)
+    spec["postprocessors"] = [{"type": "rename_columns", "mapping": {"x_echo": "y"}}]
+    two_nodes = Cluster((Node("a", "h1", cpus=4), Node("b", "h2", cpus=4)), "test")
+    caps = {
+        n.stage.path: getattr(n, "max_tasks", None) for n in plan_for(spec, cluster=two_nodes).nodes
+    }
+    assert caps == {
+        "reader": 4,
+        "preprocessors[0]": 4,
+        "models[0]": None,
+        "postprocessors[0]": None,
+        "writer": None,
+    }
+    # On GPUs the CPU stages are the work: uncapped. A num_cpus the spec sets: uncapped.
+    assert {getattr(n, "max_tasks", None) for n in plan_for(spec, cluster=GPU_BOX).nodes} == {None}
+    spec["preprocessors"][0]["resources"] = {"num_cpus": 0.5}
+    caps = {
+        n.stage.path: getattr(n, "max_tasks", None) for n in plan_for(spec, cluster=two_nodes).nodes
+    }
+    assert (caps["reader"], caps["preprocessors[0]"]) == (4, None)
+
+
 def test_without_models_the_writer_is_part_of_the_work(data):
     plan = plan_for(
         {
@@ -233,10 +258,11 @@ def test_describe_lists_each_stage_with_resources_and_why(data):
     plan = plan_for(simple(data, resources={"batch_size": 32}), cluster=LAPTOP)
     assert plan.describe().splitlines() == [
         "cluster: test: 1 node: 10.0.0.1 (2 CPUs, 0 GPUs)",
-        "0. reader       reader             parquet  num_cpus=0.25",
-        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
-        "1. preprocessor preprocessors[0]   select_columns  tasks batch_size=ray-default num_cpus=0.25",
-        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors",
+        "0. reader       reader             parquet  num_cpus=0.25 tasks<=2",
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors; 2 at once",
+        "1. preprocessor preprocessors[0]   select_columns  tasks<=2 batch_size=ray-default "
+        "num_cpus=0.25",
+        "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors; 2 at once",
         "2. model        models[0]          echo  actors=1..1 batch_size=32 num_cpus=1.5",
         "   auto (actors, num_cpus, num_gpus): no GPU: 1 actor(s) of 1.5 CPUs (torch threads "
         "follow), 0.5 CPU per node kept for reading, CPU stages and writing",

@@ -87,7 +87,7 @@ class ImageFolderReader(Reader):
             filesystem=fs,
             file_extensions=list(self.extensions),
             override_num_blocks=self.num_blocks,
-            num_cpus=self.num_cpus,
+            **self.read_args,
         )
         # Ray reports each file's path inside the filesystem ("bucket/key" on S3, the
         # absolute path locally), the same form filesystem_for gave the root in.
@@ -96,7 +96,7 @@ class ImageFolderReader(Reader):
             batch_format="pyarrow",
             batch_size=None,
             fn_kwargs={"root": root.rstrip("/")},
-            num_cpus=self.num_cpus,
+            **self.map_args,
         )
 
 

@@ -220,7 +220,7 @@ class ImageParquetReader(Reader):
             filesystem=fs,
             columns=list(dict.fromkeys([self.id_column, self.image_column, *self.columns])),
             override_num_blocks=self.num_blocks,
-            num_cpus=self.num_cpus,
+            **self.read_args,
         )
         if layout.kind == "flat":
             ds = ds.map_batches(
@@ -232,7 +232,7 @@ class ImageParquetReader(Reader):
                     "id_column": self.id_column,
                     "shape": self.shape,
                 },
-                num_cpus=self.num_cpus,
+                **self.map_args,
             )
         elif layout.kind == "struct_bytes":
             ds = ds.map_batches(
@@ -240,7 +240,7 @@ class ImageParquetReader(Reader):
                 batch_format="pyarrow",
                 batch_size=None,
                 fn_kwargs={"column": self.image_column},
-                num_cpus=self.num_cpus,
+                **self.map_args,
             )
         renames = {self.id_column: ID_COLUMN, self.image_column: IMAGE_COLUMN}
         renames = {old: new for old, new in renames.items() if old != new}

@@ -83,7 +83,7 @@ class WebDatasetReader(Reader):
             decoder=partial(pick_image, extensions=self.extensions),
             file_extensions=list(SHARD_EXTENSIONS),
             override_num_blocks=self.num_blocks,
-            num_cpus=self.num_cpus,
+            **self.read_args,
         )
 
 
