@@ -265,9 +265,10 @@ def flat_to_tensor(
     all_good = pc.all(good).as_py()
     kept = values if all_good else pc.filter(values, good)  # a filter copies every pixel
     pixels = pc.list_flatten(kept)
-    good_rows = np.flatnonzero(good.to_numpy(zero_copy_only=False))
+    good_mask = good.to_numpy(zero_copy_only=False)
+    good_rows = np.flatnonzero(good_mask)
     reasons = [""] * len(values)
-    for row in np.flatnonzero(~good.to_numpy(zero_copy_only=False)):
+    for row in np.flatnonzero(~good_mask):
         held = "null" if not values[int(row)].is_valid else f"{lengths[int(row)]} values"
         reasons[int(row)] = f"{column!r} holds {held}, shape {list(shape)} needs {size}"
     if pixels.null_count:  # only then: the parent of every pixel is 8 bytes per pixel
