@@ -21,7 +21,7 @@ _HOMES = {
     "ImageTransform": "plugins.vision.stages",
     "TopK": "plugins.vision.topk",
     "TimmClassifier": "plugins.vision.models",
-    "TorchScriptClassifier": "plugins.vision.models",
+    "TorchScriptClassifier": "plugins.vision.scripted",
     "TorchvisionClassifier": "plugins.vision.models",
 }
 __all__ = sorted(_HOMES)
@@ -45,7 +45,8 @@ def register_preprocessors(register):
 
 @hookimpl
 def register_models(register):
-    from plugins.vision.models import TimmClassifier, TorchScriptClassifier, TorchvisionClassifier
+    from plugins.vision.models import TimmClassifier, TorchvisionClassifier
+    from plugins.vision.scripted import TorchScriptClassifier
 
     register(TorchvisionClassifier.model_type, TorchvisionClassifier)
     register(TimmClassifier.model_type, TimmClassifier)

@@ -18,7 +18,6 @@ the forward pass (``plugins/vision/staging.py``); on CPU the batch is used where
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -27,10 +26,9 @@ import torch
 
 from framework import ID_COLUMN, Batch, Model, RunError
 from framework.torch_runtime import autocast, autocast_dtype, configure_cpu_threads, select_device
-from plugins.vision.decode import DecodeError
-from plugins.vision.device_decode import decode_on_device
 from plugins.vision.microbatch import AUTO, DEFAULT_MAX, MicroBatcher, choose_micro_batch
 from plugins.vision.model_info import ModelInfo, labels_problems, model_info
+from plugins.vision.pixels import device_crops, host_pixels
 from plugins.vision.runtime import (
     compile_mode,
     fold_batch_norms,
@@ -41,7 +39,7 @@ from plugins.vision.runtime import (
 )
 from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
 from plugins.vision.topk import LOGITS
-from plugins.vision.transform import config_from_info, resize_crop
+from plugins.vision.transform import config_from_info
 from plugins.vision.weights import RANDOM
 
 logger = logging.getLogger(__name__)
@@ -208,51 +206,16 @@ class ImageClassifier(Model):
         return tensor
 
     def _host_pixels(self, values: np.ndarray, copy_read_only: bool = True) -> torch.Tensor:
-        """The column as a [N, 3, H, W] CPU tensor over the batch's memory where it can be.
-
-        ``copy_read_only=False`` leaves read-only arrays uncopied: for callers that only
-        copy out of the tensor (the staging buffer), a copy first would be a second memcpy.
-        """
-        if values.dtype == object or values.ndim != 4:
-            hint = (
-                "set decode_on_device: true to decode encoded images in the model, or "
-                if values.dtype == object and not self.decode_on_device
-                else ""
-            )
-            raise RunError(
-                f"{self.model_type}: column {self.column!r} must be one [N, 3, H, W] tensor, got "
-                f"{'ragged images' if values.dtype == object else f'shape {list(values.shape)}'}"
-                f" - {hint}put image_transform before the model"
-            )
-        if not values.flags.writeable and copy_read_only:
-            values = values.copy()  # zero-copy views of Arrow buffers are read-only
-        tensor = _from_numpy(np.ascontiguousarray(values))
-        if tensor.shape[1] != 3 and tensor.shape[3] == 3:  # HWC pixels, e.g. from a reader
-            tensor = tensor.permute(0, 3, 1, 2)
-        if tensor.shape[1] != 3:
-            raise RunError(
-                f"{self.model_type}: column {self.column!r} has shape {list(values.shape)}, "
-                "expected [N, 3, H, W]"
-            )
-        if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
-            raise RunError(
-                f"{self.model_type}: column {self.column!r} must be uint8 (normalized here) or "
-                f"float (used as-is), got {values.dtype}"
-            )
-        return tensor
+        return host_pixels(
+            values,
+            name=self.model_type,
+            column=self.column,
+            decode_on_device=self.decode_on_device,
+            copy_read_only=copy_read_only,
+        )
 
     def _decoded_pixels(self, values: np.ndarray, ids: Sequence[Any]) -> torch.Tensor:
-        """Encoded cells decoded, resized and cropped on the device: uint8 [N, 3, crop_h, crop_w]."""
-        try:
-            images = decode_on_device(values, ids, self.device)
-        except DecodeError as exc:
-            raise RunError(f"{self.model_type}: {exc}") from exc
-        if not images:
-            return torch.empty(
-                (0, 3, *self.preprocess.crop_size), dtype=torch.uint8, device=self.device
-            )
-        # Sizes differ until cropped, so each image is resized on its own (as image_transform does).
-        return torch.stack([resize_crop(image, self.preprocess) for image in images])
+        return device_crops(values, ids, self.device, self.preprocess, name=self.model_type)
 
     def _batch_logits(self, batch: Batch) -> torch.Tensor:
         """float32 [N, num_classes] logits on the device."""
@@ -331,10 +294,3 @@ class ImageClassifier(Model):
             del batch[self.column]
         batch[LOGITS] = logits
         return batch
-
-
-def _from_numpy(values: np.ndarray) -> torch.Tensor:
-    """``torch.from_numpy``, quiet about read-only arrays (only copied from, never written)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(values)
