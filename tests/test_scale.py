@@ -5,8 +5,10 @@ issue: memory stays flat)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -20,10 +22,11 @@ BIG, SMALL = 20_000, 2_000
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Path:
+def images(tmp_path_factory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("scale") / "images"
     generate(out, BIG, "parquet", seed=7)
-    return out
+    yield out
+    shutil.rmtree(out)  # hundreds of MB: gone before the next module, not at session end
 
 
 def run(tmp_path: Path, images: Path, rows: int, name: str) -> dict:

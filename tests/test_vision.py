@@ -420,6 +420,16 @@ def test_topk_workers_start_without_torch():
     TopK(**params)  # and builds from those params alone
 
 
+def test_topk_reads_a_labels_file_once_on_the_driver(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_text("cat\ndog\n")
+    params = TopK.worker_params({"k": 1, "labels": str(path)})
+    path.unlink()  # workers (perhaps on other machines) never open it
+    assert params["labels"] == ["cat", "dog"]
+    out = TopK(**params)({"logits": np.array([[0.0, 3.0]], dtype=np.float32)})
+    assert out["top_labels"][0] == ["dog"]
+
+
 def test_torch_runtime_is_public_but_import_framework_stays_torch_free():
     from framework import torch_runtime
 

@@ -7,7 +7,7 @@ writer as a JSON array - so both formats round-trip without a per-rank column sc
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -36,6 +36,16 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, np.take_along_axis(part_scores, order, axis=1)
 
 
+def _labels(
+    labels: str | list[str] | None, from_model: Mapping[str, Any] | None
+) -> Sequence[str] | None:
+    """``labels`` when given, else the labels of ``from_model``'s weights (None: unknown)."""
+    loaded = load_labels(labels)
+    if loaded is None and from_model is not None:
+        return model_info(from_model).labels
+    return loaded
+
+
 class TopK(Preprocessor):
     """Adds ``top_ids`` int64 [N, k], ``top_scores`` float32 [N, k] (softmax probabilities)
     and, when labels are known, ``top_labels`` (a list of k strings per row).
@@ -60,9 +70,7 @@ class TopK(Preprocessor):
         column: str = LOGITS,
     ) -> None:
         self.k = k
-        self.labels = load_labels(labels)
-        if self.labels is None and from_model is not None:
-            self.labels = model_info(from_model).labels
+        self.labels = _labels(labels, from_model)
         self.keep_logits = keep_logits
         self.column = column
         if self.labels is None:
@@ -70,13 +78,13 @@ class TopK(Preprocessor):
 
     @classmethod
     def worker_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Labels looked up once here: workers then need neither torchvision nor timm."""
-        out = dict(params)
-        if out.get("labels") is None and out.get("from_model") is not None:
-            labels = model_info(out["from_model"]).labels
-            out["labels"] = list(labels) if labels is not None else None
-            out["from_model"] = None
-        return out
+        """Labels looked up once here: workers then need neither torchvision, timm nor the file."""
+        labels = _labels(params.get("labels"), params.get("from_model"))
+        return {
+            **params,
+            "labels": list(labels) if labels is not None else None,
+            "from_model": None,
+        }
 
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
