@@ -19,7 +19,7 @@ from framework.components import (
     Stage,
     Writer,
 )
-from framework.dead_letter import ERROR_COLUMN
+from framework.dead_letter import ERROR_COLUMN, jsonl_ids
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
 from framework.hookspecs import hookimpl
 from framework.plugins import component_class
@@ -50,5 +50,6 @@ __all__ = [
     "filesystem_for",
     "hookimpl",
     "is_remote",
+    "jsonl_ids",
     "parquet_files",
 ]

@@ -168,5 +168,17 @@ class Writer(Component, ABC):
         """
         raise InputError(f"--resume: the {type(self).__name__} writer cannot resume a run")
 
+    def output_files(self, suffix: str) -> tuple[pafs.FileSystem, list[str]]:
+        """The output's data files ending in ``suffix`` (not its ``_`` files), for resuming."""
+        fs, root = filesystem_for(self.path, self.storage)
+        paths = [
+            info.path
+            for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+            if info.type == pafs.FileType.File
+            and info.path.endswith(suffix)
+            and not info.path.rsplit("/", 1)[-1].startswith("_")
+        ]
+        return fs, sorted(paths)
+
     @abstractmethod
     def write(self, dataset: ray.data.Dataset) -> None: ...

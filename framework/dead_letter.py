@@ -28,6 +28,23 @@ POLICIES = ("fail", "skip")
 log = logging.getLogger("infer_run.dead_letter")
 
 
+def jsonl_ids(data: bytes) -> tuple[list[Any], bool]:
+    """The ``id`` of each JSON line in ``data``, and whether every line is whole.
+
+    A file cut short when a run was killed ends without a newline (or in a line that is
+    not a JSON object with an id); the ids of its whole lines are still returned.
+    """
+    *lines, tail = data.split(b"\n")
+    whole = tail == b""
+    ids = []
+    for line in lines:
+        try:
+            ids.append(json.loads(line)["id"])
+        except (ValueError, KeyError, TypeError):
+            whole = False
+    return ids, whole
+
+
 @dataclass(frozen=True)
 class Failure:
     row_id: Any

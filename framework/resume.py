@@ -15,6 +15,7 @@ import pyarrow.fs as pafs
 import ray
 
 from framework.components import ID_COLUMN, Batch, Writer
+from framework.dead_letter import jsonl_ids
 from framework.errors import InputError
 from framework.storage import filesystem_for
 
@@ -66,11 +67,8 @@ def committed_ids(writer: Writer, dead_letter: str | None) -> list[Any]:
             if info.type != pafs.FileType.File or not info.path.endswith(".jsonl"):
                 continue
             with fs.open_input_stream(info.path) as f:
-                for line in f.read().decode().splitlines():
-                    try:
-                        ids.append(json.loads(line)["id"])
-                    except (ValueError, KeyError):
-                        continue  # a line cut short when the run was killed
+                # A record cut short when the run was killed is not counted: its row is redone.
+                ids.extend(jsonl_ids(f.read())[0])
     return ids
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import ray.data
 
-from framework import ID_COLUMN, Reader, Writer, filesystem_for, hookimpl
+from framework import ID_COLUMN, Reader, Writer, filesystem_for, hookimpl, jsonl_ids
 
 
 class JsonlReader(Reader):
@@ -39,6 +39,18 @@ class JsonlReader(Reader):
 
 class JsonlWriter(Writer):
     """A directory of ``.json`` files, one JSON object per line; arrays become lists."""
+
+    def committed_ids(self) -> list:
+        fs, paths = self.output_files(".json")
+        ids: list = []
+        for path in paths:
+            with fs.open_input_stream(path) as f:
+                found, whole = jsonl_ids(f.read())
+            if not whole:
+                fs.delete_file(path)  # cut short when the run was killed: redo its rows
+                continue
+            ids.extend(found)
+        return ids
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)

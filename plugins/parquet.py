@@ -84,20 +84,13 @@ class ParquetWriter(Writer):
         self.rows_per_file = rows_per_file
 
     def committed_ids(self) -> list:
-        fs, root = filesystem_for(self.path, self.storage)
+        fs, paths = self.output_files(".parquet")
         ids: list = []
-        for info in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-            name = info.path.rsplit("/", 1)[-1]
-            if (
-                info.type != pafs.FileType.File
-                or name.startswith("_")
-                or not name.endswith(".parquet")
-            ):
-                continue
+        for path in paths:
             try:
-                table = pq.read_table(info.path, columns=[ID_COLUMN], filesystem=fs)
+                table = pq.read_table(path, columns=[ID_COLUMN], filesystem=fs)
             except (pa.ArrowInvalid, OSError):
-                fs.delete_file(info.path)  # cut short when the run was killed: redo its rows
+                fs.delete_file(path)  # cut short when the run was killed: redo its rows
                 continue
             ids.extend(table[ID_COLUMN].to_pylist())
         return ids

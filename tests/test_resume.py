@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
+from framework import jsonl_ids
 from framework.cli import main
 from framework.errors import ExitCode
 from tests.helpers import write_id_parts
@@ -22,7 +23,7 @@ ROOT = Path(__file__).parent.parent
 IDS = [f"r{i:04d}" for i in range(600)]
 
 
-def make_spec(tmp_path: Path, scale: float = 2.0) -> Path:
+def make_spec(tmp_path: Path, scale: float = 2.0, writer: str = "parquet") -> Path:
     data = write_id_parts(tmp_path / "in", IDS[:600])
     spec = tmp_path / "spec.yaml"
     spec.write_text(
@@ -31,7 +32,7 @@ run: {{block_mb: 0.001}}
 reader: {{type: parquet, path: {data}}}
 models:
   - {{type: echo, scale: {scale}, delay_s: 0.1, resources: {{batch_size: 10}}}}
-writer: {{type: parquet, path: {tmp_path / "out"}}}
+writer: {{type: {writer}, path: {tmp_path / "out"}}}
 """
     )
     return spec
@@ -48,28 +49,46 @@ def cli(*args: str) -> subprocess.Popen:
     )
 
 
-def written_files(out: Path) -> list[Path]:
-    return [p for p in out.glob("*.parquet")]
+SUFFIX = {"parquet": ".parquet", "jsonl": ".json"}
 
 
-def test_driver_killed_then_resumed(tmp_path):
-    spec = make_spec(tmp_path)
+def written_files(out: Path, writer: str) -> list[Path]:
+    return list(out.glob(f"*{SUFFIX[writer]}"))
+
+
+def written_ids(out: Path, writer: str) -> list[str]:
+    """Ids in the output's files; for JSON lines, only in files that end with a whole line."""
+    if writer == "parquet":
+        files = written_files(out, writer)
+        return pads.dataset(files, format="parquet").to_table()["id"].to_pylist()
+    texts = [p.read_text() for p in written_files(out, writer)]
+    return [json.loads(line)["id"] for t in texts if t.endswith("\n") for line in t.splitlines()]
+
+
+@pytest.mark.parametrize("writer", ["parquet", "jsonl"])
+def test_driver_killed_then_resumed(tmp_path, writer):
+    spec = make_spec(tmp_path, writer=writer)
     out = tmp_path / "out"
     run = cli(str(spec))
     deadline = time.time() + 180
-    while len(written_files(out)) < 3 and time.time() < deadline and run.poll() is None:
+    while len(written_files(out, writer)) < 3 and time.time() < deadline and run.poll() is None:
         time.sleep(0.2)
     assert run.poll() is None, "the run finished before it could be interrupted"
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
-    before = pads.dataset(written_files(out), format="parquet").to_table()["id"].to_pylist()
+    if writer == "jsonl":
+        # A file cut mid-line, as a kill during its write leaves it: its rows are redone.
+        cut = max(written_files(out, writer), key=lambda p: p.stat().st_size)
+        cut.write_bytes(cut.read_bytes()[:-5])
+    before = written_ids(out, writer)
     assert 0 < len(before) < len(IDS)
 
     resumed = cli(str(spec), "--resume")
     output, _ = resumed.communicate(timeout=240)
     assert resumed.returncode == ExitCode.OK, output.decode()[-3000:]
-    ids = pads.dataset(written_files(out), format="parquet").to_table()["id"].to_pylist()
-    assert sorted(ids) == IDS  # every id exactly once
+    assert sorted(written_ids(out, writer)) == IDS  # every id exactly once
+    if writer == "jsonl":
+        assert all(p.read_text().endswith("\n") for p in written_files(out, writer))
     report = json.loads((out / "_infer_run_report.json").read_text())
     assert report["resumed_rows"] >= len(before)
     assert report["rows_read"] == len(IDS) - report["resumed_rows"]
@@ -87,3 +106,11 @@ def test_resume_refused_after_a_spec_change_unless_overwrite(ray_session, tmp_pa
     )
     assert main([str(changed), "--limit", "20", "--overwrite"]) == ExitCode.OK
     assert main([str(changed), "--limit", "20"]) == ExitCode.INPUT_ERROR  # no silent append
+
+
+def test_jsonl_ids_tell_a_file_cut_short_from_a_whole_one():
+    assert jsonl_ids(b'{"id": "a"}\n{"id": 2}\n') == (["a", 2], True)
+    assert jsonl_ids(b'{"id": "a"}\n{"id": "b", "x"') == (["a"], False)  # cut mid-line
+    assert jsonl_ids(b'{"id": "a"}\n{"id": "b"}') == (["a"], False)  # no final newline yet
+    assert jsonl_ids(b'{"id": "a"}\n[1]\n') == (["a"], False)  # not a record with an id
+    assert jsonl_ids(b"") == ([], True)
