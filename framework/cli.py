@@ -42,9 +42,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate", action="store_true", help="check spec and plugins, run nothing")
     p.add_argument("--print-spec", action="store_true", help="print the resolved spec and exit")
     p.add_argument("--plan", action="store_true", help="print the stages and their resources")
-    p.add_argument(
-        "--address", help="Ray cluster to join (auto, ray://host:port); same as ray.address"
-    )
+    p.add_argument("--address", help="Ray cluster to join (auto, host:port); same as ray.address")
     p.add_argument("--limit", type=int, help="process only the first N rows; same as run.limit")
     p.add_argument("--report", help="also write the JSON run report here; same as run.report")
     p.add_argument(

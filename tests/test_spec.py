@@ -174,6 +174,16 @@ BAD_SPECS = [
         ],
         id="structure",
     ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        ["ray.address=ray://head:10001"],
+        [
+            "ray.address: ray://head:10001 is a Ray Client address, and Ray Data does not run "
+            "over Ray Client - run infer-run on a node of the cluster with --address auto, or "
+            "submit it as a Ray Job: ray job submit --working-dir . -- infer-run SPEC --address auto"
+        ],
+        id="ray-client",
+    ),
 ]
 
 

@@ -44,7 +44,7 @@ class Resources:
 
 @dataclass
 class RaySection:
-    address: str | None = None  # "auto", "ray://host:10001", host:port; None: a local Ray
+    address: str | None = None  # "auto" or host:port (not ray://); None: a local Ray
     num_cpus: int | None = None  # for the local Ray only
     object_store_memory: int | None = None  # for the local Ray only
     # Passed to ray.init: how workers of an existing cluster get the plugins' code.

@@ -31,6 +31,14 @@ from framework.spec.schema import (
     StageConfig,
 )
 
+# Ray Data runs its executor in the driver, which Ray Client does not provide
+# (ray-project/ray#42739: "Ray client does not work with Ray Data").
+RAY_CLIENT_UNSUPPORTED = (
+    "ray.address: {address} is a Ray Client address, and Ray Data does not run over Ray "
+    "Client - run infer-run on a node of the cluster with --address auto, or submit it as a "
+    "Ray Job: ray job submit --working-dir . -- infer-run SPEC --address auto"
+)
+
 
 def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None) -> Spec:
     """The typed spec, or one ``SpecError`` listing every problem found."""
@@ -52,6 +60,8 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
         benchmark = _section(resolved["benchmark"], BenchmarkSection, "benchmark", problems)
         problems.extend(_benchmark_problems(benchmark))
     problems.extend(_error_problems(errors))
+    if ray.address and ray.address.startswith("ray://"):
+        problems.append(RAY_CLIENT_UNSUPPORTED.format(address=ray.address))
     if run.limit is not None and run.limit < 1:
         problems.append(f"run.limit: must be at least 1, got {run.limit}")
     if run.block_mb <= 0:
