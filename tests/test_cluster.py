@@ -57,13 +57,15 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
-def run_cli(spec: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+def run_cli(
+    spec: Path, *args: str, timeout: float = 180, cwd: Path = ROOT
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "INFER_PLUGINS": "tests.plugins.probe", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "framework.cli", str(spec), *args],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         timeout=timeout,
     )
@@ -124,6 +126,24 @@ def test_threads_follow_the_cpu_grant(cluster, dataset, tmp_path):
     assert {r["gpu_ids"] for r in rows} == {""}
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     assert {w["torch_threads"] for w in report["stages"]["models[0]"]["workers"]} == {2}
+
+
+def test_ship_code_uploads_infer_run_and_the_plugins_to_the_workers(cluster, dataset, tmp_path):
+    """Run from a directory without the code, as from a laptop's checkout: Ray puts the
+    driver's directory first on the workers' path, so from ROOT they would import it there."""
+    spec = write_spec(tmp_path, dataset, "{custom: {gpu_node: 1}, batch_size: 50}")
+    done = run_cli(spec, "--address", cluster, "ray.ship_code=true", cwd=tmp_path)
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    rows = pq.read_table(tmp_path / "out").to_pylist()
+    framework_files = {Path(r["framework_file"]) for r in rows}
+    probe_files = {Path(r["probe_file"]) for r in rows}
+    assert len(framework_files) == len(probe_files) == 1
+    # The copies Ray unpacked from the upload, not this checkout: infer-run, and the probe
+    # plugin from tests/, which the workers could not have imported otherwise.
+    for shipped in (*framework_files, *probe_files):
+        assert not shipped.is_relative_to(ROOT) and "runtime_resources" in shipped.parts
+    shipped_run = framework_files.pop().parent / "run.py"
+    assert shipped_run.read_bytes() == (ROOT / "framework" / "run.py").read_bytes()
 
 
 def test_infeasible_spec_fails_fast_instead_of_waiting(cluster, dataset, tmp_path):

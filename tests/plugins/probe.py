@@ -9,6 +9,7 @@ import numpy as np
 import ray
 import torch
 
+import framework
 from framework import Batch, Model, Preprocessor, hookimpl
 
 
@@ -28,6 +29,9 @@ class Probe(Model):
         batch["cuda_initialized"] = np.full(n, torch.cuda.is_initialized())
         batch["node_id"] = np.array([ray.get_runtime_context().get_node_id()] * n, dtype=object)
         batch["pid"] = np.full(n, os.getpid(), dtype=np.int64)
+        # Where this worker imported infer-run from (ray.ship_code uploads a copy).
+        batch["framework_file"] = np.array([framework.__file__] * n, dtype=object)
+        batch["probe_file"] = np.array([__file__] * n, dtype=object)
         return batch
 
 
