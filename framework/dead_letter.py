@@ -74,6 +74,16 @@ class ErrorPolicy:
     storage: dict[str, Any] | None = None
     max_count: int | None = None
     max_fraction: float | None = None
+    retries: int = 0
+    retry_on: tuple[str, ...] = ()
+    retry_backoff_s: float = 0.5
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (or a class it derives from) is named in ``retry_on``."""
+        return any(
+            cls.__name__ in self.retry_on or f"{cls.__module__}.{cls.__qualname__}" in self.retry_on
+            for cls in type(exc).__mro__
+        )
 
     def write(self, failures: Sequence[Failure]) -> None:
         """One JSON Lines file per batch with failures: no two workers share a file."""

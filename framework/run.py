@@ -257,6 +257,9 @@ def error_policy(spec: Spec) -> ErrorPolicy:
         storage=writer.get("storage"),
         max_count=e.max_count,
         max_fraction=e.max_fraction,
+        retries=e.retries,
+        retry_on=tuple(e.retry_on),
+        retry_backoff_s=e.retry_backoff_s,
     )
 
 

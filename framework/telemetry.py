@@ -32,6 +32,7 @@ class StageLog:
         rows_in: int,
         rows_out: int,
         failures: dict[str, dict[str, int]] | None = None,
+        retries: int = 0,
     ) -> tuple[int, int]:
         """Count one batch; returns (rows seen, rows failed) so far, for the error budget."""
         if stage == self.first_stage:
@@ -43,6 +44,7 @@ class StageLog:
                 self.failed += count
         s = self._stage(stage)
         s["batches"] += 1
+        s["retries"] += retries
         s["rows_in"] += rows_in
         s["rows_out"] += rows_out
         s["busy_s"] += end - start
@@ -65,7 +67,7 @@ class StageLog:
         workers.setdefault(f"{node_id}:{pid}", {"node_id": node_id, "pid": pid}).update(summary)
 
     def _stage(self, stage: str) -> dict[str, Any]:
-        empty = {"batches": 0, "rows_in": 0, "rows_out": 0, "busy_s": 0.0}
+        empty = {"batches": 0, "retries": 0, "rows_in": 0, "rows_out": 0, "busy_s": 0.0}
         return self.stages.setdefault(
             stage, {**empty, "start": float("inf"), "end": 0.0, "nodes": {}, "workers": {}}
         )
@@ -93,6 +95,7 @@ def stage_figures(
     for path, s in snapshot.items():
         out[path] = {
             "batches": s["batches"],
+            "retries": s["retries"],
             "rows_in": s["rows_in"],
             "rows_out": s["rows_out"],
             "busy_s": round(s["busy_s"], 4),

@@ -98,6 +98,7 @@ class StageRunner:
         self.stage: Any = None
         self.gpu: GpuSampler | None = None  # sampling the granted GPUs, from the first batch
         self.gpu_pushed = (-GPU_PUSH_S, 0)  # when the log last got GPU figures; of how many samples
+        self.retries = 0  # of the batch in hand
 
     def build(self) -> None:
         started = time.time()
@@ -133,8 +134,9 @@ class StageRunner:
         rows = len(batch[ID_COLUMN]) if ID_COLUMN in batch else 0
         start = time.time()
         batch, failures = split_flagged(batch, "reader")
+        self.retries = 0
         try:
-            out = checked_call(self.stage, batch, self.path)
+            out = self._call_retrying(batch)
         except Exception:  # which rows broke it? retry them one by one
             log.debug("stage %s failed on a batch; isolating rows", self.path, exc_info=True)
             out, failed = run_isolated(
@@ -146,6 +148,27 @@ class StageRunner:
             failures += failed
         self.settle(start, time.time(), rows, len(out[ID_COLUMN]), failures)
         return lists_for_arrow(out)
+
+    def _call_retrying(self, batch: Batch) -> Batch:
+        """The stage on the whole batch, re-run after a transient error (``errors.retry_on``)."""
+        while True:
+            try:
+                return checked_call(self.stage, batch, self.path)
+            except Exception as exc:
+                if self.retries >= self.errors.retries or not self.errors.retryable(exc):
+                    raise
+                wait = self.errors.retry_backoff_s * 2**self.retries
+                self.retries += 1
+                log.warning(
+                    "%s: %s: %s - retry %d of %d in %.1f s",
+                    self.path,
+                    type(exc).__name__,
+                    exc,
+                    self.retries,
+                    self.errors.retries,
+                    wait,
+                )
+                time.sleep(wait)
 
     def settle(
         self, start: float, end: float, rows_in: int, rows_out: int, failures: list[Failure]
@@ -162,7 +185,11 @@ class StageRunner:
             counts = kinds.setdefault(f.stage, {})
             counts[f.error_type] = counts.get(f.error_type, 0) + 1
         # Waited on so that every batch is counted before the driver reads the log.
-        refs = [self.log.record.remote(self.path, node, start, end, rows_in, rows_out, kinds)]
+        refs = [
+            self.log.record.remote(
+                self.path, node, start, end, rows_in, rows_out, kinds, self.retries
+            )
+        ]
         refs += self._push_gpu(node)
         seen, failed = ray.get(refs)[0]
         reason = self.errors.over_budget(seen, failed)

@@ -69,12 +69,21 @@ class RunSection:
     inflight_mb_per_cpu: float = 128.0
 
 
+# Errors that say "try again", not "this row is bad": network, throttling, timeouts.
+TRANSIENT_ERRORS = ("ConnectionError", "TimeoutError")
+
+
 @dataclass
 class ErrorsSection:
     policy: str = "fail"  # fail: stop at the first bad row; skip: dead-letter it and go on
     max_count: int | None = None  # skip: stop once more rows than this failed
     max_fraction: float | None = None  # skip: stop once this share of the rows seen failed
     dead_letter: str | None = None  # default: <writer.path>/_dead_letter
+    # A batch failing with one of these exception types (by class name, or any base's)
+    # is re-run up to `retries` times, `retry_backoff_s` doubling, before rows are isolated.
+    retries: int = 2
+    retry_on: list[str] = field(default_factory=lambda: list(TRANSIENT_ERRORS))
+    retry_backoff_s: float = 0.5
 
 
 @dataclass

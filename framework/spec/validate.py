@@ -189,6 +189,15 @@ def _error_problems(e: ErrorsSection) -> list[str]:
         out.append(f"errors.max_count: must not be negative, got {e.max_count}")
     if e.max_fraction is not None and not 0 <= e.max_fraction <= 1:
         out.append(f"errors.max_fraction: must be between 0 and 1, got {e.max_fraction}")
+    if e.retries < 0:
+        out.append(f"errors.retries: must not be negative, got {e.retries}")
+    if e.retry_backoff_s < 0:
+        out.append(f"errors.retry_backoff_s: must not be negative, got {e.retry_backoff_s}")
+    out.extend(
+        f"errors.retry_on: exception class names expected, got {name!r}"
+        for name in e.retry_on
+        if not str(name).replace(".", "").replace("_", "").isalnum()
+    )
     return out
 
 
