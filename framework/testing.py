@@ -23,7 +23,7 @@ from framework.components import ID_COLUMN, Batch, Model, Preprocessor, Reader, 
 from framework.errors import InferError
 from framework.plugins import load_registry
 from framework.registry import Registry
-from framework.spec.validate import bind_params
+from framework.spec.params import bind_params
 
 BASES = {"reader": Reader, "preprocessor": Preprocessor, "model": Model, "writer": Writer}
 

@@ -184,6 +184,20 @@ BAD_SPECS = [
         ],
         id="ray-client",
     ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        [
+            "errors.retries=-1",
+            "errors.retry_backoff_s=-2",
+            "errors.retry_on=[ConnectionError,'a b']",
+        ],
+        [
+            "errors.retries: must not be negative, got -1",
+            "errors.retry_backoff_s: must not be negative, got -2.0",
+            "errors.retry_on: exception class names expected, got 'a b'",
+        ],
+        id="retries",
+    ),
 ]
 
 

@@ -5,12 +5,8 @@ Nothing here starts Ray: a spec that passes only needs the cluster to run.
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
-import inspect
-import types
-import typing
-from typing import Any, Literal, Union
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -18,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from framework.dead_letter import POLICIES
 from framework.errors import SpecError, did_you_mean
 from framework.registry import Registry
+from framework.spec.params import bind_params, kind_of
 from framework.spec.schema import (
     RESERVED_STAGE_KEYS,
     SECTIONS,
@@ -72,7 +69,7 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
     for section, kind in STAGE_LISTS.items():
         nodes = resolved.get(section) or []
         if not isinstance(nodes, list):
-            problems.append(f"{section}: expected a list of {kind} nodes, got {_kind_of(nodes)}")
+            problems.append(f"{section}: expected a list of {kind} nodes, got {kind_of(nodes)}")
             nodes = []
         stages = [
             _stage(node, f"{section}[{i}]", kind, registry, problems)
@@ -126,7 +123,7 @@ def _section(data: Any, schema: type, path: str, problems: list[str]) -> Any:
     if data is None:
         return schema()
     if not isinstance(data, dict):
-        problems.append(f"{path}: expected a mapping, got {_kind_of(data)}")
+        problems.append(f"{path}: expected a mapping, got {kind_of(data)}")
         return schema()
     names = [f.name for f in dataclasses.fields(schema)]
     types_ = {f.name: f.type for f in dataclasses.fields(schema)}
@@ -138,9 +135,7 @@ def _section(data: Any, schema: type, path: str, problems: list[str]) -> Any:
         try:
             OmegaConf.merge(OmegaConf.structured(schema), {key: value})
         except OmegaConfBaseException:
-            problems.append(
-                f"{path}.{key}: expected {types_[key]}, got {_kind_of(value)} {value!r}"
-            )
+            problems.append(f"{path}.{key}: expected {types_[key]}, got {kind_of(value)} {value!r}")
             continue
         good[key] = value
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), good))
@@ -152,7 +147,7 @@ def _stage(
     if node is None:
         return None
     if not isinstance(node, dict):
-        problems.append(f"{path}: expected a mapping with a 'type' key, got {_kind_of(node)}")
+        problems.append(f"{path}: expected a mapping with a 'type' key, got {kind_of(node)}")
         return None
     type_name = node.get("type")
     entry = None
@@ -245,86 +240,6 @@ def _resource_problems(r: Resources) -> list[str]:
                 f"actors: expected a pool size n >= 1 or [min, max] with min <= max, got {actors!r}"
             )
     return out
-
-
-def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
-    """``params`` checked against ``cls.__init__``: (all arguments with defaults, problems)."""
-    signature = inspect.signature(cls.__init__)
-    accepted = {
-        name: p
-        for name, p in signature.parameters.items()
-        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation we cannot evaluate: skip type checks, keep name checks
-        hints = {}
-    problems = []
-    for key, value in params.items():
-        if key not in accepted:
-            if not takes_any:
-                hint = (
-                    did_you_mean(key, accepted)
-                    or f" - {what} takes: {', '.join(accepted) or 'nothing'}"
-                )
-                problems.append(f"{key}: unknown parameter for {what}{hint}")
-            continue
-        if key in hints and not matches_type(value, hints[key]):
-            problems.append(
-                f"{key}: expected {type_name(hints[key])}, got {_kind_of(value)} {value!r}"
-            )
-    for name, p in accepted.items():
-        if p.default is p.empty and name not in params:
-            problems.append(f"{name}: missing required parameter for {what}")
-    if problems:
-        return {}, problems
-    bound = signature.bind_partial(**params)
-    bound.apply_defaults()
-    arguments = dict(bound.arguments)
-    arguments.pop("self", None)
-    return arguments, []
-
-
-def matches_type(value: Any, hint: Any) -> bool:
-    """Whether plain YAML data ``value`` fits the annotation ``hint``; unknown hints pass."""
-    if hint is Any or hint is inspect.Parameter.empty:
-        return True
-    if hint is type(None) or hint is None:
-        return value is None
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType):
-        return any(matches_type(value, a) for a in args)
-    if origin is Literal:
-        return value in args
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if origin in (list, tuple, collections.abc.Sequence):
-        if not isinstance(value, (list, tuple)):
-            return False
-        item = args[0] if args and (origin is not tuple or args[-1] is Ellipsis) else Any
-        return all(matches_type(v, item) for v in value)
-    if origin in (dict, collections.abc.Mapping):
-        if not isinstance(value, dict):
-            return False
-        return not args or all(matches_type(v, args[1]) for v in value.values())
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True
-
-
-def type_name(hint: Any) -> str:
-    if isinstance(hint, type) and not typing.get_args(hint):
-        return hint.__name__
-    return str(hint).replace("typing.", "").replace("NoneType", "None")
-
-
-def _kind_of(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", type(None): "null"}.get(
-        type(value), type(value).__name__
-    )
 
 
 def _first_line(exc: BaseException) -> str:

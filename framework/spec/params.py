@@ -1,0 +1,91 @@
+"""A spec node's keys bound to a component's ``__init__``: names, types and defaults checked."""
+
+from __future__ import annotations
+
+import collections.abc
+import inspect
+import types
+import typing
+from typing import Any, Literal, Union
+
+from framework.errors import did_you_mean
+
+
+def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
+    """``params`` checked against ``cls.__init__``: (all arguments with defaults, problems)."""
+    signature = inspect.signature(cls.__init__)
+    accepted = {
+        name: p
+        for name, p in signature.parameters.items()
+        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation we cannot evaluate: skip type checks, keep name checks
+        hints = {}
+    problems = []
+    for key, value in params.items():
+        if key not in accepted:
+            if not takes_any:
+                hint = (
+                    did_you_mean(key, accepted)
+                    or f" - {what} takes: {', '.join(accepted) or 'nothing'}"
+                )
+                problems.append(f"{key}: unknown parameter for {what}{hint}")
+            continue
+        if key in hints and not matches_type(value, hints[key]):
+            problems.append(
+                f"{key}: expected {type_name(hints[key])}, got {kind_of(value)} {value!r}"
+            )
+    for name, p in accepted.items():
+        if p.default is p.empty and name not in params:
+            problems.append(f"{name}: missing required parameter for {what}")
+    if problems:
+        return {}, problems
+    bound = signature.bind_partial(**params)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    arguments.pop("self", None)
+    return arguments, []
+
+
+def matches_type(value: Any, hint: Any) -> bool:
+    """Whether plain YAML data ``value`` fits the annotation ``hint``; unknown hints pass."""
+    if hint is Any or hint is inspect.Parameter.empty:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(matches_type(value, a) for a in args)
+    if origin is Literal:
+        return value in args
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple, collections.abc.Sequence):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args and (origin is not tuple or args[-1] is Ellipsis) else Any
+        return all(matches_type(v, item) for v in value)
+    if origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            return False
+        return not args or all(matches_type(v, args[1]) for v in value.values())
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True
+
+
+def type_name(hint: Any) -> str:
+    if isinstance(hint, type) and not typing.get_args(hint):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def kind_of(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
