@@ -29,7 +29,8 @@ from framework.errors import ExitCode, InputError
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugins import load_registry
-from framework.run import init_ray, run_spec
+from framework.ray_session import init_ray
+from framework.run import run_spec
 from framework.spec import load_spec, validate_spec
 from framework.spec.schema import BenchmarkSection
 

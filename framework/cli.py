@@ -15,9 +15,10 @@ from framework.errors import ExitCode, InferError, SpecError
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugins import load_registry
+from framework.ray_session import cluster_for
 from framework.redact import redact
 from framework.registry import Registry
-from framework.run import cluster_for, run_spec
+from framework.run import run_spec
 from framework.spec import load_spec, validate_spec
 from framework.spec.validate import resolve
 
@@ -49,6 +50,11 @@ def run_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="finish an interrupted run, skipping committed rows"
     )
     p.add_argument(
+        "--replay",
+        action="store_true",
+        help="run the dead-lettered rows of an earlier run again, adding to its output",
+    )
+    p.add_argument(
         "--overwrite", action="store_true", help="replace existing output; same as writer.overwrite"
     )
     p.add_argument("--version", action="version", version=f"infer-run {__version__}")
@@ -71,8 +77,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 def main_run(argv: Sequence[str]) -> int:
     parser = run_parser()
     args = parser.parse_intermixed_args(argv)
-    if args.resume and args.overwrite:
-        parser.error("--resume and --overwrite exclude each other")
+    if sum((args.resume, args.replay, args.overwrite)) > 1:
+        parser.error("--resume, --replay and --overwrite exclude each other")
     cfg = load_spec(args.spec, [*args.overrides, *_flag_overrides(args)])
     if args.print_spec:
         problems: list[str] = []
@@ -91,7 +97,7 @@ def main_run(argv: Sequence[str]) -> int:
         if args.validate:
             print(f"{args.spec}: valid ({len(spec.stages)} stages)")
         return ExitCode.OK
-    report = run_spec(spec, registry, resume=args.resume)
+    report = run_spec(spec, registry, resume=args.resume, replay=args.replay)
     print(report.summary())
     return ExitCode.OK
 

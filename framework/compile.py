@@ -16,7 +16,7 @@ from framework.allocator import hold_freed_memory, release_free_memory
 from framework.components import ID_COLUMN, Batch, Writer
 from framework.dead_letter import ERROR_COLUMN, ErrorPolicy, Failure
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
-from framework.resume import skip_committed
+from framework.resume import filter_ids
 from framework.worker import StageRunner
 
 
@@ -35,7 +35,8 @@ class RunContext:
     run_id: str = "local"
     log: Any = None
     errors: ErrorPolicy = field(default_factory=ErrorPolicy)
-    skip_ids: Any = None  # resuming: an ObjectRef of the ids committed before
+    # (ObjectRef of ids, keep): --resume skips the committed ids, --replay keeps only its own.
+    id_filter: tuple[Any, bool] | None = None
     bad_input: Any = None  # the reader's callback for inputs it cannot read at all
 
 
@@ -91,10 +92,11 @@ def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> r
     reader.max_tasks = node.max_tasks
     reader.bad_input = run.bad_input
     dataset = reader.read()
-    if run.skip_ids is not None:
+    if run.id_filter is not None:
+        ids, keep = run.id_filter
         dataset = dataset.map_batches(
-            skip_committed,
-            fn_kwargs={"done": run.skip_ids},
+            filter_ids,
+            fn_kwargs={"ids": ids, "keep": keep},
             batch_format="numpy",
             **reader.map_args,
         )

@@ -166,7 +166,10 @@ class Writer(Component, ABC):
 
         Writers that support ``--resume`` override this.
         """
-        raise InputError(f"--resume: the {type(self).__name__} writer cannot resume a run")
+        raise InputError(
+            f"--resume/--replay: the {type(self).__name__} writer cannot add to an earlier "
+            "run's output"
+        )
 
     def output_files(self, suffix: str) -> tuple[pafs.FileSystem, list[str]]:
         """The output's data files ending in ``suffix`` (not its ``_`` files), for resuming."""

@@ -132,6 +132,7 @@ def build_report(
     errors: dict[str, Any] | None = None,
     failure: str | None = None,
     resumed: int = 0,
+    replayed: int = 0,
     memory: dict[str, int] | None = None,
 ) -> RunReport:
     ops = operator_figures(summary)
@@ -159,6 +160,7 @@ def build_report(
             "rows_failed": rows_failed,
             "errors": errors or {},
             "resumed_rows": resumed,
+            "replayed_rows": replayed,
             "memory": memory or {},
             "rows_per_s": round(written / wall_time_s, 3) if wall_time_s else 0.0,
             "output": output,

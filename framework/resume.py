@@ -34,25 +34,26 @@ def write_manifest(writer: Writer, content: dict[str, Any]) -> None:
         out.write(json.dumps(content, indent=2, default=str).encode())
 
 
-def check_resumable(writer: Writer, expected: dict[str, Any]) -> None:
-    """Refuse a resume whose spec or model weights differ from the interrupted run's."""
+def check_resumable(
+    writer: Writer, expected: dict[str, Any], flag: str = "--resume", same_spec: bool = True
+) -> None:
+    """Refuse to add to an output whose model weights (and, if ``same_spec``, spec) differ."""
     fs, root = filesystem_for(writer.path, writer.storage)
     try:
         with fs.open_input_stream(f"{root}/{MANIFEST_NAME}") as f:
             found = json.loads(f.read())
     except (FileNotFoundError, OSError):
         raise InputError(
-            f"--resume: {writer.path} holds no run to resume (no {MANIFEST_NAME}) "
-            "- run without --resume"
+            f"{flag}: {writer.path} holds no earlier run (no {MANIFEST_NAME}) - run without {flag}"
         ) from None
-    if found.get("fingerprint") != expected["fingerprint"]:
+    if same_spec and found.get("fingerprint") != expected["fingerprint"]:
         raise InputError(
-            f"--resume: the spec changed since the run that wrote {writer.path} "
+            f"{flag}: the spec changed since the run that wrote {writer.path} "
             "- pass --overwrite to start over"
         )
     if found.get("components") != expected["components"]:
         raise InputError(
-            f"--resume: a component (model weights, plugin version) changed since the run that "
+            f"{flag}: a component (model weights, plugin version) changed since the run that "
             f"wrote {writer.path} - pass --overwrite to start over"
         )
 
@@ -72,17 +73,18 @@ def committed_ids(writer: Writer, dead_letter: str | None) -> list[Any]:
     return ids
 
 
-_DONE: dict[Any, frozenset[Any]] = {}
+_IDS: dict[Any, frozenset[Any]] = {}
 
 
-def skip_committed(batch: Batch, done: Any) -> Batch:
-    """Drop the rows whose id was committed by the interrupted run."""
+def filter_ids(batch: Batch, ids: Any, keep: bool) -> Batch:
+    """The rows whose id is in ``ids`` (``keep``), or the others: replaying, resuming."""
     import numpy as np
 
-    if isinstance(done, ray.ObjectRef):  # fetched once per worker process
-        done = _DONE.setdefault(done, ray.get(done))
-    keep = np.array([row_id not in done for row_id in batch[ID_COLUMN].tolist()], dtype=bool)
-    return batch if keep.all() else {k: v[keep] for k, v in batch.items()}
+    if isinstance(ids, ray.ObjectRef):  # fetched once per worker process
+        ids = _IDS.setdefault(ids, ray.get(ids))
+    listed = np.array([row_id in ids for row_id in batch[ID_COLUMN].tolist()], dtype=bool)
+    wanted = listed if keep else ~listed
+    return batch if wanted.all() else {k: v[wanted] for k, v in batch.items()}
 
 
 def put_ids(ids: list[Any]) -> Any:

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import importlib
 import logging
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import ray
 import ray.data
 
-from framework.allocator import worker_env
-from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
+from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy, Failure
 from framework.errors import InferError, InputError, RunError
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, build_plan
+from framework.ray_session import footer_actors, init_ray
 from framework.registry import Registry
+from framework.replay import take_for_replay
 from framework.report import REPORT_NAME, RunReport, build_report, spec_fingerprint
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
 from framework.sizing import inflight_bytes
@@ -32,54 +29,6 @@ from framework.storage import filesystem_for
 from framework.telemetry import StageLog, stage_figures
 
 log = logging.getLogger("infer_run")
-# Ray Data reads parquet footers on a pool of actors it makes for every listing, 32 by
-# default: each a new process importing Ray and Arrow (~1 CPU-second apiece), for two
-# files as for twenty thousand. Each actor drives 128 concurrent reads, so one per 4 CPUs
-# keeps up with S3; on a small machine the 32 start-ups delayed the first batch by seconds.
-FOOTER_ACTORS = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
-CPUS_PER_FOOTER_ACTOR = 4
-# Ray kills idle workers beyond this many (default: one per logical CPU), counting actors
-# too: Ray Data's own actors, the run log and the models take the whole allowance on a
-# small machine, so every task worker idle for a second was killed and a fresh one,
-# importing torch again, started for the next task - mid-run, on the model's cores.
-WORKER_LIMIT = "RAY_num_workers_soft_limit"
-RAY_DATA_ACTORS = 8  # Ray Data's coordinator, stats, usage and location actors, our log
-# Ray Data records each run's usage tags through an actor of its own, which a fresh local
-# Ray starts (a process, ~1 CPU-second) while the model and the first tasks start up.
-RAY_DATA_USAGE_OFF = "RAY_DATA_USAGE_DISABLED"
-
-
-def start_local_ray(num_cpus: float | None = None, **kwargs: Any) -> None:
-    """A local Ray with this machine's cores plus one spare logical CPU (see cluster.SPARE_CPU)."""
-    cores = num_cpus if num_cpus is not None else len(os.sched_getaffinity(0))
-    kwargs.setdefault("include_dashboard", False)
-    kwargs.setdefault("configure_logging", False)
-    # The raylet passes its environment to every worker it starts. A job runtime_env would
-    # do the same, but Ray does not hand the workers it prestarted to a job that has one.
-    saved = dict(os.environ)
-    os.environ.update(worker_env())
-    os.environ.setdefault(WORKER_LIMIT, str(int(cores) + 1 + RAY_DATA_ACTORS))
-    try:
-        # address="local": a fresh Ray even when another one runs on this machine.
-        ray.init(address="local", num_cpus=cores + 1, resources={SPARE_CPU: 1}, **kwargs)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    os.environ.setdefault(RAY_DATA_USAGE_OFF, "1")  # read by this driver at every run
-
-
-def init_ray(spec: Spec) -> None:
-    """Join ``ray.address`` if the spec names a cluster, else start a local Ray for this run."""
-    if ray.is_initialized():
-        return
-    if spec.ray.address:
-        ray.init(
-            address=spec.ray.address,
-            runtime_env=runtime_env(spec) or None,
-            configure_logging=False,
-        )
-        return
-    start_local_ray(spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory)
 
 
 def component_facts(spec: Spec, registry: Registry) -> tuple[list[dict[str, Any]], list[str]]:
@@ -102,46 +51,42 @@ def component_facts(spec: Spec, registry: Registry) -> tuple[list[dict[str, Any]
     return facts, warnings
 
 
-def runtime_env(spec: Spec) -> dict[str, Any]:
-    """``ray.runtime_env``, plus with ``ray.ship_code`` the code every stage's class needs."""
-    env = dict(spec.ray.runtime_env)
-    env["env_vars"] = worker_env(env.get("env_vars"))
-    if spec.ray.ship_code:
-        packages = {"framework", "plugins"}
-        for stage in (spec.reader, *spec.stages, spec.writer):
-            packages.add(stage.cls.__module__.split(".")[0])
-        modules = [importlib.import_module(name) for name in sorted(packages)]
-        env["py_modules"] = [*env.get("py_modules", []), *modules]
-    return env
-
-
-def cluster_for(spec: Spec) -> Cluster:
-    """The cluster the spec will run on: joined if it names one, else this machine."""
-    if spec.ray.address:
-        init_ray(spec)
-        return ray_cluster(spec.ray.address)
-    return local_cluster(spec.ray.num_cpus)
-
-
-def run_spec(spec: Spec, registry: Registry, resume: bool = False) -> RunReport:
+def run_spec(
+    spec: Spec, registry: Registry, resume: bool = False, replay: bool = False
+) -> RunReport:
     """Plan ``spec`` on the cluster it runs on, check it fits, run it, write the report."""
     components, _ = component_facts(spec, registry)
     expected = manifest(spec_fingerprint(spec), components)
     writer = spec.writer.cls(**spec.writer.params)
+    errors = error_policy(spec)
     done: list[Any] = []
     if resume:
         check_resumable(writer, expected)
-        done = committed_ids(writer, error_policy(spec).dead_letter)
+        done = committed_ids(writer, errors.dead_letter)
+    elif replay:
+        # A replay usually runs with a fix in the spec (a larger max_pixels); not new weights.
+        check_resumable(writer, expected, flag="--replay", same_spec=False)
+        writer.committed_ids()  # refuses a writer that cannot add to its output
     else:
         writer.prepare()  # refuse an existing output before paying for Ray's start-up
         write_manifest(writer, expected)
     init_ray(spec)
     plan = build_plan(spec, ray_cluster(spec.ray.address or "the local Ray"))
     check_feasible(plan)
-    return run_plan(plan, registry, skip_ids=put_ids(done) if resume else None, resumed=len(done))
+    if replay:
+        ids = take_for_replay(errors.dead_letter, writer.storage)
+        return run_plan(plan, registry, id_filter=(put_ids(ids), True), replayed=len(ids))
+    id_filter = (put_ids(done), False) if resume else None
+    return run_plan(plan, registry, id_filter=id_filter, resumed=len(done))
 
 
-def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int = 0) -> RunReport:
+def run_plan(
+    plan: Plan,
+    registry: Registry,
+    id_filter: tuple[Any, bool] | None = None,
+    resumed: int = 0,
+    replayed: int = 0,
+) -> RunReport:
     spec = plan.spec
     components, warnings = component_facts(spec, registry)
     for warning in warnings:
@@ -175,7 +120,7 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
         log.warning("reader: set aside unreadable input %s: %s", where, error)
 
     with footer_actors(plan.cluster):
-        run_context = RunContext(run_id, stage_log, errors, skip_ids, bad_input)
+        run_context = RunContext(run_id, stage_log, errors, id_filter, bad_input)
         compiled = compile_plan(plan, run_context)
     failure: RunError | None = None
     sampler = MemorySampler()
@@ -218,6 +163,7 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
         },
         failure=str(failure) if failure else None,
         resumed=resumed,
+        replayed=replayed,
         memory=sampler.figures(),
     )
     ray.kill(stage_log)
@@ -227,24 +173,6 @@ def run_plan(plan: Plan, registry: Registry, skip_ids: Any = None, resumed: int 
     if failure is not None:
         raise failure
     return report
-
-
-@contextlib.contextmanager
-def footer_actors(cluster: Cluster) -> Iterator[None]:
-    """Sizes Ray Data's parquet footer readers to the cluster while the reads are planned.
-
-    The listing reads the variable on the driver, when ``read_parquet`` is called; a value
-    already in the environment wins.
-    """
-    if FOOTER_ACTORS in os.environ:
-        yield
-        return
-    count = max(1, min(32, int(cluster.cpus // CPUS_PER_FOOTER_ACTOR)))
-    os.environ[FOOTER_ACTORS] = str(count)
-    try:
-        yield
-    finally:
-        os.environ.pop(FOOTER_ACTORS, None)
 
 
 def error_policy(spec: Spec) -> ErrorPolicy:
@@ -299,4 +227,4 @@ def _user_cause(exc: BaseException) -> str | None:
     return None
 
 
-__all__ = ["cluster_for", "init_ray", "run_plan", "run_spec", "write_text"]
+__all__ = ["run_plan", "run_spec", "write_text"]

@@ -140,7 +140,7 @@ def infer_ray() -> Iterator[None]:
     """A local Ray for the test session (reuses one already started)."""
     import ray
 
-    from framework.run import start_local_ray
+    from framework.ray_session import start_local_ray
 
     started = False
     if not ray.is_initialized():

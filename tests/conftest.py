@@ -17,7 +17,7 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole test session, started on first use."""
     import ray
 
-    from framework.run import start_local_ray
+    from framework.ray_session import start_local_ray
 
     if not ray.is_initialized():
         start_local_ray(2, object_store_memory=1024**3, log_to_driver=False)

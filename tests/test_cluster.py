@@ -161,7 +161,7 @@ def test_infeasible_spec_fails_fast_instead_of_waiting(cluster, dataset, tmp_pat
 
 def test_parquet_footer_readers_are_sized_to_the_cluster(monkeypatch) -> None:
     from framework.cluster import Cluster, Node
-    from framework.run import FOOTER_ACTORS, footer_actors
+    from framework.ray_session import FOOTER_ACTORS, footer_actors
 
     monkeypatch.delenv(FOOTER_ACTORS, raising=False)
     laptop = Cluster((Node("n", "h", cpus=2),), "test")

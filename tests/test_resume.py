@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as pads
@@ -38,11 +39,11 @@ writer: {{type: {writer}, path: {tmp_path / "out"}}}
     return spec
 
 
-def cli(*args: str) -> subprocess.Popen:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "framework.cli", *args],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # so the kill takes the driver's whole process group
@@ -50,6 +51,18 @@ def cli(*args: str) -> subprocess.Popen:
 
 
 SUFFIX = {"parquet": ".parquet", "jsonl": ".json"}
+
+
+@dataclass
+class Finished:
+    code: int
+    text: str
+
+
+def finish(run: subprocess.Popen, timeout: float = 240) -> Finished:
+    """Wait for a CLI run, reading its output as it comes (a full pipe would block it)."""
+    output, _ = run.communicate(timeout=timeout)
+    return Finished(run.returncode, output.decode())
 
 
 def written_files(out: Path, writer: str) -> list[Path]:
@@ -114,3 +127,42 @@ def test_jsonl_ids_tell_a_file_cut_short_from_a_whole_one():
     assert jsonl_ids(b'{"id": "a"}\n{"id": "b"}') == (["a"], False)  # no final newline yet
     assert jsonl_ids(b'{"id": "a"}\n[1]\n') == (["a"], False)  # not a record with an id
     assert jsonl_ids(b"") == ([], True)
+
+
+def test_replay_runs_the_dead_lettered_rows_again_and_keeps_every_id_once(tmp_path):
+    data = write_id_parts(tmp_path / "in", IDS[:40])
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "out"
+    spec = tmp_path / "spec.yaml"
+    # flaky_once fails the first try at every row with ValueError (not retried): alone,
+    # every row but each batch's first is dead-lettered; on the second try each succeeds.
+    spec.write_text(
+        f"""
+errors: {{policy: skip}}
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: flaky_once, markers: {markers}, error: ValueError, resources: {{batch_size: 10}}}}
+writer: {{type: jsonl, path: {out}}}
+"""
+    )
+    env = {"INFER_PLUGINS": "tests.plugins.flaky"}
+    output = finish(cli(str(spec), env=env))
+    assert output.code == ExitCode.OK, output.text[-3000:]
+    failed = json.loads((out / "_infer_run_report.json").read_text())["rows_failed"]
+    assert 0 < failed < 40 and len(written_ids(out, "jsonl")) == 40 - failed
+
+    output = finish(cli(str(spec), "--replay", env=env))
+    assert output.code == ExitCode.OK, output.text[-3000:]
+    assert sorted(written_ids(out, "jsonl")) == IDS[:40]  # every id exactly once
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert report["replayed_rows"] == report["rows_read"] == failed
+    assert report["rows_failed"] == 0
+    dead = out / "_dead_letter"
+    assert not list(dead.glob("*.jsonl"))  # the old records moved aside, no new ones
+    archived = [json.loads(line) for p in dead.glob("replayed-*/*.jsonl") for line in p.open()]
+    assert len(archived) == failed
+
+    output = finish(cli(str(spec), "--replay", env=env))
+    assert output.code == ExitCode.INPUT_ERROR
+    assert f"--replay: no dead-lettered rows to replay in {dead}" in output.text
