@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -27,8 +28,31 @@ def _is_whole_file(record: dict[str, Any]) -> bool:
     return record.get("stage") == "reader" and record.get("error_type") != ROW_LEVEL
 
 
-def take_for_replay(dead_letter: str, storage: dict[str, Any] | None) -> list[Any]:
-    """The ids recorded in ``dead_letter``, whose records move into a ``replayed-`` folder."""
+@dataclass(frozen=True)
+class Replay:
+    """What ``--replay`` will run: the recorded ids, and the records to move aside first."""
+
+    ids: list[Any]
+    files: list[str]
+    kept: list[str]  # records of whole unreadable files, which stay
+    dead_letter: str
+    storage: dict[str, Any] | None
+
+    def move_records_aside(self) -> None:
+        """Just before the rows run: a record either stays or its row is in flight."""
+        fs, root = filesystem_for(self.dead_letter, self.storage)
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
+        fs.create_dir(archive, recursive=True)
+        for path in self.files:
+            fs.move(path, f"{archive}/{path.rsplit('/', 1)[-1]}")
+        if self.kept:
+            with fs.open_output_stream(f"{root}/unreadable-inputs-{stamp}.jsonl") as out:
+                out.write("".join(f"{line}\n" for line in self.kept).encode())
+
+
+def plan_replay(dead_letter: str, storage: dict[str, Any] | None) -> Replay:
+    """The ids recorded in ``dead_letter``; an ``InputError`` when there are none."""
     fs, root = filesystem_for(dead_letter, storage)
     selector = pafs.FileSelector(root, allow_not_found=True)
     files = sorted(
@@ -52,12 +76,4 @@ def take_for_replay(dead_letter: str, storage: dict[str, Any] | None) -> list[An
                     ids.append(row_id)
     if not ids:
         raise InputError(f"--replay: no dead-lettered rows to replay in {dead_letter}")
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
-    fs.create_dir(archive, recursive=True)
-    for path in files:
-        fs.move(path, f"{archive}/{path.rsplit('/', 1)[-1]}")
-    if kept:
-        with fs.open_output_stream(f"{root}/unreadable-inputs-{stamp}.jsonl") as out:
-            out.write("".join(f"{line}\n" for line in kept).encode())
-    return ids
+    return Replay(ids, files, kept, dead_letter, storage)

@@ -20,7 +20,7 @@ from framework.memory import MemorySampler
 from framework.plan import Plan, build_plan
 from framework.ray_session import footer_actors, init_ray
 from framework.registry import Registry
-from framework.replay import take_for_replay
+from framework.replay import plan_replay
 from framework.report import REPORT_NAME, RunReport, build_report, spec_fingerprint
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
 from framework.sizing import inflight_bytes
@@ -67,6 +67,7 @@ def run_spec(
         # A replay usually runs with a fix in the spec (a larger max_pixels); not new weights.
         check_resumable(writer, expected, flag="--replay", same_spec=False)
         writer.committed_ids()  # refuses a writer that cannot add to its output
+        replaying = plan_replay(errors.dead_letter, writer.storage)
     else:
         writer.prepare()  # refuse an existing output before paying for Ray's start-up
         write_manifest(writer, expected)
@@ -74,7 +75,9 @@ def run_spec(
     plan = build_plan(spec, ray_cluster(spec.ray.address or "the local Ray"))
     check_feasible(plan)
     if replay:
-        ids = take_for_replay(errors.dead_letter, writer.storage)
+        replaying.move_records_aside()
+        write_manifest(writer, expected)  # so --resume finishes a replay with its own spec
+        ids = replaying.ids
         return run_plan(plan, registry, id_filter=(put_ids(ids), True), replayed=len(ids))
     id_filter = (put_ids(done), False) if resume else None
     return run_plan(plan, registry, id_filter=id_filter, resumed=len(done))

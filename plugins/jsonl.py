@@ -46,8 +46,8 @@ class JsonlWriter(Writer):
         for path in paths:
             with fs.open_input_stream(path) as f:
                 found, whole = jsonl_ids(f.read())
-            if not whole:
-                fs.delete_file(path)  # cut short when the run was killed: redo its rows
+            if not (whole and found):
+                fs.delete_file(path)  # cut short (or before a byte) when the run was killed
                 continue
             ids.extend(found)
         return ids

@@ -66,7 +66,7 @@ def finish(run: subprocess.Popen, timeout: float = 240) -> Finished:
 
 
 def written_files(out: Path, writer: str) -> list[Path]:
-    return list(out.glob(f"*{SUFFIX[writer]}"))
+    return [p for p in out.glob(f"*{SUFFIX[writer]}") if not p.name.startswith("_")]
 
 
 def written_ids(out: Path, writer: str) -> list[str]:
