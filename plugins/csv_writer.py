@@ -25,8 +25,10 @@ keeps those a list type) or as one fixed-shape array to keep every header the sa
 from __future__ import annotations
 
 import base64
+import csv
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -73,6 +75,18 @@ class CsvWriter(Writer):
         super().__init__(path, storage, overwrite)
         self.rows_per_file = rows_per_file
 
+    def committed_ids(self) -> list:
+        fs, paths = self.output_files(".csv")
+        ids: list = []
+        for path in paths:
+            with fs.open_input_stream(path) as f:
+                found = _csv_ids(f.read().decode())
+            if found is None:
+                fs.delete_file(path)  # cut short when the run was killed: redo its rows
+                continue
+            ids.extend(found)
+        return ids
+
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)
         flat = dataset.map_batches(
@@ -87,6 +101,47 @@ class CsvWriter(Writer):
             min_rows_per_file=self.rows_per_file,
             ray_remote_args=self.ray_remote_args,
         )
+
+
+def _csv_ids(text: str) -> list | None:
+    """The ids of a written file (its first column), or None if it ends mid-row.
+
+    Arrow quotes every string cell and no number, so a record whose first line starts
+    with a quote has a string id, and any other a number.
+    """
+    if not text.endswith("\n"):
+        return None
+    lines = text.splitlines(keepends=True)
+    consumed = 0
+
+    def feed() -> Iterator[str]:
+        nonlocal consumed
+        while consumed < len(lines):
+            consumed += 1
+            yield lines[consumed - 1]
+
+    reader = csv.reader(feed())
+    try:
+        header = next(reader, None)
+        if not header or header[0] != ID_COLUMN:
+            return None
+        ids: list = []
+        while True:
+            first_line = consumed
+            row = next(reader, None)
+            if row is None:
+                return ids
+            quoted = lines[first_line].startswith('"')
+            ids.append(row[0] if quoted else _number(row[0]))
+    except (csv.Error, ValueError, IndexError):
+        return None
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
 
 
 def csv_table(table: pa.Table) -> pa.Table:

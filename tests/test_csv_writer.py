@@ -184,3 +184,16 @@ def test_writes_to_s3(s3_server: S3Server, s3_bucket: str, ray_session: None) ->
         with fs.open_input_stream(info.path) as stream:
             files.append(stream.read())
     check_frame(read_back(files), 6)
+
+
+def test_committed_ids_keep_their_type_and_cut_files_go(tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    pcsv.write_csv(pa.table({"id": [1, 2], "ok": [True, None]}), out / "a.csv")
+    text = pa.table({"id": ["0003", 'say "4"'], "label": ["two\nlines", ""]})
+    pcsv.write_csv(text, out / "b.csv")
+    (out / "c.csv").write_bytes((out / "b.csv").read_bytes()[:-4])  # killed mid-row
+    ids = CsvWriter(str(out)).committed_ids()
+    # Numbers stay numbers and quoted ids stay strings, so a resumed run skips exactly them.
+    assert len(ids) == 4 and set(ids) == {1, 2, "0003", 'say "4"'}
+    assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv"]
