@@ -171,3 +171,22 @@ writer: {{type: jsonl, path: {out}}}
     output = finish(cli(str(spec), "--replay", env=env))
     assert output.code == ExitCode.INPUT_ERROR
     assert f"--replay: no dead-lettered rows to replay in {dead}" in output.text
+
+
+def test_resume_after_new_inputs_arrive_runs_only_the_new_rows(ray_session, tmp_path):
+    data = write_id_parts(tmp_path / "in", IDS[:200])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+reader: {{type: parquet, path: {data}}}
+models: [{{type: echo, scale: 2.0}}]
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    write_id_parts(tmp_path / "more", IDS[200:300])
+    (tmp_path / "more" / "p0.parquet").rename(data / "p2.parquet")  # a new file, same folder
+    assert main([str(spec), "--resume"]) == ExitCode.OK
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["resumed_rows"] == 200 and report["rows_read"] == 100
+    assert sorted(written_ids(tmp_path / "out", "parquet")) == IDS[:300]
