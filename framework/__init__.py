@@ -23,7 +23,7 @@ from framework.dead_letter import ERROR_COLUMN, jsonl_ids
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
 from framework.hookspecs import hookimpl
 from framework.plugins import component_class
-from framework.storage import filesystem_for, is_remote, parquet_files
+from framework.storage import filesystem_for, is_remote, parquet_files, parquet_schema
 
 try:
     __version__ = version("infer-run")
@@ -52,4 +52,5 @@ __all__ = [
     "is_remote",
     "jsonl_ids",
     "parquet_files",
+    "parquet_schema",
 ]

@@ -38,6 +38,12 @@ class Replay:
     dead_letter: str
     storage: dict[str, Any] | None
 
+    @property
+    def unreadable_inputs(self) -> frozenset[str]:
+        """The input files whose records stay: a replay that finds them unreadable again
+        must not record them a second time."""
+        return frozenset(str(json.loads(line)["id"]) for line in self.kept)
+
     def move_records_aside(self) -> None:
         """Just before the rows run: a record either stays or its row is in flight."""
         fs, root = filesystem_for(self.dead_letter, self.storage)

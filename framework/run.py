@@ -78,7 +78,13 @@ def run_spec(
         replaying.move_records_aside()
         write_manifest(writer, expected)  # so --resume finishes a replay with its own spec
         ids = replaying.ids
-        return run_plan(plan, registry, id_filter=(put_ids(ids), True), replayed=len(ids))
+        return run_plan(
+            plan,
+            registry,
+            id_filter=(put_ids(ids), True),
+            replayed=len(ids),
+            recorded_inputs=replaying.unreadable_inputs,
+        )
     id_filter = (put_ids(done), False) if resume else None
     return run_plan(plan, registry, id_filter=id_filter, resumed=len(done))
 
@@ -89,6 +95,7 @@ def run_plan(
     id_filter: tuple[Any, bool] | None = None,
     resumed: int = 0,
     replayed: int = 0,
+    recorded_inputs: frozenset[str] = frozenset(),
 ) -> RunReport:
     spec = plan.spec
     components, warnings = component_facts(spec, registry)
@@ -118,7 +125,8 @@ def run_plan(
         failure = Failure(where, "reader", type(error).__name__, str(error))
         if errors.policy == "fail":
             raise InputError(f"reader: cannot read {where}: {failure.error_type}: {error}")
-        errors.write([failure])
+        if where not in recorded_inputs:  # recorded by the run a replay runs again
+            errors.write([failure])
         bad_inputs.append(where)
         log.warning("reader: set aside unreadable input %s: %s", where, error)
 

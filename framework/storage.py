@@ -10,6 +10,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from framework.errors import SpecError
@@ -109,3 +110,22 @@ def parquet_files(
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             bad.append((file, exc))
     return fs, good, bad
+
+
+def parquet_schema(path: str, storage: Mapping[str, Any] | None) -> pa.Schema:
+    """The schema of the parquet data at ``path`` (partition columns included).
+
+    When a corrupt file would make the dataset's schema unreadable, the schema comes from
+    the first readable file: corrupt files are the run's to set aside (``errors.policy``),
+    not a reason to refuse the spec. ``OSError`` when no file is readable.
+    """
+    import pyarrow.parquet as pq
+
+    fs, where = filesystem_for(path, storage)
+    try:
+        return pq.ParquetDataset(where, filesystem=fs).schema
+    except (OSError, ValueError) as exc:
+        _, good, _ = parquet_files([path], storage)
+        if not good:
+            raise OSError(str(exc)) from exc
+        return pq.read_schema(good[0], filesystem=fs)

@@ -10,7 +10,15 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray.data
 
-from framework import ID_COLUMN, Reader, Writer, filesystem_for, hookimpl, parquet_files
+from framework import (
+    ID_COLUMN,
+    Reader,
+    Writer,
+    filesystem_for,
+    hookimpl,
+    parquet_files,
+    parquet_schema,
+)
 
 
 class ParquetReader(Reader):
@@ -38,7 +46,7 @@ class ParquetReader(Reader):
         try:
             if fs.get_file_info(where).type == pafs.FileType.NotFound:
                 return [f"path: no parquet data at {first}"]
-            schema = pq.ParquetDataset(where, filesystem=fs).schema
+            schema = parquet_schema(first, params.get("storage"))
         except (OSError, pa.ArrowException) as exc:
             return [f"path: cannot read parquet at {first}: {exc}"]
         id_column = params.get("id_column", ID_COLUMN)

@@ -146,21 +146,22 @@ def test_unreadable_parquet_file_is_set_aside(ray_session, corpus, tmp_path, cap
     jpeg = (corpus / "good.jpg").read_bytes()
     for part, ids in enumerate((["a", "b"], ["c"])):
         pq.write_table(pa.table({"id": ids, "image": [jpeg] * len(ids)}), data / f"p{part}.parquet")
-    (data / "p2.parquet").write_bytes(b"PAR1 this file was cut short")
+    # Sorted first, where the dataset's schema would be read from: checked all the same.
+    (data / "cut.parquet").write_bytes(b"PAR1 this file was cut short")
     path = spec(tmp_path, f"{{type: image_parquet, path: {data}}}")
     assert main([str(path)]) == ExitCode.OK
     written, dead = outcome(tmp_path / "out")
     assert sorted(written) == ["a", "b", "c"]
-    assert list(dead) == [str(data / "p2.parquet")]
-    assert dead[str(data / "p2.parquet")]["stage"] == "reader"
+    assert list(dead) == [str(data / "cut.parquet")]
+    assert dead[str(data / "cut.parquet")]["stage"] == "reader"
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
-    assert report["errors"]["unreadable_inputs"] == [str(data / "p2.parquet")]
+    assert report["errors"]["unreadable_inputs"] == [str(data / "cut.parquet")]
 
     capsys.readouterr()
     failing = spec(tmp_path, f"{{type: image_parquet, path: {data}}}", policy="fail")
     assert main([str(failing), "--overwrite"]) == ExitCode.INPUT_ERROR
     assert capsys.readouterr().err.startswith(
-        f"infer-run: error: reader: cannot read {data / 'p2.parquet'}: "
+        f"infer-run: error: reader: cannot read {data / 'cut.parquet'}: "
     )
 
 

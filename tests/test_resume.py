@@ -136,6 +136,7 @@ def test_jsonl_ids_tell_a_file_cut_short_from_a_whole_one():
 
 def test_replay_runs_the_dead_lettered_rows_again_and_keeps_every_id_once(tmp_path):
     data = write_id_parts(tmp_path / "in", IDS[:40])
+    (data / "broken.parquet").write_bytes(b"not parquet")  # a whole file: no row ids
     markers = tmp_path / "markers"
     markers.mkdir()
     out = tmp_path / "out"
@@ -164,9 +165,13 @@ writer: {{type: jsonl, path: {out}}}
     assert report["replayed_rows"] == report["rows_read"] == failed
     assert report["rows_failed"] == 0
     dead = out / "_dead_letter"
-    assert not list(dead.glob("*.jsonl"))  # the old records moved aside, no new ones
+    # The rows' old records moved aside and no new ones; the unreadable file's record
+    # stayed, once, though the replay found the file unreadable again.
+    [kept] = [json.loads(line) for p in dead.glob("*.jsonl") for line in p.open()]
+    assert kept["id"] == str(data / "broken.parquet") and kept["stage"] == "reader"
+    assert report["errors"]["unreadable_inputs"] == [kept["id"]]
     archived = [json.loads(line) for p in dead.glob("replayed-*/*.jsonl") for line in p.open()]
-    assert len(archived) == failed
+    assert len(archived) == failed + 1
 
     output = finish(cli(str(spec), "--replay", env=env))
     assert output.code == ExitCode.INPUT_ERROR

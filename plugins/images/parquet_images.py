@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray.data
 
 from framework import (
@@ -33,6 +32,7 @@ from framework import (
     Reader,
     filesystem_for,
     parquet_files,
+    parquet_schema,
 )
 from plugins.images.common import as_paths, locate, path_list_problems
 
@@ -167,8 +167,7 @@ class ImageParquetReader(Reader):
         return reader.schema_problems(schema)
 
     def schema(self) -> pa.Schema:
-        fs, where = filesystem_for(self.paths[0], self.storage)
-        return pq.ParquetDataset(where, filesystem=fs).schema
+        return parquet_schema(self.paths[0], self.storage)
 
     def schema_problems(self, schema: pa.Schema) -> list[str]:
         first = self.paths[0]
