@@ -132,7 +132,10 @@ def test_ship_code_uploads_infer_run_and_the_plugins_to_the_workers(cluster, dat
     """Run from a directory without the code, as from a laptop's checkout: Ray puts the
     driver's directory first on the workers' path, so from ROOT they would import it there."""
     spec = write_spec(tmp_path, dataset, "{custom: {gpu_node: 1}, batch_size: 50}")
-    done = run_cli(spec, "--address", cluster, "ray.ship_code=true", cwd=tmp_path)
+    # Every worker of a job with py_modules is a fresh process that unpacks them and imports
+    # torch: on 2 cores over two minutes for the whole input, so a few batches do.
+    args = ("--address", cluster, "ray.ship_code=true", "--limit", "100")
+    done = run_cli(spec, *args, cwd=tmp_path, timeout=420)
     assert done.returncode == ExitCode.OK, done.stderr[-3000:]
     rows = pq.read_table(tmp_path / "out").to_pylist()
     framework_files = {Path(r["framework_file"]) for r in rows}
