@@ -161,15 +161,32 @@ class Writer(Component, ABC):
             else:
                 fs.delete_dir_contents(where)
 
+    # The ending of the output's data files: with ``file_ids``, what ``--resume`` needs.
+    output_suffix: ClassVar[str | None] = None
+
+    def file_ids(self, fs: pafs.FileSystem, path: str) -> list[Any] | None:
+        """The ids in one output file, or None when the killed run cut it short."""
+        raise NotImplementedError
+
     def committed_ids(self) -> list[Any]:
         """Ids in the output files an interrupted run finished; removes half-written files.
 
-        Writers that support ``--resume`` override this.
+        Writers that set ``output_suffix`` and ``file_ids`` support ``--resume``.
         """
-        raise InputError(
-            f"--resume/--replay: the {type(self).__name__} writer cannot add to an earlier "
-            "run's output"
-        )
+        if self.output_suffix is None:
+            raise InputError(
+                f"--resume/--replay: the {type(self).__name__} writer cannot add to an earlier "
+                "run's output"
+            )
+        fs, paths = self.output_files(self.output_suffix)
+        ids: list[Any] = []
+        for path in paths:
+            found = self.file_ids(fs, path)
+            if found is None:
+                fs.delete_file(path)  # cut short when the run was killed: redo its rows
+            else:
+                ids.extend(found)
+        return ids
 
     def output_files(self, suffix: str) -> tuple[pafs.FileSystem, list[str]]:
         """The output's data files ending in ``suffix`` (not its ``_`` files), for resuming."""

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import ray.data
 from ray.data.extensions import (
     ArrowPythonObjectType,
@@ -75,17 +76,11 @@ class CsvWriter(Writer):
         super().__init__(path, storage, overwrite)
         self.rows_per_file = rows_per_file
 
-    def committed_ids(self) -> list:
-        fs, paths = self.output_files(".csv")
-        ids: list = []
-        for path in paths:
-            with fs.open_input_stream(path) as f:
-                found = _csv_ids(f.read().decode())
-            if found is None:
-                fs.delete_file(path)  # cut short when the run was killed: redo its rows
-                continue
-            ids.extend(found)
-        return ids
+    output_suffix = ".csv"
+
+    def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
+        with fs.open_input_stream(path) as f:
+            return _csv_ids(f.read().decode())
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow.fs as pafs
 import ray.data
 
 from framework import ID_COLUMN, Reader, Writer, filesystem_for, hookimpl, jsonl_ids
@@ -40,17 +41,12 @@ class JsonlReader(Reader):
 class JsonlWriter(Writer):
     """A directory of ``.json`` files, one JSON object per line; arrays become lists."""
 
-    def committed_ids(self) -> list:
-        fs, paths = self.output_files(".json")
-        ids: list = []
-        for path in paths:
-            with fs.open_input_stream(path) as f:
-                found, whole = jsonl_ids(f.read())
-            if not (whole and found):
-                fs.delete_file(path)  # cut short (or before a byte) when the run was killed
-                continue
-            ids.extend(found)
-        return ids
+    output_suffix = ".json"
+
+    def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
+        with fs.open_input_stream(path) as f:
+            found, whole = jsonl_ids(f.read())
+        return found if whole and found else None  # cut mid-line, or before a byte
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)

@@ -91,17 +91,13 @@ class ParquetWriter(Writer):
         super().__init__(path, storage, overwrite)
         self.rows_per_file = rows_per_file
 
-    def committed_ids(self) -> list:
-        fs, paths = self.output_files(".parquet")
-        ids: list = []
-        for path in paths:
-            try:
-                table = pq.read_table(path, columns=[ID_COLUMN], filesystem=fs)
-            except (pa.ArrowInvalid, OSError):
-                fs.delete_file(path)  # cut short when the run was killed: redo its rows
-                continue
-            ids.extend(table[ID_COLUMN].to_pylist())
-        return ids
+    output_suffix = ".parquet"
+
+    def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
+        try:
+            return pq.read_table(path, columns=[ID_COLUMN], filesystem=fs)[ID_COLUMN].to_pylist()
+        except (pa.ArrowInvalid, OSError):
+            return None  # no footer: cut short
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)
