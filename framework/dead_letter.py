@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from framework.components import ID_COLUMN, Batch
 from framework.storage import filesystem_for
@@ -95,6 +96,19 @@ class ErrorPolicy:
         text = "".join(json.dumps(f.record(), default=str) + "\n" for f in failures)
         with fs.open_output_stream(f"{root}/{name}") as out:
             out.write(text.encode())
+
+    def record_files(self) -> tuple[pafs.FileSystem | None, list[str]]:
+        """The files ``write`` made (its folder's ``.jsonl``, not those of sub-folders)."""
+        if self.dead_letter is None:
+            return None, []
+        fs, root = filesystem_for(self.dead_letter, self.storage)
+        selector = pafs.FileSelector(root, allow_not_found=True)
+        paths = [
+            info.path
+            for info in fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.path.endswith(".jsonl")
+        ]
+        return fs, sorted(paths)
 
     def over_budget(self, seen: int, failed: int) -> str | None:
         """Why the run must stop now, or None while the budget holds."""

@@ -15,8 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
-
+from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError
 from framework.storage import filesystem_for
 
@@ -34,40 +33,34 @@ class Replay:
 
     ids: list[Any]
     files: list[str]
-    kept: list[str]  # records of whole unreadable files, which stay
-    dead_letter: str
-    storage: dict[str, Any] | None
+    kept: list[dict[str, Any]]  # records of whole unreadable files, which stay
+    errors: ErrorPolicy
 
     @property
     def unreadable_inputs(self) -> frozenset[str]:
         """The input files whose records stay: a replay that finds them unreadable again
         must not record them a second time."""
-        return frozenset(str(json.loads(line)["id"]) for line in self.kept)
+        return frozenset(str(record["id"]) for record in self.kept)
 
     def move_records_aside(self) -> None:
         """Just before the rows run: a record either stays or its row is in flight."""
-        fs, root = filesystem_for(self.dead_letter, self.storage)
+        fs, root = filesystem_for(str(self.errors.dead_letter), self.errors.storage)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
         fs.create_dir(archive, recursive=True)
         for path in self.files:
             fs.move(path, f"{archive}/{path.rsplit('/', 1)[-1]}")
         if self.kept:
+            text = "".join(json.dumps(record) + "\n" for record in self.kept)
             with fs.open_output_stream(f"{root}/unreadable-inputs-{stamp}.jsonl") as out:
-                out.write("".join(f"{line}\n" for line in self.kept).encode())
+                out.write(text.encode())
 
 
-def plan_replay(dead_letter: str, storage: dict[str, Any] | None) -> Replay:
-    """The ids recorded in ``dead_letter``; an ``InputError`` when there are none."""
-    fs, root = filesystem_for(dead_letter, storage)
-    selector = pafs.FileSelector(root, allow_not_found=True)
-    files = sorted(
-        info.path
-        for info in fs.get_file_info(selector)
-        if info.type == pafs.FileType.File and info.path.endswith(".jsonl")
-    )
+def plan_replay(errors: ErrorPolicy) -> Replay:
+    """The ids recorded in the dead-letter folder; an ``InputError`` when there are none."""
+    fs, files = errors.record_files()
     ids: list[Any] = []
-    kept: list[str] = []
+    kept: list[dict[str, Any]] = []
     for path in files:
         with fs.open_input_stream(path) as f:
             for line in f.read().decode().splitlines():
@@ -77,9 +70,9 @@ def plan_replay(dead_letter: str, storage: dict[str, Any] | None) -> Replay:
                 except (ValueError, KeyError, TypeError):
                     continue  # cut short when a run was killed: that row was never skipped
                 if _is_whole_file(record):
-                    kept.append(line)
+                    kept.append(record)
                 else:
                     ids.append(row_id)
     if not ids:
-        raise InputError(f"--replay: no dead-lettered rows to replay in {dead_letter}")
-    return Replay(ids, files, kept, dead_letter, storage)
+        raise InputError(f"--replay: no dead-lettered rows to replay in {errors.dead_letter}")
+    return Replay(ids, files, kept, errors)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray
 
 from framework.components import ID_COLUMN, Batch, Writer
-from framework.dead_letter import jsonl_ids
+from framework.dead_letter import ErrorPolicy, jsonl_ids
 from framework.errors import InputError
 from framework.storage import filesystem_for
 
@@ -58,18 +57,14 @@ def check_resumable(
         )
 
 
-def committed_ids(writer: Writer, dead_letter: str | None) -> list[Any]:
+def committed_ids(writer: Writer, errors: ErrorPolicy) -> list[Any]:
     """Ids already written (the writer's committed files) or dead-lettered."""
     ids = list(writer.committed_ids())
-    if dead_letter:
-        fs, root = filesystem_for(dead_letter, writer.storage)
-        selector = pafs.FileSelector(root, allow_not_found=True)
-        for info in fs.get_file_info(selector):
-            if info.type != pafs.FileType.File or not info.path.endswith(".jsonl"):
-                continue
-            with fs.open_input_stream(info.path) as f:
-                # A record cut short when the run was killed is not counted: its row is redone.
-                ids.extend(jsonl_ids(f.read())[0])
+    fs, paths = errors.record_files()
+    for path in paths:
+        with fs.open_input_stream(path) as f:
+            # A record cut short when the run was killed is not counted: its row is redone.
+            ids.extend(jsonl_ids(f.read())[0])
     return ids
 
 

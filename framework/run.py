@@ -62,12 +62,12 @@ def run_spec(
     done: list[Any] = []
     if resume:
         check_resumable(writer, expected)
-        done = committed_ids(writer, errors.dead_letter)
+        done = committed_ids(writer, errors)
     elif replay:
         # A replay usually runs with a fix in the spec (a larger max_pixels); not new weights.
         check_resumable(writer, expected, flag="--replay", same_spec=False)
         writer.committed_ids()  # refuses a writer that cannot add to its output
-        replaying = plan_replay(errors.dead_letter, writer.storage)
+        replaying = plan_replay(errors)
     else:
         writer.prepare()  # refuse an existing output before paying for Ray's start-up
         write_manifest(writer, expected)
