@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+ROOT = Path(__file__).parent.parent
 
 
 def encode(image: Image.Image, fmt: str, **kwargs: Any) -> bytes:
@@ -35,3 +40,21 @@ def write_id_parts(directory: Path, ids: Sequence[str], rows_per_file: int = 100
         table = pa.table({"id": chunk, "x": np.arange(float(len(chunk)))})
         pq.write_table(table, directory / f"p{part}.parquet")
     return directory
+
+
+def run_cli(
+    *args: str, plugins: str | None = None, cwd: Path = ROOT, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """``infer-run ARGS`` in a fresh process (its own local Ray, unless ``--address``);
+    ``plugins`` is registered through ``INFER_PLUGINS``, importable from this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if plugins:
+        env["INFER_PLUGINS"] = plugins
+    return subprocess.run(
+        [sys.executable, "-m", "framework.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )

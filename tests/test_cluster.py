@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from framework.errors import ExitCode
+from tests import helpers
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).parent.parent
@@ -60,14 +61,8 @@ def dataset(tmp_path_factory) -> Path:
 def run_cli(
     spec: Path, *args: str, timeout: float = 180, cwd: Path = ROOT
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "INFER_PLUGINS": "tests.plugins.probe", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(
-        [sys.executable, "-m", "framework.cli", str(spec), *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=timeout,
+    return helpers.run_cli(
+        str(spec), *args, plugins="tests.plugins.probe", cwd=cwd, timeout=timeout
     )
 
 

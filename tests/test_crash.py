@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from framework.errors import ExitCode
-from tests.helpers import write_id_parts
+from tests.helpers import run_cli, write_id_parts
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).parent.parent
 
 
 def test_model_worker_killed_mid_run(tmp_path):
@@ -32,15 +27,7 @@ models:
 writer: {{type: parquet, path: {tmp_path / "out"}}}
 """
     )
-    env = {**os.environ, "INFER_PLUGINS": "tests.plugins.crashy", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "framework.cli", str(spec)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=240,
-    )
+    done = run_cli(str(spec), plugins="tests.plugins.crashy", timeout=240)
     assert done.returncode == ExitCode.OK, done.stderr[-3000:]
     assert marker.exists(), "the worker never crashed: the test proves nothing"
     out = pq.read_table(tmp_path / "out").to_pydict()

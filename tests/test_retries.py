@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +12,9 @@ import pytest
 from framework.dead_letter import ErrorPolicy
 from framework.errors import ExitCode
 from framework.worker import StageRunner
-from tests.helpers import write_id_parts
+from tests.helpers import run_cli, write_id_parts
 from tests.plugins.flaky import FlakyOnce
 
-ROOT = Path(__file__).parent.parent
 IDS = [f"r{i:03d}" for i in range(40)]
 
 
@@ -73,15 +69,7 @@ preprocessors:
 writer: {{type: parquet, path: {tmp_path / "out"}}}
 """
     )
-    env = {**os.environ, "INFER_PLUGINS": "tests.plugins.flaky", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run(
-        [sys.executable, "-m", "framework.cli", str(spec)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_cli(str(spec), plugins="tests.plugins.flaky")
     assert done.returncode == ExitCode.OK, done.stderr[-3000:]
     out = tmp_path / "out"
     assert sorted(pq.read_table(out)["id"].to_pylist()) == IDS
