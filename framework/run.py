@@ -66,7 +66,9 @@ def run_spec(
     elif replay:
         # A replay usually runs with a fix in the spec (a larger max_pixels); not new weights.
         check_resumable(writer, expected, flag="--replay", same_spec=False)
-        writer.committed_ids()  # refuses a writer that cannot add to its output
+        # Refuses a writer that cannot add to its output, and removes files a killed run cut
+        # short; it reads every output file's ids to do so, which the replay then drops.
+        writer.committed_ids()
         replaying = plan_replay(errors)
     else:
         writer.prepare()  # refuse an existing output before paying for Ray's start-up
