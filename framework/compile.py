@@ -14,7 +14,7 @@ import ray.data
 
 from framework.allocator import hold_freed_memory, release_free_memory
 from framework.components import ID_COLUMN, Batch, Writer
-from framework.dead_letter import ERROR_COLUMN, ErrorPolicy, Failure
+from framework.dead_letter import ERROR_COLUMN, ErrorPolicy, Failure, batch_key
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.resume import filter_ids
 from framework.worker import StageRunner
@@ -153,7 +153,9 @@ def _writer_counter(run: RunContext) -> Callable[[pa.Table], pa.Table]:
                 )
             ]
             table = table.filter(pc.invert(bad)).drop_columns([ERROR_COLUMN])
-        runner.settle(start, time.time(), rows, table.num_rows, failures)
+        ids = table[ID_COLUMN].to_pylist() if ID_COLUMN in table.column_names else []
+        key = batch_key(WRITER_PATH, ids) if ids else None
+        runner.settle(start, time.time(), rows, table.num_rows, failures, key)
         return table
 
     return count_rows

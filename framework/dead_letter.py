@@ -8,11 +8,12 @@ written to the dead-letter output with its id, stage, error type and message, an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,19 @@ def jsonl_ids(data: bytes) -> tuple[list[Any], bool]:
         except (ValueError, KeyError, TypeError):
             whole = False
     return ids, whole
+
+
+def batch_key(stage: str, ids: Iterable[Any]) -> str:
+    """A name for one stage's batch, from its row ids.
+
+    Ray runs a batch again when its task is retried after its worker died (killed for
+    memory, or by ``errors.batch_timeout_s``), and with it every batch the task had
+    already finished; under the same key, those are counted and recorded once.
+    """
+    digest = hashlib.blake2b(stage.encode(), digest_size=10)
+    for row_id in ids:
+        digest.update(b"\x1f" + str(row_id.item() if hasattr(row_id, "item") else row_id).encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,7 @@ class ErrorPolicy:
     retries: int = 0
     retry_on: tuple[str, ...] = ()
     retry_backoff_s: float = 0.5
+    batch_timeout_s: float | None = None
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether ``exc`` (or a class it derives from) is named in ``retry_on``."""
@@ -86,13 +101,17 @@ class ErrorPolicy:
             for cls in type(exc).__mro__
         )
 
-    def write(self, failures: Sequence[Failure]) -> None:
-        """One JSON Lines file per batch with failures: no two workers share a file."""
+    def write(self, failures: Sequence[Failure], key: str | None = None) -> None:
+        """One JSON Lines file per batch with failures: no two workers share a file.
+
+        With a ``batch_key``, a batch run again replaces its own file instead of adding one.
+        """
         if not failures or self.dead_letter is None:
             return
         fs, root = filesystem_for(self.dead_letter, self.storage)
         fs.create_dir(root, recursive=True)
-        name = f"{failures[0].stage.replace('[', '_').replace(']', '')}-{os.getpid()}-{uuid.uuid4().hex[:12]}.jsonl"
+        stage = failures[0].stage.replace("[", "_").replace("]", "")
+        name = f"{stage}-{key or f'{os.getpid()}-{uuid.uuid4().hex[:12]}'}.jsonl"
         text = "".join(json.dumps(f.record(), default=str) + "\n" for f in failures)
         with fs.open_output_stream(f"{root}/{name}") as out:
             out.write(text.encode())
@@ -180,4 +199,4 @@ def check_policy(policy: str) -> str | None:
     return None
 
 
-__all__ = ["ERROR_COLUMN", "ErrorPolicy", "Failure", "run_isolated", "split_flagged"]
+__all__ = ["ERROR_COLUMN", "ErrorPolicy", "Failure", "batch_key", "run_isolated", "split_flagged"]

@@ -201,6 +201,7 @@ def error_policy(spec: Spec) -> ErrorPolicy:
         retries=e.retries,
         retry_on=tuple(e.retry_on),
         retry_backoff_s=e.retry_backoff_s,
+        batch_timeout_s=e.batch_timeout_s,
     )
 
 

@@ -22,6 +22,8 @@ class StageLog:
         self.seen = 0  # rows into the first stage: what the error fraction is of
         self.failed = 0
         self.errors: dict[str, dict[str, int]] = {}
+        self.hung: dict[str, dict[Any, bool]] = {}  # stage -> row id -> whether it hung alone
+        self.batches: dict[tuple[str, str], tuple[Any, ...]] = {}  # (stage, key) -> its counts
 
     def record(
         self,
@@ -33,28 +35,69 @@ class StageLog:
         rows_out: int,
         failures: dict[str, dict[str, int]] | None = None,
         retries: int = 0,
+        key: str | None = None,
     ) -> tuple[int, int]:
-        """Count one batch; returns (rows seen, rows failed) so far, for the error budget."""
-        if stage == self.first_stage:
-            self.seen += rows_in
-        for where, kinds in (failures or {}).items():
-            counts = self.errors.setdefault(where, {})
-            for kind, count in kinds.items():
-                counts[kind] = counts.get(kind, 0) + count
-                self.failed += count
+        """Count one batch; returns (rows seen, rows failed) so far, for the error budget.
+
+        A batch recorded before under the same ``key`` (``dead_letter.batch_key``: its task
+        was retried) replaces its earlier counts; the time spent on it adds up.
+        """
         s = self._stage(stage)
-        s["batches"] += 1
+        counts = (node_id, rows_in, rows_out, failures or {})
+        earlier = self.batches.get((stage, key)) if key is not None else None
+        if key is not None:
+            self.batches[(stage, key)] = counts
+        if earlier is None:
+            s["batches"] += 1
+        else:
+            self._count(stage, *earlier, sign=-1)
+        self._count(stage, *counts, sign=1)
         s["retries"] += retries
-        s["rows_in"] += rows_in
-        s["rows_out"] += rows_out
         s["busy_s"] += end - start
         s["start"] = min(s["start"], start)
         s["end"] = max(s["end"], end)
-        n = s["nodes"].setdefault(node_id, {"batches": 0, "rows": 0, "busy_s": 0.0})
+        n = s["nodes"][node_id]
         n["batches"] += 1
-        n["rows"] += rows_in
         n["busy_s"] += end - start
         return self.seen, self.failed
+
+    def _count(
+        self,
+        stage: str,
+        node_id: str,
+        rows_in: int,
+        rows_out: int,
+        failures: dict[str, dict[str, int]],
+        sign: int,
+    ) -> None:
+        if stage == self.first_stage:
+            self.seen += sign * rows_in
+        for where, kinds in failures.items():
+            counts = self.errors.setdefault(where, {})
+            for kind, count in kinds.items():
+                counts[kind] = counts.get(kind, 0) + sign * count
+                self.failed += sign * count
+                if not counts[kind]:
+                    del counts[kind]
+            if not counts:
+                del self.errors[where]
+        s = self._stage(stage)
+        s["rows_in"] += sign * rows_in
+        s["rows_out"] += sign * rows_out
+        n = s["nodes"].setdefault(node_id, {"batches": 0, "rows": 0, "busy_s": 0.0})
+        n["rows"] += sign * rows_in
+
+    def timed_out(self, stage: str, ids: list[Any]) -> None:
+        """A worker is about to exit: these rows outlived ``errors.batch_timeout_s`` together."""
+        self._stage(stage)["timeouts"] += 1
+        rows = self.hung.setdefault(stage, {})
+        for row_id in ids:
+            rows[row_id] = rows.get(row_id, False) or len(ids) == 1
+
+    def hung_among(self, stage: str, ids: list[Any]) -> dict[Any, bool]:
+        """Which of ``ids`` a worker of ``stage`` timed out on before, and whether alone."""
+        rows = self.hung.get(stage, {})
+        return {row_id: rows[row_id] for row_id in ids if row_id in rows}
 
     def worker(self, stage: str, info: dict[str, Any]) -> None:
         """What one worker process saw when it built the stage: threads, GPUs, device."""
@@ -67,7 +110,8 @@ class StageLog:
         workers.setdefault(f"{node_id}:{pid}", {"node_id": node_id, "pid": pid}).update(summary)
 
     def _stage(self, stage: str) -> dict[str, Any]:
-        empty = {"batches": 0, "retries": 0, "rows_in": 0, "rows_out": 0, "busy_s": 0.0}
+        counts = ("batches", "retries", "timeouts", "rows_in", "rows_out")
+        empty: dict[str, Any] = {**dict.fromkeys(counts, 0), "busy_s": 0.0}
         return self.stages.setdefault(
             stage, {**empty, "start": float("inf"), "end": 0.0, "nodes": {}, "workers": {}}
         )
@@ -96,6 +140,7 @@ def stage_figures(
         out[path] = {
             "batches": s["batches"],
             "retries": s["retries"],
+            "timeouts": s["timeouts"],
             "rows_in": s["rows_in"],
             "rows_out": s["rows_out"],
             "busy_s": round(s["busy_s"], 4),

@@ -15,9 +15,10 @@ import psutil
 import ray
 
 from framework.components import ID_COLUMN, Batch
-from framework.dead_letter import ErrorPolicy, Failure, run_isolated, split_flagged
+from framework.dead_letter import ErrorPolicy, Failure, batch_key, run_isolated, split_flagged
 from framework.errors import RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
+from framework.watchdog import StageTimeout, exit_after, plain_id
 
 log = logging.getLogger("infer_run.worker")
 
@@ -136,27 +137,32 @@ class StageRunner:
             self.gpu.start()
         rows = len(batch[ID_COLUMN]) if ID_COLUMN in batch else 0
         start = time.time()
+        key = batch_key(self.path, batch[ID_COLUMN]) if ID_COLUMN in batch else None
         batch, failures = split_flagged(batch, "reader")
         self.retries = 0
-        try:
-            out = self._call_retrying(batch)
-        except Exception:  # which rows broke it? retry them one by one
-            log.debug("stage %s failed on a batch; isolating rows", self.path, exc_info=True)
+        hung = self._hung_before(batch)
+        out = None
+        if not hung:
+            try:
+                out = self._call_retrying(batch)
+            except Exception:  # which rows broke it? retry them one by one
+                log.debug("stage %s failed on a batch; isolating rows", self.path, exc_info=True)
+        if out is None:
             out, failed = run_isolated(
-                lambda row: checked_call(self.stage, row, self.path),
+                lambda row: self._call_row(row, hung),
                 batch,
                 self.path,
                 stop_at_first=self.errors.policy == "fail",
             )
             failures += failed
-        self.settle(start, time.time(), rows, len(out[ID_COLUMN]), failures)
+        self.settle(start, time.time(), rows, len(out[ID_COLUMN]), failures, key)
         return lists_for_arrow(out)
 
     def _call_retrying(self, batch: Batch) -> Batch:
         """The stage on the whole batch, re-run after a transient error (``errors.retry_on``)."""
         while True:
             try:
-                return checked_call(self.stage, batch, self.path)
+                return self._watched(batch)
             except Exception as exc:
                 if self.retries >= self.errors.retries or not self.errors.retryable(exc):
                     raise
@@ -173,13 +179,58 @@ class StageRunner:
                 )
                 time.sleep(wait)
 
+    def _call_row(self, row: Batch, hung: dict[Any, bool]) -> Batch:
+        """One row alone, unless it already outlived the timeout alone: then it fails."""
+        if len(row[ID_COLUMN]) and hung.get(plain_id(row[ID_COLUMN][0])):
+            raise StageTimeout(
+                f"still running after {self.errors.batch_timeout_s:g} s "
+                "(errors.batch_timeout_s), alone in its batch; its worker was restarted"
+            )
+        return self._watched(row)
+
+    def _watched(self, batch: Batch) -> Batch:
+        """The stage on ``batch``, under ``errors.batch_timeout_s`` when run in a Ray worker
+        (only there can a process be ended and the batch retried in a new one)."""
+        timeout = self.errors.batch_timeout_s if self.log is not None else None
+        with exit_after(timeout, lambda: self._timed_out(batch)):
+            return checked_call(self.stage, batch, self.path)
+
+    def _timed_out(self, batch: Batch) -> None:
+        ids = [plain_id(v) for v in batch[ID_COLUMN]]
+        log.error(
+            "%s: %d row(s) still running after %g s (errors.batch_timeout_s): ending worker "
+            "process %d; Ray retries them in a new one, one row at a time (ids %s)",
+            self.path,
+            len(ids),
+            self.errors.batch_timeout_s,
+            os.getpid(),
+            ", ".join(repr(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else ""),
+        )
+        ray.get(self.log.timed_out.remote(self.path, ids), timeout=60)
+
+    def _hung_before(self, batch: Batch) -> dict[Any, bool]:
+        """The rows of ``batch`` a worker of this stage timed out on before (a retried batch)."""
+        if self.log is None or self.errors.batch_timeout_s is None:
+            return {}
+        if len(batch.get(ID_COLUMN, ())) == 0:
+            return {}
+        ids = [plain_id(v) for v in batch[ID_COLUMN]]
+        return ray.get(self.log.hung_among.remote(self.path, ids))
+
     def settle(
-        self, start: float, end: float, rows_in: int, rows_out: int, failures: list[Failure]
+        self,
+        start: float,
+        end: float,
+        rows_in: int,
+        rows_out: int,
+        failures: list[Failure],
+        key: str | None = None,
     ) -> None:
-        """Apply the error policy to a batch's failures and count the batch in the run's log."""
+        """Apply the error policy to a batch's failures and count the batch in the run's log;
+        ``key`` (``batch_key``) makes a batch that runs again count and record once."""
         if failures and self.errors.policy == "fail":
             self._stop(failures[0].line() + " - errors.policy=skip writes bad rows aside")
-        self.errors.write(failures)
+        self.errors.write(failures, key)
         if self.log is None:
             return
         node = ray.get_runtime_context().get_node_id()
@@ -190,7 +241,7 @@ class StageRunner:
         # Waited on so that every batch is counted before the driver reads the log.
         refs = [
             self.log.record.remote(
-                self.path, node, start, end, rows_in, rows_out, kinds, self.retries
+                self.path, node, start, end, rows_in, rows_out, kinds, self.retries, key
             )
         ]
         refs += self._push_gpu(node)

@@ -190,10 +190,12 @@ BAD_SPECS = [
             "errors.retries=-1",
             "errors.retry_backoff_s=-2",
             "errors.retry_on=[ConnectionError,'a b']",
+            "errors.batch_timeout_s=0",
         ],
         [
             "errors.retries: must not be negative, got -1",
             "errors.retry_backoff_s: must not be negative, got -2.0",
+            "errors.batch_timeout_s: must be positive or null, got 0.0",
             "errors.retry_on: exception class names expected, got 'a b'",
         ],
         id="retries",

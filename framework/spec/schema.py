@@ -84,6 +84,9 @@ class ErrorsSection:
     retries: int = 2
     retry_on: list[str] = field(default_factory=lambda: list(TRANSIENT_ERRORS))
     retry_backoff_s: float = 0.5
+    # A stage call on one batch (or one row) running longer than this ends its worker
+    # process; the rows that hung are isolated and dead-lettered as StageTimeout.
+    batch_timeout_s: float | None = None
 
 
 @dataclass

@@ -188,6 +188,8 @@ def _error_problems(e: ErrorsSection) -> list[str]:
         out.append(f"errors.retries: must not be negative, got {e.retries}")
     if e.retry_backoff_s < 0:
         out.append(f"errors.retry_backoff_s: must not be negative, got {e.retry_backoff_s}")
+    if e.batch_timeout_s is not None and e.batch_timeout_s <= 0:
+        out.append(f"errors.batch_timeout_s: must be positive or null, got {e.batch_timeout_s}")
     out.extend(
         f"errors.retry_on: exception class names expected, got {name!r}"
         for name in e.retry_on

@@ -1,0 +1,63 @@
+"""Per-batch timeouts: a stage call that outlives ``errors.batch_timeout_s`` ends its process.
+
+Nothing short of that stops a call stuck in C code (a socket read, a CUDA kernel, a
+lock), and Ray Data runs actor methods off the main thread, where signals cannot
+reach. So the watchdog records the rows in hand with the run's log and exits the
+worker; Ray starts a new process and retries the batch, whose runner then knows
+which rows hung: a batch that hung is run one row at a time, and a row that hung by
+itself is dead-lettered as ``StageTimeout`` instead of being run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger("infer_run.watchdog")
+
+# What a worker ended by its watchdog exits with, to tell it apart in Ray's logs.
+TIMEOUT_EXIT_CODE = 75
+
+
+class StageTimeout(RuntimeError):
+    """A row whose stage call outlived ``errors.batch_timeout_s`` (its worker was restarted)."""
+
+
+def plain_id(value: Any) -> Any:
+    """A row id as a hashable Python value (numpy scalars unwrapped)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+@contextmanager
+def exit_after(timeout_s: float | None, on_expiry: Callable[[], None]) -> Iterator[None]:
+    """Run the body; if it is still running after ``timeout_s``, call ``on_expiry`` from
+    another thread and end the process with ``TIMEOUT_EXIT_CODE``. ``None``: no limit."""
+    if timeout_s is None:
+        yield
+        return
+    done = threading.Event()
+
+    def watch() -> None:
+        if done.wait(timeout_s):
+            return
+        try:
+            on_expiry()
+        except Exception:  # ending the process matters more than recording why
+            log.exception("could not record the timed-out rows")
+        finally:
+            sys.stderr.flush()
+            os._exit(TIMEOUT_EXIT_CODE)
+
+    threading.Thread(target=watch, name="infer-run-watchdog", daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+
+
+__all__ = ["TIMEOUT_EXIT_CODE", "StageTimeout", "exit_after", "plain_id"]

@@ -1,0 +1,28 @@
+"""A stage that hangs on chosen rows, in C (``time.sleep``) or in Python (for timeout tests)."""
+
+from __future__ import annotations
+
+import time
+
+from framework import Batch, Preprocessor, hookimpl
+
+
+class HangOn(Preprocessor):
+    """Passes batches through, except that a batch holding one of ``ids`` never returns."""
+
+    def __init__(self, ids: list[str], how: str = "sleep") -> None:
+        self.ids = set(ids)
+        self.how = how
+
+    def __call__(self, batch: Batch) -> Batch:
+        if self.ids & {str(i) for i in batch["id"]}:
+            if self.how == "sleep":
+                time.sleep(3600)  # one C call: no Python-level interruption can end it
+            while True:
+                pass
+        return batch
+
+
+@hookimpl
+def register_preprocessors(register):
+    register("hang_on", HangOn)

@@ -1,0 +1,143 @@
+"""errors.batch_timeout_s: a hung stage call ends its worker, and only the rows that hang
+are given up on - whether the stage hangs in C or in Python, in a task or an actor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from framework.dead_letter import batch_key
+from framework.errors import ExitCode
+from framework.telemetry import StageLog
+from framework.watchdog import TIMEOUT_EXIT_CODE
+from tests.helpers import ROOT, run_cli, write_id_parts
+
+IDS = [f"r{i:03d}" for i in range(40)]
+HUNG = ["r007", "r023"]  # in two different batches of 8
+
+
+def run_python(code: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
+
+
+def test_exit_after_ends_the_process_stuck_in_c_code(tmp_path):
+    marker = tmp_path / "expired"
+    done = run_python(
+        f"""
+        import pathlib, time
+        from framework.watchdog import exit_after
+        with exit_after(0.5, lambda: pathlib.Path({str(marker)!r}).write_text("rows")):
+            time.sleep(50)
+        print("not reached")
+        """
+    )
+    assert done.returncode == TIMEOUT_EXIT_CODE, done.stderr
+    assert marker.read_text() == "rows" and "not reached" not in done.stdout
+
+
+def test_exit_after_leaves_a_call_that_ends_in_time_alone(tmp_path):
+    marker = tmp_path / "expired"
+    done = run_python(
+        f"""
+        import pathlib, time
+        from framework.watchdog import exit_after
+        with exit_after(0.5, lambda: pathlib.Path({str(marker)!r}).write_text("rows")):
+            pass
+        time.sleep(1.0)  # past the deadline: the watchdog must have stood down
+        with exit_after(None, lambda: pathlib.Path({str(marker)!r}).write_text("rows")):
+            time.sleep(0.1)
+        print("finished")
+        """
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "finished" and not marker.exists()
+
+
+def test_a_batch_run_again_is_counted_once_with_its_latest_figures():
+    log = StageLog.__ray_actor_class__("preprocessors[0]")
+    key = batch_key("preprocessors[0]", np.array(["a", "b", "c"]))
+    assert key == batch_key("preprocessors[0]", ["a", "b", "c"]) != batch_key("models[0]", "abc")
+    # A task died after this batch, and its retry ran the batch again: same key.
+    log.record(
+        "preprocessors[0]", "n1", 0.0, 1.0, 3, 2, {"preprocessors[0]": {"ValueError": 1}}, key=key
+    )
+    assert log.record("preprocessors[0]", "n2", 5.0, 6.0, 3, 3, {}, key=key) == (3, 0)
+    assert log.failures() == (0, {})
+    other = batch_key("preprocessors[0]", ["d"])
+    assert log.record(
+        "preprocessors[0]", "n2", 6.0, 7.0, 1, 0, {"reader": {"BadInput": 1}}, key=other
+    ) == (4, 1)
+    stage = log.snapshot()["preprocessors[0]"]
+    assert (stage["batches"], stage["rows_in"], stage["rows_out"], stage["busy_s"]) == (
+        2,
+        4,
+        3,
+        3.0,
+    )
+    assert {n: (f["rows"], f["batches"]) for n, f in stage["nodes"].items()} == {
+        "n1": (0, 1),
+        "n2": (4, 2),
+    }
+
+
+def hang_spec(tmp_path, how: str, policy: str, actors: bool) -> str:
+    data = write_id_parts(tmp_path / "in", IDS)
+    pool = ", actors: 1" if actors else ""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+errors: {{policy: {policy}, batch_timeout_s: 3}}
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: hang_on, ids: {HUNG}, how: {how}, resources: {{batch_size: 8{pool}}}}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    return str(spec)
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("how", "actors"), [("sleep", False), ("loop", True)], ids=["c-task", "python-actor"]
+)
+def test_hung_rows_are_dead_lettered_and_the_rest_written(tmp_path, how, actors):
+    done = run_cli(hang_spec(tmp_path, how, "skip", actors), plugins="tests.plugins.hang")
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(pq.read_table(out)["id"].to_pylist()) == sorted(set(IDS) - set(HUNG))
+    records = [
+        json.loads(line)
+        for path in sorted((out / "_dead_letter").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert sorted(r["id"] for r in records) == HUNG  # each once, though its batch ran 3 times
+    assert {(r["stage"], r["error_type"]) for r in records} == {
+        ("preprocessors[0]", "StageTimeout")
+    }
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (40, 38, 2)
+    # Each hung row ended a worker twice: once in its batch of 8, once alone.
+    assert report["stages"]["preprocessors[0]"]["timeouts"] == 4
+    assert report["errors"]["by_stage"] == {"preprocessors[0]": {"StageTimeout": 2}}
+    assert "errors.batch_timeout_s" in done.stderr
+
+
+@pytest.mark.ray
+def test_under_policy_fail_a_hung_row_stops_the_run_naming_it(tmp_path):
+    done = run_cli(hang_spec(tmp_path, "sleep", "fail", False), plugins="tests.plugins.hang")
+    assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
+    assert "row 'r007' failed in preprocessors[0]: StageTimeout: still running after 3 s" in (
+        done.stderr
+    )
