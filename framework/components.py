@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from framework.errors import InputError
-from framework.storage import filesystem_for
+from framework.storage import filesystem_for, map_files
 
 if TYPE_CHECKING:
     import ray.data
@@ -180,8 +180,9 @@ class Writer(Component, ABC):
             )
         fs, paths = self.output_files(self.output_suffix)
         ids: list[Any] = []
-        for path in paths:
-            found = self.file_ids(fs, path)
+        for path, found in zip(
+            paths, map_files(lambda p: self.file_ids(fs, p), paths), strict=True
+        ):
             if found is None:
                 fs.delete_file(path)  # cut short when the run was killed: redo its rows
             else:

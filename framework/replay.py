@@ -17,7 +17,7 @@ from typing import Any
 
 from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError
-from framework.storage import filesystem_for
+from framework.storage import filesystem_for, read_files
 
 REPLAYED_PREFIX = "replayed-"
 ROW_LEVEL = "BadInput"  # reader records of single rows; other reader records are whole files
@@ -61,18 +61,17 @@ def plan_replay(errors: ErrorPolicy) -> Replay:
     fs, files = errors.record_files()
     ids: list[Any] = []
     kept: list[dict[str, Any]] = []
-    for path in files:
-        with fs.open_input_stream(path) as f:
-            for line in f.read().decode().splitlines():
-                try:
-                    record = json.loads(line)
-                    row_id = record["id"]
-                except (ValueError, KeyError, TypeError):
-                    continue  # cut short when a run was killed: that row was never skipped
-                if _is_whole_file(record):
-                    kept.append(record)
-                else:
-                    ids.append(row_id)
+    for data in read_files(fs, files) if fs is not None else []:
+        for line in data.decode().splitlines():
+            try:
+                record = json.loads(line)
+                row_id = record["id"]
+            except (ValueError, KeyError, TypeError):
+                continue  # cut short when a run was killed: that row was never skipped
+            if _is_whole_file(record):
+                kept.append(record)
+            else:
+                ids.append(row_id)
     if not ids:
         raise InputError(f"--replay: no dead-lettered rows to replay in {errors.dead_letter}")
     return Replay(ids, files, kept, errors)
