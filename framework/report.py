@@ -40,6 +40,14 @@ class RunReport:
                 f"  {op['name']}: {op['rows_out']} rows out, {op['wall_time_s']:.2f}s wall, "
                 f"{op['task_time_s']:.2f}s in tasks"
             )
+        shares = [
+            f"{path} {stage['busy_share']:.0%} of {len(stage['workers'])} "
+            f"worker{'s' if len(stage['workers']) > 1 else ''}"
+            for path, stage in d["stages"].items()
+            if stage.get("busy_share") is not None and stage.get("workers")
+        ]
+        if shares:
+            lines.append(f"  busy while running: {', '.join(shares)}")
         for warning in d.get("warnings", []):
             lines.append(f"warning: {warning}")
         lines.append(f"report: {d['report_path']}")

@@ -136,6 +136,8 @@ def stage_figures(
 ) -> dict[str, dict[str, Any]]:
     """The report's ``stages`` entry: times relative to the run's start, nodes described."""
     out = {}
+    ran = [s for s in snapshot.values() if s["batches"]]
+    window = max(s["end"] for s in ran) - min(s["start"] for s in ran) if ran else 0.0
     for path, s in snapshot.items():
         out[path] = {
             "batches": s["batches"],
@@ -146,6 +148,7 @@ def stage_figures(
             "busy_s": round(s["busy_s"], 4),
             "first_start_s": round(s["start"] - origin, 4) if s["batches"] else None,
             "last_end_s": round(s["end"] - origin, 4) if s["batches"] else None,
+            "busy_share": busy_share(s, window),
             "nodes": [
                 {
                     "node_id": node_id,
@@ -160,6 +163,15 @@ def stage_figures(
             ],
         }
     return out
+
+
+def busy_share(stage: dict[str, Any], window: float) -> float | None:
+    """The share of its workers' time a stage spent on batches while data streamed (``window``:
+    from any stage's first batch to any stage's last): near 1 for the stage that bounds the
+    run, low for those waiting on it."""
+    if not stage["batches"] or window <= 0:
+        return None
+    return round(min(1.0, stage["busy_s"] / (window * max(1, len(stage["workers"])))), 3)
 
 
 WORKER_TIMES = ("process_started", "build_started", "ready")

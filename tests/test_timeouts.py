@@ -8,13 +8,10 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from framework.dead_letter import batch_key
 from framework.errors import ExitCode
-from framework.telemetry import StageLog
 from framework.watchdog import TIMEOUT_EXIT_CODE
 from tests.helpers import ROOT, run_cli, write_id_parts
 
@@ -63,33 +60,6 @@ def test_exit_after_leaves_a_call_that_ends_in_time_alone(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "finished" and not marker.exists()
-
-
-def test_a_batch_run_again_is_counted_once_with_its_latest_figures():
-    log = StageLog.__ray_actor_class__("preprocessors[0]")
-    key = batch_key("preprocessors[0]", np.array(["a", "b", "c"]))
-    assert key == batch_key("preprocessors[0]", ["a", "b", "c"]) != batch_key("models[0]", "abc")
-    # A task died after this batch, and its retry ran the batch again: same key.
-    log.record(
-        "preprocessors[0]", "n1", 0.0, 1.0, 3, 2, {"preprocessors[0]": {"ValueError": 1}}, key=key
-    )
-    assert log.record("preprocessors[0]", "n2", 5.0, 6.0, 3, 3, {}, key=key) == (3, 0)
-    assert log.failures() == (0, {})
-    other = batch_key("preprocessors[0]", ["d"])
-    assert log.record(
-        "preprocessors[0]", "n2", 6.0, 7.0, 1, 0, {"reader": {"BadInput": 1}}, key=other
-    ) == (4, 1)
-    stage = log.snapshot()["preprocessors[0]"]
-    assert (stage["batches"], stage["rows_in"], stage["rows_out"], stage["busy_s"]) == (
-        2,
-        4,
-        3,
-        3.0,
-    )
-    assert {n: (f["rows"], f["batches"]) for n, f in stage["nodes"].items()} == {
-        "n1": (0, 1),
-        "n2": (4, 2),
-    }
 
 
 def hang_spec(tmp_path, how: str, policy: str, actors: bool) -> str:

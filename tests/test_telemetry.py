@@ -1,0 +1,66 @@
+"""The run's log: each batch counted once, and how busy each stage kept its workers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from framework.dead_letter import batch_key
+from framework.report import RunReport
+from framework.telemetry import StageLog, stage_figures
+
+
+def test_a_batch_run_again_is_counted_once_with_its_latest_figures():
+    log = StageLog.__ray_actor_class__("preprocessors[0]")
+    key = batch_key("preprocessors[0]", np.array(["a", "b", "c"]))
+    assert key == batch_key("preprocessors[0]", ["a", "b", "c"]) != batch_key("models[0]", "abc")
+    # A task died after this batch, and its retry ran the batch again: same key.
+    log.record(
+        "preprocessors[0]", "n1", 0.0, 1.0, 3, 2, {"preprocessors[0]": {"ValueError": 1}}, key=key
+    )
+    assert log.record("preprocessors[0]", "n2", 5.0, 6.0, 3, 3, {}, key=key) == (3, 0)
+    assert log.failures() == (0, {})
+    other = batch_key("preprocessors[0]", ["d"])
+    assert log.record(
+        "preprocessors[0]", "n2", 6.0, 7.0, 1, 0, {"reader": {"BadInput": 1}}, key=other
+    ) == (4, 1)
+    stage = log.snapshot()["preprocessors[0]"]
+    assert (stage["batches"], stage["rows_in"], stage["rows_out"], stage["busy_s"]) == (
+        2,
+        4,
+        3,
+        3.0,
+    )
+    assert {n: (f["rows"], f["batches"]) for n, f in stage["nodes"].items()} == {
+        "n1": (0, 1),
+        "n2": (4, 2),
+    }
+
+
+def test_busy_share_is_of_each_stages_workers_while_data_streamed():
+    log = StageLog.__ray_actor_class__("preprocessors[0]")
+    for pid in (1, 2):
+        log.worker("preprocessors[0]", {"node_id": "n1", "pid": pid})
+    log.worker("models[0]", {"node_id": "n1", "pid": 3})
+    # Data streamed from 10 s to 20 s: the model worked 9 s of it, each decoder 2.5 s.
+    log.record("preprocessors[0]", "n1", 10.0, 12.0, 8, 8)
+    log.record("preprocessors[0]", "n1", 12.0, 15.0, 8, 8)
+    log.record("models[0]", "n1", 11.0, 20.0, 16, 16)
+    log.record("postprocessors[0]", "n1", 19.0, 19.5, 16, 16)  # built by no worker: counts 1
+    stages = stage_figures(log.snapshot(), origin=0.0, nodes={})
+    shares = {path: stage["busy_share"] for path, stage in stages.items()}
+    assert shares == {"preprocessors[0]": 0.25, "models[0]": 0.9, "postprocessors[0]": 0.05}
+    report = RunReport(
+        {
+            "rows_read": 16,
+            "rows_written": 16,
+            "rows_failed": 0,
+            "wall_time_s": 25.0,
+            "rows_per_s": 0.64,
+            "operators": [],
+            "stages": stages,
+            "report_path": "out/_infer_run_report.json",
+        }
+    )
+    assert "  busy while running: preprocessors[0] 25% of 2 workers, models[0] 90% of 1 worker" in (
+        report.summary()
+    )
