@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from omegaconf import OmegaConf
 
 from framework import __version__
-from framework.errors import ExitCode, InferError, SpecError
+from framework.errors import ExitCode, InferError, SpecError, Terminated
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugins import load_registry
@@ -171,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InferError as exc:
         print(f"infer-run: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Terminated:
+        print("infer-run: terminated (SIGTERM)", file=sys.stderr)
+        return ExitCode.TERMINATED
     except KeyboardInterrupt:
         print("infer-run: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED

@@ -20,7 +20,12 @@ class ExitCode(IntEnum):
     RUN_FAILED = 6  # the run started but stopped on bad data or a failed stage
     RESOURCE_ERROR = 7  # a stage asks for resources no node of the cluster has
     BENCHMARK_FAILED = 8  # infer-run bench: an expectation of the benchmark: block was missed
-    INTERRUPTED = 130
+    INTERRUPTED = 130  # Ctrl-C (SIGINT)
+    TERMINATED = 143  # SIGTERM: 128 + 15, as a shell reports it
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the driver: the run stops as it does on Ctrl-C."""
 
 
 class InferError(Exception):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +14,7 @@ import ray
 
 from framework.allocator import worker_env
 from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
+from framework.errors import Terminated
 from framework.spec.schema import Spec
 
 # Ray Data reads parquet footers on a pool of actors it makes for every listing, 32 by
@@ -60,8 +63,22 @@ def init_ray(spec: Spec) -> None:
             runtime_env=runtime_env(spec) or None,
             configure_logging=False,
         )
-        return
-    start_local_ray(spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory)
+    else:
+        start_local_ray(spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory)
+    stop_on_sigterm()
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def stop_on_sigterm() -> None:
+    """Let SIGTERM (a scheduler's preemption, ``timeout``, ``kill``) stop the run as Ctrl-C does.
+
+    Ray's own handler, set by ``ray.init``, dumps a native stack and aborts the driver.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
 
 
 def runtime_env(spec: Spec) -> dict[str, Any]:

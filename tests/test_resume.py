@@ -112,6 +112,34 @@ def test_driver_killed_then_resumed(tmp_path, writer):
     assert report["rows_read"] == len(IDS) - report["resumed_rows"]
 
 
+def test_sigterm_stops_the_run_cleanly_and_resume_finishes_it(tmp_path):
+    spec = make_spec(tmp_path)
+    out = tmp_path / "out"
+    run = cli(str(spec))
+    deadline = time.time() + 180
+    while len(written_files(out, "parquet")) < 3 and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    assert run.poll() is None, "the run finished before it could be stopped"
+    os.kill(run.pid, signal.SIGTERM)  # the driver alone, as a scheduler's preemption does
+    stopped = finish(run)
+    assert stopped.code == ExitCode.TERMINATED, stopped.text[-3000:]
+    assert stopped.text.endswith("infer-run: terminated (SIGTERM)\n")
+    assert "SIGTERM received" not in stopped.text  # Ray's native handler: a stack dump and abort
+    deadline = time.time() + 30
+    while time.time() < deadline:  # the local Ray it started goes with it
+        try:
+            os.killpg(run.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("processes of the stopped run's local Ray are still running")
+
+    resumed = finish(cli(str(spec), "--resume"))
+    assert resumed.code == ExitCode.OK, resumed.text[-3000:]
+    assert sorted(written_ids(out, "parquet")) == IDS
+
+
 def test_resume_refused_after_a_spec_change_unless_overwrite(ray_session, tmp_path, capsys):
     spec = make_spec(tmp_path)
     assert main([str(spec), "--limit", "20"]) == ExitCode.OK
