@@ -116,11 +116,15 @@ def rows_written(ops: list[dict[str, Any]]) -> int:
 
 def gpu_busy(stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Adds ``gpu_busy_pct`` to each stage whose workers sampled a GPU: the mean of their
-    figures, each worker once however long it ran, so a starved worker pulls it down."""
+    figures, each worker once however long it ran, so a starved worker pulls it down; and
+    ``peak_rss_bytes``, the largest of its workers' peaks: which stage used the memory."""
     for figures in stages.values():
         busy = [w["gpu_busy_pct"] for w in figures.get("workers", []) if w.get("gpu_samples")]
         if busy:
             figures["gpu_busy_pct"] = round(sum(busy) / len(busy), 2)
+        peaks = [w["peak_rss_bytes"] for w in figures.get("workers", []) if "peak_rss_bytes" in w]
+        if peaks:
+            figures["peak_rss_bytes"] = max(peaks)
     return stages
 
 

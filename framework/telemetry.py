@@ -36,13 +36,19 @@ class StageLog:
         failures: dict[str, dict[str, int]] | None = None,
         retries: int = 0,
         key: str | None = None,
+        worker: tuple[int, int] | None = None,
     ) -> tuple[int, int]:
         """Count one batch; returns (rows seen, rows failed) so far, for the error budget.
 
         A batch recorded before under the same ``key`` (``dead_letter.batch_key``: its task
-        was retried) replaces its earlier counts; the time spent on it adds up.
+        was retried) replaces its earlier counts; the time spent on it adds up. ``worker``
+        is the process's (pid, peak resident bytes so far).
         """
         s = self._stage(stage)
+        if worker is not None:
+            figures = s["workers"].get(f"{node_id}:{worker[0]}")
+            if figures is not None:  # a process that built the stage
+                figures["peak_rss_bytes"] = max(figures.get("peak_rss_bytes", 0), worker[1])
         counts = (node_id, rows_in, rows_out, failures or {})
         earlier = self.batches.get((stage, key)) if key is not None else None
         if key is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import time
 from typing import Any
@@ -234,6 +235,8 @@ class StageRunner:
         if self.log is None:
             return
         node = ray.get_runtime_context().get_node_id()
+        # The process's peak so far (Linux: KiB), object-store pages it read included.
+        worker = (os.getpid(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         kinds: dict[str, dict[str, int]] = {}
         for f in failures:
             counts = kinds.setdefault(f.stage, {})
@@ -241,7 +244,7 @@ class StageRunner:
         # Waited on so that every batch is counted before the driver reads the log.
         refs = [
             self.log.record.remote(
-                self.path, node, start, end, rows_in, rows_out, kinds, self.retries, key
+                self.path, node, start, end, rows_in, rows_out, kinds, self.retries, key, worker
             )
         ]
         refs += self._push_gpu(node)

@@ -108,6 +108,10 @@ def test_cpu_stage_on_cpu_node_model_on_gpu_node_and_they_stream(cluster, datase
     assert not any(r["cuda_initialized"] for r in rows)
     assert {w["gpus"] for w in pre["workers"]} == {0.0}
     assert {w["gpu_ids"] == [] for w in pre["workers"]} == {True}
+    # Which stage used the memory: each worker's peak, the stage's the largest of them.
+    for stage in (pre, model):
+        peaks = [w["peak_rss_bytes"] for w in stage["workers"]]
+        assert min(peaks) > 20 * 2**20 and stage["peak_rss_bytes"] == max(peaks)
 
 
 def test_threads_follow_the_cpu_grant(cluster, dataset, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from framework.dead_letter import batch_key
-from framework.report import RunReport
+from framework.report import RunReport, gpu_busy
 from framework.telemetry import StageLog, stage_figures
 
 
@@ -64,3 +64,17 @@ def test_busy_share_is_of_each_stages_workers_while_data_streamed():
     assert "  busy while running: preprocessors[0] 25% of 2 workers, models[0] 90% of 1 worker" in (
         report.summary()
     )
+
+
+def test_each_workers_peak_memory_is_kept_and_the_stage_shows_the_largest():
+    log = StageLog.__ray_actor_class__("models[0]")
+    for pid in (1, 2):
+        log.worker("models[0]", {"node_id": "n1", "pid": pid})
+    log.record("models[0]", "n1", 0.0, 1.0, 8, 8, worker=(1, 300))
+    log.record("models[0]", "n1", 1.0, 2.0, 8, 8, worker=(1, 200))  # a peak never goes down
+    log.record("models[0]", "n1", 1.0, 2.0, 8, 8, worker=(2, 500))
+    log.record("writer", "n1", 2.0, 3.0, 8, 8, worker=(3, 900))  # built by no worker: left out
+    stages = gpu_busy(stage_figures(log.snapshot(), origin=0.0, nodes={}))
+    assert [w["peak_rss_bytes"] for w in stages["models[0]"]["workers"]] == [300, 500]
+    assert stages["models[0]"]["peak_rss_bytes"] == 500
+    assert "peak_rss_bytes" not in stages["writer"] and stages["writer"]["workers"] == []
