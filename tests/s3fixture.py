@@ -9,9 +9,10 @@ workers reach it too, since it listens on a real port.
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,23 @@ ACCESS_KEY_ID = "testing"
 SECRET_ACCESS_KEY = "testing"
 
 
+class RequestLog:
+    """Wraps moto's WSGI app and notes whether each request came signed (``anonymous``)."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.signed: list[bool] = []
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        query = environ.get("QUERY_STRING", "")
+        self.signed.append("HTTP_AUTHORIZATION" in environ or "X-Amz-Signature" in query)
+        return self.app(environ, start_response)
+
+
 @dataclass(frozen=True)
 class S3Server:
     endpoint_url: str
+    requests: RequestLog | None = field(default=None, compare=False)
 
     @property
     def storage(self) -> dict[str, Any]:
@@ -50,34 +65,41 @@ class S3Server:
             aws_secret_access_key=SECRET_ACCESS_KEY,
         )
 
-    def upload_tree(self, local: Path, bucket: str, prefix: str = "") -> list[str]:
-        """Upload every file under ``local`` to ``bucket/prefix``; returns the keys, sorted."""
+    def upload_tree(self, local: Path, bucket: str, prefix: str = "", **put: Any) -> list[str]:
+        """Upload every file under ``local`` to ``bucket/prefix`` (``put``: more ``put_object``
+        arguments, e.g. ``ACL="public-read"``); returns the keys, sorted."""
         client = self.client()
         keys = []
         for file in sorted(p for p in Path(local).rglob("*") if p.is_file()):
             key = "/".join(
                 part for part in (prefix.strip("/"), file.relative_to(local).as_posix()) if part
             )
-            client.put_object(Bucket=bucket, Key=key, Body=file.read_bytes())
+            client.put_object(Bucket=bucket, Key=key, Body=file.read_bytes(), **put)
             keys.append(key)
         return keys
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
-    from moto.server import ThreadedMotoServer
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
 
     # werkzeug logs every request at INFO; keep that out of failure reports.
     werkzeug = logging.getLogger("werkzeug")
     level = werkzeug.level
     werkzeug.setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
+    # What moto's ThreadedMotoServer does, with the app wrapped to see each request.
+    requests = RequestLog(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", 0, requests, True, request_handler=MotoRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        host, port = server.get_host_and_port()
-        yield S3Server(endpoint_url=f"http://{host}:{port}")
+        host, port = server.server_address[:2]
+        yield S3Server(endpoint_url=f"http://{host}:{port}", requests=requests)
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join()
         werkzeug.setLevel(level)
 
 

@@ -96,6 +96,32 @@ def test_webdataset_on_s3(ray_session, s3_server, s3_bucket, tmp_path, photos):
     assert {key: bytes(row["image"]) for key, row in got.items()} == expected
 
 
+def test_anonymous_storage_reads_a_public_bucket_without_signing(
+    ray_session, s3_server, s3_bucket, tmp_path, photos
+):
+    images, _ = image_tree(photos)
+    write_tree(tmp_path, images)
+    # moto refuses unsigned reads of private objects, as S3 does: these are public.
+    s3_server.upload_tree(tmp_path, s3_bucket, "public", ACL="public-read")
+    s3_server.upload_tree(tmp_path, s3_bucket, "private")
+    storage = {"endpoint_url": s3_server.endpoint_url, "region": "us-east-1", "anonymous": True}
+    params = {"path": f"s3://{s3_bucket}/public", "storage": storage}
+    requests = s3_server.requests
+    requests.signed.clear()
+
+    assert ImageFolderReader.check(params) == []
+    got = rows(ImageFolderReader(**params).read())  # listed here, read by Ray's workers
+
+    assert sorted(got) == sorted(images)
+    assert requests.signed and not any(requests.signed)  # every request went unsigned
+    requests.signed.clear()
+    ImageFolderReader.check({**params, "storage": s3_server.storage})
+    assert requests.signed and all(requests.signed)  # the log tells the two apart
+    private = ImageFolderReader(path=f"s3://{s3_bucket}/private", storage=storage)
+    with pytest.raises(Exception, match="ACCESS_DENIED"):
+        rows(private.read())
+
+
 def test_checks_on_s3_report_missing_and_empty(s3_server, s3_bucket):
     s3_server.client().put_object(Bucket=s3_bucket, Key="docs/readme.txt", Body=b"no images")
     storage = s3_server.storage
