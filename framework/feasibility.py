@@ -6,6 +6,7 @@ who asked for a GPU should get one line naming the stage, not a hang.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from framework.cluster import Cluster, Node
@@ -36,6 +37,18 @@ def _fits(node: Node, asks: dict[str, Any]) -> bool:
     return all(node.custom.get(k, 0) >= v for k, v in (asks.get("resources") or {}).items())
 
 
+def _room(node: Node, asks: dict[str, Any]) -> float:
+    """How many of one actor asking ``asks`` fit on an empty ``node`` (inf: it asks nothing)."""
+    if not _fits(node, asks):
+        return 0
+    have = {"num_cpus": node.cpus + node.spare_cpus, "num_gpus": node.gpus, "memory": node.memory}
+    wanted = [(have[k], asks.get(k) or 0) for k in have] + [
+        (node.custom.get(k, 0), v) for k, v in (asks.get("resources") or {}).items()
+    ]
+    # Ray counts fractions in units of 1e-4; 1.0 // 0.1 is 9.0 in floats, 10 actors for Ray.
+    return min((math.floor(h / w + 1e-6) for h, w in wanted if w and h), default=math.inf)
+
+
 def _describe(asks: dict[str, Any]) -> str:
     parts = []
     for key, value in asks.items():
@@ -61,6 +74,19 @@ def infeasible(plan: Plan) -> list[str]:
     if problems:
         return problems
     actors = [n for n in plan.nodes if isinstance(n, MapNode) and n.pool]
+    for node in actors:
+        # Ray Data waits, silently, until a pool's minimum of actors is placed; an actor
+        # runs on one node, so the room counts per node (2-GPU actors on 1-GPU nodes: none).
+        asks, wanted = node.ray_args, node.pool[0]
+        room = sum(_room(n, asks) for n in cluster.nodes)
+        if room < wanted:
+            problems.append(
+                f"{node.stage.path}: its pool needs at least {wanted} actors asking for "
+                f"{_describe(asks)} each, and the nodes have room for {room:g} - lower the "
+                f"pool's minimum or the per-actor ask - {cluster.describe()}"
+            )
+    if problems:
+        return problems
     held_gpus = sum(n.pool[0] * (n.ray_args.get("num_gpus") or 0) for n in actors)
     if held_gpus > cluster.gpus:
         problems.append(

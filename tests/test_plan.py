@@ -310,6 +310,26 @@ def test_infeasible_stage_is_named_with_what_it_asked_and_what_exists(data, reso
     assert str(info.value) == expected
 
 
+@pytest.mark.parametrize(("minimum", "problem"), [(2, False), (3, True)])
+def test_a_minimum_pool_must_fit_node_by_node(data, minimum, problem):
+    # 6 GPUs in all, but a 2-GPU actor cannot span nodes: 3 GPUs each hold only one.
+    nodes = tuple(Node(f"g{i}", f"10.0.0.{i}", cpus=8, gpus=3) for i in (1, 2))
+    resources = {"num_gpus": 2, "num_cpus": 1, "actors": [minimum, 4]}
+    plan = plan_for(simple(data, resources=resources), cluster=Cluster(nodes, "test"))
+    expected = [
+        f"models[0]: its pool needs at least {minimum} actors asking for num_cpus=1, "
+        "num_gpus=2 each, and the nodes have room for 2 - lower the pool's minimum or the "
+        "per-actor ask - test: 2 nodes: 10.0.0.1 (8 CPUs, 3 GPUs); 10.0.0.2 (8 CPUs, 3 GPUs)"
+    ]
+    assert infeasible(plan) == (expected if problem else [])
+
+
+def test_a_pool_of_gpu_fractions_fills_its_gpu(data):
+    resources = {"num_gpus": 0.1, "num_cpus": 0.1, "actors": 10}  # in floats, 1 // 0.1 is 9
+    cluster = Cluster((Node("g", "10.0.0.1", cpus=8, gpus=1),), "test")
+    assert infeasible(plan_for(simple(data, resources=resources), cluster=cluster)) == []
+
+
 def test_accelerator_type_found_on_a_mixed_cluster(data):
     plan = plan_for(simple(data, resources={"accelerator_type": "A100"}), cluster=MIXED)
     assert infeasible(plan) == []
