@@ -27,10 +27,14 @@ def manifest(fingerprint: str, components: list[dict[str, Any]]) -> dict[str, An
 
 
 def write_manifest(writer: Writer, content: dict[str, Any]) -> None:
+    """The run's first write to its output: where it fails, the output is not writable."""
     fs, root = filesystem_for(writer.path, writer.storage)
-    fs.create_dir(root, recursive=True)
-    with fs.open_output_stream(f"{root}/{MANIFEST_NAME}") as out:
-        out.write(json.dumps(content, indent=2, default=str).encode())
+    try:
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(f"{root}/{MANIFEST_NAME}") as out:
+            out.write(json.dumps(content, indent=2, default=str).encode())
+    except OSError as exc:  # no such parent, permission denied, S3 access denied
+        raise InputError(f"writer.path: cannot write to {writer.path}: {exc}") from exc
 
 
 def check_resumable(

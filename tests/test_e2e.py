@@ -120,6 +120,15 @@ def test_existing_output_is_refused_then_overwritten(ray_session, tmp_path, data
     assert pads.dataset(tmp_path / "out", format="parquet").count_rows() == 7
 
 
+def test_an_output_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path, dataset, capsys):
+    (tmp_path / "a-file").write_text("not a directory")
+    spec = str(spec_file(tmp_path, dataset))
+    assert main([spec, f"writer.path={tmp_path / 'a-file' / 'out'}"]) == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"infer-run: error: writer.path: cannot write to {tmp_path}/a-file/out: ")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
 def test_cpu_stages_run_beside_the_model_and_light_ones_join_the_writer(
     ray_session, tmp_path, dataset
 ):
