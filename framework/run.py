@@ -225,6 +225,9 @@ def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:
         out.write(text.encode())
 
 
+RAY_RETRY_NOTE = "\nFailed to "
+
+
 def _user_cause(exc: BaseException) -> str | None:
     """The message of the InferError a stage raised inside a Ray worker, if that failed.
 
@@ -236,7 +239,11 @@ def _user_cause(exc: BaseException) -> str | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, InferError):
-            return str(current.args[0]) if current.args else type(current).__name__
+            if not current.args:
+                return type(current).__name__
+            # Ray Data appends its retry advice to the message of an exception that
+            # failed a read or a UDF ("\nFailed to read stream iteratively after ...").
+            return str(current.args[0]).split(RAY_RETRY_NOTE)[0]
         current = current.__cause__ or getattr(current, "cause", None)
     return None
 

@@ -107,6 +107,34 @@ def test_jsonl_writer_round_trips(ray_session, tmp_path, dataset):
     assert all(r["x_echo"] == pytest.approx(3 * expected[r["id"]]) for r in rows)
 
 
+def test_jsonl_reader_reads_what_the_jsonl_writer_wrote(ray_session, tmp_path, dataset):
+    assert main([str(spec_file(tmp_path, dataset, writer="jsonl"))]) == ExitCode.OK
+    spec = tmp_path / "again.yaml"
+    spec.write_text(
+        f"reader: {{type: jsonl, path: {tmp_path / 'out'}}}\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'again'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    rows = pq.read_table(tmp_path / "again").to_pylist()
+    expected = read_input(dataset)
+    assert sorted(r["id"] for r in rows) == sorted(expected)
+    assert all(r["x_echo"] == pytest.approx(3 * expected[r["id"]]) for r in rows)
+
+
+def test_a_malformed_json_line_stops_the_run_naming_file_and_line(ray_session, tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"id": "a", "x": 1}\n{"id": "b", "x": \n{"id": "c", "x": 3}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: jsonl, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.RUN_FAILED
+    assert capsys.readouterr().err.endswith(
+        f"infer-run: error: reader: cannot read {data}: line 2 is not valid JSON "
+        "(Expecting value: line 1 column 18 (char 17))\n"
+    )
+
+
 def test_existing_output_is_refused_then_overwritten(ray_session, tmp_path, dataset, capsys):
     spec = str(spec_file(tmp_path, dataset))
     assert main([spec, "--limit", "5"]) == ExitCode.OK

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from plugins.images import ImageFolderReader, ImageParquetReader, WebDatasetReader
+from plugins.jsonl import JsonlReader
 from tests.test_image_readers import (
     HEIGHT,
     WIDTH,
@@ -120,6 +121,14 @@ def test_anonymous_storage_reads_a_public_bucket_without_signing(
     private = ImageFolderReader(path=f"s3://{s3_bucket}/private", storage=storage)
     with pytest.raises(Exception, match="ACCESS_DENIED"):
         rows(private.read())
+
+
+def test_jsonl_on_s3(ray_session, s3_server, s3_bucket):
+    lines = "".join(f'{{"key": "k{i}", "x": {i}}}\n' for i in range(5))
+    s3_server.client().put_object(Bucket=s3_bucket, Key="rows/part-0.jsonl", Body=lines.encode())
+    reader = JsonlReader(path=f"s3://{s3_bucket}/rows", id_column="key", storage=s3_server.storage)
+    got = {row["id"]: row["x"] for row in reader.read().take_all()}
+    assert got == {f"k{i}": i for i in range(5)}
 
 
 def test_checks_on_s3_report_missing_and_empty(s3_server, s3_bucket):
