@@ -6,6 +6,7 @@ import contextlib
 import importlib
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +15,7 @@ import ray
 
 from framework.allocator import worker_env
 from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
-from framework.errors import Terminated
+from framework.errors import InputError, Terminated
 from framework.spec.schema import Spec
 
 # Ray Data reads parquet footers on a pool of actors it makes for every listing, 32 by
@@ -58,6 +59,7 @@ def init_ray(spec: Spec) -> None:
     if ray.is_initialized():
         return
     if spec.ray.address:
+        check_reachable(spec.ray.address)
         ray.init(
             address=spec.ray.address,
             runtime_env=runtime_env(spec) or None,
@@ -66,6 +68,21 @@ def init_ray(spec: Spec) -> None:
     else:
         start_local_ray(spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory)
     stop_on_sigterm()
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` nobody answers at: Ray retries its GCS for minutes."""
+    host, _, port = address.rpartition(":")
+    if address == "auto" or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise InputError(
+            f"ray.address: nothing answers at {address} ({exc.strerror or exc}) - is the "
+            "cluster's head node running? (`ray status` there); leave ray.address out for "
+            "a local Ray"
+        ) from exc
 
 
 def _terminated(signum: int, frame: Any) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from framework.cli import main
 from framework.errors import ExitCode
+from tests.helpers import run_cli
 
 
 @pytest.fixture
@@ -105,3 +107,15 @@ def test_console_script_exit_codes_and_no_traceback(spec, tmp_path):
     missing = subprocess.run([exe, str(tmp_path / "x.yaml")], capture_output=True, text=True)
     assert missing.returncode == ExitCode.INPUT_ERROR
     assert "Traceback" not in missing.stderr
+
+
+def test_a_cluster_address_nobody_answers_at_fails_in_seconds(spec):
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = run_cli(str(spec), "--address", f"127.0.0.1:{port}", timeout=60)
+    assert done.returncode == ExitCode.INPUT_ERROR, done.stderr[-2000:]
+    assert done.stderr.startswith(
+        f"infer-run: error: ray.address: nothing answers at 127.0.0.1:{port} ("
+    )
+    assert "Traceback" not in done.stderr
