@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+import zipfile
 from pathlib import Path
 
 import matplotlib
@@ -109,8 +110,9 @@ def test_each_bad_value_gets_one_message_naming_its_param():
 
 def test_torchscript_refuses_compile_but_export_takes_it(tmp_path):
     scripted, exported = tmp_path / "model.pt", tmp_path / "model.pt2"
-    scripted.write_bytes(b"x")
-    exported.write_bytes(b"x")
+    for path in (scripted, exported):  # zip archives, as torch.jit.save and export.save write
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("model/data.pkl", b"")
     assert TorchScriptClassifier.check({"path": str(scripted), "compile": True}) == [
         COMPILE_TORCHSCRIPT
     ]

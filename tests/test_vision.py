@@ -441,3 +441,22 @@ def test_torch_runtime_is_public_but_import_framework_stays_torch_free():
     code = "import sys, framework; print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_file_that_is_no_checkpoint_is_a_spec_problem(tmp_path):
+    from safetensors.torch import save_file
+
+    from plugins.vision.weights import checkpoint_problem
+
+    state = {"w": torch.zeros(2, 2)}
+    torch.save(state, tmp_path / "zip.pth")
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    for good in ("zip.pth", "legacy.pth", "w.safetensors"):
+        assert checkpoint_problem("weights", str(tmp_path / good)) is None, good
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "zip.pth").read_bytes()[:-40])
+    (tmp_path / "html.pth").write_bytes(b"<html>a proxy's error page</html>")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json here!!!")
+    for bad in ("cut.pth", "html.pth", "bad.safetensors"):
+        problem = checkpoint_problem("weights", str(tmp_path / bad))
+        assert problem and problem.startswith(f"weights: {tmp_path / bad} is not a checkpoint")
