@@ -15,6 +15,7 @@ import ray.data
 from framework.allocator import hold_freed_memory, release_free_memory
 from framework.components import ID_COLUMN, Batch, Writer
 from framework.dead_letter import ERROR_COLUMN, ErrorPolicy, Failure, batch_key
+from framework.errors import InferError
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.resume import filter_ids
 from framework.worker import StageRunner
@@ -75,9 +76,17 @@ class _StageActor:
     ) -> None:
         hold_freed_memory()
         self.runner = StageRunner(path, cls, params, log, errors)
-        self.runner.build()  # load the model now, not on the first batch
+        self.failed: InferError | None = None
+        try:
+            self.runner.build()  # load the model now, not on the first batch
+        except InferError as exc:
+            # Raised here, Ray reports only an actor that died, as text, and Ray Data
+            # starts another; stopped from the first batch, the run says why in one line.
+            self.failed = exc
 
     def __call__(self, batch: Batch) -> Batch:
+        if self.failed is not None:
+            self.runner.stop(f"{self.runner.path}: {self.failed}")
         return self.runner(batch)
 
 

@@ -230,7 +230,7 @@ class StageRunner:
         """Apply the error policy to a batch's failures and count the batch in the run's log;
         ``key`` (``batch_key``) makes a batch that runs again count and record once."""
         if failures and self.errors.policy == "fail":
-            self._stop(failures[0].line() + " - errors.policy=skip writes bad rows aside")
+            self.stop(failures[0].line() + " - errors.policy=skip writes bad rows aside")
         self.errors.write(failures, key)
         if self.log is None:
             return
@@ -251,7 +251,7 @@ class StageRunner:
         seen, failed = ray.get(refs)[0]
         reason = self.errors.over_budget(seen, failed)
         if reason:
-            self._stop(
+            self.stop(
                 f"error budget exceeded: {reason} - bad rows are in {self.errors.dead_letter}"
             )
 
@@ -266,7 +266,7 @@ class StageRunner:
         self.gpu_pushed = (now, summary["gpu_samples"])
         return [self.log.gpu.remote(self.path, node, os.getpid(), summary)]
 
-    def _stop(self, message: str) -> None:
+    def stop(self, message: str) -> None:
         if self.log is not None:
             ray.get(self.log.stop.remote(message))
         raise RunError(message)

@@ -13,11 +13,13 @@ import sys
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import skimage.data
 import torch
 import torchvision
 from PIL import Image, ImageOps
 
 from framework import RunError
+from framework.errors import ExitCode
 from framework.torch_runtime import autocast_dtype, select_device
 from plugins.vision import (
     DecodeImage,
@@ -29,7 +31,7 @@ from plugins.vision import (
 )
 from plugins.vision.model_info import model_info
 from plugins.vision.runtime import fold_batch_norms, is_conv_net
-from tests.helpers import column, encode
+from tests.helpers import column, encode, run_cli
 
 RNG = np.random.default_rng(0)
 PIXELS = RNG.integers(0, 256, (30, 40, 3), dtype=np.uint8)
@@ -460,3 +462,30 @@ def test_a_file_that_is_no_checkpoint_is_a_spec_problem(tmp_path):
     for bad in ("cut.pth", "html.pth", "bad.safetensors"):
         problem = checkpoint_problem("weights", str(tmp_path / bad))
         assert problem and problem.startswith(f"weights: {tmp_path / bad} is not a checkpoint")
+
+
+@pytest.mark.ray
+def test_another_architectures_checkpoint_stops_the_run_in_one_line(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "chelsea", "coffee"):
+        Image.fromarray(getattr(skimage.data, name)()).save(photos / f"{name}.jpg")
+    checkpoint = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), checkpoint)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+reader: {{type: image_folder, path: {photos}}}
+preprocessors: [{{type: image_transform, crop_size: 64}}]
+models: [{{type: torchvision, name: resnet18, weights: {checkpoint}}}]
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    done = run_cli(str(spec), timeout=240)
+    assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(
+        f"infer-run: error: models[0]: weights: {checkpoint} does not fit this architecture: "
+        "Missing key(s) in state_dict: "
+    )
+    assert last.endswith(" more)") and len(last) < 400

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from framework import RunError
 from plugins.vision.classifier import ImageClassifier
 from plugins.vision.microbatch import DEFAULT_MAX
 from plugins.vision.model_info import TORCHVISION_DEFAULT_WEIGHTS
@@ -43,7 +44,14 @@ def _from_checkpoint(
         found = classifier_outputs(module, state)
         if found is not None and found != classifier_outputs(module, module.state_dict()):
             module = build(num_classes=found)
-    module.load_state_dict(state)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as exc:  # another architecture's weights: missing keys, shapes
+        problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        first = problems[0] if problems else str(exc)
+        first = first if len(first) <= 160 else first[:157] + "..."  # torch lists every key
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RunError(f"weights: {path} does not fit this architecture: {first}{more}") from exc
     return module
 
 
