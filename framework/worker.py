@@ -17,7 +17,7 @@ import ray
 
 from framework.components import ID_COLUMN, Batch
 from framework.dead_letter import ErrorPolicy, Failure, batch_key, run_isolated, split_flagged
-from framework.errors import RunError
+from framework.errors import InferError, RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
 from framework.watchdog import StageTimeout, exit_after, plain_id
 
@@ -132,7 +132,10 @@ class StageRunner:
 
     def __call__(self, batch: Batch) -> Batch:
         if self.stage is None:
-            self.build()
+            try:
+                self.build()
+            except InferError as exc:  # Ray Data keeps only the text of a UDF's exception
+                self.stop(f"{self.path}: {exc}")
         match_torch_threads()  # task workers are reused across stages with other grants
         if self.gpu is not None:
             self.gpu.start()

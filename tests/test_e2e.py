@@ -13,6 +13,7 @@ import pytest
 
 from framework.cli import main
 from framework.errors import ExitCode
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.ray
 
@@ -132,6 +133,21 @@ def test_a_malformed_json_line_stops_the_run_naming_file_and_line(ray_session, t
     assert capsys.readouterr().err.endswith(
         f"infer-run: error: reader: cannot read {data}: line 2 is not valid JSON "
         "(Expecting value: line 1 column 18 (char 17))\n"
+    )
+
+
+@pytest.mark.parametrize("pool", ["", ", resources: {actors: 1}"], ids=["task", "actor"])
+def test_a_stage_that_cannot_be_built_stops_the_run_in_one_line(tmp_path, dataset, pool):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {dataset}}}\n"
+        f"preprocessors: [{{type: broken_build{pool}}}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    done = run_cli(str(spec), plugins="tests.plugins.broken", timeout=240)
+    assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (
+        "infer-run: error: preprocessors[0]: labels file has 3 lines for 1000 classes"
     )
 
 
