@@ -144,7 +144,7 @@ def test_a_stage_that_cannot_be_built_stops_the_run_in_one_line(tmp_path, datase
         f"preprocessors: [{{type: broken_build{pool}}}]\n"
         f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
     )
-    done = run_cli(str(spec), plugins="tests.plugins.broken", timeout=240)
+    done = run_cli(str(spec), plugins="tests.plugins.broken_build", timeout=240)
     assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
     assert done.stderr.splitlines()[-1] == (
         "infer-run: error: preprocessors[0]: labels file has 3 lines for 1000 classes"
