@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable
@@ -76,17 +77,13 @@ class _StageActor:
     ) -> None:
         hold_freed_memory()
         self.runner = StageRunner(path, cls, params, log, errors)
-        self.failed: InferError | None = None
-        try:
-            self.runner.build()  # load the model now, not on the first batch
-        except InferError as exc:
-            # Raised here, Ray reports only an actor that died, as text, and Ray Data
-            # starts another; stopped from the first batch, the run says why in one line.
-            self.failed = exc
+        with contextlib.suppress(InferError):
+            # Load the model now, not on the first batch. A user error raised here would
+            # reach the driver only as the text of a dead actor: the first batch builds
+            # again and stops the run in one line, as a task stage's does.
+            self.runner.build()
 
     def __call__(self, batch: Batch) -> Batch:
-        if self.failed is not None:
-            self.runner.stop(f"{self.runner.path}: {self.failed}")
         return self.runner(batch)
 
 
