@@ -166,7 +166,7 @@ class Writer(Component, ABC):
 
     def file_ids(self, fs: pafs.FileSystem, path: str) -> list[Any] | None:
         """The ids in one output file, or None when the killed run cut it short."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} sets output_suffix but no file_ids")
 
     def committed_ids(self) -> list[Any]:
         """Ids in the output files an interrupted run finished; removes half-written files.
