@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from framework.components import ID_COLUMN, Batch
-from framework.storage import filesystem_for
+from framework.storage import filesystem_for, read_files
 
 # A reader (or stage) that cannot produce a row keeps it, with the reason in this
 # column; the next stage's runner moves it to the dead-letter output.
@@ -47,6 +47,11 @@ def jsonl_ids(data: bytes) -> tuple[list[Any], bool]:
     return ids, whole
 
 
+def plain_id(value: Any) -> Any:
+    """A row id as a hashable, JSON-ready Python value (numpy scalars unwrapped)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def batch_key(stage: str, ids: Iterable[Any]) -> str:
     """A name for one stage's batch, from its row ids.
 
@@ -56,7 +61,7 @@ def batch_key(stage: str, ids: Iterable[Any]) -> str:
     """
     digest = hashlib.blake2b(stage.encode(), digest_size=10)
     for row_id in ids:
-        digest.update(b"\x1f" + str(row_id.item() if hasattr(row_id, "item") else row_id).encode())
+        digest.update(b"\x1f" + str(plain_id(row_id)).encode())
     return digest.hexdigest()
 
 
@@ -71,9 +76,8 @@ class Failure:
         return f"row {self.row_id!r} failed in {self.stage}: {self.error_type}: {self.message}"
 
     def record(self) -> dict[str, Any]:
-        row_id = self.row_id.item() if hasattr(self.row_id, "item") else self.row_id
         return {
-            "id": row_id,
+            "id": plain_id(self.row_id),
             "stage": self.stage,
             "error_type": self.error_type,
             "message": self.message,
@@ -116,18 +120,19 @@ class ErrorPolicy:
         with fs.open_output_stream(f"{root}/{name}") as out:
             out.write(text.encode())
 
-    def record_files(self) -> tuple[pafs.FileSystem | None, list[str]]:
-        """The files ``write`` made (its folder's ``.jsonl``, not those of sub-folders)."""
+    def read_records(self) -> list[tuple[str, bytes]]:
+        """The files ``write`` made (its folder's ``.jsonl``, not those of sub-folders),
+        each with its content, read ``FILE_READS_AT_ONCE`` at a time."""
         if self.dead_letter is None:
-            return None, []
+            return []
         fs, root = filesystem_for(self.dead_letter, self.storage)
         selector = pafs.FileSelector(root, allow_not_found=True)
-        paths = [
+        paths = sorted(
             info.path
             for info in fs.get_file_info(selector)
             if info.type == pafs.FileType.File and info.path.endswith(".jsonl")
-        ]
-        return fs, sorted(paths)
+        )
+        return list(zip(paths, read_files(fs, paths), strict=True))
 
     def over_budget(self, seen: int, failed: int) -> str | None:
         """Why the run must stop now, or None while the budget holds."""
@@ -199,4 +204,12 @@ def check_policy(policy: str) -> str | None:
     return None
 
 
-__all__ = ["ERROR_COLUMN", "ErrorPolicy", "Failure", "batch_key", "run_isolated", "split_flagged"]
+__all__ = [
+    "ERROR_COLUMN",
+    "ErrorPolicy",
+    "Failure",
+    "batch_key",
+    "plain_id",
+    "run_isolated",
+    "split_flagged",
+]

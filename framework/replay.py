@@ -17,7 +17,7 @@ from typing import Any
 
 from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError
-from framework.storage import filesystem_for, read_files
+from framework.storage import filesystem_for
 
 REPLAYED_PREFIX = "replayed-"
 ROW_LEVEL = "BadInput"  # reader records of single rows; other reader records are whole files
@@ -58,10 +58,10 @@ class Replay:
 
 def plan_replay(errors: ErrorPolicy) -> Replay:
     """The ids recorded in the dead-letter folder; an ``InputError`` when there are none."""
-    fs, files = errors.record_files()
+    records = errors.read_records()
     ids: list[Any] = []
     kept: list[dict[str, Any]] = []
-    for data in read_files(fs, files) if fs is not None else []:
+    for _, data in records:
         for line in data.decode().splitlines():
             try:
                 record = json.loads(line)
@@ -74,4 +74,4 @@ def plan_replay(errors: ErrorPolicy) -> Replay:
                 ids.append(row_id)
     if not ids:
         raise InputError(f"--replay: no dead-lettered rows to replay in {errors.dead_letter}")
-    return Replay(ids, files, kept, errors)
+    return Replay(ids, [path for path, _ in records], kept, errors)

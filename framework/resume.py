@@ -16,7 +16,7 @@ import ray
 from framework.components import ID_COLUMN, Batch, Writer
 from framework.dead_letter import ErrorPolicy, jsonl_ids
 from framework.errors import InputError
-from framework.storage import filesystem_for, read_files
+from framework.storage import filesystem_for
 
 MANIFEST_NAME = "_infer_run_manifest.json"
 DEAD_LETTER_DIR = "_dead_letter"
@@ -64,8 +64,7 @@ def check_resumable(
 def committed_ids(writer: Writer, errors: ErrorPolicy) -> list[Any]:
     """Ids already written (the writer's committed files) or dead-lettered."""
     ids = list(writer.committed_ids())
-    fs, paths = errors.record_files()
-    for data in read_files(fs, paths) if fs is not None else []:
+    for _, data in errors.read_records():
         # A record cut short when the run was killed is not counted: its row is redone.
         ids.extend(jsonl_ids(data)[0])
     return ids

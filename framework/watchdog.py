@@ -16,7 +16,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 log = logging.getLogger("infer_run.watchdog")
 
@@ -26,11 +25,6 @@ TIMEOUT_EXIT_CODE = 75
 
 class StageTimeout(RuntimeError):
     """A row whose stage call outlived ``errors.batch_timeout_s`` (its worker was restarted)."""
-
-
-def plain_id(value: Any) -> Any:
-    """A row id as a hashable Python value (numpy scalars unwrapped)."""
-    return value.item() if hasattr(value, "item") else value
 
 
 @contextmanager
@@ -60,4 +54,4 @@ def exit_after(timeout_s: float | None, on_expiry: Callable[[], None]) -> Iterat
         done.set()
 
 
-__all__ = ["TIMEOUT_EXIT_CODE", "StageTimeout", "exit_after", "plain_id"]
+__all__ = ["TIMEOUT_EXIT_CODE", "StageTimeout", "exit_after"]

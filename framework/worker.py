@@ -16,10 +16,17 @@ import psutil
 import ray
 
 from framework.components import ID_COLUMN, Batch
-from framework.dead_letter import ErrorPolicy, Failure, batch_key, run_isolated, split_flagged
+from framework.dead_letter import (
+    ErrorPolicy,
+    Failure,
+    batch_key,
+    plain_id,
+    run_isolated,
+    split_flagged,
+)
 from framework.errors import InferError, RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
-from framework.watchdog import StageTimeout, exit_after, plain_id
+from framework.watchdog import StageTimeout, exit_after
 
 log = logging.getLogger("infer_run.worker")
 
