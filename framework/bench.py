@@ -21,10 +21,9 @@ from typing import Any
 
 import ray
 
+from framework.calibrate import read_sample
 from framework.cluster import ray_cluster
-from framework.compile import EMITTERS, RunContext
 from framework.components import ID_COLUMN, Batch
-from framework.dead_letter import split_flagged
 from framework.errors import ExitCode, InputError
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
@@ -143,7 +142,7 @@ class Bench:
         plan = build_plan(self.spec, ray_cluster(self.spec.ray.address or "the local Ray"))
         check_feasible(plan)  # a stage no node can host would wait forever in take_batch
         first = next(i for i, n in enumerate(plan.nodes) if n.stage.kind == "model")
-        ready = _ready_rows(plan.nodes[:first], self.settings.sample_rows)
+        ready = read_sample(plan.nodes[:first], self.settings.sample_rows, "benchmark.sample_rows")
         self.ceiling = _time_models(plan.nodes[first : first + len(self.spec.models)], ready)
         return self.ceiling
 
@@ -180,23 +179,6 @@ class Bench:
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _ready_rows(head: Sequence[Any], rows: int) -> Batch:
-    """The reader and the stages before the first model, run by Ray Data on ``rows`` rows."""
-    read = head[0]
-    limit = min(rows, read.limit) if read.limit else rows
-    dataset: Any = None
-    for node in (dataclasses.replace(read, limit=limit), *head[1:]):
-        dataset = EMITTERS[type(node)](node, dataset, RunContext())
-    try:
-        batch = dataset.take_batch(limit, batch_format="numpy")
-    except ValueError:  # Ray Data's answer to an empty dataset
-        raise InputError("benchmark.sample_rows: the reader produced no rows to time") from None
-    batch, _ = split_flagged(batch, "reader")  # rows a reader flagged never reach a model
-    if not len(batch.get(ID_COLUMN, ())):
-        raise InputError("benchmark.sample_rows: every sampled row was flagged by the reader")
-    return batch
 
 
 def _time_models(models: Sequence[Any], ready: Batch) -> dict[str, Any]:

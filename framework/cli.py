@@ -8,18 +8,21 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+import ray
 from omegaconf import OmegaConf
 
 from framework import __version__
+from framework.cluster import ray_cluster
 from framework.errors import ExitCode, InferError, SpecError, Terminated
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugins import load_registry
-from framework.ray_session import cluster_for
+from framework.ray_session import cluster_for, init_ray
 from framework.redact import redact
 from framework.registry import Registry
-from framework.run import run_spec
+from framework.run import run_spec, write_text
 from framework.spec import load_spec, validate_spec
+from framework.spec.schema import Spec
 from framework.spec.validate import resolve
 
 OVERRIDE_HINT = "spec values are set as key=value (e.g. run.limit=10) and removed as ~key"
@@ -43,6 +46,12 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate", action="store_true", help="check spec and plugins, run nothing")
     p.add_argument("--print-spec", action="store_true", help="print the resolved spec and exit")
     p.add_argument("--plan", action="store_true", help="print the stages and their resources")
+    p.add_argument(
+        "--calibrate",
+        type=int,
+        metavar="ROWS",
+        help="with the plan, time every stage on ROWS sample rows and predict the bottleneck",
+    )
     p.add_argument("--address", help="Ray cluster to join (auto, host:port); same as ray.address")
     p.add_argument("--limit", type=int, help="process only the first N rows; same as run.limit")
     p.add_argument("--report", help="also write the JSON run report here; same as run.report")
@@ -79,6 +88,8 @@ def main_run(argv: Sequence[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     if sum((args.resume, args.replay, args.overwrite)) > 1:
         parser.error("--resume, --replay and --overwrite exclude each other")
+    if args.calibrate is not None and args.calibrate < 1:
+        parser.error("--calibrate: ROWS must be at least 1")
     cfg = load_spec(args.spec, [*args.overrides, *_flag_overrides(args)])
     if args.print_spec:
         problems: list[str] = []
@@ -89,6 +100,8 @@ def main_run(argv: Sequence[str]) -> int:
         return ExitCode.OK
     registry = load_registry()
     spec = validate_spec(cfg, registry, args.spec)
+    if args.calibrate is not None:
+        return _calibrate(spec, args.calibrate)
     if args.plan or args.validate:
         plan = build_plan(spec, cluster_for(spec))
         if args.plan:
@@ -99,6 +112,33 @@ def main_run(argv: Sequence[str]) -> int:
         return ExitCode.OK
     report = run_spec(spec, registry, resume=args.resume, replay=args.replay)
     print(report.summary())
+    return ExitCode.OK
+
+
+def _calibrate(spec: Spec, rows: int) -> int:
+    """``--calibrate``: the plan, then each stage timed on the cluster and the prediction."""
+    from framework.calibrate import as_json, calibrate, describe, predict
+
+    started = not ray.is_initialized()
+    init_ray(spec)
+    try:
+        plan = build_plan(spec, ray_cluster(spec.ray.address or "the local Ray"))
+        print(plan.describe(), flush=True)
+        check_feasible(plan)  # a probe asking for what no node has would wait forever
+        timings = calibrate(plan, rows)
+        if not timings:
+            print("calibration: the spec has no stages between reader and writer to time")
+            return ExitCode.OK
+        prediction = predict(plan, timings)
+        print(describe(timings, prediction))
+        if spec.run.report:
+            write_text(
+                spec.run.report, json.dumps(as_json(plan, timings, prediction), indent=2), None
+            )
+            print(f"calibration: {spec.run.report}")
+    finally:
+        if started and ray.is_initialized():
+            ray.shutdown()
     return ExitCode.OK
 
 

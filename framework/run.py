@@ -142,7 +142,7 @@ def run_plan(
             compiled.writer.write(compiled.dataset)
     except ray.exceptions.RayError as exc:
         # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
-        reason = ray.get(stage_log.stop_reason.remote()) or _user_cause(exc)
+        reason = ray.get(stage_log.stop_reason.remote()) or user_cause(exc)
         if reason is None:
             raise
         failure = RunError(reason)
@@ -228,7 +228,7 @@ def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:
 RAY_RETRY_NOTE = "\nFailed to "
 
 
-def _user_cause(exc: BaseException) -> str | None:
+def user_cause(exc: BaseException) -> str | None:
     """The message of the InferError a stage raised inside a Ray worker, if that failed.
 
     Ray re-raises a worker's exception as a class deriving from both RayTaskError and the
@@ -248,4 +248,4 @@ def _user_cause(exc: BaseException) -> str | None:
     return None
 
 
-__all__ = ["run_plan", "run_spec", "write_text"]
+__all__ = ["run_plan", "run_spec", "user_cause", "write_text"]

@@ -148,6 +148,18 @@ def test_ship_code_uploads_infer_run_and_the_plugins_to_the_workers(cluster, dat
     assert shipped_run.read_bytes() == (ROOT / "framework" / "run.py").read_bytes()
 
 
+def test_calibrate_times_each_stage_on_the_node_the_run_would_use(cluster, dataset, tmp_path):
+    spec = write_spec(tmp_path, dataset, "{num_gpus: 1, custom: {gpu_node: 1}, batch_size: 25}")
+    report = tmp_path / "calibration.json"
+    done = run_cli(spec, "--address", cluster, "--calibrate", "50", "--report", str(report))
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    pre, model = json.loads(report.read_text())["stages"]
+    assert "cpu_node=4" in pre["node"] and "gpu_node=1" in model["node"]
+    assert pre["node_id"] != model["node_id"]
+    assert (pre["gpus"], model["gpus"]) == (0, 1)
+    assert not (tmp_path / "out").exists()
+
+
 def test_infeasible_spec_fails_fast_instead_of_waiting(cluster, dataset, tmp_path):
     spec = write_spec(tmp_path, dataset, "{num_gpus: 1, accelerator_type: H100}")
     # Far below the minutes Ray would wait for a resource nobody offers.

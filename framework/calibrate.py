@@ -1,0 +1,271 @@
+"""``--plan --calibrate N``: each stage timed on N sample rows where and as the run would
+run it, and from that the run's bottleneck and throughput, before the run starts.
+
+Every stage is built in a Ray actor asking for the stage's own resources (so a model
+lands on a GPU node and picks its GPU, a CPU stage gets its torch threads), warmed up on
+the sample, then timed on it. Each stage's figure is scaled by the workers the plan lets
+it run at once; the CPU stages that run as tasks share the CPUs that the actor pools
+leave. The slowest stage bounds the run. Stages are timed one at a time on an idle
+cluster, and reading and writing are not timed, so the prediction is an upper bound.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray
+
+from framework.allocator import hold_freed_memory
+from framework.components import ID_COLUMN, Batch
+from framework.dead_letter import split_flagged
+from framework.errors import InferError, InputError, RunError
+from framework.plan import MapNode, Plan, ReadNode
+from framework.run import user_cause
+from framework.worker import StageRunner
+
+# The best of a few timed passes over the sample, after one untimed warm-up pass.
+TIMED_PASSES = 2
+
+
+def read_sample(head: Sequence[Any], rows: int, what: str) -> Batch:
+    """The reader (and any stages in ``head`` after it) run by Ray Data on ``rows`` rows;
+    rows the reader flagged are left out. ``what`` names the setting, for errors."""
+    from framework.compile import EMITTERS, RunContext  # compile imports the worker's deps
+
+    read = head[0]
+    limit = min(rows, read.limit) if read.limit else rows
+    dataset: Any = None
+    for node in (dataclasses.replace(read, limit=limit), *head[1:]):
+        dataset = EMITTERS[type(node)](node, dataset, RunContext())
+    try:
+        batch = dataset.take_batch(limit, batch_format="numpy")
+    except ValueError:  # Ray Data's answer to an empty dataset
+        raise InputError(f"{what}: the reader produced no rows to time") from None
+    batch, _ = split_flagged(batch, "reader")  # rows a reader flagged never reach a stage
+    if not len(batch.get(ID_COLUMN, ())):
+        raise InputError(f"{what}: every sampled row was flagged by the reader")
+    return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class StageTiming:
+    """One stage on the sample, in one worker with the stage's resources."""
+
+    path: str
+    type: str
+    compute: str  # "tasks" or "actors"
+    cpus: float  # per worker
+    gpus: float
+    rows: int
+    seconds: float  # the best timed pass
+    build_s: float  # building the stage (loading a model)
+    torch_threads: int | None
+    node_id: str
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / max(self.seconds, 1e-9)
+
+
+@ray.remote
+class _Probe:
+    """One stage in a process holding the stage's resources, set up as the run's workers are."""
+
+    def __init__(self, path: str, cls: type, params: dict[str, Any], actor: bool) -> None:
+        if actor:
+            hold_freed_memory()  # as the run's model actors do
+        self.runner = StageRunner(path, cls, params)
+        started = time.perf_counter()
+        self.failed: Exception | None = None
+        try:
+            self.runner.build()
+        except InferError as exc:  # raised by time(): an actor that died in __init__ says less
+            self.failed = RunError(f"{path}: {exc}")
+        self.build_s = time.perf_counter() - started
+
+    def time(self, batches: list[Batch]) -> tuple[list[Batch], float, float, int | None, str]:
+        if self.failed is not None:
+            raise self.failed
+        outputs = [self.runner(dict(b)) for b in batches]  # warm-up: kernels, caches
+        best = math.inf
+        for _ in range(TIMED_PASSES):
+            copies = [dict(b) for b in batches]  # stages add and drop columns of their dict
+            started = time.perf_counter()
+            for batch in copies:
+                self.runner(batch)
+            best = min(best, time.perf_counter() - started)
+        torch = sys.modules.get("torch")
+        threads = torch.get_num_threads() if torch else None
+        node = ray.get_runtime_context().get_node_id()
+        return outputs, best, self.build_s, threads, node
+
+
+def _batches(batch: Batch, size: int | None) -> list[Batch]:
+    rows = len(batch[ID_COLUMN])
+    size = size or rows
+    return [{k: v[i : i + size] for k, v in batch.items()} for i in range(0, rows, size)]
+
+
+def _concat(batches: list[Batch]) -> Batch:
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def time_stage(node: MapNode, sample: Batch) -> tuple[StageTiming, Batch]:
+    """``node``'s stage on ``sample`` in a Ray actor with its resources; its output too."""
+    probe = _Probe.options(**node.ray_args).remote(
+        node.stage.path,
+        node.stage.cls,
+        node.stage.cls.worker_params(node.stage.params),
+        node.compute == "actors",
+    )
+    try:
+        outputs, seconds, build_s, threads, node_id = ray.get(
+            probe.time.remote(_batches(sample, node.batch_size))
+        )
+    except ray.exceptions.RayError as exc:
+        reason = user_cause(exc)
+        if reason is None:
+            raise
+        raise RunError(f"--calibrate: {reason}") from None
+    finally:
+        ray.kill(probe)
+    timing = StageTiming(
+        path=node.stage.path,
+        type=node.stage.type,
+        compute=node.compute,
+        cpus=float(node.ray_args.get("num_cpus", 1)),
+        gpus=float(node.ray_args.get("num_gpus", 0)),
+        rows=len(sample[ID_COLUMN]),
+        seconds=seconds,
+        build_s=build_s,
+        torch_threads=threads,
+        node_id=node_id,
+    )
+    return timing, _concat(outputs)
+
+
+def calibrate(plan: Plan, rows: int) -> list[StageTiming]:
+    """Every stage of ``plan`` timed in order, each on the previous one's output."""
+    read = plan.nodes[0]
+    assert isinstance(read, ReadNode)
+    batch = read_sample([read], rows, "--calibrate")
+    maps = [n for n in plan.nodes if isinstance(n, MapNode)]
+    timings = []
+    for node in maps:
+        if timings and not len(batch[ID_COLUMN]):
+            raise InputError(
+                f"--calibrate: {timings[-1].path} kept none of the {rows} sample rows, "
+                f"so {node.stage.path} has nothing to time; sample more rows"
+            )
+        timing, batch = time_stage(node, batch)
+        timings.append(timing)
+    return timings
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """Rows/s each stage can do with all the workers the plan gives it, and the slowest."""
+
+    capacity: dict[str, float]  # stage path → rows/s
+    workers: dict[str, float]  # stage path → workers at once (task stages: CPUs' worth)
+    task_cpus: float  # CPUs the actor pools leave to task stages
+    bottleneck: str
+    rows_per_s: float
+
+
+def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
+    """Actor pools run at their maximum size; task stages share the CPUs the pools leave
+    (fused, one task runs them one after another), each task on ``min(1, cpus)`` of a core."""
+    nodes = {n.stage.path: n for n in plan.nodes if isinstance(n, MapNode)}
+    held = sum(
+        float(n.ray_args.get("num_cpus", 1)) * n.pool[1]
+        for n in nodes.values()
+        if n.compute == "actors" and n.pool
+    )
+    task_cpus = max(plan.cluster.cpus - held, 0.0)
+    capacity: dict[str, float] = {}
+    workers: dict[str, float] = {}
+    tasks = [t for t in timings if t.compute == "tasks"]
+    for t in timings:
+        node = nodes[t.path]
+        if t.compute == "actors":
+            workers[t.path] = float(node.pool[1] if node.pool else 1)
+        else:
+            slots = task_cpus / t.cpus if t.cpus else task_cpus
+            if node.max_tasks:
+                slots = min(slots, node.max_tasks)
+            # A task granted part of a core runs one thread on that part of it.
+            workers[t.path] = slots * min(1.0, t.cpus) if t.cpus else slots
+        capacity[t.path] = workers[t.path] * t.rows_per_s
+    if len(tasks) > 1:  # one task runs them in turn: their seconds per row add up
+        cores = min(workers[t.path] for t in tasks)
+        together = cores / sum(1 / t.rows_per_s for t in tasks)
+        for t in tasks:
+            capacity[t.path] = together
+    bottleneck = min(capacity, key=lambda p: capacity[p])
+    return Prediction(capacity, workers, task_cpus, bottleneck, capacity[bottleneck])
+
+
+def as_json(plan: Plan, timings: Sequence[StageTiming], prediction: Prediction) -> dict[str, Any]:
+    """The figures ``--calibrate --report PATH`` writes: per stage and the prediction."""
+    nodes = {n.node_id: n.describe() for n in plan.cluster.nodes}
+    stages = [
+        {
+            **dataclasses.asdict(t),
+            "node": nodes.get(t.node_id, t.node_id),
+            "rows_per_s": round(t.rows_per_s, 3),
+            "workers": prediction.workers[t.path],
+            "capacity_rows_per_s": round(prediction.capacity[t.path], 3),
+        }
+        for t in timings
+    ]
+    return {
+        "sample_rows": timings[0].rows if timings else 0,
+        "stages": stages,
+        "task_cpus": prediction.task_cpus,
+        "bottleneck": prediction.bottleneck,
+        "rows_per_s": round(prediction.rows_per_s, 3),
+    }
+
+
+def describe(timings: Sequence[StageTiming], prediction: Prediction) -> str:
+    """The table ``--calibrate`` prints under the plan."""
+    rows = timings[0].rows if timings else 0
+    lines = [f"calibration: {rows} sample rows, each stage timed alone with its own resources"]
+    for t in timings:
+        threads = f", {t.torch_threads} torch threads" if t.torch_threads else ""
+        gpus = f", {t.gpus:g} GPU" if t.gpus else ""
+        lines.append(
+            f"  {t.path:<18} {t.type:<16} {t.rows_per_s:10.1f} rows/s per worker "
+            f"({t.cpus:g} CPU{gpus}{threads}; built in {t.build_s:.2f}s) "
+            f"x {prediction.workers[t.path]:g} -> {prediction.capacity[t.path]:.1f} rows/s"
+        )
+    shared = [t.path for t in timings if t.compute == "tasks"]
+    if len(shared) > 1:
+        lines.append(
+            f"  {', '.join(shared)} run as tasks in turn on the "
+            f"{prediction.task_cpus:g} CPUs the actor pools leave: their rows/s is shared"
+        )
+    lines.append(
+        f"expected: at most {prediction.rows_per_s:.1f} rows/s, bound by "
+        f"{prediction.bottleneck} (reading and writing not timed; stages sharing cores "
+        "slow each other)"
+    )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "Prediction",
+    "StageTiming",
+    "as_json",
+    "calibrate",
+    "describe",
+    "predict",
+    "read_sample",
+]

@@ -1,0 +1,147 @@
+"""``--plan --calibrate``: each stage timed where the run would place it, and the prediction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from framework.calibrate import StageTiming, predict
+from framework.cluster import Cluster, Node
+from framework.errors import ExitCode
+from framework.plan import MapNode, Plan, build_plan
+from framework.plugins import load_registry
+from framework.spec import validate_spec
+from tests import helpers
+
+GPU_BOX = Cluster((Node("n1", "10.0.0.1", cpus=8, gpus=2),), "test")
+LAPTOP = Cluster((Node("n1", "10.0.0.1", cpus=2, spare_cpus=1),), "test")
+
+
+def plan_for(cluster: Cluster, post: bool = False) -> Plan:
+    spec = {
+        "reader": {"type": "parquet", "path": "/tmp/in"},
+        "preprocessors": [{"type": "select_columns"}],
+        "models": [{"type": "echo"}],
+        "postprocessors": [{"type": "rename_columns", "mapping": {"x": "y"}}] if post else [],
+        "writer": {"type": "parquet", "path": "/tmp/o"},
+    }
+    return build_plan(validate_spec(OmegaConf.create(spec), load_registry()), cluster)
+
+
+def timing(plan: Plan, path: str, rows_per_s: float) -> StageTiming:
+    node = next(n for n in plan.nodes if isinstance(n, MapNode) and n.stage.path == path)
+    return StageTiming(
+        path=path,
+        type=node.stage.type,
+        compute=node.compute,
+        cpus=float(node.ray_args.get("num_cpus", 1)),
+        gpus=float(node.ray_args.get("num_gpus", 0)),
+        rows=100,
+        seconds=100 / rows_per_s,
+        build_s=0.0,
+        torch_threads=None,
+        node_id="n1",
+    )
+
+
+def test_pools_run_at_their_maximum_and_tasks_on_the_cpus_they_leave():
+    plan = plan_for(GPU_BOX)  # echo: 2 actors of 1 GPU and 1 CPU; CPU stage: 1 CPU tasks
+    pre, model = "preprocessors[0]", "models[0]"
+    got = predict(plan, [timing(plan, pre, 100), timing(plan, model, 200)])
+    assert got.task_cpus == 6
+    assert got.workers == {pre: 6, model: 2}
+    assert got.capacity == pytest.approx({pre: 600, model: 400})
+    assert (got.bottleneck, got.rows_per_s) == (model, pytest.approx(400))
+
+    got = predict(plan, [timing(plan, pre, 50), timing(plan, model, 200)])
+    assert (got.bottleneck, got.rows_per_s) == (pre, pytest.approx(300))
+
+
+def test_a_task_granted_part_of_a_core_counts_as_that_part():
+    plan = plan_for(LAPTOP)  # model 1.5 CPUs; the CPU stage 0.25 CPU, 2 tasks at once
+    pre, model = "preprocessors[0]", "models[0]"
+    got = predict(plan, [timing(plan, pre, 100), timing(plan, model, 30)])
+    assert got.task_cpus == 0.5
+    assert got.workers[pre] == 0.5  # two tasks, each on a quarter of a core
+    assert got.capacity[pre] == pytest.approx(50)
+    assert got.bottleneck == model
+
+
+def test_task_stages_share_their_cpus_one_after_another():
+    plan = plan_for(GPU_BOX, post=True)
+    pre, model, post = "preprocessors[0]", "models[0]", "postprocessors[0]"
+    timings = [timing(plan, pre, 100), timing(plan, model, 1000), timing(plan, post, 100)]
+    got = predict(plan, timings)
+    # 6 CPUs, each task spending 10 ms per row in each of the two stages.
+    assert got.capacity[pre] == got.capacity[post] == pytest.approx(300)
+    assert got.bottleneck in (pre, post) and got.rows_per_s == pytest.approx(300)
+
+
+def write_input(tmp_path, rows: int = 40):
+    ids = [f"r{i:02d}" for i in range(rows)]
+    pq.write_table(pa.table({"id": ids, "x": np.arange(float(rows))}), tmp_path / "in.parquet")
+    return tmp_path / "in.parquet"
+
+
+@pytest.mark.ray
+def test_calibrate_times_each_stage_in_its_worker_and_names_the_bottleneck(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {write_input(tmp_path)}}}\n"
+        "preprocessors: [{type: slow_copy, delay_s: 0.2, resources: {batch_size: 10}}]\n"
+        "models: [{type: probe, resources: {batch_size: 10}}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    report = tmp_path / "calibration.json"
+    done = helpers.run_cli(
+        str(spec), "--calibrate", "40", "--report", str(report), plugins="tests.plugins.probe"
+    )
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    figures = json.loads(report.read_text())
+    pre, model = figures["stages"]
+    assert (pre["path"], model["path"]) == ("preprocessors[0]", "models[0]")
+    assert figures["sample_rows"] == pre["rows"] == model["rows"] == 40
+    # The stage sleeps 0.2 s per batch of 10 rows: no worker of it can pass 50 rows/s.
+    assert 0 < pre["rows_per_s"] <= 50
+    assert figures["bottleneck"] == "preprocessors[0]"
+    assert figures["rows_per_s"] == pre["capacity_rows_per_s"]
+    # The model was built in an actor holding the CPUs the plan gives it, threads following.
+    assert model["compute"] == "actors" and model["torch_threads"] == max(1, round(model["cpus"]))
+    assert "calibration: 40 sample rows" in done.stdout
+    assert "expected: at most" in done.stdout and "bound by preprocessors[0]" in done.stdout
+    assert not (tmp_path / "out").exists()  # calibrating writes no output
+
+
+@pytest.mark.ray
+def test_a_row_the_sample_breaks_or_a_stage_that_cannot_be_built_is_one_line(tmp_path):
+    ids = ["good", "bad"]
+    images = [helpers.encode(Image.new("RGB", (8, 8)), "PNG"), b"junk"]
+    pq.write_table(pa.table({"id": ids, "image": images}), tmp_path / "in.parquet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: image_parquet, path: {tmp_path / 'in.parquet'}}}\n"
+        "preprocessors: [{type: decode_image}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    done = helpers.run_cli(str(spec), "--calibrate", "2")
+    assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith("infer-run: error: --calibrate: row 'bad' failed in preprocessors[0]")
+
+    done = helpers.run_cli(
+        str(spec),
+        "--calibrate",
+        "2",
+        "preprocessors.0.type=broken_build",
+        plugins="tests.plugins.broken_build",
+    )
+    assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (
+        "infer-run: error: --calibrate: preprocessors[0]: labels file has 3 lines for 1000 classes"
+    )
