@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 import torch
 
+from framework.errors import RunError
+
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -27,12 +29,29 @@ def _in_ray_actor() -> bool:
     return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
+def _where() -> str:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            gpus = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+            return f"granted {gpus:g} GPUs by Ray"
+    except (ImportError, AssertionError):
+        pass
+    return "outside Ray"
+
+
 def select_device(requested: str) -> torch.device:
     if requested == "cpu":
         return torch.device("cpu")
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"device: {requested} was asked for but CUDA is not available")
+            # The user's setting, not our bug: one line, naming the stage, no traceback.
+            raise RunError(
+                f"device: {requested} was asked for, but CUDA is not available in this "
+                f"worker ({_where()}); leave device: auto to use a GPU only when Ray grants "
+                "one, and give the stage resources.num_gpus to be placed on a GPU node"
+            )
         return torch.device(requested)
     if _in_ray_actor():
         import ray

@@ -133,6 +133,16 @@ BAD_SPECS = [
         id="resources-and-types",
     ),
     pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        ["run.inflight_mb_per_node=-5", "run.inflight_mb_per_cpu=-1", "run.block_mb=0"],
+        [
+            "run.block_mb: must be positive, got 0.0",
+            "run.inflight_mb_per_node: must be positive (null: Ray Data's default), got -5.0",
+            "run.inflight_mb_per_cpu: must not be negative, got -1.0",
+        ],
+        id="run-budgets",
+    ),
+    pytest.param(
         "reader: {type: parquet, path: @IN@/missing.parquet}\nwriter: {type: parquet, path: @OUT@}\n",
         [],
         ["reader.path: no parquet data at @IN@/missing.parquet"],

@@ -63,6 +63,15 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
         problems.append(f"run.limit: must be at least 1, got {run.limit}")
     if run.block_mb <= 0:
         problems.append(f"run.block_mb: must be positive, got {run.block_mb}")
+    if run.inflight_mb_per_node is not None and run.inflight_mb_per_node <= 0:
+        problems.append(
+            f"run.inflight_mb_per_node: must be positive (null: Ray Data's default), "
+            f"got {run.inflight_mb_per_node}"
+        )
+    if run.inflight_mb_per_cpu < 0:
+        problems.append(
+            f"run.inflight_mb_per_cpu: must not be negative, got {run.inflight_mb_per_cpu}"
+        )
     reader = _stage(resolved.get("reader"), "reader", "reader", registry, problems)
     writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
     lists: dict[str, tuple[StageConfig, ...]] = {}
