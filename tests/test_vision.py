@@ -439,6 +439,19 @@ def test_topk_reads_a_labels_file_once_on_the_driver(tmp_path):
     assert out["top_labels"][0] == ["dog"]
 
 
+def test_topk_asking_for_more_than_the_classes_is_refused(tmp_path):
+    assert TopK.check({"k": 3, "labels": ["cat", "dog"]}) == [
+        "k: 3 is more than the model's 2 classes"
+    ]
+    resnet = {"type": "torchvision", "name": "resnet18", "weights": "IMAGENET1K_V1"}
+    assert TopK.check({"k": 1001, "from_model": resnet}) == [
+        "k: 1001 is more than the model's 1000 classes"
+    ]
+    assert TopK.check({"k": 1000, "from_model": resnet}) == []
+    with pytest.raises(RunError, match="^topk: k=3 is more than the 2 classes$"):
+        TopK(k=3)({"logits": np.zeros((1, 2), dtype=np.float32)})
+
+
 def test_torch_runtime_is_public_but_import_framework_stays_torch_free():
     from framework import torch_runtime
 

@@ -89,7 +89,8 @@ class TopK(Preprocessor):
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
         problems = []
-        if int(params.get("k", 5)) < 1:
+        k = int(params.get("k", 5))
+        if k < 1:
             problems.append(f"k: must be at least 1, got {params.get('k')}")
         labels = params.get("labels")
         if labels is not None:
@@ -102,6 +103,11 @@ class TopK(Preprocessor):
                 problems.append(
                     message if message.startswith("from_model:") else f"from_model: {message}"
                 )
+        if not problems:
+            known = _labels(labels, params.get("from_model"))
+            if known is not None and k > len(known):
+                # Else every row silently gets all classes, fewer than the k asked for.
+                problems.append(f"k: {k} is more than the model's {len(known)} classes")
         return problems
 
     def __call__(self, batch: Batch) -> Batch:
@@ -114,6 +120,8 @@ class TopK(Preprocessor):
                 "do not belong to this model; pass topk labels: (or the model's num_classes "
                 "and labels: when it was fine-tuned)"
             )
+        if self.k > logits.shape[1]:
+            raise RunError(f"topk: k={self.k} is more than the {logits.shape[1]} classes")
         ids, scores = top_k(softmax(logits), self.k)
         if not self.keep_logits:
             del batch[self.column]
