@@ -96,6 +96,11 @@ def test_pixel_limit_and_bad_bytes_name_the_row():
     truncated = encode(Image.fromarray(PIXELS), "JPEG")[:200]
     with pytest.raises(RunError, match="id 9"):
         ImageTransform()({"id": np.array([9]), "image": column([truncated])})
+    # Cut inside the scan: torchvision's message, without its C++ source location.
+    photo = encode(Image.fromarray(PIXELS).resize((256, 256)), "JPEG")
+    with pytest.raises(RunError) as caught:
+        ImageTransform()({"id": np.array([7]), "image": column([photo[:-100]])})
+    assert str(caught.value).endswith("image with id 7: Image is incomplete or truncated")
 
 
 def test_image_transform_encoded_and_decoded_inputs_agree():

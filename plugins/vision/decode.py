@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, cast
@@ -149,6 +150,16 @@ def exif_orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+# torchvision's C++ errors start with the function and its source file: "decode_jpeg,
+# /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete or truncated".
+_CPP_PREFIX = re.compile(r"^\w+, \S+\.cpp:\d+, ")
+
+
+def _plain(exc: BaseException) -> str:
+    """The reason without torchvision's source location: what a dead-letter record says."""
+    return _CPP_PREFIX.sub("", str(exc))
+
+
 def decode_images(
     values: np.ndarray | Sequence[Any],
     ids: Sequence[Any],
@@ -193,7 +204,7 @@ def decode_images(
                     png = decode_png(encoded, ImageReadMode.RGB, apply_exif_orientation=True)
                     out[i] = chw_to_rgb(png)
             except (DecodeError, OSError, RuntimeError, ValueError, SyntaxError) as exc:
-                raise DecodeError(f"{row_label(ids, i)}: {exc}") from exc
+                raise DecodeError(f"{row_label(ids, i)}: {_plain(exc)}") from exc
     if jpegs:
         try:
             decoded = decode_jpeg(
@@ -208,7 +219,7 @@ def decode_images(
                         decode_jpeg(encoded, mode=ImageReadMode.RGB, apply_exif_orientation=True)
                     )
                 except RuntimeError as exc:
-                    raise DecodeError(f"{row_label(ids, i)}: {exc}") from exc
+                    raise DecodeError(f"{row_label(ids, i)}: {_plain(exc)}") from exc
         for (i, _), image in zip(jpegs, decoded, strict=True):
             out[i] = image
     # Every cell was either decoded above or raised.
