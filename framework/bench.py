@@ -142,7 +142,9 @@ class Bench:
         plan = build_plan(self.spec, ray_cluster(self.spec.ray.address or "the local Ray"))
         check_feasible(plan)  # a stage no node can host would wait forever in take_batch
         first = next(i for i, n in enumerate(plan.nodes) if n.stage.kind == "model")
-        ready = read_sample(plan.nodes[:first], self.settings.sample_rows, "benchmark.sample_rows")
+        ready, _ = read_sample(
+            plan.nodes[:first], self.settings.sample_rows, "benchmark.sample_rows"
+        )
         self.ceiling = _time_models(plan.nodes[first : first + len(self.spec.models)], ready)
         return self.ceiling
 

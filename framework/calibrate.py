@@ -1,12 +1,13 @@
 """``--plan --calibrate N``: each stage timed on N sample rows where and as the run would
 run it, and from that the run's bottleneck and throughput, before the run starts.
 
-Every stage is built in a Ray actor asking for the stage's own resources (so a model
-lands on a GPU node and picks its GPU, a CPU stage gets its torch threads), warmed up on
-the sample, then timed on it. Each stage's figure is scaled by the workers the plan lets
-it run at once; the CPU stages that run as tasks share the CPUs that the actor pools
-leave. The slowest stage bounds the run. Stages are timed one at a time on an idle
-cluster, and reading and writing are not timed, so the prediction is an upper bound.
+Reading is timed by Ray Data's own figures for the sample's read tasks. Every stage is
+built in a Ray actor asking for the stage's own resources (so a model lands on a GPU node
+and picks its GPU, a CPU stage gets its torch threads), warmed up on the sample, then
+timed on it. Each figure is scaled by the workers the plan lets the stage run at once;
+reading and the stages that run as tasks share the CPUs that the actor pools leave. The
+slowest stage bounds the run. Stages are timed one at a time on an idle cluster, and
+writing is not timed, so the prediction is an upper bound.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ import numpy as np
 import ray
 
 from framework.allocator import hold_freed_memory
+from framework.compile import EMITTERS, RunContext
 from framework.components import ID_COLUMN, Batch
 from framework.dead_letter import split_flagged
 from framework.errors import InferError, InputError, RunError
-from framework.plan import MapNode, Plan, ReadNode
+from framework.plan import MapNode, Plan, ReadNode, WriteNode
+from framework.report import operator_figures
 from framework.run import user_cause
 from framework.worker import StageRunner
 
@@ -33,24 +36,44 @@ from framework.worker import StageRunner
 TIMED_PASSES = 2
 
 
-def read_sample(head: Sequence[Any], rows: int, what: str) -> Batch:
-    """The reader (and any stages in ``head`` after it) run by Ray Data on ``rows`` rows;
-    rows the reader flagged are left out. ``what`` names the setting, for errors."""
-    from framework.compile import EMITTERS, RunContext  # compile imports the worker's deps
-
+def read_sample(head: Sequence[Any], rows: int, what: str) -> tuple[Batch, list[dict[str, Any]]]:
+    """The reader (and any stages in ``head`` after it) run by Ray Data on ``rows`` rows,
+    less the rows the reader flagged; and Ray Data's figures per operator that ran
+    (``operator_figures``). ``what`` names the setting, for errors."""
     read = head[0]
     limit = min(rows, read.limit) if read.limit else rows
     dataset: Any = None
     for node in (dataclasses.replace(read, limit=limit), *head[1:]):
         dataset = EMITTERS[type(node)](node, dataset, RunContext())
-    try:
-        batch = dataset.take_batch(limit, batch_format="numpy")
-    except ValueError:  # Ray Data's answer to an empty dataset
-        raise InputError(f"{what}: the reader produced no rows to time") from None
+    sample = dataset.materialize()  # kept, with the stats of making it
+    if not sample.count():
+        raise InputError(f"{what}: the reader produced no rows to time")
+    batch = sample.take_batch(limit, batch_format="numpy")
     batch, _ = split_flagged(batch, "reader")  # rows a reader flagged never reach a stage
     if not len(batch.get(ID_COLUMN, ())):
         raise InputError(f"{what}: every sampled row was flagged by the reader")
-    return batch
+    return batch, operator_figures(sample.get_stats_summary())
+
+
+def _read_timing(read: ReadNode, ops: list[dict[str, Any]]) -> StageTiming | None:
+    """Reading from Ray Data's own figures: rows its read tasks produced over their time
+    (file listing, a one-off, left out). None when no read operator reported."""
+    reads = [op for op in ops if op["name"].split("->")[0].startswith("Read")]
+    rows, seconds = sum(op["rows_out"] for op in reads), sum(op["task_time_s"] for op in reads)
+    if not rows or seconds <= 0:
+        return None
+    return StageTiming(
+        path=read.stage.path,
+        type=read.stage.type,
+        compute="tasks",
+        cpus=float(read.num_cpus if read.num_cpus is not None else 1),
+        gpus=0.0,
+        rows=rows,
+        seconds=seconds,
+        build_s=0.0,
+        torch_threads=None,
+        node_id="",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,16 +174,18 @@ def time_stage(node: MapNode, sample: Batch) -> tuple[StageTiming, Batch]:
 
 
 def calibrate(plan: Plan, rows: int) -> list[StageTiming]:
-    """Every stage of ``plan`` timed in order, each on the previous one's output."""
+    """Reading (from Ray Data's figures), then every stage of ``plan`` timed in order,
+    each on the previous one's output."""
     read = plan.nodes[0]
     assert isinstance(read, ReadNode)
-    batch = read_sample([read], rows, "--calibrate")
+    batch, ops = read_sample([read], rows, "--calibrate")
+    reading = _read_timing(read, ops)
+    timings = [reading] if reading else []
     maps = [n for n in plan.nodes if isinstance(n, MapNode)]
-    timings = []
-    for node in maps:
-        if timings and not len(batch[ID_COLUMN]):
+    for i, node in enumerate(maps):
+        if i and not len(batch[ID_COLUMN]):
             raise InputError(
-                f"--calibrate: {timings[-1].path} kept none of the {rows} sample rows, "
+                f"--calibrate: {maps[i - 1].stage.path} kept none of the {rows} sample rows, "
                 f"so {node.stage.path} has nothing to time; sample more rows"
             )
         timing, batch = time_stage(node, batch)
@@ -182,10 +207,11 @@ class Prediction:
 def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
     """Actor pools run at their maximum size; task stages share the CPUs the pools leave
     (fused, one task runs them one after another), each task on ``min(1, cpus)`` of a core."""
-    nodes = {n.stage.path: n for n in plan.nodes if isinstance(n, MapNode)}
+    maps = {n.stage.path: n for n in plan.nodes if isinstance(n, MapNode)}
+    caps = {n.stage.path: n.max_tasks for n in plan.nodes if not isinstance(n, WriteNode)}
     held = sum(
         float(n.ray_args.get("num_cpus", 1)) * n.pool[1]
-        for n in nodes.values()
+        for n in maps.values()
         if n.compute == "actors" and n.pool
     )
     task_cpus = max(plan.cluster.cpus - held, 0.0)
@@ -193,13 +219,13 @@ def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
     workers: dict[str, float] = {}
     tasks = [t for t in timings if t.compute == "tasks"]
     for t in timings:
-        node = nodes[t.path]
         if t.compute == "actors":
-            workers[t.path] = float(node.pool[1] if node.pool else 1)
+            pool = maps[t.path].pool
+            workers[t.path] = float(pool[1] if pool else 1)
         else:
             slots = task_cpus / t.cpus if t.cpus else task_cpus
-            if node.max_tasks:
-                slots = min(slots, node.max_tasks)
+            if caps[t.path]:
+                slots = min(slots, caps[t.path])
             # A task granted part of a core runs one thread on that part of it.
             workers[t.path] = slots * min(1.0, t.cpus) if t.cpus else slots
         capacity[t.path] = workers[t.path] * t.rows_per_s
@@ -208,7 +234,9 @@ def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
         together = cores / sum(1 / t.rows_per_s for t in tasks)
         for t in tasks:
             capacity[t.path] = together
-    bottleneck = min(capacity, key=lambda p: capacity[p])
+    # Task stages sharing their CPUs tie: the one taking the most time per row is named.
+    rates = {t.path: t.rows_per_s for t in timings}
+    bottleneck = min(capacity, key=lambda p: (capacity[p], rates[p]))
     return Prediction(capacity, workers, task_cpus, bottleneck, capacity[bottleneck])
 
 
@@ -226,7 +254,7 @@ def as_json(plan: Plan, timings: Sequence[StageTiming], prediction: Prediction) 
         for t in timings
     ]
     return {
-        "sample_rows": timings[0].rows if timings else 0,
+        "sample_rows": _sample_rows(timings),
         "stages": stages,
         "task_cpus": prediction.task_cpus,
         "bottleneck": prediction.bottleneck,
@@ -234,16 +262,22 @@ def as_json(plan: Plan, timings: Sequence[StageTiming], prediction: Prediction) 
     }
 
 
+def _sample_rows(timings: Sequence[StageTiming]) -> int:
+    """Rows the stages were timed on (reading reports what its tasks read, often more)."""
+    return next((t.rows for t in timings if t.node_id), 0)
+
+
 def describe(timings: Sequence[StageTiming], prediction: Prediction) -> str:
     """The table ``--calibrate`` prints under the plan."""
-    rows = timings[0].rows if timings else 0
+    rows = _sample_rows(timings)
     lines = [f"calibration: {rows} sample rows, each stage timed alone with its own resources"]
     for t in timings:
         threads = f", {t.torch_threads} torch threads" if t.torch_threads else ""
         gpus = f", {t.gpus:g} GPU" if t.gpus else ""
+        how = f"built in {t.build_s:.2f}s" if t.node_id else f"Ray Data read {t.rows} rows"
         lines.append(
             f"  {t.path:<18} {t.type:<16} {t.rows_per_s:10.1f} rows/s per worker "
-            f"({t.cpus:g} CPU{gpus}{threads}; built in {t.build_s:.2f}s) "
+            f"({t.cpus:g} CPU{gpus}{threads}; {how}) "
             f"x {prediction.workers[t.path]:g} -> {prediction.capacity[t.path]:.1f} rows/s"
         )
     shared = [t.path for t in timings if t.compute == "tasks"]
@@ -254,8 +288,7 @@ def describe(timings: Sequence[StageTiming], prediction: Prediction) -> str:
         )
     lines.append(
         f"expected: at most {prediction.rows_per_s:.1f} rows/s, bound by "
-        f"{prediction.bottleneck} (reading and writing not timed; stages sharing cores "
-        "slow each other)"
+        f"{prediction.bottleneck} (writing not timed; stages sharing cores slow each other)"
     )
     return "\n".join(lines)
 

@@ -35,18 +35,19 @@ def plan_for(cluster: Cluster, post: bool = False) -> Plan:
 
 
 def timing(plan: Plan, path: str, rows_per_s: float) -> StageTiming:
-    node = next(n for n in plan.nodes if isinstance(n, MapNode) and n.stage.path == path)
+    node = next(n for n in plan.nodes if n.stage.path == path)
+    mapped = isinstance(node, MapNode)
     return StageTiming(
         path=path,
         type=node.stage.type,
-        compute=node.compute,
-        cpus=float(node.ray_args.get("num_cpus", 1)),
-        gpus=float(node.ray_args.get("num_gpus", 0)),
+        compute=node.compute if mapped else "tasks",
+        cpus=float(node.ray_args.get("num_cpus", 1) if mapped else node.num_cpus),
+        gpus=float(node.ray_args.get("num_gpus", 0) if mapped else 0),
         rows=100,
         seconds=100 / rows_per_s,
         build_s=0.0,
         torch_threads=None,
-        node_id="n1",
+        node_id="n1" if mapped else "",
     )
 
 
@@ -81,6 +82,10 @@ def test_task_stages_share_their_cpus_one_after_another():
     # 6 CPUs, each task spending 10 ms per row in each of the two stages.
     assert got.capacity[pre] == got.capacity[post] == pytest.approx(300)
     assert got.bottleneck in (pre, post) and got.rows_per_s == pytest.approx(300)
+    # Reading takes its turn on the same CPUs: 5 ms more per row.
+    got = predict(plan, [timing(plan, "reader", 200), *timings])
+    assert got.capacity["reader"] == got.capacity[pre] == pytest.approx(6 / 0.025)
+    assert got.bottleneck == pre  # of the stages sharing the CPUs, the slowest per row
 
 
 def write_input(tmp_path, rows: int = 40):
@@ -104,8 +109,10 @@ def test_calibrate_times_each_stage_in_its_worker_and_names_the_bottleneck(tmp_p
     )
     assert done.returncode == ExitCode.OK, done.stderr[-3000:]
     figures = json.loads(report.read_text())
-    pre, model = figures["stages"]
-    assert (pre["path"], model["path"]) == ("preprocessors[0]", "models[0]")
+    reader, pre, model = figures["stages"]
+    assert [s["path"] for s in figures["stages"]] == ["reader", "preprocessors[0]", "models[0]"]
+    # Reading, from Ray Data's figures for the sample's read tasks.
+    assert reader["rows"] >= 40 and reader["seconds"] > 0 and reader["build_s"] == 0
     assert figures["sample_rows"] == pre["rows"] == model["rows"] == 40
     # The stage sleeps 0.2 s per batch of 10 rows: no worker of it can pass 50 rows/s.
     assert 0 < pre["rows_per_s"] <= 50

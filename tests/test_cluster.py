@@ -153,7 +153,7 @@ def test_calibrate_times_each_stage_on_the_node_the_run_would_use(cluster, datas
     report = tmp_path / "calibration.json"
     done = run_cli(spec, "--address", cluster, "--calibrate", "50", "--report", str(report))
     assert done.returncode == ExitCode.OK, done.stderr[-3000:]
-    pre, model = json.loads(report.read_text())["stages"]
+    _, pre, model = json.loads(report.read_text())["stages"]
     assert "cpu_node=4" in pre["node"] and "gpu_node=1" in model["node"]
     assert pre["node_id"] != model["node_id"]
     assert (pre["gpus"], model["gpus"]) == (0, 1)

@@ -453,7 +453,7 @@ def test_topk_asking_for_more_than_the_classes_is_refused(tmp_path):
         "k: 1001 is more than the model's 1000 classes"
     ]
     assert TopK.check({"k": 1000, "from_model": resnet}) == []
-    with pytest.raises(RunError, match="^topk: k=3 is more than the 2 classes$"):
+    with pytest.raises(RunError, match=r"^topk: k=3 is more than the 2 classes$"):
         TopK(k=3)({"logits": np.zeros((1, 2), dtype=np.float32)})
 
 
