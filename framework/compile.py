@@ -15,7 +15,14 @@ import ray.data
 
 from framework.allocator import hold_freed_memory, release_free_memory
 from framework.components import ID_COLUMN, Batch, Writer
-from framework.dead_letter import ERROR_COLUMN, ErrorPolicy, Failure, batch_key
+from framework.dead_letter import (
+    ERROR_COLUMN,
+    MISSING_ID,
+    MISSING_ID_MESSAGE,
+    ErrorPolicy,
+    Failure,
+    batch_key,
+)
 from framework.errors import InferError
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.resume import filter_ids
@@ -147,10 +154,16 @@ def _writer_counter(run: RunContext) -> Callable[[pa.Table], pa.Table]:
 
     def count_rows(table: pa.Table) -> pa.Table:
         start, rows, failures = time.time(), table.num_rows, []
+        if ID_COLUMN in table.column_names:
+            missing = pc.is_null(table[ID_COLUMN], nan_is_null=True)
+            if pc.any(missing).as_py():
+                count = pc.sum(missing).as_py()
+                failures = [Failure(None, "reader", MISSING_ID, MISSING_ID_MESSAGE)] * count
+                table = table.filter(pc.invert(missing))
         if ERROR_COLUMN in table.column_names:
             reasons = pc.fill_null(table[ERROR_COLUMN], "")
             bad = pc.not_equal(reasons, "")
-            failures = [
+            failures += [
                 Failure(row_id, "reader", "BadInput", reason)
                 for row_id, reason in zip(
                     pc.filter(table[ID_COLUMN], bad).to_pylist(),

@@ -172,3 +172,41 @@ def test_missing_column_is_named_before_anything_runs(corpus, tmp_path, capsys):
     path = spec(tmp_path, f"{{type: image_parquet, path: {data}}}")
     assert main([str(path)]) == ExitCode.SPEC_ERROR
     assert "reader.image_column:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stages", ["models: [{type: echo}]", ""], ids=["stage", "no-stage"])
+def test_a_row_without_an_id_is_dead_lettered_not_written(ray_session, tmp_path, stages, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a", None, "c"], "x": [1.0, 2.0, 3.0]}), data / "s.parquet")
+    pq.write_table(pa.table({"id": [4.0, float("nan")], "x": [4.0, 5.0]}), tmp_path / "f.parquet")
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"errors: {{policy: skip}}\nreader: {{type: parquet, path: {data}}}\n{stages}\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    assert main([str(path)]) == ExitCode.OK
+    out = tmp_path / "out"
+    assert sorted(pads.dataset(out, format="parquet").to_table()["id"].to_pylist()) == ["a", "c"]
+    records = [
+        json.loads(line) for f in (out / "_dead_letter").glob("*.jsonl") for line in f.open()
+    ]
+    assert records == [
+        {
+            "id": None,
+            "stage": "reader",
+            "error_type": "MissingId",
+            "message": "the row has no id: its id column is null",
+        }
+    ]
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (3, 2, 1)
+
+    # Float ids whose nulls became NaN; under the default policy the run stops on it.
+    capsys.readouterr()
+    nan_run = [str(path), f"reader.path={tmp_path / 'f.parquet'}", "errors.policy=fail"]
+    assert main([*nan_run, f"writer.path={tmp_path / 'out2'}"]) == ExitCode.RUN_FAILED
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "infer-run: error: row None failed in reader: MissingId: the row has no id: its id "
+        "column is null - errors.policy=skip writes bad rows aside"
+    )
