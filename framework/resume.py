@@ -1,13 +1,15 @@
 """Resume an interrupted run: keep what was committed, redo only the rest.
 
 A run writes ``_infer_run_manifest.json`` into its output before any data: the spec's
-fingerprint and what each component reports about itself (the weights used). A resumed
+settings that shape the output rows, their fingerprint, and what each component reports
+about itself (the weights used). A resumed
 run must match both; it then reads back the ids already in committed output files and
 the dead-letter records, drops unreadable (half-written) files, and skips those ids.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -16,14 +18,64 @@ import ray
 from framework.components import ID_COLUMN, Batch, Writer
 from framework.dead_letter import ErrorPolicy, jsonl_ids
 from framework.errors import InputError
+from framework.redact import redact
 from framework.storage import filesystem_for
 
 MANIFEST_NAME = "_infer_run_manifest.json"
 DEAD_LETTER_DIR = "_dead_letter"
 
 
-def manifest(fingerprint: str, components: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"fingerprint": fingerprint, "components": components}
+# What makes the output rows what they are. Left out, so that a crashed run can be
+# finished with them changed: resources (a smaller batch after running out of memory, a
+# bigger cluster; also inside a ``from_model`` copy of a model node), storage access,
+# the writer's overwrite flag, and the ray, run, errors and benchmark sections.
+RESULT_SECTIONS = ("reader", "preprocessors", "models", "postprocessors", "writer")
+NOT_RESULTS = ("resources", "overwrite", "storage")
+
+
+def result_settings(resolved: dict[str, Any]) -> dict[str, Any]:
+    """Every ``section.key`` of the resolved spec that shapes the output, secrets masked."""
+    flat: dict[str, Any] = {}
+
+    def walk(value: Any, path: str) -> None:
+        if isinstance(value, dict) and value:
+            for key, item in value.items():
+                if key not in NOT_RESULTS:
+                    walk(item, f"{path}.{key}")
+        elif isinstance(value, list) and value:
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+        else:
+            flat[path] = value
+
+    masked = redact(resolved)
+    for section in RESULT_SECTIONS:
+        nodes = masked.get(section) or []
+        for i, node in enumerate(nodes if isinstance(nodes, list) else [nodes]):
+            walk(node, f"{section}[{i}]" if isinstance(nodes, list) else section)
+    return flat
+
+
+def manifest(resolved: dict[str, Any], components: list[dict[str, Any]]) -> dict[str, Any]:
+    settings = result_settings(resolved)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return {
+        "fingerprint": hashlib.sha256(text.encode()).hexdigest(),
+        "settings": settings,
+        "components": components,
+    }
+
+
+def _changes(found: dict[str, Any], expected: dict[str, Any], most: int = 3) -> str:
+    """`` (models[0].scale: 2.0 -> 3.0, ...)`` for the settings that differ; empty when the
+    earlier manifest holds none (written by an older infer-run)."""
+    before, now = found.get("settings"), expected["settings"]
+    if not isinstance(before, dict):
+        return ""
+    keys = sorted(k for k in {*before, *now} if before.get(k, "-") != now.get(k, "-"))
+    shown = [f"{k}: {before.get(k, '(unset)')} -> {now.get(k, '(unset)')}" for k in keys[:most]]
+    more = f", and {len(keys) - most} more" if len(keys) > most else ""
+    return f" ({', '.join(shown)}{more})"
 
 
 def write_manifest(writer: Writer, content: dict[str, Any]) -> None:
@@ -51,8 +103,8 @@ def check_resumable(
         ) from None
     if same_spec and found.get("fingerprint") != expected["fingerprint"]:
         raise InputError(
-            f"{flag}: the spec changed since the run that wrote {writer.path} "
-            "- pass --overwrite to start over"
+            f"{flag}: the spec changed since the run that wrote {writer.path}"
+            f"{_changes(found, expected)} - pass --overwrite to start over"
         )
     if found.get("components") != expected["components"]:
         raise InputError(

@@ -21,7 +21,7 @@ from framework.plan import Plan, build_plan
 from framework.ray_session import footer_actors, init_ray
 from framework.registry import Registry
 from framework.replay import plan_replay
-from framework.report import REPORT_NAME, RunReport, build_report, spec_fingerprint
+from framework.report import REPORT_NAME, RunReport, build_report
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
 from framework.sizing import inflight_bytes
 from framework.spec.schema import Spec
@@ -56,7 +56,7 @@ def run_spec(
 ) -> RunReport:
     """Plan ``spec`` on the cluster it runs on, check it fits, run it, write the report."""
     components, _ = component_facts(spec, registry)
-    expected = manifest(spec_fingerprint(spec), components)
+    expected = manifest(spec.resolved, components)
     writer = spec.writer.cls(**spec.writer.params)
     errors = error_policy(spec)
     done: list[Any] = []
