@@ -23,7 +23,13 @@ from framework.dead_letter import ERROR_COLUMN, jsonl_ids
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
 from framework.hookspecs import hookimpl
 from framework.plugins import component_class
-from framework.storage import filesystem_for, is_remote, parquet_files, parquet_schema
+from framework.storage import (
+    file_sha256,
+    filesystem_for,
+    is_remote,
+    parquet_files,
+    parquet_schema,
+)
 
 try:
     __version__ = version("infer-run")
@@ -47,6 +53,7 @@ __all__ = [
     "Writer",
     "__version__",
     "component_class",
+    "file_sha256",
     "filesystem_for",
     "hookimpl",
     "is_remote",

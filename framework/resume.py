@@ -66,16 +66,29 @@ def manifest(resolved: dict[str, Any], components: list[dict[str, Any]]) -> dict
     }
 
 
-def _changes(found: dict[str, Any], expected: dict[str, Any], most: int = 3) -> str:
-    """`` (models[0].scale: 2.0 -> 3.0, ...)`` for the settings that differ; empty when the
-    earlier manifest holds none (written by an older infer-run)."""
-    before, now = found.get("settings"), expected["settings"]
+def _changes(before: Any, now: dict[str, Any], most: int = 3) -> str:
+    """`` (models[0].scale: 2.0 -> 3.0, ...)`` for the keys that differ; empty when the
+    earlier manifest holds nothing to compare (written by an older infer-run)."""
     if not isinstance(before, dict):
         return ""
     keys = sorted(k for k in {*before, *now} if before.get(k, "-") != now.get(k, "-"))
-    shown = [f"{k}: {before.get(k, '(unset)')} -> {now.get(k, '(unset)')}" for k in keys[:most]]
+
+    def shown(value: Any) -> str:
+        text = "(unset)" if value is None else str(value)
+        return f"{text[:12]}..." if len(text) > 40 else text  # a sha256 needs no more
+
+    pairs = [f"{k}: {shown(before.get(k))} -> {shown(now.get(k))}" for k in keys[:most]]
     more = f", and {len(keys) - most} more" if len(keys) > most else ""
-    return f" ({', '.join(shown)}{more})"
+    return f" ({', '.join(pairs)}{more})" if pairs else ""
+
+
+def _by_path(components: Any) -> dict[str, Any] | None:
+    """Components' facts as ``path.key`` -> value, for naming what changed."""
+    if not isinstance(components, list):
+        return None
+    return {
+        f"{c.get('path')}.{k}": v for c in components if isinstance(c, dict) for k, v in c.items()
+    }
 
 
 def write_manifest(writer: Writer, content: dict[str, Any]) -> None:
@@ -104,12 +117,14 @@ def check_resumable(
     if same_spec and found.get("fingerprint") != expected["fingerprint"]:
         raise InputError(
             f"{flag}: the spec changed since the run that wrote {writer.path}"
-            f"{_changes(found, expected)} - pass --overwrite to start over"
+            f"{_changes(found.get('settings'), expected['settings'])} - pass --overwrite to "
+            "start over"
         )
     if found.get("components") != expected["components"]:
+        changed = _changes(_by_path(found.get("components")), _by_path(expected["components"]))
         raise InputError(
             f"{flag}: a component (model weights, plugin version) changed since the run that "
-            f"wrote {writer.path} - pass --overwrite to start over"
+            f"wrote {writer.path}{changed} - pass --overwrite to start over"
         )
 
 

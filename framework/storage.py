@@ -6,6 +6,7 @@ comes from the standard AWS environment variables, as the AWS CLI would.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,17 @@ def read_files(fs: pafs.FileSystem, paths: Iterable[str]) -> list[bytes]:
             return f.read()
 
     return map_files(read, paths)
+
+
+def file_sha256(path: str, storage: Mapping[str, Any] | None = None) -> str:
+    """The sha256 of a file's bytes (local or ``s3://``), read in 8 MiB pieces: what names
+    a checkpoint's content, where its path may since hold another file."""
+    fs, where = filesystem_for(path, storage)
+    digest = hashlib.sha256()
+    with fs.open_input_stream(where) as f:
+        while piece := f.read(8 * 1024**2):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def is_remote(path: str) -> bool:

@@ -18,7 +18,8 @@ import pytest
 
 from framework import jsonl_ids
 from framework.cli import main
-from framework.errors import ExitCode
+from framework.errors import ExitCode, InputError
+from framework.resume import check_resumable, manifest, write_manifest
 from tests.helpers import write_id_parts
 
 pytestmark = pytest.mark.ray
@@ -160,6 +161,27 @@ def test_resume_refused_after_a_spec_change_unless_overwrite(ray_session, tmp_pa
     assert main([str(changed), *relaxed, "--resume"]) == ExitCode.OK, capsys.readouterr().err
     ids = written_ids(tmp_path / "out", "parquet")
     assert len(ids) == len(set(ids)) == 50 and set(ids) <= set(IDS)
+
+
+def test_resume_refused_when_a_checkpoint_file_holds_other_weights(tmp_path):
+    from plugins.parquet import ParquetWriter
+
+    writer = ParquetWriter(str(tmp_path / "out"))
+    settings = {"models": [{"type": "timm", "name": "resnet18", "checkpoint": "/m/r18.pth"}]}
+
+    def expected(sha: str) -> dict:
+        facts = {"path": "models[0]", "weights": "/m/r18.pth", "weights_sha256": sha}
+        return manifest(settings, [facts])
+
+    write_manifest(writer, expected("a" * 64))
+    check_resumable(writer, expected("a" * 64))  # the same content: fine
+    with pytest.raises(InputError) as refused:
+        check_resumable(writer, expected("b" * 64))
+    assert str(refused.value) == (
+        f"--resume: a component (model weights, plugin version) changed since the run that "
+        f"wrote {tmp_path / 'out'} (models[0].weights_sha256: aaaaaaaaaaaa... -> "
+        "bbbbbbbbbbbb...) - pass --overwrite to start over"
+    )
 
 
 def test_jsonl_ids_tell_a_file_cut_short_from_a_whole_one():

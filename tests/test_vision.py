@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -205,6 +206,23 @@ def test_random_weights_are_flagged(caplog):
     assert model.random_weights is True
     assert "random weights" in caplog.text
     assert TorchvisionClassifier.check(params) == []
+
+
+def test_a_checkpoint_is_recorded_by_its_content(tmp_path):
+    path = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
+    first = TorchvisionClassifier.report_info({"name": "resnet18", "weights": str(path)})
+    assert first == {
+        "weights": str(path),
+        "weights_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    timm = TimmClassifier.report_info({"name": "resnet18", "checkpoint": str(path)})
+    assert timm == first
+    # Retrained into the same file: the same path, other weights.
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
+    again = TorchvisionClassifier.report_info({"name": "resnet18", "weights": str(path)})
+    assert again["weights"] == first["weights"]
+    assert again["weights_sha256"] != first["weights_sha256"]
 
 
 def test_checkpoint_head_size_is_inferred_and_image_dropped(tmp_path):

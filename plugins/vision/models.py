@@ -9,7 +9,6 @@ Weights come only from the local disk (torch hub's cache for torchvision enums, 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,6 +20,7 @@ from plugins.vision.microbatch import DEFAULT_MAX
 from plugins.vision.model_info import TORCHVISION_DEFAULT_WEIGHTS
 from plugins.vision.weights import (
     RANDOM,
+    checkpoint_facts,
     checkpoint_problem,
     classifier_outputs,
     ensure_torchvision_weights,
@@ -144,7 +144,7 @@ class TorchvisionClassifier(ImageClassifier):
         if is_checkpoint_path(weights):
             member = identify_checkpoint(name, weights)
             found = {"weights_identified_as": str(member)} if member else {}
-            return {"weights": os.path.abspath(os.path.expanduser(weights)), **found}
+            return {**checkpoint_facts(weights), **found}
         member = torchvision_weights(name, weights)
         return {"weights": str(member), "weights_url": member.url}
 
@@ -222,4 +222,4 @@ class TimmClassifier(ImageClassifier):
         checkpoint = str(params["checkpoint"])
         if checkpoint == RANDOM:
             return cls.random_report()
-        return {"weights": os.path.abspath(os.path.expanduser(checkpoint))}
+        return checkpoint_facts(checkpoint)

@@ -15,7 +15,7 @@ import torch
 from plugins.vision.classifier import ImageClassifier
 from plugins.vision.microbatch import DEFAULT_MAX
 from plugins.vision.runtime import COMPILE_MODES, COMPILE_TORCHSCRIPT
-from plugins.vision.weights import checkpoint_problem
+from plugins.vision.weights import checkpoint_facts, checkpoint_problem
 
 
 def is_exported(path: str) -> bool:
@@ -110,4 +110,4 @@ class TorchScriptClassifier(ImageClassifier):
 
     @classmethod
     def report_info(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {"weights": os.path.abspath(os.path.expanduser(str(params["path"])))}
+        return checkpoint_facts(str(params["path"]))

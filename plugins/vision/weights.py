@@ -16,6 +16,8 @@ import zipfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from framework import file_sha256
+
 if TYPE_CHECKING:  # torch is imported where it is used: label lookups need none of it
     import torch
 
@@ -68,6 +70,15 @@ def torchvision_weights(name: str, weights: str) -> Any:
             f"(known: {', '.join(members)}, or a checkpoint path, or {RANDOM!r})"
         )
     return enum[weights]
+
+
+def checkpoint_facts(path: str) -> dict[str, Any]:
+    """The report's and manifest's record of a weights file: where, and its content's
+    sha256, so that ``--resume`` refuses a path that now holds other weights."""
+    return {
+        "weights": os.path.abspath(os.path.expanduser(path)),
+        "weights_sha256": file_sha256(path),
+    }
 
 
 def identify_checkpoint(name: str, path: str) -> Any | None:
