@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 import ray.data
+from omegaconf import OmegaConf
 
 from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
@@ -19,6 +20,7 @@ from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, build_plan
 from framework.ray_session import footer_actors, init_ray
+from framework.redact import redact
 from framework.registry import Registry
 from framework.replay import plan_replay
 from framework.report import REPORT_NAME, RunReport, build_report
@@ -181,11 +183,28 @@ def run_plan(
     )
     ray.kill(stage_log)
     write_text(report_path, report.to_json(), writer.storage)
+    write_text(f"{writer.path.rstrip('/')}/{SPEC_NAME}", resolved_yaml(spec), writer.storage)
     if spec.run.report:
         write_text(spec.run.report, report.to_json(), None)
     if failure is not None:
         raise failure
     return report
+
+
+SPEC_NAME = "_infer_run_spec.yaml"
+
+
+def resolved_yaml(spec: Spec) -> str:
+    """The spec as this run resolved it, written beside its output: what ran, to read or
+    to run again. Secrets are masked; ``writer.overwrite`` is left out, so running the
+    copy never replaces the output it describes unless asked."""
+    resolved = redact(spec.resolved)
+    resolved.get("writer", {}).pop("overwrite", None)
+    head = (
+        f"# The resolved spec of the run that wrote this output ({spec.source}); secrets "
+        "are masked as ***.\n# Run it again: infer-run THIS_FILE --overwrite\n"
+    )
+    return head + OmegaConf.to_yaml(OmegaConf.create(resolved))
 
 
 def error_policy(spec: Spec) -> ErrorPolicy:

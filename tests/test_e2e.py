@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from omegaconf import OmegaConf
 
 from framework.cli import main
 from framework.errors import ExitCode
@@ -161,6 +162,16 @@ def test_existing_output_is_refused_then_overwritten(ray_session, tmp_path, data
         "- pass writer.overwrite=true to replace it\n"
     )
     assert main([spec, "--limit", "7", "writer.overwrite=true"]) == ExitCode.OK
+    assert pads.dataset(tmp_path / "out", format="parquet").count_rows() == 7
+
+    # The resolved spec beside the output: what ran, without the overwrite flag.
+    ran = tmp_path / "out" / "_infer_run_spec.yaml"
+    copy = OmegaConf.load(ran)
+    assert copy.run.limit == 7 and copy.models[0].scale == 3 and "overwrite" not in copy.writer
+    capsys.readouterr()
+    assert main([str(ran)]) == ExitCode.INPUT_ERROR  # it never replaces its own output
+    assert "already exists" in capsys.readouterr().err
+    assert main([str(ran), "--overwrite"]) == ExitCode.OK
     assert pads.dataset(tmp_path / "out", format="parquet").count_rows() == 7
 
 
