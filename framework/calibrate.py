@@ -67,12 +67,8 @@ def _read_timing(read: ReadNode, ops: list[dict[str, Any]]) -> StageTiming | Non
         type=read.stage.type,
         compute="tasks",
         cpus=float(read.num_cpus if read.num_cpus is not None else 1),
-        gpus=0.0,
         rows=rows,
         seconds=seconds,
-        build_s=0.0,
-        torch_threads=None,
-        node_id="",
     )
 
 
@@ -84,12 +80,12 @@ class StageTiming:
     type: str
     compute: str  # "tasks" or "actors"
     cpus: float  # per worker
-    gpus: float
     rows: int
     seconds: float  # the best timed pass
-    build_s: float  # building the stage (loading a model)
-    torch_threads: int | None
-    node_id: str
+    gpus: float = 0.0
+    build_s: float = 0.0  # building the stage (loading a model)
+    torch_threads: int | None = None
+    node_id: str = ""  # empty for reading, which Ray Data spreads over the nodes
 
     @property
     def rows_per_s(self) -> float:
