@@ -54,6 +54,11 @@ class RunContext:
 warnings.filterwarnings(
     "ignore", message="The maximum number of concurrent tasks for", category=UserWarning
 )
+# Printed on every run for the max_restarts that model stages pass on purpose (see
+# _emit_map; pyproject keeps Ray below 2.64, which removes the argument).
+warnings.filterwarnings(
+    "ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning
+)
 
 # Stateless stages run as tasks: one runner per stage per worker process, reused.
 _RUNNERS: dict[tuple[str, str], StageRunner] = {}
