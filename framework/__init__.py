@@ -24,6 +24,7 @@ from framework.errors import InferError, InputError, PluginError, RunError, Spec
 from framework.hookspecs import hookimpl
 from framework.plugins import component_class
 from framework.storage import (
+    expand_globs,
     file_sha256,
     filesystem_for,
     is_remote,
@@ -53,6 +54,7 @@ __all__ = [
     "Writer",
     "__version__",
     "component_class",
+    "expand_globs",
     "file_sha256",
     "filesystem_for",
     "hookimpl",

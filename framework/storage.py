@@ -6,6 +6,7 @@ comes from the standard AWS environment variables, as the AWS CLI would.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -61,6 +62,59 @@ def file_sha256(path: str, storage: Mapping[str, Any] | None = None) -> str:
         while piece := f.read(8 * 1024**2):
             digest.update(piece)
     return digest.hexdigest()
+
+
+GLOB_CHARS = "*?["
+
+
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """Path segments against pattern segments; ``**`` stands for any number of them."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return (
+        bool(parts)
+        and fnmatch.fnmatchcase(parts[0], pattern[0])
+        and _matches(parts[1:], pattern[1:])
+    )
+
+
+def expand_globs(paths: Iterable[str], storage: Mapping[str, Any] | None = None) -> list[str]:
+    """Each path with ``*``, ``?``, ``[...]`` or ``**`` replaced by the files it matches,
+    sorted, local or ``s3://``; other paths as they are. Names starting with ``_`` or
+    ``.`` are left out, as Ray Data's directory listing leaves them out.
+
+    Raises ``SpecError`` naming a pattern that matches no file.
+    """
+    out: list[str] = []
+    for path in paths:
+        if not any(c in path for c in GLOB_CHARS):
+            out.append(path)
+            continue
+        scheme = path[: path.index("://") + 3] if "://" in path else ""
+        fs, inner = filesystem_for(path, storage)
+        parts = inner.split("/")
+        fixed = next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS))
+        base, pattern = "/".join(parts[:fixed]) or "/", parts[fixed:]
+        selector = pafs.FileSelector(
+            base, recursive=len(pattern) > 1 or "**" in pattern, allow_not_found=True
+        )
+        try:
+            infos = fs.get_file_info(selector)
+        except OSError as exc:
+            raise SpecError([f"path: cannot list {base} for {path}: {exc}"]) from None
+        found = sorted(
+            info.path
+            for info in infos
+            if info.is_file
+            and not info.base_name.startswith(("_", "."))
+            and _matches(info.path[len(base) :].strip("/").split("/"), pattern)
+        )
+        if not found:
+            raise SpecError([f"path: no file matches {path}"])
+        out.extend(scheme + f if scheme != "file://" else f for f in found)
+    return out
 
 
 def is_remote(path: str) -> bool:

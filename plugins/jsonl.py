@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -11,7 +11,17 @@ import pyarrow.fs as pafs
 import ray.data
 from ray.data.datasource import FileBasedDatasource
 
-from framework import ID_COLUMN, Reader, RunError, Writer, filesystem_for, hookimpl, jsonl_ids
+from framework import (
+    ID_COLUMN,
+    Reader,
+    RunError,
+    SpecError,
+    Writer,
+    expand_globs,
+    filesystem_for,
+    hookimpl,
+    jsonl_ids,
+)
 
 
 def first_bad_line(data: bytes) -> str | None:
@@ -52,8 +62,8 @@ class JsonLinesDatasource(FileBasedDatasource):
 
 
 class JsonlReader(Reader):
-    """One JSON object per line; ``id_column`` becomes ``id``. A malformed line stops the
-    run naming its file and line number."""
+    """One JSON object per line, from files, directories or glob patterns; ``id_column``
+    becomes ``id``. A malformed line stops the run naming its file and line number."""
 
     def __init__(
         self,
@@ -65,9 +75,26 @@ class JsonlReader(Reader):
         self.id_column = id_column
         self.storage = storage
 
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        paths = params["path"]
+        storage = params.get("storage")
+        try:
+            paths = expand_globs([paths] if isinstance(paths, str) else paths, storage)
+            for path in paths:
+                fs, where = filesystem_for(path, storage)
+                if fs.get_file_info(where).type == pafs.FileType.NotFound:
+                    return [f"path: no such file or directory {path}"]
+        except SpecError as exc:
+            return exc.problems
+        except OSError as exc:
+            return [f"path: cannot access {paths}: {exc}"]
+        return []
+
     def read(self) -> ray.data.Dataset:
-        fs, _ = filesystem_for(self.paths[0], self.storage)
-        paths = [filesystem_for(p, self.storage)[1] for p in self.paths]
+        expanded = expand_globs(self.paths, self.storage)
+        fs, _ = filesystem_for(expanded[0], self.storage)
+        paths = [filesystem_for(p, self.storage)[1] for p in expanded]
         source = JsonLinesDatasource(paths, filesystem=fs, file_extensions=["jsonl", "json"])
         ds = ray.data.read_datasource(source, **self.read_args)
         if self.id_column != ID_COLUMN:

@@ -13,7 +13,9 @@ import ray.data
 from framework import (
     ID_COLUMN,
     Reader,
+    SpecError,
     Writer,
+    expand_globs,
     filesystem_for,
     hookimpl,
     parquet_files,
@@ -22,7 +24,8 @@ from framework import (
 
 
 class ParquetReader(Reader):
-    """Rows of one or more parquet files or directories; ``id_column`` becomes ``id``."""
+    """Rows of one or more parquet files, directories or glob patterns (``data/*.parquet``,
+    ``s3://bucket/2024-*/**/*.parquet``); ``id_column`` becomes ``id``."""
 
     def __init__(
         self,
@@ -41,7 +44,13 @@ class ParquetReader(Reader):
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
         paths = params["path"]
-        first = paths if isinstance(paths, str) else paths[0]
+        try:
+            paths = expand_globs(
+                [paths] if isinstance(paths, str) else paths, params.get("storage")
+            )
+        except SpecError as exc:
+            return exc.problems
+        first = paths[0]
         fs, where = filesystem_for(first, params.get("storage"))
         try:
             if fs.get_file_info(where).type == pafs.FileType.NotFound:
@@ -57,11 +66,12 @@ class ParquetReader(Reader):
         return []
 
     def read(self) -> ray.data.Dataset:
-        fs, _, unreadable = parquet_files(self.paths, self.storage)
+        expanded = expand_globs(self.paths, self.storage)
+        fs, _, unreadable = parquet_files(expanded, self.storage)
         for path, error in unreadable:
             self.report_bad_input(path, error)
         # The spec's own paths, listed by Ray's ListFiles task, minus the unreadable files.
-        paths = [filesystem_for(p, self.storage)[1] for p in self.paths]
+        paths = [filesystem_for(p, self.storage)[1] for p in expanded]
         columns = None
         if self.columns is not None:
             columns = list(dict.fromkeys([self.id_column, *self.columns]))

@@ -154,3 +154,25 @@ def test_checks_on_s3_report_missing_and_empty(s3_server, s3_bucket):
         "storage: unknown key 'secret' (known: endpoint_url, region, access_key_id, "
         "secret_access_key, session_token, anonymous)"
     ]
+
+
+def test_glob_patterns_on_s3(ray_session, s3_server, s3_bucket, tmp_path, photos):
+    client = s3_server.client()
+    for day, i in (("2024-01", 0), ("2024-02", 1), ("2025-01", 2)):
+        line = f'{{"key": "k{i}", "x": {i}}}\n'.encode()
+        client.put_object(Bucket=s3_bucket, Key=f"logs/{day}/part.jsonl", Body=line)
+    params = {"path": f"s3://{s3_bucket}/logs/2024-*/*.jsonl", "storage": s3_server.storage}
+    assert JsonlReader.check(params) == []
+    got = JsonlReader(**params, id_column="key").read().take_all()
+    assert sorted(row["id"] for row in got) == ["k0", "k1"]
+    missing = {**params, "path": f"s3://{s3_bucket}/logs/2023-*/*.jsonl"}
+    assert JsonlReader.check(missing) == [f"path: no file matches {missing['path']}"]
+
+    shards, expected = shard_samples(photos)
+    for i, members in enumerate(shards):
+        make_shard(tmp_path / f"shard-{i:06d}.tar", members)
+    s3_server.upload_tree(tmp_path, s3_bucket, "globbed")
+    params = {"path": f"s3://{s3_bucket}/globbed/shard-*.tar", "storage": s3_server.storage}
+    assert WebDatasetReader.check(params) == []
+    got = rows(WebDatasetReader(**params).read())
+    assert {key: bytes(row["image"]) for key, row in got.items()} == expected

@@ -123,3 +123,27 @@ def test_resume_reads_the_output_files_ids_many_at_a_time(tmp_path, store):
     assert ids == [f"r{i:03d}" for i in range(40) if i != 7]
     assert not Path(files[7]).exists()
     assert 1 < store.most_at_once <= FILE_READS_AT_ONCE
+
+
+def test_glob_patterns_expand_to_the_files_they_match(tmp_path):
+    from framework import SpecError, expand_globs
+
+    for name in ("c.parquet", "a/x.parquet", "a/b/y.parquet", "a/_SUCCESS", "a/.hidden.parquet"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    root = str(tmp_path)
+    assert expand_globs([f"{root}/*.parquet"]) == [f"{root}/c.parquet"]
+    assert expand_globs([f"{root}/a/*"]) == [f"{root}/a/x.parquet"]  # no dirs, _ or . files
+    assert expand_globs([f"{root}/**/*.parquet"]) == [
+        f"{root}/a/b/y.parquet",
+        f"{root}/a/x.parquet",
+        f"{root}/c.parquet",
+    ]
+    assert expand_globs([f"{root}/a/?/[xy].parquet", f"{root}/c.parquet"]) == [
+        f"{root}/a/b/y.parquet",
+        f"{root}/c.parquet",  # a path without a pattern stays as it is
+    ]
+    assert expand_globs([f"file://{root}/*.parquet"]) == [f"{root}/c.parquet"]
+    with pytest.raises(SpecError) as none:
+        expand_globs([f"{root}/*.json"])
+    assert none.value.problems == [f"path: no file matches {root}/*.json"]

@@ -30,6 +30,8 @@ from framework import (
     ID_COLUMN,
     InputError,
     Reader,
+    SpecError,
+    expand_globs,
     filesystem_for,
     parquet_files,
     parquet_schema,
@@ -143,6 +145,10 @@ class ImageParquetReader(Reader):
             problems.append("image_column: must name a different column than id_column")
         if problems:
             return problems
+        try:
+            paths = expand_globs(paths, params.get("storage"))
+        except SpecError as exc:
+            return exc.problems
         for path in paths:
             located = locate(path, params.get("storage"))
             if isinstance(located, list):
@@ -210,11 +216,12 @@ class ImageParquetReader(Reader):
         if problems:
             raise InputError("\n".join(f"reader.{p}" for p in problems))
         layout = layout_of(self.image_column, schema.field(self.image_column).type, self.shape)
-        fs, _, unreadable = parquet_files(self.paths, self.storage)
+        paths = expand_globs(self.paths, self.storage)
+        fs, _, unreadable = parquet_files(paths, self.storage)
         for path, error in unreadable:
             self.report_bad_input(path, error)
         ds = ray.data.read_parquet(
-            [filesystem_for(p, self.storage)[1] for p in self.paths],
+            [filesystem_for(p, self.storage)[1] for p in paths],
             skip_paths=[path for path, _ in unreadable] or None,
             filesystem=fs,
             columns=list(dict.fromkeys([self.id_column, self.image_column, *self.columns])),

@@ -9,7 +9,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray.data
 
-from framework import ID_COLUMN, Reader, filesystem_for
+from framework import ID_COLUMN, Reader, SpecError, expand_globs, filesystem_for
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
     as_paths,
@@ -71,14 +71,19 @@ class WebDatasetReader(Reader):
         )
         if problems:
             return problems
+        try:
+            paths = expand_globs(paths, params.get("storage"))
+        except SpecError as exc:
+            return exc.problems
         for path in paths:
             problems += shard_problems(path, params.get("storage"))
         return problems
 
     def read(self) -> ray.data.Dataset:
-        fs, _ = filesystem_for(self.paths[0], self.storage)
+        paths = expand_globs(self.paths, self.storage)
+        fs, _ = filesystem_for(paths[0], self.storage)
         return ray.data.read_webdataset(
-            [filesystem_for(p, self.storage)[1] for p in self.paths],
+            [filesystem_for(p, self.storage)[1] for p in paths],
             filesystem=fs,
             decoder=partial(pick_image, extensions=self.extensions),
             file_extensions=list(SHARD_EXTENSIONS),
