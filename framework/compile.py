@@ -88,6 +88,8 @@ class _StageActor:
         self, path: str, cls: type, params: dict[str, Any], log: Any, errors: ErrorPolicy
     ) -> None:
         hold_freed_memory()
+        if log is not None:  # so that the run ends this actor, whatever holds its handle
+            log.actor.remote(ray.get_runtime_context().current_actor)
         self.runner = StageRunner(path, cls, params, log, errors)
         with contextlib.suppress(InferError):
             # Load the model now, not on the first batch. A user error raised here would

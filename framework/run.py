@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -181,6 +182,7 @@ def run_plan(
         replayed=replayed,
         memory=sampler.figures(),
     )
+    end_actors(stage_log)
     ray.kill(stage_log)
     write_text(report_path, report.to_json(), writer.storage)
     write_text(f"{writer.path.rstrip('/')}/{SPEC_NAME}", resolved_yaml(spec), writer.storage)
@@ -189,6 +191,16 @@ def run_plan(
     if failure is not None:
         raise failure
     return report
+
+
+def end_actors(stage_log: Any) -> None:
+    """End the run's stage actors. Ray Data lets go of them when the run ends, but a failed
+    execution lingers in reference cycles (its exception's traceback, a log handler that
+    keeps records) holding their handles: alive, they kept their CPUs from the next run in
+    this process (bench rounds, the API, tests), which then waited for them forever."""
+    for actor in ray.get(stage_log.actor_handles.remote()):
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.kill(actor, no_restart=True)
 
 
 SPEC_NAME = "_infer_run_spec.yaml"

@@ -24,6 +24,13 @@ class StageLog:
         self.errors: dict[str, dict[str, int]] = {}
         self.hung: dict[str, dict[Any, bool]] = {}  # stage -> row id -> whether it hung alone
         self.batches: dict[tuple[str, str], tuple[Any, ...]] = {}  # (stage, key) -> its counts
+        self.actors: list[Any] = []  # the stage actors' handles, ended with the run
+
+    def actor(self, handle: Any) -> None:
+        self.actors.append(handle)
+
+    def actor_handles(self) -> list[Any]:
+        return self.actors
 
     def record(
         self,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -95,6 +97,17 @@ def test_limit_processes_only_the_first_rows(ray_session, tmp_path, dataset):
     assert set(out["id"].to_pylist()) <= set(read_input(dataset))
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     assert (report["rows_read"], report["rows_written"]) == (25, 25)
+
+
+def test_a_glob_pattern_reads_only_the_files_it_matches(ray_session, tmp_path, dataset, capsys):
+    spec = str(spec_file(tmp_path, dataset))
+    assert main([spec, f"reader.path={dataset}/part-[02].parquet"]) == ExitCode.OK
+    ids = pq.read_table(tmp_path / "out")["id"].to_pylist()
+    part = {i: pq.read_table(dataset / f"part-{i}.parquet")["id"].to_pylist() for i in range(3)}
+    assert sorted(ids) == sorted(part[0] + part[2])
+    capsys.readouterr()
+    assert main([spec, f"reader.path={dataset}/*.csv", "--validate"]) == ExitCode.SPEC_ERROR
+    assert f"reader.path: no file matches {dataset}/*.csv" in capsys.readouterr().err
 
 
 def test_jsonl_writer_round_trips(ray_session, tmp_path, dataset):
@@ -211,3 +224,32 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
         "MapBatches(postprocessors_0:rename_columns)->MapBatches(count_rows)->Write"
     )
     assert sorted(pq.read_table(tmp_path / "out")["id"].to_pylist()) == sorted(read_input(dataset))
+
+
+def model_actor_pids() -> set[int]:
+    found = set()
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if " ".join(proc.info["cmdline"] or []).startswith("ray::MapWorker"):
+                found.add(proc.info["pid"])
+        except (psutil.Error, TypeError):
+            continue
+    return found
+
+
+def test_a_failed_run_leaves_no_model_actor_behind(ray_session, tmp_path):
+    # In-process runs share one Ray (bench rounds, the API, these tests): an actor left
+    # alive by a failed run held CPUs that the next run waited for, forever.
+    pq.write_table(pa.table({"id": [1.0, float("nan")], "x": [1.0, 2.0]}), tmp_path / "in.parquet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {tmp_path / 'in.parquet'}}}\n"
+        "models: [{type: echo}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    before = model_actor_pids()
+    assert main([str(spec)]) == ExitCode.RUN_FAILED
+    deadline = time.monotonic() + 10
+    while model_actor_pids() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not model_actor_pids() - before
