@@ -58,8 +58,8 @@ def run_spec(
     spec: Spec, registry: Registry, resume: bool = False, replay: bool = False
 ) -> RunReport:
     """Plan ``spec`` on the cluster it runs on, check it fits, run it, write the report."""
-    components, _ = component_facts(spec, registry)
-    expected = manifest(spec.resolved, components)
+    facts = component_facts(spec, registry)  # once: a checkpoint's sha256 reads the file
+    expected = manifest(spec.resolved, facts[0])
     writer = spec.writer.cls(**spec.writer.params)
     errors = error_policy(spec)
     done: list[Any] = []
@@ -86,12 +86,13 @@ def run_spec(
         return run_plan(
             plan,
             registry,
+            facts=facts,
             id_filter=(put_ids(ids), True),
             replayed=len(ids),
             recorded_inputs=replaying.unreadable_inputs,
         )
     id_filter = (put_ids(done), False) if resume else None
-    return run_plan(plan, registry, id_filter=id_filter, resumed=len(done))
+    return run_plan(plan, registry, facts=facts, id_filter=id_filter, resumed=len(done))
 
 
 def run_plan(
@@ -101,9 +102,11 @@ def run_plan(
     resumed: int = 0,
     replayed: int = 0,
     recorded_inputs: frozenset[str] = frozenset(),
+    facts: tuple[list[dict[str, Any]], list[str]] | None = None,
 ) -> RunReport:
+    """``facts``: ``component_facts`` of the plan's spec, when the caller has them."""
     spec = plan.spec
-    components, warnings = component_facts(spec, registry)
+    components, warnings = facts or component_facts(spec, registry)
     for warning in warnings:
         log.warning(warning)
     init_ray(spec)
