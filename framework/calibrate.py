@@ -12,6 +12,7 @@ writing is not timed, so the prediction is an upper bound.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -101,16 +102,13 @@ class _Probe:
             hold_freed_memory()  # as the run's model actors do
         self.runner = StageRunner(path, cls, params)
         started = time.perf_counter()
-        self.failed: Exception | None = None
-        try:
+        with contextlib.suppress(InferError):
+            # As in the run's stage actors: an actor that died in __init__ says little;
+            # the first call builds again and stops with the stage's one line.
             self.runner.build()
-        except InferError as exc:  # raised by time(): an actor that died in __init__ says less
-            self.failed = RunError(f"{path}: {exc}")
         self.build_s = time.perf_counter() - started
 
     def time(self, batches: list[Batch]) -> tuple[list[Batch], float, float, int | None, str]:
-        if self.failed is not None:
-            raise self.failed
         outputs = [self.runner(dict(b)) for b in batches]  # warm-up: kernels, caches
         best = math.inf
         for _ in range(TIMED_PASSES):
