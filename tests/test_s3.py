@@ -84,17 +84,22 @@ def test_image_parquet_on_s3(ray_session, s3_server, s3_bucket, photos):
         np.testing.assert_array_equal(got[name], photos[name])
 
 
-def test_webdataset_on_s3(ray_session, s3_server, s3_bucket, tmp_path, photos):
+def assert_shards_read_back(s3_server, bucket, tmp_path, photos, prefix, path) -> None:
+    """Shards of ``photos`` uploaded under ``prefix``, read back through ``path``."""
     shards, expected = shard_samples(photos)
     for i, members in enumerate(shards):
         make_shard(tmp_path / f"shard-{i:06d}.tar", members)
-    s3_server.upload_tree(tmp_path, s3_bucket, "wds")
-    params = {"path": f"s3://{s3_bucket}/wds", "storage": s3_server.storage}
+    s3_server.upload_tree(tmp_path, bucket, prefix)
+    params = {"path": f"s3://{bucket}/{path}", "storage": s3_server.storage}
     assert WebDatasetReader.check(params) == []
 
     got = rows(WebDatasetReader(**params).read())
 
     assert {key: bytes(row["image"]) for key, row in got.items()} == expected
+
+
+def test_webdataset_on_s3(ray_session, s3_server, s3_bucket, tmp_path, photos):
+    assert_shards_read_back(s3_server, s3_bucket, tmp_path, photos, "wds", "wds")
 
 
 def test_anonymous_storage_reads_a_public_bucket_without_signing(
@@ -168,11 +173,5 @@ def test_glob_patterns_on_s3(ray_session, s3_server, s3_bucket, tmp_path, photos
     missing = {**params, "path": f"s3://{s3_bucket}/logs/2023-*/*.jsonl"}
     assert JsonlReader.check(missing) == [f"path: no file matches {missing['path']}"]
 
-    shards, expected = shard_samples(photos)
-    for i, members in enumerate(shards):
-        make_shard(tmp_path / f"shard-{i:06d}.tar", members)
-    s3_server.upload_tree(tmp_path, s3_bucket, "globbed")
-    params = {"path": f"s3://{s3_bucket}/globbed/shard-*.tar", "storage": s3_server.storage}
-    assert WebDatasetReader.check(params) == []
-    got = rows(WebDatasetReader(**params).read())
-    assert {key: bytes(row["image"]) for key, row in got.items()} == expected
+    glob = "globbed/shard-*.tar"
+    assert_shards_read_back(s3_server, s3_bucket, tmp_path, photos, "globbed", glob)
