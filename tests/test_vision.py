@@ -327,7 +327,9 @@ def test_runtime_choices_outside_ray():
     assert not is_conv_net(torchvision.models.vit_b_16())
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the error for a machine without CUDA; this one has it"
+)
 def test_asking_for_cuda_without_it_is_a_user_error_not_a_crash():
     # A RunError stops the run in one line naming the stage (exit code 6), no traceback.
     with pytest.raises(RunError, match=r"^device: cuda:1 was asked for, but CUDA is not avail"):
