@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib
 import os
 import signal
@@ -12,10 +13,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import ray
+import ray.data
 
 from framework.allocator import worker_env
 from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
 from framework.errors import InputError, Terminated
+from framework.sizing import inflight_bytes
 from framework.spec.schema import Spec
 
 # Ray Data reads parquet footers on a pool of actors it makes for every listing, 32 by
@@ -135,3 +138,32 @@ def footer_actors(cluster: Cluster) -> Iterator[None]:
         yield
     finally:
         os.environ.pop(FOOTER_ACTORS, None)
+
+
+@contextlib.contextmanager
+def data_context(spec: Spec, cluster: Cluster) -> Iterator[None]:
+    """Ray Data's settings for the run: block size, object store budget, then the spec's
+    ``run.data_context``; the driver's earlier values come back when the run ends, so the
+    next run in this process starts from Ray Data's defaults and its own spec."""
+    context = ray.data.DataContext.get_current()
+    settings: dict[str, Any] = {"per_stage_map_timing": True}
+    block_bytes = max(1, int(spec.run.block_mb * 1024**2))
+    settings["target_max_block_size"] = block_bytes
+    settings["target_min_block_size"] = min(
+        context.target_min_block_size or block_bytes, block_bytes
+    )
+    store = ray.cluster_resources().get("object_store_memory")
+    budget = inflight_bytes(spec.run, cluster, store)
+    if budget is not None:
+        options = copy.copy(context.execution_options)
+        options.resource_limits = options.resource_limits.copy(object_store_memory=budget)
+        settings["execution_options"] = options
+    settings.update(spec.run.data_context)
+    previous = {key: getattr(context, key) for key in settings}
+    for key, value in settings.items():
+        setattr(context, key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            setattr(context, key, value)

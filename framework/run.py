@@ -20,13 +20,12 @@ from framework.errors import InferError, InputError, RunError
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, build_plan
-from framework.ray_session import footer_actors, init_ray
+from framework.ray_session import data_context, footer_actors, init_ray
 from framework.redact import redact
 from framework.registry import Registry
 from framework.replay import plan_replay
 from framework.report import REPORT_NAME, RunReport, build_report
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
-from framework.sizing import inflight_bytes
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
 from framework.telemetry import StageLog, stage_figures
@@ -110,16 +109,6 @@ def run_plan(
     for warning in warnings:
         log.warning(warning)
     init_ray(spec)
-    context = ray.data.DataContext.get_current()
-    context.per_stage_map_timing = True
-    block_bytes = max(1, int(spec.run.block_mb * 1024**2))
-    context.target_max_block_size = block_bytes
-    context.target_min_block_size = min(context.target_min_block_size or block_bytes, block_bytes)
-    budget = inflight_bytes(spec.run, plan.cluster)
-    if budget is not None:
-        context.execution_options.resource_limits = context.execution_options.resource_limits.copy(
-            object_store_memory=budget
-        )
     run_id = uuid.uuid4().hex[:12]
     first_stage = spec.stages[0].path if spec.stages else WRITER_PATH
     stage_log = StageLog.options(name=f"infer_run_log_{run_id}").remote(first_stage)
@@ -138,20 +127,21 @@ def run_plan(
         bad_inputs.append(where)
         log.warning("reader: set aside unreadable input %s: %s", where, error)
 
-    with footer_actors(plan.cluster):
-        run_context = RunContext(run_id, stage_log, errors, id_filter, bad_input)
-        compiled = compile_plan(plan, run_context)
-    failure: RunError | None = None
-    sampler = MemorySampler()
-    try:
-        with sampler:
-            compiled.writer.write(compiled.dataset)
-    except ray.exceptions.RayError as exc:
-        # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
-        reason = ray.get(stage_log.stop_reason.remote()) or user_cause(exc)
-        if reason is None:
-            raise
-        failure = RunError(reason)
+    with data_context(spec, plan.cluster):
+        with footer_actors(plan.cluster):
+            run_context = RunContext(run_id, stage_log, errors, id_filter, bad_input)
+            compiled = compile_plan(plan, run_context)
+        failure: RunError | None = None
+        sampler = MemorySampler()
+        try:
+            with sampler:
+                compiled.writer.write(compiled.dataset)
+        except ray.exceptions.RayError as exc:
+            # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
+            reason = ray.get(stage_log.stop_reason.remote()) or user_cause(exc)
+            if reason is None:
+                raise
+            failure = RunError(reason)
     wall = time.perf_counter() - start
     writer = compiled.writer
     report_path = f"{writer.path.rstrip('/')}/{REPORT_NAME}"

@@ -135,14 +135,31 @@ def _after_actors(spec: Spec) -> list[StageConfig]:
     return [*stages[actors[-1] + 1 :], spec.writer] if actors else []
 
 
-def inflight_bytes(run: RunSection, cluster: Cluster) -> int | None:
+def inflight_bytes(
+    run: RunSection, cluster: Cluster, object_store_bytes: float | None = None
+) -> int | None:
     """Ray Data's object store budget for the run: per node, ``inflight_mb_per_node`` or
-    ``inflight_mb_per_cpu`` per CPU, whichever is more; None leaves Ray Data's default."""
+    ``inflight_mb_per_cpu`` per CPU, whichever is more; None leaves Ray Data's default.
+
+    What the CPUs add is held to the share of the cluster's object store that Ray Data
+    would take by itself (``object_store_bytes``, where known), so a big node with a small
+    store spills no more than it would without infer-run.
+    """
     if not run.inflight_mb_per_node:
         return None
-    floor, per_cpu = run.inflight_mb_per_node, run.inflight_mb_per_cpu
-    mb = sum(max(floor, per_cpu * n.cpus) for n in cluster.nodes)
-    return int((mb or run.inflight_mb_per_node) * 1024**2)
+    mb = 1024**2
+    floor = run.inflight_mb_per_node * mb * len(cluster.nodes)
+    grown = sum(
+        max(run.inflight_mb_per_node, run.inflight_mb_per_cpu * n.cpus) for n in cluster.nodes
+    )
+    budget = grown * mb
+    if object_store_bytes:
+        budget = min(budget, RAY_DATA_STORE_FRACTION * object_store_bytes)
+    return int(max(floor, budget))
+
+
+# Ray Data's own default share of the object store (resource_manager.py, Ray 2.60).
+RAY_DATA_STORE_FRACTION = 0.5
 
 
 def _fill(r: Resources, why: str, **chosen: float) -> Sized:

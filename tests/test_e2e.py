@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import ray.data
 from omegaconf import OmegaConf
 
 from framework.cli import main
@@ -253,3 +254,24 @@ def test_a_failed_run_leaves_no_model_actor_behind(ray_session, tmp_path):
     while model_actor_pids() - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not model_actor_pids() - before
+
+
+def test_run_data_context_reaches_the_workers_for_that_run_only(
+    ray_session, tmp_path, dataset, monkeypatch
+):
+    # Ray Data's own knobs, set from the spec: the stage's worker sees the value, and the
+    # driver's context is as before once the run ends (the next run starts from defaults).
+    monkeypatch.setenv("INFER_PLUGINS", "tests.plugins.probe")
+    context = ray.data.DataContext.get_current()
+    before = (context.downstream_capacity_backpressure_ratio, context.target_max_block_size)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {dataset}}}\n"
+        "preprocessors: [{type: context_probe, key: downstream_capacity_backpressure_ratio}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+        "run: {data_context: {downstream_capacity_backpressure_ratio: 7.5}}\n"
+    )
+    assert main([str(spec)]) == 0
+    seen = pq.read_table(tmp_path / "out", columns=["context_value"])["context_value"]
+    assert set(seen.to_pylist()) == {"7.5"}
+    assert (context.downstream_capacity_backpressure_ratio, context.target_max_block_size) == before

@@ -368,5 +368,10 @@ def test_inflight_budget_grows_with_the_nodes_cpus():
     gpu_box = Cluster((Node("n", "h", cpus=16, gpus=1),), "test")
     assert inflight_bytes(RunSection(), LAPTOP) == 512 * mb  # 2 CPUs: the per-node floor
     assert inflight_bytes(RunSection(), gpu_box) == 16 * 128 * mb
+    # What the CPUs add stops at the share of the object store Ray Data takes by itself,
+    assert inflight_bytes(RunSection(), gpu_box, object_store_bytes=2000 * mb) == 1000 * mb
+    # but not below the per-node floor.
+    assert inflight_bytes(RunSection(), gpu_box, object_store_bytes=600 * mb) == 512 * mb
+    assert inflight_bytes(RunSection(inflight_mb_per_cpu=512), gpu_box) == 16 * 512 * mb
     assert inflight_bytes(RunSection(inflight_mb_per_cpu=0), gpu_box) == 512 * mb
     assert inflight_bytes(RunSection(inflight_mb_per_node=None), gpu_box) is None

@@ -143,6 +143,20 @@ BAD_SPECS = [
         id="run-budgets",
     ),
     pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        [
+            "run.data_context.downstream_capacity_backpresure_ratio=4",
+            "run.data_context.target_max_block_size=1000",
+            "run.data_context.max_errored_blocks=3",
+        ],
+        [
+            "run.data_context.downstream_capacity_backpresure_ratio: not a setting of Ray "
+            "Data's DataContext - did you mean 'downstream_capacity_backpressure_ratio'?",
+            "run.data_context.target_max_block_size: set by infer-run; use run.block_mb",
+        ],
+        id="data-context",
+    ),
+    pytest.param(
         "reader: {type: parquet, path: @IN@/missing.parquet}\nwriter: {type: parquet, path: @OUT@}\n",
         [],
         ["reader.path: no parquet data at @IN@/missing.parquet"],

@@ -63,10 +63,14 @@ class RunSection:
     block_mb: float = 16.0
     # Data in flight between stages (Ray Data's object store budget), per node: bounds
     # memory however large the input; null leaves Ray Data's own default. A node gets
-    # at least inflight_mb_per_cpu per CPU: 512 MB let only 3 of a 16-core GPU node's
-    # preprocessing tasks run at once, and its GPU idled at a tenth of its capacity.
+    # at least inflight_mb_per_cpu per CPU (up to half the object store): 512 MB let only 3
+    # of a 16-core GPU node's preprocessing tasks run at once; 128 MB per CPU let 6.5, and
+    # 512 per CPU on the same kind of node no more (README: performance on a GPU).
     inflight_mb_per_node: float | None = 512.0
     inflight_mb_per_cpu: float = 128.0
+    # Ray Data's own settings (DataContext attributes) for this run, applied after ours:
+    # its knobs stay reachable without a release of infer-run.
+    data_context: dict[str, Any] = field(default_factory=dict)
 
 
 # Errors that say "try again", not "this row is bad": network, throttling, timeouts.

@@ -72,6 +72,7 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
         problems.append(
             f"run.inflight_mb_per_cpu: must not be negative, got {run.inflight_mb_per_cpu}"
         )
+    problems.extend(data_context_problems(run.data_context))
     reader = _stage(resolved.get("reader"), "reader", "reader", registry, problems)
     writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
     lists: dict[str, tuple[StageConfig, ...]] = {}
@@ -258,3 +259,32 @@ def _first_line(exc: BaseException) -> str:
     # OmegaConf wraps a resolver's KeyError (a missing env var) in a quoted message.
     prefix = "KeyError raised while resolving interpolation: "
     return line[len(prefix) :].strip("\"'") if line.startswith(prefix) else line
+
+
+# DataContext attributes infer-run sets from its own keys, which say what to set instead.
+MANAGED_DATA_CONTEXT = {
+    "target_max_block_size": "run.block_mb",
+    "target_min_block_size": "run.block_mb",
+    "execution_options": "run.inflight_mb_per_node and run.inflight_mb_per_cpu",
+    "per_stage_map_timing": "nothing: the run report needs it",
+}
+
+
+def data_context_problems(settings: dict[str, Any]) -> list[str]:
+    """One message per ``run.data_context`` key that is no DataContext attribute, or one
+    infer-run sets itself."""
+    if not settings:
+        return []
+    from ray.data import DataContext  # only here: validating a spec otherwise needs no Ray
+
+    known = [f.name for f in dataclasses.fields(DataContext)]
+    problems = []
+    for key in settings:
+        where = f"run.data_context.{key}"
+        if key in MANAGED_DATA_CONTEXT:
+            problems.append(f"{where}: set by infer-run; use {MANAGED_DATA_CONTEXT[key]}")
+        elif key not in known:
+            problems.append(
+                f"{where}: not a setting of Ray Data's DataContext{did_you_mean(key, known)}"
+            )
+    return problems

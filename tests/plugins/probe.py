@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import ray
+import ray.data
 import torch
 
 import framework
@@ -49,6 +50,18 @@ class SlowCopy(Preprocessor):
         return batch
 
 
+class ContextProbe(Preprocessor):
+    """Reports the Ray Data setting ``key`` as the worker running it sees it."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __call__(self, batch: Batch) -> Batch:
+        value = getattr(ray.data.DataContext.get_current(), self.key)
+        batch["context_value"] = np.array([repr(value)] * len(batch["id"]), dtype=object)
+        return batch
+
+
 @hookimpl
 def register_models(register):
     register("probe", Probe)
@@ -57,3 +70,4 @@ def register_models(register):
 @hookimpl
 def register_preprocessors(register):
     register("slow_copy", SlowCopy)
+    register("context_probe", ContextProbe)
