@@ -2,7 +2,7 @@
 
     python -m benchmarks.compare --rows 500 --model resnet18 [--batch-size 64] [--data DIR]
         [--json OUT.json] [--only ceiling,loop,raydata,infer-run] [--seed S] [--loop-workers N]
-        [--device cpu|cuda] [--precision fp32|bf16|fp16]
+        [--device cpu|cuda] [--precision fp32|bf16|fp16] [--set KEY=VALUE ...]
 
 Every mode classifies the same datagen parquet images with the same randomly initialised
 torchvision model (eval, ``inference_mode``; fp32 unless ``--precision`` says otherwise,
@@ -398,7 +398,8 @@ def run_infer_run(config: dict[str, Any]) -> dict[str, Any]:
     report_path = workdir / "infer-run-report.json"
     # JSON is YAML; the spec loader reads it as written.
     spec_path.write_text(json.dumps(infer_run_spec(config, workdir / "infer-run-out"), indent=2))
-    code = cli_main([str(spec_path), "--report", str(report_path)])
+    overrides = list(config.get("overrides", []))
+    code = cli_main([str(spec_path), *overrides, "--report", str(report_path)])
     if code != 0:
         raise RuntimeError(f"infer-run exited with code {code}")
     report = json.loads(report_path.read_text())
@@ -407,6 +408,7 @@ def run_infer_run(config: dict[str, Any]) -> dict[str, Any]:
         "rows_per_s": report["rows_per_s"],
         "wall_time_s": report["wall_time_s"],
         "spec": infer_run_spec(config, workdir / "infer-run-out"),
+        "overrides": overrides,
         "summary": report_summary(report),
         "report": report,
     }
@@ -752,6 +754,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="rounds of all modes; each mode keeps its best rows/s",
     )
     p.add_argument("--timeout", type=float, default=MODE_TIMEOUT_S, help="seconds allowed per mode")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override in infer-run's spec, as on its command line (repeatable)",
+    )
     return p.parse_args(argv)
 
 
@@ -773,6 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loop_workers": loop_workers(args),
         "device": args.device,
         "decode_on_device": args.decode_on_device,
+        "overrides": args.overrides,
         "modes": list(args.only),
         "repeat": args.repeat,
         "weights": "random",

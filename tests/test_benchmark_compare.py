@@ -40,6 +40,8 @@ def test_compare_records_every_figure(tmp_path: Path) -> None:
         "16",
         "--json",
         str(out),
+        "--set",
+        "run.name=tiny-override",
     ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=580)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -96,6 +98,9 @@ def test_compare_records_every_figure(tmp_path: Path) -> None:
     assert report["status"] == "ok"
     assert report["rows_written"] == 32
     assert infer_run["wall_time_s"] == report["wall_time_s"]
+    # --set reached infer-run's spec and only it.
+    assert doc["config"]["overrides"] == infer_run["overrides"] == ["run.name=tiny-override"]
+    assert report["name"] == "tiny-override"
     assert infer_run["summary"]["operators"]
     assert "models[0]" in infer_run["summary"]["stages"]
     assert infer_run["summary"]["stages"]["preprocessors[0]"]["batches_at_once"] > 0
