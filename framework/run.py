@@ -19,8 +19,8 @@ from framework.dead_letter import ErrorPolicy, Failure
 from framework.errors import InferError, InputError, RunError
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
-from framework.plan import Plan, build_plan
-from framework.ray_session import data_context, footer_actors, init_ray
+from framework.plan import Plan, ReadNode, build_plan
+from framework.ray_session import data_context, init_ray, read_planning
 from framework.redact import redact
 from framework.registry import Registry
 from framework.replay import plan_replay
@@ -128,7 +128,7 @@ def run_plan(
         log.warning("reader: set aside unreadable input %s: %s", where, error)
 
     with data_context(spec, plan.cluster):
-        with footer_actors(plan.cluster):
+        with read_planning(plan.cluster, read_task_mb(plan)):
             run_context = RunContext(run_id, stage_log, errors, id_filter, bad_input)
             compiled = compile_plan(plan, run_context)
         failure: RunError | None = None
@@ -184,6 +184,13 @@ def run_plan(
     if failure is not None:
         raise failure
     return report
+
+
+def read_task_mb(plan: Plan) -> float | None:
+    """``run.block_mb`` for parquet read tasks, unless reading is capped to share the
+    cores of CPU models (then Ray Data's own size; see ray_session.PARQUET_READ_TASK_BYTES)."""
+    read = next(n for n in plan.nodes if isinstance(n, ReadNode))
+    return plan.spec.run.block_mb if read.max_tasks is None else None
 
 
 def end_actors(stage_log: Any) -> None:

@@ -173,18 +173,29 @@ def test_infeasible_spec_fails_fast_instead_of_waiting(cluster, dataset, tmp_pat
     assert "(2 CPUs, 1 GPUs, gpu_node=1)" in line
 
 
-def test_parquet_footer_readers_are_sized_to_the_cluster(monkeypatch) -> None:
+def test_parquet_footer_readers_and_read_tasks_are_sized_while_reads_are_planned(
+    monkeypatch,
+) -> None:
     from framework.cluster import Cluster, Node
-    from framework.ray_session import FOOTER_ACTORS, footer_actors
+    from framework.ray_session import FOOTER_ACTORS, PARQUET_READ_TASK_BYTES, read_planning
 
     monkeypatch.delenv(FOOTER_ACTORS, raising=False)
+    monkeypatch.delenv(PARQUET_READ_TASK_BYTES, raising=False)
     laptop = Cluster((Node("n", "h", cpus=2),), "test")
     big = Cluster(tuple(Node(f"n{i}", "h", cpus=64) for i in range(4)), "test")
     for cluster, expected in ((laptop, "1"), (big, "32")):  # one per 4 CPUs, Ray's 32 at most
-        with footer_actors(cluster):
+        with read_planning(cluster, 16):
             assert os.environ[FOOTER_ACTORS] == expected
+            assert os.environ[PARQUET_READ_TASK_BYTES] == str(16 * 1024**2)
         assert FOOTER_ACTORS not in os.environ  # only while the reads are planned
-    monkeypatch.setenv(FOOTER_ACTORS, "5")  # the user's own value wins
-    with footer_actors(laptop):
+        assert PARQUET_READ_TASK_BYTES not in os.environ
+    with read_planning(laptop, None):  # beside CPU models: Ray Data's own read task size
+        assert PARQUET_READ_TASK_BYTES not in os.environ
+    monkeypatch.setenv(FOOTER_ACTORS, "5")  # the user's own values win
+    monkeypatch.setenv(PARQUET_READ_TASK_BYTES, "1000")
+    with read_planning(laptop, 16):
         assert os.environ[FOOTER_ACTORS] == "5"
+        assert os.environ[PARQUET_READ_TASK_BYTES] == "1000"
+    assert os.environ[FOOTER_ACTORS] == "5"
+    assert os.environ[PARQUET_READ_TASK_BYTES] == "1000"
     assert os.environ[FOOTER_ACTORS] == "5"

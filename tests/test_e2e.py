@@ -275,3 +275,29 @@ def test_run_data_context_reaches_the_workers_for_that_run_only(
     seen = pq.read_table(tmp_path / "out", columns=["context_value"])["context_value"]
     assert set(seen.to_pylist()) == {"7.5"}
     assert (context.downstream_capacity_backpressure_ratio, context.target_max_block_size) == before
+
+
+def test_parquet_read_tasks_follow_block_mb(ray_session, tmp_path):
+    # Ray Data packs 128 MiB of parquet into one read task, which the CPU stage after it
+    # shares: 16 MB of input was one task for the whole run. Tasks of run.block_mb spread
+    # it over as many tasks as row groups allow (here one per file).
+    rng = np.random.default_rng(0)
+    for part in range(4):
+        blobs = [rng.bytes(20_000) for _ in range(200)]
+        ids = [f"{part}-{i}" for i in range(200)]
+        pq.write_table(pa.table({"id": ids, "blob": blobs}), tmp_path / f"part-{part}.parquet")
+    tasks = {}
+    for block_mb in (64, 2):
+        spec = tmp_path / f"spec-{block_mb}.yaml"
+        spec.write_text(
+            f"reader: {{type: parquet, path: {tmp_path}/part-*.parquet}}\n"
+            f"writer: {{type: parquet, path: {tmp_path / f'out-{block_mb}'}}}\n"
+            f"run: {{block_mb: {block_mb}}}\n"
+        )
+        report = tmp_path / f"report-{block_mb}.json"
+        assert main([str(spec), "--report", str(report)]) == 0
+        listing = next(
+            o for o in json.loads(report.read_text())["operators"] if o["name"] == "ListFiles"
+        )
+        tasks[block_mb] = listing["tasks"]  # one manifest block per read task
+    assert tasks == {64: 1, 2: 4}
