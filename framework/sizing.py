@@ -135,6 +135,10 @@ def _after_actors(spec: Spec) -> list[StageConfig]:
     return [*stages[actors[-1] + 1 :], spec.writer] if actors else []
 
 
+# Ray Data's own default share of the object store (resource_manager.py, Ray 2.60).
+RAY_DATA_STORE_FRACTION = 0.5
+
+
 def inflight_bytes(
     run: RunSection, cluster: Cluster, object_store_bytes: float | None = None
 ) -> int | None:
@@ -148,7 +152,7 @@ def inflight_bytes(
     if not run.inflight_mb_per_node:
         return None
     mb = 1024**2
-    floor = run.inflight_mb_per_node * mb * len(cluster.nodes)
+    floor = run.inflight_mb_per_node * mb * max(1, len(cluster.nodes))
     grown = sum(
         max(run.inflight_mb_per_node, run.inflight_mb_per_cpu * n.cpus) for n in cluster.nodes
     )
@@ -156,10 +160,6 @@ def inflight_bytes(
     if object_store_bytes:
         budget = min(budget, RAY_DATA_STORE_FRACTION * object_store_bytes)
     return int(max(floor, budget))
-
-
-# Ray Data's own default share of the object store (resource_manager.py, Ray 2.60).
-RAY_DATA_STORE_FRACTION = 0.5
 
 
 def _fill(r: Resources, why: str, **chosen: float) -> Sized:

@@ -375,3 +375,4 @@ def test_inflight_budget_grows_with_the_nodes_cpus():
     assert inflight_bytes(RunSection(inflight_mb_per_cpu=512), gpu_box) == 16 * 512 * mb
     assert inflight_bytes(RunSection(inflight_mb_per_cpu=0), gpu_box) == 512 * mb
     assert inflight_bytes(RunSection(inflight_mb_per_node=None), gpu_box) is None
+    assert inflight_bytes(RunSection(), Cluster((), "none yet")) == 512 * mb
