@@ -88,7 +88,9 @@ def operator_figures(summary: Any) -> list[dict[str, Any]]:
                 "end_s": round(end - origin, 4) if end else None,
                 "task_time_s": round(op.wall_time.sum, 4) if op.wall_time else 0.0,
                 "cpu_time_s": round(op.cpu_time.sum, 4) if op.cpu_time else 0.0,
-                "tasks": int(op.wall_time.count) if op.wall_time else 0,
+                # Ray Data's per-block figures count blocks; its per-task rows count tasks.
+                "tasks": int(op.task_rows.count) if op.task_rows else 0,
+                "blocks": int(op.wall_time.count) if op.wall_time else 0,
                 "nodes": int(op.node_count.count) if op.node_count else 0,
             }
         )

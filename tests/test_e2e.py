@@ -296,8 +296,7 @@ def test_parquet_read_tasks_follow_block_mb(ray_session, tmp_path):
         )
         report = tmp_path / f"report-{block_mb}.json"
         assert main([str(spec), "--report", str(report)]) == 0
-        listing = next(
-            o for o in json.loads(report.read_text())["operators"] if o["name"] == "ListFiles"
-        )
-        tasks[block_mb] = listing["tasks"]  # one manifest block per read task
+        operators = json.loads(report.read_text())["operators"]
+        reading = next(o for o in operators if o["name"].startswith("ReadFiles"))
+        tasks[block_mb] = reading["tasks"]
     assert tasks == {64: 1, 2: 4}
