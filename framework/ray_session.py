@@ -150,25 +150,33 @@ def read_planning(cluster: Cluster, read_task_mb: float | None) -> Iterator[None
             os.environ.pop(name, None)
 
 
-@contextlib.contextmanager
-def data_context(spec: Spec, cluster: Cluster) -> Iterator[None]:
-    """Ray Data's settings for the run: block size, object store budget, then the spec's
-    ``run.data_context``; the driver's earlier values come back when the run ends, so the
-    next run in this process starts from Ray Data's defaults and its own spec."""
+def own_data_context(spec: Spec, cluster: Cluster) -> dict[str, Any]:
+    """The DataContext attributes infer-run sets from its own keys (``run.block_mb``, the
+    object store budget): the ones ``run.data_context`` may not set
+    (``framework.spec.validate.MANAGED_DATA_CONTEXT``)."""
     context = ray.data.DataContext.get_current()
-    settings: dict[str, Any] = {"per_stage_map_timing": True}
     block_bytes = max(1, int(spec.run.block_mb * 1024**2))
-    settings["target_max_block_size"] = block_bytes
-    settings["target_min_block_size"] = min(
-        context.target_min_block_size or block_bytes, block_bytes
-    )
+    settings: dict[str, Any] = {
+        "per_stage_map_timing": True,
+        "target_max_block_size": block_bytes,
+        "target_min_block_size": min(context.target_min_block_size or block_bytes, block_bytes),
+    }
     store = ray.cluster_resources().get("object_store_memory")
     budget = inflight_bytes(spec.run, cluster, store)
     if budget is not None:
         options = copy.copy(context.execution_options)
         options.resource_limits = options.resource_limits.copy(object_store_memory=budget)
         settings["execution_options"] = options
-    settings.update(spec.run.data_context)
+    return settings
+
+
+@contextlib.contextmanager
+def data_context(spec: Spec, cluster: Cluster) -> Iterator[None]:
+    """Ray Data's settings for the run: ours, then the spec's ``run.data_context``; the
+    driver's earlier values come back when the run ends, so the next run in this process
+    starts from Ray Data's defaults and its own spec."""
+    context = ray.data.DataContext.get_current()
+    settings = {**own_data_context(spec, cluster), **spec.run.data_context}
     previous = {key: getattr(context, key) for key in settings}
     for key, value in settings.items():
         setattr(context, key, value)

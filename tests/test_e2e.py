@@ -300,3 +300,24 @@ def test_parquet_read_tasks_follow_block_mb(ray_session, tmp_path):
         reading = next(o for o in operators if o["name"].startswith("ReadFiles"))
         tasks[block_mb] = reading["tasks"]
     assert tasks == {64: 1, 2: 4}
+
+
+def test_the_specs_may_not_set_what_infer_run_sets_itself(ray_session, dataset):
+    # validate's list of refused run.data_context keys and the keys a run sets are twins:
+    # a key missing from the list would let a spec silently undo infer-run's own setting.
+    from framework.cluster import ray_cluster
+    from framework.plugins import load_registry
+    from framework.ray_session import own_data_context
+    from framework.spec import validate_spec
+    from framework.spec.validate import MANAGED_DATA_CONTEXT
+
+    spec = validate_spec(
+        OmegaConf.create(
+            {
+                "reader": {"type": "parquet", "path": str(dataset)},
+                "writer": {"type": "parquet", "path": "/tmp/unused"},
+            }
+        ),
+        load_registry(),
+    )
+    assert set(own_data_context(spec, ray_cluster())) == set(MANAGED_DATA_CONTEXT)

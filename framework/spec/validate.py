@@ -261,7 +261,8 @@ def _first_line(exc: BaseException) -> str:
     return line[len(prefix) :].strip("\"'") if line.startswith(prefix) else line
 
 
-# DataContext attributes infer-run sets from its own keys, which say what to set instead.
+# DataContext attributes infer-run sets from its own keys (ray_session.own_data_context;
+# a test keeps the two equal), each with the key to set instead.
 MANAGED_DATA_CONTEXT = {
     "target_max_block_size": "run.block_mb",
     "target_min_block_size": "run.block_mb",
