@@ -24,11 +24,14 @@ from PIL import Image, ImageOps
 from framework import RunError
 from framework.testing import conformance_problems
 from plugins.vision import ImageTransform, TorchScriptClassifier, TorchvisionClassifier
+from plugins.vision import pixels as pixels_module
 from plugins.vision.decode import DecodeError, exif_orientation
 from plugins.vision.device_decode import apply_orientation, decode_on_device
 from plugins.vision.microbatch import MicroBatcher, choose_micro_batch, probe_largest
+from plugins.vision.pixels import resize_crop_by_size
 from plugins.vision.runtime import COMPILE_TORCHSCRIPT
 from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
+from plugins.vision.transform import TransformConfig, resize_crop
 from tests.helpers import column, encode
 
 RNG = np.random.default_rng(0)
@@ -286,6 +289,24 @@ def test_decode_on_device_guards_and_passes_pixels_through():
         model({"id": np.arange(2), "image": pixels.copy()})["logits"],
         plain({"id": np.arange(2), "image": pixels.copy()})["logits"],
     )
+
+
+@pytest.mark.parametrize("chunk_bytes", [256 << 20, 3 * 60 * 80 * 2], ids=["whole", "by-two"])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_same_sized_images_resize_together_with_each_image_as_alone(
+    monkeypatch, chunk_bytes, interpolation
+):
+    """Sizes interleaved (rows of one size are not a run), repeated, one image upscaled:
+    every crop equals the crop of the image alone, in order."""
+    monkeypatch.setattr(pixels_module, "RESIZE_CHUNK_BYTES", chunk_bytes)
+    config = TransformConfig((40,), (32, 32), interpolation, mean=(0.5,) * 3, std=(0.5,) * 3)
+    sizes = [(60, 80), (80, 60), (60, 80), (60, 80), (20, 24), (80, 60), (60, 80)]
+    images = [torch.from_numpy(RNG.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in sizes]
+    alone = torch.stack([resize_crop(image, config) for image in images])
+    together = resize_crop_by_size(images, config, CPU)
+    assert together.dtype == torch.uint8 and together.shape == (len(sizes), 3, 32, 32)
+    assert torch.equal(together, alone)
+    assert resize_crop_by_size([], config, CPU).shape == (0, 3, 32, 32)
 
 
 # ---------------------------------------------------------------------------- micro_batch

@@ -7,6 +7,7 @@ model's device with the model's own preprocessing.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,9 @@ from framework import RunError
 from plugins.vision.decode import DecodeError
 from plugins.vision.device_decode import decode_on_device
 from plugins.vision.transform import TransformConfig, resize_crop
+
+# Pixels resized in one call at most (uint8; the resize works in float32, four times this).
+RESIZE_CHUNK_BYTES = 256 << 20
 
 
 def host_pixels(
@@ -74,10 +78,33 @@ def device_crops(
         images = decode_on_device(values, ids, device)
     except DecodeError as exc:
         raise RunError(f"{name}: {exc}") from exc
-    if not images:
-        return torch.empty((0, 3, *preprocess.crop_size), dtype=torch.uint8, device=device)
-    # Sizes differ until cropped, so each image is resized on its own (as image_transform does).
-    return torch.stack([resize_crop(image, preprocess) for image in images])
+    return resize_crop_by_size(images, preprocess, device)
+
+
+def resize_crop_by_size(
+    images: Sequence[torch.Tensor], preprocess: TransformConfig, device: torch.device
+) -> torch.Tensor:
+    """CHW uint8 images resized and cropped: uint8 [N, 3, crop_h, crop_w], in order.
+
+    Images of one size go through one batched call, up to ``RESIZE_CHUNK_BYTES`` of pixels
+    at a time: on a GPU each call costs a handful of kernel launches whatever its size, and
+    photo sets often hold a few sizes only. Every image's pixels are what a call on it alone
+    gives (the resize treats each image of a batch on its own).
+    """
+    out = torch.empty((len(images), 3, *preprocess.crop_size), dtype=torch.uint8, device=device)
+    by_size: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape), []).append(i)
+    for shape, indices in by_size.items():
+        per_chunk = max(1, RESIZE_CHUNK_BYTES // max(1, math.prod(shape)))
+        for start in range(0, len(indices), per_chunk):
+            chunk = indices[start : start + per_chunk]
+            crops = resize_crop(torch.stack([images[i] for i in chunk]), preprocess)
+            if chunk[-1] - chunk[0] + 1 == len(chunk):  # a run of rows: no index upload
+                out[chunk[0] : chunk[-1] + 1] = crops
+            else:
+                out[torch.tensor(chunk, device=device)] = crops
+    return out
 
 
 def from_numpy(values: np.ndarray) -> torch.Tensor:
