@@ -19,6 +19,7 @@ from framework.dead_letter import (
     ERROR_COLUMN,
     MISSING_ID,
     MISSING_ID_MESSAGE,
+    READER_PATH,
     ErrorPolicy,
     Failure,
     batch_key,
@@ -111,15 +112,16 @@ def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> r
     reader.num_cpus = node.num_cpus
     reader.max_tasks = node.max_tasks
     reader.bad_input = run.bad_input
+    # Both in Arrow, per block, fused into the read tasks. The id filter comes first: a
+    # flagged row a resumed run already recorded is done, not recorded again.
+    arrow = {"batch_format": "pyarrow", "batch_size": None, "zero_copy_batch": True}
     dataset = reader.read()
     if run.id_filter is not None:
         ids, keep = run.id_filter
         dataset = dataset.map_batches(
-            filter_ids,
-            fn_kwargs={"ids": ids, "keep": keep},
-            batch_format="numpy",
-            **reader.map_args,
+            filter_ids, fn_kwargs={"ids": ids, "keep": keep}, **arrow, **reader.map_args
         )
+    dataset = dataset.map_batches(_reader_flags(run), **arrow, **reader.map_args)
     return dataset.limit(node.limit) if node.limit else dataset
 
 
@@ -154,34 +156,51 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
 WRITER_PATH = "writer"
 
 
-def _writer_counter(run: RunContext) -> Callable[[pa.Table], pa.Table]:
-    """Counts every row reaching the writer, and sets aside rows a reader flagged when no
-    stage ran before; Arrow in and out, so the written columns keep their exact types."""
-    runner = StageRunner(WRITER_PATH, object, {}, run.log, run.errors)
+def _reader_flags(run: RunContext) -> Callable[[pa.Table], pa.Table]:
+    """Sets aside rows a reader flagged in ``_error`` and rows without an id, in Arrow and
+    fused into the read tasks: a null in an integer id column would turn a numpy batch's
+    ids into floats, and the good rows beside it would be written with float ids."""
+    runner = StageRunner(READER_PATH, object, {}, run.log, run.errors)
 
-    def count_rows(table: pa.Table) -> pa.Table:
-        start, rows, failures = time.time(), table.num_rows, []
+    def reader_flags(table: pa.Table) -> pa.Table:
+        start, failures, reasons = time.time(), [], []
+        if ERROR_COLUMN in table.column_names:
+            flags = pc.fill_null(table[ERROR_COLUMN], "")
+            table = table.drop_columns([ERROR_COLUMN])
+            bad = pc.not_equal(flags, "")
+            if pc.any(bad).as_py():
+                reasons = pc.filter(flags, bad).to_pylist()
+                bad_ids = pc.filter(table[ID_COLUMN], bad).to_pylist()
+                failures = [
+                    Failure(i, READER_PATH, "BadInput", r)
+                    for i, r in zip(bad_ids, reasons, strict=True)
+                ]
+                table = table.filter(pc.invert(bad))
         if ID_COLUMN in table.column_names:
             missing = pc.is_null(table[ID_COLUMN], nan_is_null=True)
             if pc.any(missing).as_py():
                 count = pc.sum(missing).as_py()
-                failures = [Failure(None, "reader", MISSING_ID, MISSING_ID_MESSAGE)] * count
+                failures += [Failure(None, READER_PATH, MISSING_ID, MISSING_ID_MESSAGE)] * count
                 table = table.filter(pc.invert(missing))
-        if ERROR_COLUMN in table.column_names:
-            reasons = pc.fill_null(table[ERROR_COLUMN], "")
-            bad = pc.not_equal(reasons, "")
-            failures += [
-                Failure(row_id, "reader", "BadInput", reason)
-                for row_id, reason in zip(
-                    pc.filter(table[ID_COLUMN], bad).to_pylist(),
-                    pc.filter(reasons, bad).to_pylist(),
-                    strict=True,
-                )
-            ]
-            table = table.filter(pc.invert(bad)).drop_columns([ERROR_COLUMN])
+        if failures:
+            ids = table[ID_COLUMN].to_pylist() if ID_COLUMN in table.column_names else []
+            key = batch_key(READER_PATH, [*ids, *reasons]) if ids or reasons else None
+            runner.settle(start, time.time(), len(failures), 0, failures, key)
+        return table
+
+    return reader_flags
+
+
+def _writer_counter(run: RunContext) -> Callable[[pa.Table], pa.Table]:
+    """Counts every row reaching the writer; Arrow in and out, so the written columns keep
+    their exact types."""
+    runner = StageRunner(WRITER_PATH, object, {}, run.log, run.errors)
+
+    def count_rows(table: pa.Table) -> pa.Table:
+        start = time.time()
         ids = table[ID_COLUMN].to_pylist() if ID_COLUMN in table.column_names else []
         key = batch_key(WRITER_PATH, ids) if ids else None
-        runner.settle(start, time.time(), rows, table.num_rows, failures, key)
+        runner.settle(start, time.time(), table.num_rows, table.num_rows, [], key)
         return table
 
     return count_rows

@@ -148,6 +148,8 @@ class ErrorPolicy:
 
 # Ids name rows in the output, the dead-letter records and --resume: a row without one
 # could be neither found nor finished, so it is set aside as a bad row of the reader.
+# What the reader's records say as their stage, and its path in the run's log.
+READER_PATH = "reader"
 MISSING_ID = "MissingId"
 MISSING_ID_MESSAGE = "the row has no id: its id column is null"
 
@@ -169,9 +171,11 @@ def split_flagged(batch: Batch, stage: str) -> tuple[Batch, list[Failure]]:
     if ERROR_COLUMN in batch:
         reasons = batch.pop(ERROR_COLUMN)
         bad = np.array([bool(r) for r in reasons], dtype=bool)
+        ids = batch[ID_COLUMN]
+        no_id = null_ids(ids)  # a malformed input line has none: NaN in a float column
         failures = [
-            Failure(row_id, stage, "BadInput", str(reason))
-            for row_id, reason in zip(batch[ID_COLUMN][bad], reasons[bad], strict=True)
+            Failure(None if no_id[i] else ids[i], stage, "BadInput", str(reasons[i]))
+            for i in np.flatnonzero(bad)
         ]
     if ID_COLUMN in batch:
         missing = null_ids(batch[ID_COLUMN]) & ~bad
@@ -227,6 +231,7 @@ def check_policy(policy: str) -> str | None:
 
 __all__ = [
     "ERROR_COLUMN",
+    "READER_PATH",
     "ErrorPolicy",
     "Failure",
     "batch_key",

@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from framework import __version__
+from framework.dead_letter import READER_PATH
 from framework.redact import redact
 from framework.spec.schema import Spec
 
@@ -152,10 +153,18 @@ def build_report(
     ops = operator_figures(summary)
     stages = gpu_busy(stages or {})
     # The framework's own count in front of the writer; Ray's operator counts blur when
-    # the write is fused with the stages before it.
-    written = stages["writer"]["rows_out"] if "writer" in stages else rows_written(ops)
-    # The first stage's own count is exact; Ray's operator counts blur under fusion.
-    read = stages[first_stage]["rows_in"] if first_stage in stages else rows_read(ops)
+    # the write is fused with the stages before it. No count from the writer but others
+    # from the framework: no row reached it.
+    written = stages["writer"]["rows_out"] if "writer" in stages else 0
+    if not stages:
+        written = rows_written(ops)
+    # The first stage's own count is exact; Ray's operator counts blur under fusion. Rows
+    # the reader set aside (READER_PATH) never reach the first stage.
+    set_aside = stages[READER_PATH]["rows_in"] if READER_PATH in stages else 0
+    if first_stage in stages:
+        read = stages[first_stage]["rows_in"] + set_aside
+    else:
+        read = set_aside or rows_read(ops)
     if read != written + rows_failed:
         warnings = [
             *warnings,

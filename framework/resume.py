@@ -13,9 +13,10 @@ import hashlib
 import json
 from typing import Any
 
+import pyarrow as pa
 import ray
 
-from framework.components import ID_COLUMN, Batch, Writer
+from framework.components import ID_COLUMN, Writer
 from framework.dead_letter import ErrorPolicy, jsonl_ids
 from framework.errors import InputError
 from framework.redact import redact
@@ -132,23 +133,30 @@ def committed_ids(writer: Writer, errors: ErrorPolicy) -> list[Any]:
     """Ids already written (the writer's committed files) or dead-lettered."""
     ids = list(writer.committed_ids())
     for _, data in errors.read_records():
-        # A record cut short when the run was killed is not counted: its row is redone.
-        ids.extend(jsonl_ids(data)[0])
+        # A record cut short when the run was killed is not counted: its row is redone. A
+        # record without an id marks no row done (the row is checked again).
+        ids.extend(i for i in jsonl_ids(data)[0] if i is not None)
     return ids
 
 
 _IDS: dict[Any, frozenset[Any]] = {}
 
 
-def filter_ids(batch: Batch, ids: Any, keep: bool) -> Batch:
-    """The rows whose id is in ``ids`` (``keep``), or the others: replaying, resuming."""
-    import numpy as np
+def filter_ids(table: pa.Table, ids: Any, keep: bool) -> pa.Table:
+    """The rows whose id is in ``ids`` (``keep``), or the others: replaying, resuming.
 
+    In Arrow, so that a null among integer ids does not make them floats. A null id is
+    never done (a resumed run checks and records it again); a replay keeps it when a
+    record without an id (a malformed line) is among those replayed.
+    """
     if isinstance(ids, ray.ObjectRef):  # fetched once per worker process
         ids = _IDS.setdefault(ids, ray.get(ids))
-    listed = np.array([row_id in ids for row_id in batch[ID_COLUMN].tolist()], dtype=bool)
-    wanted = listed if keep else ~listed
-    return batch if wanted.all() else {k: v[wanted] for k, v in batch.items()}
+    column = table[ID_COLUMN].to_pylist()
+    if keep:
+        wanted = [row_id in ids for row_id in column]
+    else:
+        wanted = [row_id is None or row_id not in ids for row_id in column]
+    return table if all(wanted) else table.filter(pa.array(wanted, pa.bool_()))
 
 
 def put_ids(ids: list[Any]) -> Any:

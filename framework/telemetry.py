@@ -11,6 +11,8 @@ from typing import Any
 
 import ray
 
+from framework.dead_letter import READER_PATH
+
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class StageLog:
@@ -83,7 +85,7 @@ class StageLog:
         failures: dict[str, dict[str, int]],
         sign: int,
     ) -> None:
-        if stage == self.first_stage:
+        if stage in (self.first_stage, READER_PATH):  # READER_PATH: rows a reader set aside
             self.seen += sign * rows_in
         for where, kinds in failures.items():
             counts = self.errors.setdefault(where, {})

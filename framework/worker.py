@@ -22,7 +22,6 @@ from framework.dead_letter import (
     batch_key,
     plain_id,
     run_isolated,
-    split_flagged,
 )
 from framework.errors import InferError, RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
@@ -149,7 +148,7 @@ class StageRunner:
         rows = len(batch[ID_COLUMN]) if ID_COLUMN in batch else 0
         start = time.time()
         key = batch_key(self.path, batch[ID_COLUMN]) if ID_COLUMN in batch else None
-        batch, failures = split_flagged(batch, "reader")
+        failures: list[Failure] = []
         self.retries = 0
         hung = self._hung_before(batch)
         out = None

@@ -12,6 +12,7 @@ import ray.data
 from ray.data.datasource import FileBasedDatasource
 
 from framework import (
+    ERROR_COLUMN,
     ID_COLUMN,
     Reader,
     RunError,
@@ -24,27 +25,58 @@ from framework import (
 )
 
 
-def first_bad_line(data: bytes) -> str | None:
-    """Where JSON-lines ``data`` stops being one JSON object per line, or None if it does not."""
+def bad_lines(data: bytes) -> list[tuple[int, str]]:
+    """(line number, reason) for each line of JSON-lines ``data`` that is not one JSON object."""
+    found = []
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
             parsed = json.loads(line)
         except ValueError as exc:
-            return f"line {number} is not valid JSON ({exc})"
+            found.append((number, f"line {number} is not valid JSON ({exc})"))
+            continue
         if not isinstance(parsed, dict):
-            return f"line {number} is not a JSON object"
-    return None
+            found.append((number, f"line {number} is not a JSON object"))
+    return found
+
+
+def read_lines(data: bytes, options: Any) -> pa.Table:
+    import pyarrow.json as pajson
+
+    return pajson.read_json(pa.BufferReader(data), read_options=options)
+
+
+def with_bad_lines(
+    data: bytes, bad: list[tuple[int, str]], path: str, id_column: str, options: Any
+) -> pa.Table:
+    """The good lines' rows, then one row per bad line: null id and columns, the reason in
+    ``_error``. The framework dead-letters those under ``errors.policy: skip`` and stops
+    the run naming the first otherwise, so a bad line costs only itself."""
+    skip = {number for number, _ in bad}
+    lines = data.split(b"\n")
+    good = b"\n".join(line for n, line in enumerate(lines, start=1) if n not in skip)
+    table = read_lines(good, options) if good.strip() else pa.table({})
+    if id_column not in table.column_names:
+        table = table.append_column(id_column, pa.nulls(table.num_rows))
+    nulls = pa.table({f.name: pa.nulls(len(bad), f.type) for f in table.schema})
+    reasons = [None] * table.num_rows + [f"{path}: {reason}" for _, reason in bad]
+    table = pa.concat_tables([table, nulls])
+    return table.append_column(ERROR_COLUMN, pa.array(reasons, pa.string()))
 
 
 class JsonLinesDatasource(FileBasedDatasource):
-    """Arrow's JSON reader over whole files, with a bad line named by file and number.
+    """Arrow's JSON reader over whole files; a line that is not a JSON object becomes a
+    flagged row naming its file and line.
 
     Ray's own ``read_json(lines=True)`` refuses a filesystem (and with it S3 endpoints
     and credentials from the spec); without it, a malformed line fails the read with a
     decoder message that names neither the file nor the line.
     """
+
+    def __init__(self, paths: list[str], *, id_column: str, **kwargs: Any) -> None:
+        super().__init__(paths, **kwargs)
+        self.id_column = id_column
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         import pyarrow.json as pajson
@@ -55,15 +87,22 @@ class JsonLinesDatasource(FileBasedDatasource):
         # One block for the whole file: no object straddles two blocks.
         options = pajson.ReadOptions(use_threads=False, block_size=min(buffer.size, 1 << 30))
         try:
-            yield pajson.read_json(pa.BufferReader(buffer), read_options=options)
+            yield read_lines(buffer, options)
+            return
         except pa.ArrowInvalid as exc:
-            where = first_bad_line(buffer.to_pybytes()) or str(exc)
-            raise RunError(f"reader: cannot read {path}: {where}") from exc
+            data = buffer.to_pybytes()
+            bad = bad_lines(data)
+            if not bad:  # every line is an object: a file-wide problem (types that clash)
+                raise RunError(f"reader: cannot read {path}: {exc}") from exc
+        try:
+            yield with_bad_lines(data, bad, path, self.id_column, options)
+        except pa.ArrowInvalid as exc:
+            raise RunError(f"reader: cannot read {path}: {exc}") from exc
 
 
 class JsonlReader(Reader):
     """One JSON object per line, from files, directories or glob patterns; ``id_column``
-    becomes ``id``. A malformed line stops the run naming its file and line number."""
+    becomes ``id``. A line that is not a JSON object is a bad row named by file and line."""
 
     def __init__(
         self,
@@ -95,7 +134,9 @@ class JsonlReader(Reader):
         expanded = expand_globs(self.paths, self.storage)
         fs, _ = filesystem_for(expanded[0], self.storage)
         paths = [filesystem_for(p, self.storage)[1] for p in expanded]
-        source = JsonLinesDatasource(paths, filesystem=fs, file_extensions=["jsonl", "json"])
+        source = JsonLinesDatasource(
+            paths, id_column=self.id_column, filesystem=fs, file_extensions=["jsonl", "json"]
+        )
         ds = ray.data.read_datasource(source, **self.read_args)
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})

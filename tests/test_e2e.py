@@ -84,7 +84,10 @@ def test_parquet_to_echo_to_parquet_keeps_every_id_once(ray_session, tmp_path, d
     assert any("MapBatches(models_0:echo)" in name for name in names)
     assert any("preprocessors_0:select_columns" in name for name in names)
     # Reading and the CPU stage share a task pool of the same size: one Ray Data operator.
-    assert "ReadFilesParquetV2->MapBatches(preprocessors_0:select_columns)" in names
+    assert (
+        "ReadFilesParquetV2->MapBatches(reader_flags)->MapBatches(preprocessors_0:select_columns)"
+        in names
+    )
     assert report["components"][2]["type"] == "echo"
     assert report["plugins"]["echo"]["distribution"] == "infer-run"
     printed = capsys.readouterr().out
@@ -146,9 +149,50 @@ def test_a_malformed_json_line_stops_the_run_naming_file_and_line(ray_session, t
     )
     assert main([str(spec)]) == ExitCode.RUN_FAILED
     assert capsys.readouterr().err.endswith(
-        f"infer-run: error: reader: cannot read {data}: line 2 is not valid JSON "
-        "(Expecting value: line 1 column 18 (char 17))\n"
+        f"infer-run: error: row None failed in reader: BadInput: {data}: line 2 is not valid "
+        "JSON (Expecting value: line 1 column 18 (char 17)) - errors.policy=skip writes bad "
+        "rows aside\n"
     )
+
+
+def test_malformed_json_lines_are_dead_lettered_and_the_rest_written(ray_session, tmp_path):
+    """Under skip a bad line costs only itself, in a file of good lines (integer ids), in a
+    file of nothing else, and beside a file with none; rows are counted either way."""
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "good.jsonl").write_text('{"key": 1, "x": 1.5}\n{"key": 2, "x": 2.5}\n')
+    (data / "mixed.jsonl").write_text(
+        '{"key": 3, "x": 3.5}\n{"key": 4, "x": oops}\n\n[5, 6]\n{"key": 7, "x": 7.5}\n'
+    )
+    (data / "bad.jsonl").write_text("{not json\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "errors: {policy: skip}\n"
+        f"reader: {{type: jsonl, path: {data}, id_column: key}}\n"
+        "models: [{type: echo, columns: [x], scale: 2}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    out = tmp_path / "o"
+    rows = pads.dataset(out, format="parquet").to_table().to_pylist()
+    assert sorted((r["id"], r["x_echo"]) for r in rows) == [(1, 3.0), (2, 5.0), (3, 7.0), (7, 15.0)]
+    # A bad line's null id beside good integer ids must not make them floats in any file.
+    assert {pq.read_schema(f).field("id").type for f in out.glob("*.parquet")} == {pa.int64()}
+    records = [
+        json.loads(line) for f in (out / "_dead_letter").glob("*.jsonl") for line in f.open()
+    ]
+    assert sorted(r["message"] for r in records) == [
+        f"{data / 'bad.jsonl'}: line 1 is not valid JSON (Expecting property name enclosed "
+        "in double quotes: line 1 column 2 (char 1))",
+        f"{data / 'mixed.jsonl'}: line 2 is not valid JSON (Expecting value: line 1 column 17 "
+        "(char 16))",
+        f"{data / 'mixed.jsonl'}: line 4 is not a JSON object",
+    ]
+    assert {(r["id"], r["stage"], r["error_type"]) for r in records} == {
+        (None, "reader", "BadInput")
+    }
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (7, 4, 3)
 
 
 @pytest.mark.parametrize("pool", ["", ", resources: {actors: 1}"], ids=["task", "actor"])

@@ -253,3 +253,46 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     assert report["resumed_rows"] == 200 and report["rows_read"] == 100
     assert sorted(written_ids(tmp_path / "out", "parquet")) == IDS[:300]
+
+
+def test_resume_keeps_flagged_rows_done_and_checks_rows_without_an_id_again(ray_session, tmp_path):
+    """A row a reader flagged is done once recorded: resuming a finished run reads nothing
+    again but the row without an id, which no record can mark done."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = list(range(12))
+    pixels = pa.array([good, good, good[:5], good, good], pa.list_(pa.uint8()))
+    ids = pa.array(["a", "b", "short", None, "e"])
+    pq.write_table(pa.table({"id": ids, "image": pixels}), tmp_path / "in.parquet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+errors: {{policy: skip}}
+reader: {{type: image_parquet, path: {tmp_path / "in.parquet"}, shape: [2, 2, 3]}}
+preprocessors: [{{type: select_columns, drop: [image]}}]
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    out = tmp_path / "out"
+
+    def figures() -> tuple[int, int, int, int]:
+        report = json.loads((out / "_infer_run_report.json").read_text())
+        keys = ("rows_read", "rows_written", "rows_failed", "resumed_rows")
+        return tuple(report[key] for key in keys)
+
+    def records() -> list[tuple[str | None, str]]:
+        found = [
+            json.loads(line)
+            for f in (out / "_dead_letter").glob("*.jsonl")
+            for line in f.read_text().splitlines()
+        ]
+        return sorted(((r["id"], r["error_type"]) for r in found), key=str)
+
+    assert main([str(spec)]) == ExitCode.OK
+    assert figures() == (5, 3, 2, 0)
+    assert records() == [("short", "BadInput"), (None, "MissingId")]
+    assert main([str(spec), "--resume"]) == ExitCode.OK
+    assert figures() == (1, 0, 1, 4)
+    assert records() == [("short", "BadInput"), (None, "MissingId"), (None, "MissingId")]
+    assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]
