@@ -26,7 +26,7 @@ import ray
 from framework.allocator import hold_freed_memory
 from framework.compile import EMITTERS, RunContext
 from framework.components import ID_COLUMN, Batch
-from framework.dead_letter import split_flagged
+from framework.dead_letter import ErrorPolicy
 from framework.errors import InferError, InputError, RunError
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.report import operator_figures
@@ -43,16 +43,19 @@ def read_sample(head: Sequence[Any], rows: int, what: str) -> tuple[Batch, list[
     (``operator_figures``). ``what`` names the setting, for errors."""
     read = head[0]
     limit = min(rows, read.limit) if read.limit else rows
+    # The read tasks set flagged rows (and rows without an id) aside, as in a run; a
+    # calibration records nothing and stops for none of them.
+    context = RunContext(errors=ErrorPolicy(policy="skip"))
     dataset: Any = None
     for node in (dataclasses.replace(read, limit=limit), *head[1:]):
-        dataset = EMITTERS[type(node)](node, dataset, RunContext())
+        dataset = EMITTERS[type(node)](node, dataset, context)
     sample = dataset.materialize()  # kept, with the stats of making it
     if not sample.count():
-        raise InputError(f"{what}: the reader produced no rows to time")
+        raise InputError(
+            f"{what}: the reader produced no rows to time (none, or only rows it flagged "
+            "or that have no id)"
+        )
     batch = sample.take_batch(limit, batch_format="numpy")
-    batch, _ = split_flagged(batch, "reader")  # rows a reader flagged never reach a stage
-    if not len(batch.get(ID_COLUMN, ())):
-        raise InputError(f"{what}: every sampled row was flagged by the reader")
     return batch, operator_figures(sample.get_stats_summary())
 
 

@@ -146,44 +146,12 @@ class ErrorPolicy:
         return None
 
 
-# Ids name rows in the output, the dead-letter records and --resume: a row without one
-# could be neither found nor finished, so it is set aside as a bad row of the reader.
 # What the reader's records say as their stage, and its path in the run's log.
 READER_PATH = "reader"
+# Ids name rows in the output, the dead-letter records and --resume: a row without one
+# could be neither found nor finished, so it is set aside as a bad row of the reader.
 MISSING_ID = "MissingId"
 MISSING_ID_MESSAGE = "the row has no id: its id column is null"
-
-
-def null_ids(ids: np.ndarray) -> np.ndarray:
-    """Which of ``ids`` are null (None, or NaN where nulls became floats)."""
-    if ids.dtype.kind == "f":
-        return np.isnan(ids)
-    if ids.dtype != object:
-        return np.zeros(len(ids), dtype=bool)
-    return np.fromiter((v is None or v != v for v in ids), dtype=bool, count=len(ids))
-
-
-def split_flagged(batch: Batch, stage: str) -> tuple[Batch, list[Failure]]:
-    """Rows a reader flagged in ``_error``, and rows without an id, become failures; the
-    rest go on, without the column."""
-    failures = []
-    bad = np.zeros(len(batch.get(ID_COLUMN, ())), dtype=bool)
-    if ERROR_COLUMN in batch:
-        reasons = batch.pop(ERROR_COLUMN)
-        bad = np.array([bool(r) for r in reasons], dtype=bool)
-        ids = batch[ID_COLUMN]
-        no_id = null_ids(ids)  # a malformed input line has none: NaN in a float column
-        failures = [
-            Failure(None if no_id[i] else ids[i], stage, "BadInput", str(reasons[i]))
-            for i in np.flatnonzero(bad)
-        ]
-    if ID_COLUMN in batch:
-        missing = null_ids(batch[ID_COLUMN]) & ~bad
-        failures += [Failure(None, stage, MISSING_ID, MISSING_ID_MESSAGE)] * int(missing.sum())
-        bad |= missing
-    if not bad.any():
-        return batch, []
-    return {k: v[~bad] for k, v in batch.items()}, failures
 
 
 def run_isolated(
@@ -237,5 +205,4 @@ __all__ = [
     "batch_key",
     "plain_id",
     "run_isolated",
-    "split_flagged",
 ]

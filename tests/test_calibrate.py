@@ -152,3 +152,32 @@ def test_a_row_the_sample_breaks_or_a_stage_that_cannot_be_built_is_one_line(tmp
     assert done.stderr.splitlines()[-1] == (
         "infer-run: error: --calibrate: preprocessors[0]: labels file has 3 lines for 1000 classes"
     )
+
+
+@pytest.mark.ray
+def test_calibration_samples_past_rows_the_reader_flags_and_records_none(tmp_path):
+    """Set aside in the read tasks as in a run, but neither recorded nor a reason to stop
+    (the default policy is fail); a sample of nothing but such rows is one line."""
+    good = list(range(12))
+    pixels = pa.array([good, good[:5], good, good, good], pa.list_(pa.uint8()))
+    ids = pa.array(["a", "short", None, "d", "e"])
+    pq.write_table(pa.table({"id": ids, "image": pixels}), tmp_path / "in.parquet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: image_parquet, path: {tmp_path / 'in.parquet'}, shape: [2, 2, 3]}}\n"
+        "preprocessors: [{type: select_columns, drop: [image]}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    report = tmp_path / "calibration.json"
+    done = helpers.run_cli(str(spec), "--calibrate", "5", "--report", str(report))
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    assert json.loads(report.read_text())["sample_rows"] == 3
+    assert not (tmp_path / "out").exists()
+
+    pq.write_table(pa.table({"id": ids[1:3], "image": pixels[1:3]}), tmp_path / "in.parquet")
+    done = helpers.run_cli(str(spec), "--calibrate", "5")
+    assert done.returncode == ExitCode.INPUT_ERROR, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == (
+        "infer-run: error: --calibrate: the reader produced no rows to time (none, or only "
+        "rows it flagged or that have no id)"
+    )
