@@ -20,6 +20,8 @@ d. images/s, in fp32 and in ``precision: auto``: the model alone on ready normal
    faults counted in), and a chunk sweep (``micro_batch`` = the batch: one chunk, no
    overlap; a quarter of it: four). ``ratio_to_model_only`` divides each by the model
    alone at the same precision (the target is >= 0.9 for ``call_uint8_batches``);
+   ``decode_on_device_parts`` times its parts alone: Pillow's header pass, the batched
+   decode, and the resize, one call per image against one per size;
 e. staged uploads: ``__call__``'s logits equal the plain upload's over the same slices
    (same kernels, same inputs) for several batch sizes - a partial last chunk, a batch
    that outgrows the staging buffer, one that reuses it - in fp32 and ``auto``.
@@ -256,11 +258,44 @@ class Check:
         rows = self.args.batch
         uint8 = np.ascontiguousarray(crops[np.arange(rows) % len(crops)])
         jpegs = column([cells[i % len(cells)] for i in range(rows)])
+        self.out["decode_on_device_parts"] = self.decode_parts(jpegs)
+        self.save()
         results: dict[str, dict[str, Any]] = {}
         for precision in ("fp32", "auto"):
             results[precision] = self.precision_timings(precision, uint8, jpegs)
             self.out["images_per_s"] = results
             self.save()
+
+    def decode_parts(self, jpegs: np.ndarray) -> dict[str, float]:
+        """Images/s of each part of ``decode_on_device`` alone: Pillow's header pass, the
+        batched decode, and resizing one image per call against one call per size."""
+        from plugins.vision.device_decode import _decode_jpegs, _sort_cells
+        from plugins.vision.pixels import resize_crop_by_size
+        from plugins.vision.transform import resize_crop
+
+        rows, seconds, ids = len(jpegs), self.args.seconds, list(range(len(jpegs)))
+        found, _ = _sort_cells(jpegs, ids, None)
+        images = [image for image in _decode_jpegs(found, self.device) if image is not None]
+        model = self.build(precision="fp32", decode_on_device=True)
+        config = model.preprocess  # what decode_on_device resizes and crops to
+        del model
+        release(self.device)
+        return {
+            "header_pass": rate(lambda: _sort_cells(jpegs, ids, None), rows, self.device, seconds),
+            "batched_decode": rate(
+                lambda: _decode_jpegs(found, self.device), rows, self.device, seconds
+            ),
+            "resize_one_call_per_image": rate(
+                lambda: torch.stack([resize_crop(i, config) for i in images]),
+                rows,
+                self.device,
+                seconds,
+            ),
+            "resize_one_call_per_size": rate(
+                lambda: resize_crop_by_size(images, config, self.device), rows, self.device, seconds
+            ),
+            "distinct_sizes": len({tuple(i.shape) for i in images}),
+        }
 
     def precision_timings(
         self, precision: str, uint8: np.ndarray, jpegs: np.ndarray
