@@ -194,6 +194,29 @@ def test_malformed_json_lines_are_dead_lettered_and_the_rest_written(ray_session
     report = json.loads((out / "_infer_run_report.json").read_text())
     assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (7, 4, 3)
 
+    # Replayed (a record without an id asks for the rows without one): the bad lines are
+    # read and recorded again, the old records move aside, the output keeps its rows.
+    (data / "mixed.jsonl").write_text((data / "mixed.jsonl").read_text().replace("oops", "4.5"))
+    assert main([str(spec), "--replay"]) == ExitCode.OK
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    figures = ("replayed_rows", "rows_read", "rows_written", "rows_failed")
+    assert tuple(report[key] for key in figures) == (3, 2, 0, 2)
+    again = [json.loads(line) for f in (out / "_dead_letter").glob("*.jsonl") for line in f.open()]
+    assert sorted(r["message"].split(": ", 1)[1] for r in again) == [
+        "line 1 is not valid JSON (Expecting property name enclosed in double quotes: line 1 "
+        "column 2 (char 1))",
+        "line 4 is not a JSON object",
+    ]
+    assert len(list((out / "_dead_letter").glob("replayed-*/*.jsonl"))) >= 1
+    assert len(pads.dataset(out, format="parquet").to_table()) == 4
+    # The line fixed above had no id on record, so the replay could not ask for it; a
+    # resume finds it among the ids not yet done.
+    assert main([str(spec), "--resume"]) == ExitCode.OK
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert tuple(report[key] for key in figures[1:]) == (3, 1, 2)
+    ids = pads.dataset(out, format="parquet").to_table()["id"].to_pylist()
+    assert sorted(ids) == [1, 2, 3, 4, 7]
+
 
 @pytest.mark.parametrize("pool", ["", ", resources: {actors: 1}"], ids=["task", "actor"])
 def test_a_stage_that_cannot_be_built_stops_the_run_in_one_line(tmp_path, dataset, pool):
