@@ -85,11 +85,14 @@ class Reader(Component, ABC):
     # errors.policy=fail and records the input as failed under skip.
     bad_input: Any = None
 
-    def report_bad_input(self, where: str, error: Exception) -> None:
-        """Call for an input that yields no rows at all (a corrupt file), then skip it."""
+    def report_bad_input(self, where: str, error: Exception, detail: str = "") -> None:
+        """Call for an input it cannot read at all (a corrupt file), or not to its end
+        (``detail`` says how far), then skip the rest of it. Works on the driver and in
+        read tasks (the method pickles with the reader)."""
         if self.bad_input is None:
-            raise InputError(f"reader: cannot read {where}: {type(error).__name__}: {error}")
-        self.bad_input(where, error)
+            note = f" ({detail})" if detail else ""
+            raise InputError(f"reader: cannot read {where}: {type(error).__name__}: {error}{note}")
+        self.bad_input(where, error, detail)
 
     @abstractmethod
     def read(self) -> ray.data.Dataset: ...

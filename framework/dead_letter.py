@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow.fs as pafs
+import ray
 
 from framework.components import ID_COLUMN, Batch
+from framework.errors import InputError, without_retry_note
 from framework.storage import filesystem_for, read_files
 
-# A reader (or stage) that cannot produce a row keeps it, with the reason in this
-# column; the next stage's runner moves it to the dead-letter output.
+# A reader that cannot produce a row keeps it, with the reason in this column; the read
+# tasks move it to the dead-letter output.
 ERROR_COLUMN = "_error"
 POLICIES = ("fail", "skip")
 log = logging.getLogger("infer_run.dead_letter")
@@ -154,6 +156,29 @@ MISSING_ID = "MissingId"
 MISSING_ID_MESSAGE = "the row has no id: its id column is null"
 
 
+@dataclass(frozen=True)
+class UnreadableInputs:
+    """Where a reader sends an input it cannot read at all (a corrupt parquet footer, a
+    tar shard cut short): on the driver while planning, or in a read task, so it holds
+    only what pickles. Under ``fail`` it stops the run naming the input; under ``skip``
+    it records the input (once, whatever retries) and the run's log lists it."""
+
+    errors: ErrorPolicy
+    log: Any = None  # the run's StageLog
+    recorded: frozenset[str] = frozenset()  # kept by a replay: not recorded twice
+
+    def __call__(self, where: str, error: Exception, detail: str = "") -> None:
+        message = without_retry_note(str(error)) + (f" ({detail})" if detail else "")
+        failure = Failure(where, READER_PATH, type(error).__name__, message)
+        if self.errors.policy == "fail":
+            raise InputError(f"reader: cannot read {where}: {failure.error_type}: {message}")
+        if where not in self.recorded:
+            self.errors.write([failure], batch_key(READER_PATH, [where]))
+        if self.log is not None:
+            ray.get(self.log.unreadable.remote(where))
+        log.warning("reader: set aside unreadable input %s: %s", where, message)
+
+
 def run_isolated(
     call: Callable[[Batch], Batch], batch: Batch, stage: str, stop_at_first: bool
 ) -> tuple[Batch, list[Failure]]:
@@ -202,6 +227,7 @@ __all__ = [
     "READER_PATH",
     "ErrorPolicy",
     "Failure",
+    "UnreadableInputs",
     "batch_key",
     "plain_id",
     "run_isolated",

@@ -9,6 +9,14 @@ import difflib
 from collections.abc import Iterable
 from enum import IntEnum
 
+# Ray Data appends its retry advice to the message of an exception that failed a read or
+# a UDF ("\nFailed to read stream iteratively after ...").
+RAY_RETRY_NOTE = "\nFailed to "
+
+
+def without_retry_note(message: str) -> str:
+    return message.split(RAY_RETRY_NOTE)[0]
+
 
 class ExitCode(IntEnum):
     OK = 0

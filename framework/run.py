@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 
 from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
-from framework.dead_letter import ErrorPolicy, Failure
-from framework.errors import InferError, InputError, RunError
+from framework.dead_letter import ErrorPolicy, UnreadableInputs
+from framework.errors import InferError, RunError, without_retry_note
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
@@ -116,17 +116,7 @@ def run_plan(
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     origin = time.time()
     start = time.perf_counter()
-    bad_inputs: list[str] = []
-
-    def bad_input(where: str, error: Exception) -> None:
-        failure = Failure(where, "reader", type(error).__name__, str(error))
-        if errors.policy == "fail":
-            raise InputError(f"reader: cannot read {where}: {failure.error_type}: {error}")
-        if where not in recorded_inputs:  # recorded by the run a replay runs again
-            errors.write([failure])
-        bad_inputs.append(where)
-        log.warning("reader: set aside unreadable input %s: %s", where, error)
-
+    bad_input = UnreadableInputs(errors, stage_log, recorded_inputs)
     with data_context(spec, plan.cluster):
         with read_planning(plan.cluster, read_task_mb(plan)):
             run_context = RunContext(run_id, stage_log, errors, id_filter, bad_input)
@@ -168,7 +158,7 @@ def run_plan(
             "policy": errors.policy,
             "dead_letter": errors.dead_letter,
             "by_stage": by_stage,
-            "unreadable_inputs": bad_inputs,
+            "unreadable_inputs": ray.get(stage_log.unreadable_list.remote()),
         },
         failure=str(failure) if failure else None,
         resumed=resumed,
@@ -256,9 +246,6 @@ def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:
         out.write(text.encode())
 
 
-RAY_RETRY_NOTE = "\nFailed to "
-
-
 def user_cause(exc: BaseException) -> str | None:
     """The message of the InferError a stage raised inside a Ray worker, if that failed.
 
@@ -272,9 +259,7 @@ def user_cause(exc: BaseException) -> str | None:
         if isinstance(current, InferError):
             if not current.args:
                 return type(current).__name__
-            # Ray Data appends its retry advice to the message of an exception that
-            # failed a read or a UDF ("\nFailed to read stream iteratively after ...").
-            return str(current.args[0]).split(RAY_RETRY_NOTE)[0]
+            return without_retry_note(str(current.args[0]))
         current = current.__cause__ or getattr(current, "cause", None)
     return None
 

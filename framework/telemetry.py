@@ -141,6 +141,15 @@ class StageLog:
     def stop_reason(self) -> str | None:
         return getattr(self, "stopped", None)
 
+    def unreadable(self, where: str) -> None:
+        """An input a reader could not read at all; a retried read task reports it again."""
+        self.unreadable_inputs = getattr(self, "unreadable_inputs", [])
+        if where not in self.unreadable_inputs:
+            self.unreadable_inputs.append(where)
+
+    def unreadable_list(self) -> list[str]:
+        return getattr(self, "unreadable_inputs", [])
+
     def failures(self) -> tuple[int, dict[str, dict[str, int]]]:
         """Rows failed in all, and their counts by stage and error type."""
         return self.failed, self.errors

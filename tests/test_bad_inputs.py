@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +165,65 @@ def test_unreadable_parquet_file_is_set_aside(ray_session, corpus, tmp_path, cap
     assert main([str(failing), "--overwrite"]) == ExitCode.INPUT_ERROR
     assert capsys.readouterr().err.startswith(
         f"infer-run: error: reader: cannot read {data / 'cut.parquet'}: "
+    )
+
+
+def tar_bytes(samples: list[str], jpeg: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for key in samples:
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(jpeg)
+            tar.addfile(info, io.BytesIO(jpeg))
+    return buffer.getvalue()
+
+
+def test_damaged_shards_are_set_aside_after_the_samples_read_before_the_damage(
+    ray_session, corpus, tmp_path, capsys
+):
+    jpeg = (corpus / "good.jpg").read_bytes()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "good.tar").write_bytes(tar_bytes(["g0", "g1"], jpeg))
+    whole = tar_bytes(["m0", "m1", "m2"], jpeg)
+    member = 512 + -(-len(jpeg) // 512) * 512  # a header block, then the padded data
+    # Cut inside the third member's data: tarfile raises.
+    (shards / "mid.tar").write_bytes(whole[: 2 * member + 600])
+    # Cut inside the third member's header: tarfile ends quietly; the size gives it away.
+    (shards / "header.tar").write_bytes(tar_bytes(["h0", "h1", "h2"], jpeg)[: 2 * member + 100])
+    (shards / "junk.tar").write_bytes(b"not a tar file" * 50)
+    gzipped = io.BytesIO()
+    with gzip.GzipFile(fileobj=gzipped, mode="wb") as out:
+        out.write(tar_bytes(["z0", "z1"], jpeg))
+    (shards / "cut.tar.gz").write_bytes(gzipped.getvalue()[:-40])
+    path = spec(tmp_path, f"{{type: webdataset, path: {shards}}}")
+    assert main([str(path)]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    # Every sample whole before the damage goes on (m1 was still open when m2 broke); the
+    # gzip cut may lose what its last blocks held.
+    whole_before = {"g0", "g1", "m0", "h0", "h1"}
+    assert whole_before <= set(written) <= whole_before | {"z0", "z1"}
+    bad = {str(shards / n) for n in ("mid.tar", "header.tar", "junk.tar", "cut.tar.gz")}
+    assert set(dead) == bad
+    assert {r["stage"] for r in dead.values()} == {"reader"}
+    assert dead[str(shards / "mid.tar")]["message"] == (
+        "unexpected end of data (1 sample read before it)"
+    )
+    assert dead[str(shards / "header.tar")]["message"] == (
+        "cut short: not a whole number of 512-byte tar blocks (2 samples read before it)"
+    )
+    assert dead[str(shards / "junk.tar")]["error_type"] == "ReadError"
+    assert dead[str(shards / "cut.tar.gz")]["error_type"] == "OSError"  # Arrow's gzip stream
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert sorted(report["errors"]["unreadable_inputs"]) == sorted(bad)
+    assert report["rows_read"] == report["rows_written"] == len(written)
+
+    capsys.readouterr()
+    failing = spec(tmp_path, f"{{type: webdataset, path: {shards / 'junk.tar'}}}", policy="fail")
+    assert main([str(failing), "--overwrite"]) == ExitCode.RUN_FAILED
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"infer-run: error: reader: cannot read {shards / 'junk.tar'}: ReadError: invalid "
+        "header (0 samples read before it)"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -125,17 +126,24 @@ def test_calibrate_times_each_stage_in_its_worker_and_names_the_bottleneck(tmp_p
     assert not (tmp_path / "out").exists()  # calibrating writes no output
 
 
+def image_parquet_spec(tmp_path: Path, table: pa.Table, stage: str, reader_extra: str = "") -> Path:
+    """A spec reading ``table`` from one parquet file through ``image_parquet``."""
+    pq.write_table(table, tmp_path / "in.parquet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: image_parquet, path: {tmp_path / 'in.parquet'}{reader_extra}}}\n"
+        f"preprocessors: [{stage}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    return spec
+
+
 @pytest.mark.ray
 def test_a_row_the_sample_breaks_or_a_stage_that_cannot_be_built_is_one_line(tmp_path):
     ids = ["good", "bad"]
     images = [helpers.encode(Image.new("RGB", (8, 8)), "PNG"), b"junk"]
-    pq.write_table(pa.table({"id": ids, "image": images}), tmp_path / "in.parquet")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"reader: {{type: image_parquet, path: {tmp_path / 'in.parquet'}}}\n"
-        "preprocessors: [{type: decode_image}]\n"
-        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
-    )
+    table = pa.table({"id": ids, "image": images})
+    spec = image_parquet_spec(tmp_path, table, "{type: decode_image}")
     done = helpers.run_cli(str(spec), "--calibrate", "2")
     assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
     last = done.stderr.splitlines()[-1]
@@ -161,13 +169,9 @@ def test_calibration_samples_past_rows_the_reader_flags_and_records_none(tmp_pat
     good = list(range(12))
     pixels = pa.array([good, good[:5], good, good, good], pa.list_(pa.uint8()))
     ids = pa.array(["a", "short", None, "d", "e"])
-    pq.write_table(pa.table({"id": ids, "image": pixels}), tmp_path / "in.parquet")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"reader: {{type: image_parquet, path: {tmp_path / 'in.parquet'}, shape: [2, 2, 3]}}\n"
-        "preprocessors: [{type: select_columns, drop: [image]}]\n"
-        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
-    )
+    drop = "{type: select_columns, drop: [image]}"
+    table = pa.table({"id": ids, "image": pixels})
+    spec = image_parquet_spec(tmp_path, table, drop, ", shape: [2, 2, 3]")
     report = tmp_path / "calibration.json"
     done = helpers.run_cli(str(spec), "--calibrate", "5", "--report", str(report))
     assert done.returncode == ExitCode.OK, done.stderr[-3000:]

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from functools import partial
+import tarfile
+import zlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray.data
+
+# Ray's own WebDataset pieces, to catch a damaged shard in its read (pyproject keeps Ray
+# below 2.64).
+from ray.data._internal.datasource.webdataset_datasource import (
+    WebDatasetDatasource,
+    _group_by_keys,
+    _tar_file_iterator,
+)
+from ray.data._internal.util import iterate_with_retry
 
 from framework import ID_COLUMN, Reader, SpecError, expand_globs, filesystem_for
 from plugins.images.common import (
@@ -26,7 +37,7 @@ SHARD_EXTENSIONS: tuple[str, ...] = ("tar", "tar.gz", "tgz")
 
 
 def pick_image(sample: dict[str, Any], extensions: tuple[str, ...]) -> dict[str, Any]:
-    """Ray's per-sample hook: keep the key and the first image member, in tar order.
+    """A sample as its row: the key and the first image member, in tar order.
 
     A member's extension is the last part of its suffix, so "seg.png" counts as png. A
     sample without one gets b"" instead of disappearing, so the decode stage fails it as a
@@ -82,14 +93,77 @@ class WebDatasetReader(Reader):
     def read(self) -> ray.data.Dataset:
         paths = expand_globs(self.paths, self.storage)
         fs, _ = filesystem_for(paths[0], self.storage)
-        return ray.data.read_webdataset(
+        scheme = paths[0].split("://", 1)[0] + "://" if "://" in paths[0] else ""
+        source = ShardDatasource(
             [filesystem_for(p, self.storage)[1] for p in paths],
+            extensions=self.extensions,
+            report_bad_input=self.report_bad_input,
+            scheme=scheme,
             filesystem=fs,
-            decoder=partial(pick_image, extensions=self.extensions),
             file_extensions=list(SHARD_EXTENSIONS),
-            override_num_blocks=self.num_blocks,
-            **self.read_args,
         )
+        return ray.data.read_datasource(
+            source, override_num_blocks=self.num_blocks, **self.read_args
+        )
+
+
+# What reading a damaged shard raises: tarfile's errors, and gzip's for .tar.gz
+# (BadGzipFile is an OSError; a file cut short, EOFError; bad data, zlib.error).
+SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+TAR_BLOCK = 512
+CHUNK_SAMPLES = 512  # rows per block, as Ray Data's WebDataset reader makes them
+SAMPLE_SCHEMA = pa.schema([(ID_COLUMN, pa.string()), ("image", pa.binary())])
+
+
+class ShardDatasource(WebDatasetDatasource):
+    """Ray Data's WebDataset reading (its tar iteration, grouping and I/O retries), one row
+    per sample (``pick_image``), with a damaged shard reported as an unreadable input
+    instead of failing the read task: the samples read before the damage go on."""
+
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        extensions: tuple[str, ...],
+        report_bad_input: Any,
+        scheme: str,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(paths, **kwargs)
+        self.extensions = extensions
+        self.report_bad_input = report_bad_input
+        self.scheme = scheme  # the records name the shard as the spec would: s3://bucket/...
+
+    def _read_stream(self, stream: Any, path: str) -> Iterator[pa.Table]:
+        def members() -> Iterator[dict[str, Any]]:
+            return _tar_file_iterator(stream)
+
+        rows: list[dict[str, Any]] = []
+        done = 0
+        try:
+            files = iterate_with_retry(
+                members, "iterate tar file", match=self._data_context.retried_io_errors
+            )
+            for sample in _group_by_keys(files, meta={"__url__": path}):
+                rows.append(pick_image(sample, self.extensions))
+                if len(rows) == CHUNK_SAMPLES:
+                    yield pa.Table.from_pylist(rows, SAMPLE_SCHEMA)
+                    done, rows = done + len(rows), []
+        except SHARD_ERRORS as exc:
+            error: Exception | None = exc
+        else:
+            error = None
+            # tarfile ends quietly where a cut falls inside a member's header; a whole tar
+            # file is always a whole number of 512-byte blocks.
+            if path.endswith(".tar") and self._filesystem.get_file_info(path).size % TAR_BLOCK:
+                error = tarfile.ReadError("cut short: not a whole number of 512-byte tar blocks")
+        if rows:
+            yield pa.Table.from_pylist(rows, SAMPLE_SCHEMA)
+            done += len(rows)
+        if error is not None:
+            # The sample in progress at the damage is left out: its other members may be lost.
+            read = f"{done} sample{'' if done == 1 else 's'} read before it"
+            self.report_bad_input(self.scheme + path, error, read)
 
 
 def shard_problems(path: str, storage: Mapping[str, Any] | None) -> list[str]:
