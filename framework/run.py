@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy, UnreadableInputs
-from framework.errors import InferError, RunError, without_retry_note
+from framework.errors import InferError, InputError, RunError, without_retry_note
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
@@ -121,17 +121,17 @@ def run_plan(
         with read_planning(plan.cluster, read_task_mb(plan)):
             run_context = RunContext(run_id, stage_log, errors, id_filter, bad_input)
             compiled = compile_plan(plan, run_context)
-        failure: RunError | None = None
+        failure: InferError | None = None
         sampler = MemorySampler()
         try:
             with sampler:
                 compiled.writer.write(compiled.dataset)
         except ray.exceptions.RayError as exc:
             # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
-            reason = ray.get(stage_log.stop_reason.remote()) or user_cause(exc)
-            if reason is None:
+            stopped = ray.get(stage_log.stop_reason.remote())
+            failure = RunError(stopped) if stopped else user_failure(exc)
+            if failure is None:
                 raise
-            failure = RunError(reason)
     wall = time.perf_counter() - start
     writer = compiled.writer
     report_path = f"{writer.path.rstrip('/')}/{REPORT_NAME}"
@@ -252,16 +252,24 @@ def user_cause(exc: BaseException) -> str | None:
     Ray re-raises a worker's exception as a class deriving from both RayTaskError and the
     original type, whose str() carries the remote traceback; the original's args do not.
     """
+    error = user_failure(exc)
+    return str(error) if error is not None else None
+
+
+def user_failure(exc: BaseException) -> InferError | None:
+    """``user_cause`` as the error to raise: an input a read task could not read stays an
+    ``InputError`` (exit code 5, as when the driver finds one); anything else stops the
+    run (``RunError``)."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, InferError):
-            if not current.args:
-                return type(current).__name__
-            return without_retry_note(str(current.args[0]))
+            message = without_retry_note(str(current.args[0])) if current.args else ""
+            message = message or type(current).__name__
+            return InputError(message) if isinstance(current, InputError) else RunError(message)
         current = current.__cause__ or getattr(current, "cause", None)
     return None
 
 
-__all__ = ["run_plan", "run_spec", "user_cause", "write_text"]
+__all__ = ["run_plan", "run_spec", "user_cause", "user_failure", "write_text"]

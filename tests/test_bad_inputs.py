@@ -220,7 +220,8 @@ def test_damaged_shards_are_set_aside_after_the_samples_read_before_the_damage(
 
     capsys.readouterr()
     failing = spec(tmp_path, f"{{type: webdataset, path: {shards / 'junk.tar'}}}", policy="fail")
-    assert main([str(failing), "--overwrite"]) == ExitCode.RUN_FAILED
+    # Found by a read task, not on the driver: the same exit code as a corrupt parquet file.
+    assert main([str(failing), "--overwrite"]) == ExitCode.INPUT_ERROR
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"infer-run: error: reader: cannot read {shards / 'junk.tar'}: ReadError: invalid "
         "header (0 samples read before it)"
