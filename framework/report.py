@@ -155,9 +155,10 @@ def build_report(
     # The framework's own count in front of the writer; Ray's operator counts blur when
     # the write is fused with the stages before it. No count from the writer but others
     # from the framework: no row reached it.
-    written = stages["writer"]["rows_out"] if "writer" in stages else 0
-    if not stages:
-        written = rows_written(ops)
+    if "writer" in stages:
+        written = stages["writer"]["rows_out"]
+    else:
+        written = 0 if stages else rows_written(ops)
     # The first stage's own count is exact; Ray's operator counts blur under fusion. Rows
     # the reader set aside (READER_PATH) never reach the first stage.
     set_aside = stages[READER_PATH]["rows_in"] if READER_PATH in stages else 0

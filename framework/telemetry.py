@@ -27,6 +27,8 @@ class StageLog:
         self.hung: dict[str, dict[Any, bool]] = {}  # stage -> row id -> whether it hung alone
         self.batches: dict[tuple[str, str], tuple[Any, ...]] = {}  # (stage, key) -> its counts
         self.actors: list[Any] = []  # the stage actors' handles, ended with the run
+        self.unreadable_inputs: list[str] = []  # inputs a reader could not read at all
+        self.stopped: str | None = None  # the first reason a worker stopped the run
 
     def actor(self, handle: Any) -> None:
         self.actors.append(handle)
@@ -136,19 +138,18 @@ class StageLog:
 
     def stop(self, message: str) -> None:
         """Keep the first reason a worker stopped the run: Ray loses the exception's type."""
-        self.stopped = getattr(self, "stopped", None) or message
+        self.stopped = self.stopped or message
 
     def stop_reason(self) -> str | None:
-        return getattr(self, "stopped", None)
+        return self.stopped
 
     def unreadable(self, where: str) -> None:
         """An input a reader could not read at all; a retried read task reports it again."""
-        self.unreadable_inputs = getattr(self, "unreadable_inputs", [])
         if where not in self.unreadable_inputs:
             self.unreadable_inputs.append(where)
 
     def unreadable_list(self) -> list[str]:
-        return getattr(self, "unreadable_inputs", [])
+        return self.unreadable_inputs
 
     def failures(self) -> tuple[int, dict[str, dict[str, int]]]:
         """Rows failed in all, and their counts by stage and error type."""

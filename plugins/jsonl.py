@@ -25,10 +25,10 @@ from framework import (
 )
 
 
-def bad_lines(data: bytes) -> list[tuple[int, str]]:
-    """(line number, reason) for each line of JSON-lines ``data`` that is not one JSON object."""
+def bad_lines(lines: list[bytes]) -> list[tuple[int, str]]:
+    """(line number, reason) for each of JSON-lines ``lines`` that is not one JSON object."""
     found = []
-    for number, line in enumerate(data.split(b"\n"), start=1):
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -48,13 +48,12 @@ def read_lines(data: bytes, options: Any) -> pa.Table:
 
 
 def with_bad_lines(
-    data: bytes, bad: list[tuple[int, str]], path: str, id_column: str, options: Any
+    lines: list[bytes], bad: list[tuple[int, str]], path: str, id_column: str, options: Any
 ) -> pa.Table:
     """The good lines' rows, then one row per bad line: null id and columns, the reason in
     ``_error``. The framework dead-letters those under ``errors.policy: skip`` and stops
     the run naming the first otherwise, so a bad line costs only itself."""
     skip = {number for number, _ in bad}
-    lines = data.split(b"\n")
     good = b"\n".join(line for n, line in enumerate(lines, start=1) if n not in skip)
     table = read_lines(good, options) if good.strip() else pa.table({})
     if id_column not in table.column_names:
@@ -90,12 +89,12 @@ class JsonLinesDatasource(FileBasedDatasource):
             yield read_lines(buffer, options)
             return
         except pa.ArrowInvalid as exc:
-            data = buffer.to_pybytes()
-            bad = bad_lines(data)
+            lines = buffer.to_pybytes().split(b"\n")
+            bad = bad_lines(lines)
             if not bad:  # every line is an object: a file-wide problem (types that clash)
                 raise RunError(f"reader: cannot read {path}: {exc}") from exc
         try:
-            yield with_bad_lines(data, bad, path, self.id_column, options)
+            yield with_bad_lines(lines, bad, path, self.id_column, options)
         except pa.ArrowInvalid as exc:
             raise RunError(f"reader: cannot read {path}: {exc}") from exc
 
