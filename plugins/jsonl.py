@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -15,7 +15,6 @@ from framework import (
     ERROR_COLUMN,
     ID_COLUMN,
     Reader,
-    RunError,
     SpecError,
     Writer,
     expand_globs,
@@ -66,16 +65,27 @@ def with_bad_lines(
 
 class JsonLinesDatasource(FileBasedDatasource):
     """Arrow's JSON reader over whole files; a line that is not a JSON object becomes a
-    flagged row naming its file and line.
+    flagged row naming its file and line, and a file Arrow cannot make one table of
+    (a column that is a number on one line and a string on another) an unreadable input.
 
     Ray's own ``read_json(lines=True)`` refuses a filesystem (and with it S3 endpoints
     and credentials from the spec); without it, a malformed line fails the read with a
     decoder message that names neither the file nor the line.
     """
 
-    def __init__(self, paths: list[str], *, id_column: str, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        paths: list[str],
+        *,
+        id_column: str,
+        report_bad_input: Callable[[str, Exception], None],
+        scheme: str,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(paths, **kwargs)
         self.id_column = id_column
+        self.report_bad_input = report_bad_input
+        self.scheme = scheme  # the records name the file as the spec would: s3://bucket/...
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
         import pyarrow.json as pajson
@@ -92,11 +102,14 @@ class JsonLinesDatasource(FileBasedDatasource):
             lines = buffer.to_pybytes().split(b"\n")
             bad = bad_lines(lines)
             if not bad:  # every line is an object: a file-wide problem (types that clash)
-                raise RunError(f"reader: cannot read {path}: {exc}") from exc
+                self.report_bad_input(self.scheme + path, exc)
+                return
         try:
-            yield with_bad_lines(lines, bad, path, self.id_column, options)
-        except pa.ArrowInvalid as exc:
-            raise RunError(f"reader: cannot read {path}: {exc}") from exc
+            table = with_bad_lines(lines, bad, self.scheme + path, self.id_column, options)
+        except pa.ArrowInvalid as exc:  # types that clash among the good lines
+            self.report_bad_input(self.scheme + path, exc)
+            return
+        yield table
 
 
 class JsonlReader(Reader):
@@ -133,8 +146,14 @@ class JsonlReader(Reader):
         expanded = expand_globs(self.paths, self.storage)
         fs, _ = filesystem_for(expanded[0], self.storage)
         paths = [filesystem_for(p, self.storage)[1] for p in expanded]
+        scheme = expanded[0].split("://", 1)[0] + "://" if "://" in expanded[0] else ""
         source = JsonLinesDatasource(
-            paths, id_column=self.id_column, filesystem=fs, file_extensions=["jsonl", "json"]
+            paths,
+            id_column=self.id_column,
+            report_bad_input=self.report_bad_input,
+            scheme=scheme,
+            filesystem=fs,
+            file_extensions=["jsonl", "json"],
         )
         ds = ray.data.read_datasource(source, **self.read_args)
         if self.id_column != ID_COLUMN:

@@ -218,6 +218,53 @@ def test_malformed_json_lines_are_dead_lettered_and_the_rest_written(ray_session
     assert sorted(ids) == [1, 2, 3, 4, 7]
 
 
+def test_a_jsonl_file_whose_types_clash_is_an_unreadable_input(ray_session, tmp_path, capsys):
+    """Every line is an object, but one column is a number here and a string there: no one
+    table holds the file, so it is set aside whole under skip and named under fail."""
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "good.jsonl").write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 2}\n')
+    (data / "clash.jsonl").write_text('{"id": "c", "x": 3}\n{"id": "d", "x": "four"}\n')
+    # A malformed line beside the clash: the clash still makes the file unreadable.
+    (data / "both.jsonl").write_text('{"id": "e", "x": 5}\n{"id": "f", "x": "six"}\n{oops\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "errors: {policy: skip}\n"
+        f"reader: {{type: jsonl, path: {data}}}\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    out = tmp_path / "o"
+    assert sorted(pads.dataset(out, format="parquet").to_table()["id"].to_pylist()) == ["a", "b"]
+    records = {
+        r["id"]: r
+        for f in (out / "_dead_letter").glob("*.jsonl")
+        for r in map(json.loads, f.open())
+    }
+    unreadable = {str(data / "clash.jsonl"), str(data / "both.jsonl")}
+    assert set(records) == unreadable
+    assert {(r["stage"], r["error_type"]) for r in records.values()} == {("reader", "ArrowInvalid")}
+    assert "changed from number to string" in records[str(data / "clash.jsonl")]["message"]
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert sorted(report["errors"]["unreadable_inputs"]) == sorted(unreadable)
+
+    capsys.readouterr()
+    failing = tmp_path / "fail.yaml"
+    failing.write_text(
+        f"reader: {{type: jsonl, path: {data / 'clash.jsonl'}}}\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'o2'}}}\n"
+    )
+    assert main([str(failing)]) == ExitCode.INPUT_ERROR
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .startswith(
+            f"infer-run: error: reader: cannot read {data / 'clash.jsonl'}: ArrowInvalid: JSON parse "
+            "error: Column(/x) changed from number to string"
+        )
+    )
+
+
 @pytest.mark.parametrize("pool", ["", ", resources: {actors: 1}"], ids=["task", "actor"])
 def test_a_stage_that_cannot_be_built_stops_the_run_in_one_line(tmp_path, dataset, pool):
     spec = tmp_path / "spec.yaml"
