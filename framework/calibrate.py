@@ -73,6 +73,7 @@ def _read_timing(read: ReadNode, ops: list[dict[str, Any]]) -> StageTiming | Non
         cpus=float(read.num_cpus if read.num_cpus is not None else 1),
         rows=rows,
         seconds=seconds,
+        tasks=sum(op["tasks"] for op in reads),
     )
 
 
@@ -90,6 +91,7 @@ class StageTiming:
     build_s: float = 0.0  # building the stage (loading a model)
     torch_threads: int | None = None
     node_id: str = ""  # empty for reading, which Ray Data spreads over the nodes
+    tasks: int = 0  # reading only: the read tasks Ray Data made for the sample
 
     @property
     def rows_per_s(self) -> float:
@@ -271,7 +273,11 @@ def describe(timings: Sequence[StageTiming], prediction: Prediction) -> str:
     for t in timings:
         threads = f", {t.torch_threads} torch threads" if t.torch_threads else ""
         gpus = f", {t.gpus:g} GPU" if t.gpus else ""
-        how = f"built in {t.build_s:.2f}s" if t.node_id else f"Ray Data read {t.rows} rows"
+        how = (
+            f"built in {t.build_s:.2f}s"
+            if t.node_id
+            else f"Ray Data read {t.rows} rows in {t.tasks} task{'' if t.tasks == 1 else 's'}"
+        )
         lines.append(
             f"  {t.path:<18} {t.type:<16} {t.rows_per_s:10.1f} rows/s per worker "
             f"({t.cpus:g} CPU{gpus}{threads}; {how}) "

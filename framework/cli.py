@@ -17,10 +17,10 @@ from framework.errors import ExitCode, InferError, SpecError, Terminated
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugins import load_registry
-from framework.ray_session import cluster_for, init_ray
+from framework.ray_session import cluster_for, data_context, init_ray, read_planning
 from framework.redact import redact
 from framework.registry import Registry
-from framework.run import run_spec, write_text
+from framework.run import read_task_mb, run_spec, write_text
 from framework.spec import load_spec, validate_spec
 from framework.spec.schema import Spec
 from framework.spec.validate import resolve
@@ -125,7 +125,9 @@ def _calibrate(spec: Spec, rows: int) -> int:
         plan = build_plan(spec, ray_cluster(spec.ray.address or "the local Ray"))
         print(plan.describe(), flush=True)
         check_feasible(plan)  # a probe asking for what no node has would wait forever
-        timings = calibrate(plan, rows)
+        # The sample is read as the run would read it: same block and read-task sizes.
+        with data_context(spec, plan.cluster), read_planning(plan.cluster, read_task_mb(plan)):
+            timings = calibrate(plan, rows)
         if not timings:
             print("calibration: the spec has no stages between reader and writer to time")
             return ExitCode.OK

@@ -126,6 +126,34 @@ def test_calibrate_times_each_stage_in_its_worker_and_names_the_bottleneck(tmp_p
     assert not (tmp_path / "out").exists()  # calibrating writes no output
 
 
+@pytest.mark.ray
+@pytest.mark.parametrize(("block_mb", "tasks"), [(16, 1), (0.25, 4)])
+def test_calibration_reads_its_sample_in_the_runs_read_tasks(tmp_path, block_mb, tasks):
+    """Four files of ~0.5 MB: one read task at the default run.block_mb, one per file at a
+    quarter MB, as a run would read them."""
+    rows = 200
+    rng = np.random.default_rng(0)
+    for part in range(4):
+        ids = [f"{part}-{i:02d}" for i in range(rows // 4)]
+        blobs = [rng.bytes(10_000) for _ in ids]  # distinct: parquet would fold repeats
+        pq.write_table(pa.table({"id": ids, "blob": blobs}), tmp_path / f"{part}.parquet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"run: {{block_mb: {block_mb}}}\n"
+        f"reader: {{type: parquet, path: {tmp_path}/*.parquet}}\n"
+        "preprocessors: [{type: slow_copy, delay_s: 0.0}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    report = tmp_path / "calibration.json"
+    done = helpers.run_cli(
+        str(spec), "--calibrate", str(rows), "--report", str(report), plugins="tests.plugins.probe"
+    )
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    reader = json.loads(report.read_text())["stages"][0]
+    assert (reader["path"], reader["rows"], reader["tasks"]) == ("reader", rows, tasks)
+    assert f"Ray Data read {rows} rows in {tasks} task" in done.stdout
+
+
 def image_parquet_spec(tmp_path: Path, table: pa.Table, stage: str, reader_extra: str = "") -> Path:
     """A spec reading ``table`` from one parquet file through ``image_parquet``."""
     pq.write_table(table, tmp_path / "in.parquet")
