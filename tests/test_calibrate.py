@@ -24,9 +24,17 @@ GPU_BOX = Cluster((Node("n1", "10.0.0.1", cpus=8, gpus=2),), "test")
 LAPTOP = Cluster((Node("n1", "10.0.0.1", cpus=2, spare_cpus=1),), "test")
 
 
-def plan_for(cluster: Cluster, post: bool = False) -> Plan:
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """What the plans read: the parquet reader checks that its path holds parquet data."""
+    path = tmp_path_factory.mktemp("calibrate") / "in.parquet"
+    pq.write_table(pa.table({"id": ["a"], "x": [1.0]}), path)
+    return str(path)
+
+
+def plan_for(data: str, cluster: Cluster, post: bool = False) -> Plan:
     spec = {
-        "reader": {"type": "parquet", "path": "/tmp/in"},
+        "reader": {"type": "parquet", "path": data},
         "preprocessors": [{"type": "select_columns"}],
         "models": [{"type": "echo"}],
         "postprocessors": [{"type": "rename_columns", "mapping": {"x": "y"}}] if post else [],
@@ -52,8 +60,8 @@ def timing(plan: Plan, path: str, rows_per_s: float) -> StageTiming:
     )
 
 
-def test_pools_run_at_their_maximum_and_tasks_on_the_cpus_they_leave():
-    plan = plan_for(GPU_BOX)  # echo: 2 actors of 1 GPU and 1 CPU; CPU stage: 1 CPU tasks
+def test_pools_run_at_their_maximum_and_tasks_on_the_cpus_they_leave(data: str) -> None:
+    plan = plan_for(data, GPU_BOX)  # echo: 2 actors of 1 GPU and 1 CPU; CPU stage: 1 CPU tasks
     pre, model = "preprocessors[0]", "models[0]"
     got = predict(plan, [timing(plan, pre, 100), timing(plan, model, 200)])
     assert got.task_cpus == 6
@@ -65,8 +73,8 @@ def test_pools_run_at_their_maximum_and_tasks_on_the_cpus_they_leave():
     assert (got.bottleneck, got.rows_per_s) == (pre, pytest.approx(300))
 
 
-def test_a_task_granted_part_of_a_core_counts_as_that_part():
-    plan = plan_for(LAPTOP)  # model 1.5 CPUs; the CPU stage 0.25 CPU, 2 tasks at once
+def test_a_task_granted_part_of_a_core_counts_as_that_part(data: str) -> None:
+    plan = plan_for(data, LAPTOP)  # model 1.5 CPUs; the CPU stage 0.25 CPU, 2 tasks at once
     pre, model = "preprocessors[0]", "models[0]"
     got = predict(plan, [timing(plan, pre, 100), timing(plan, model, 30)])
     assert got.task_cpus == 0.5
@@ -75,8 +83,8 @@ def test_a_task_granted_part_of_a_core_counts_as_that_part():
     assert got.bottleneck == model
 
 
-def test_task_stages_share_their_cpus_one_after_another():
-    plan = plan_for(GPU_BOX, post=True)
+def test_task_stages_share_their_cpus_one_after_another(data: str) -> None:
+    plan = plan_for(data, GPU_BOX, post=True)
     pre, model, post = "preprocessors[0]", "models[0]", "postprocessors[0]"
     timings = [timing(plan, pre, 100), timing(plan, model, 1000), timing(plan, post, 100)]
     got = predict(plan, timings)
