@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pyarrow.fs as pafs
 
-from framework.errors import InputError
+from framework.errors import InputError, unreadable_input
 from framework.storage import filesystem_for, map_files
 
 if TYPE_CHECKING:
@@ -89,9 +89,8 @@ class Reader(Component, ABC):
         """Call for an input it cannot read at all (a corrupt file), or not to its end
         (``detail`` says how far), then skip the rest of it. Works on the driver and in
         read tasks (the method pickles with the reader)."""
-        if self.bad_input is None:
-            note = f" ({detail})" if detail else ""
-            raise InputError(f"reader: cannot read {where}: {type(error).__name__}: {error}{note}")
+        if self.bad_input is None:  # outside a run (a plugin's own tests): as under fail
+            raise unreadable_input(where, error, detail)[1]
         self.bad_input(where, error, detail)
 
     @abstractmethod

@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import ray
 
 from framework.components import ID_COLUMN, Batch
-from framework.errors import InputError, without_retry_note
+from framework.errors import unreadable_input
 from framework.storage import filesystem_for, read_files
 
 # A reader that cannot produce a row keeps it, with the reason in this column; the read
@@ -168,10 +168,10 @@ class UnreadableInputs:
     recorded: frozenset[str] = frozenset()  # kept by a replay: not recorded twice
 
     def __call__(self, where: str, error: Exception, detail: str = "") -> None:
-        message = without_retry_note(str(error)) + (f" ({detail})" if detail else "")
-        failure = Failure(where, READER_PATH, type(error).__name__, message)
+        message, stop = unreadable_input(where, error, detail)
         if self.errors.policy == "fail":
-            raise InputError(f"reader: cannot read {where}: {failure.error_type}: {message}")
+            raise stop
+        failure = Failure(where, READER_PATH, type(error).__name__, message)
         if where not in self.recorded:
             self.errors.write([failure], batch_key(READER_PATH, [where]))
         if self.log is not None:

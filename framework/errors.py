@@ -68,6 +68,14 @@ class InputError(InferError):
     exit_code = ExitCode.INPUT_ERROR
 
 
+def unreadable_input(where: str, error: Exception, detail: str = "") -> tuple[str, InputError]:
+    """An input a reader cannot read (to its end, ``detail`` says how far): the message its
+    dead-letter record keeps, and the error that stops a run under ``errors.policy: fail``."""
+    message = without_retry_note(str(error)) + (f" ({detail})" if detail else "")
+    stop = InputError(f"reader: cannot read {where}: {type(error).__name__}: {message}")
+    return message, stop
+
+
 class RunError(InferError):
     """The run started and then stopped for a reason the user can act on."""
 

@@ -273,3 +273,19 @@ def test_a_row_without_an_id_is_dead_lettered_not_written(ray_session, tmp_path,
         "infer-run: error: row None failed in reader: MissingId: the row has no id: its id "
         "column is null - errors.policy=skip writes bad rows aside"
     )
+
+
+def test_a_reader_outside_a_run_stops_at_an_unreadable_input_as_under_fail() -> None:
+    """No run, no sink (a plugin's own tests): the message a run's fail policy gives, with
+    Ray's retry note cut off, and what was read before the damage."""
+    from framework.errors import RAY_RETRY_NOTE, InputError
+    from plugins.jsonl import JsonlReader
+
+    reader = JsonlReader(path="/data/part-0.jsonl")
+    error = OSError(f"connection reset{RAY_RETRY_NOTE} (attempt 3)")
+    with pytest.raises(InputError) as raised:
+        reader.report_bad_input("s3://bucket/part-0.jsonl", error, "12 rows read before it")
+    assert str(raised.value) == (
+        "reader: cannot read s3://bucket/part-0.jsonl: OSError: connection reset "
+        "(12 rows read before it)"
+    )
