@@ -42,6 +42,11 @@ say "setup done; $("$PY" -c 'import ray, torch; print("ray", ray.__version__, "t
 nproc | tee -a "$log"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv | tee -a "$log"
 
+# Start-up: infer-run's task workers each import torch (the loop's workers fork from a
+# parent that has), so time that once on a cold page cache and then 15 at once.
+import_torch=(-c 'import time; t = time.perf_counter(); import torch, torchvision; print(f"torch+torchvision import {time.perf_counter() - t:.2f} s")')
+step import_cold 60 "$PY" "${import_torch[@]}"
+
 data=$(dirname "$res")/imagenet-$ROWS
 # datagen's photos from the carried copy when the device's packages lack them.
 photos_path=${PYTHONPATH:-}
@@ -58,6 +63,7 @@ compare() {  # compare NAME LIMIT ARGS...: benchmarks.compare on the dataset, JS
 }
 # 1. The plain loop against infer-run as built (16 MB parquet read tasks).
 compare loop_vs_infer 170 --only loop,infer-run
+step import_15_at_once 60 bash -c 'for _ in $(seq 15); do "$@" & done; wait' _ "$PY" "${import_torch[@]}"
 # 2. The GPU path's tests, with the GPU-only ones that CI (no GPU) always skips.
 step gpu_tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu_path.py
 # 3. The model stage alone and decode_on_device's parts, without Ray.
