@@ -108,7 +108,9 @@ class StageRunner:
         self.errors = errors or ErrorPolicy()
         self.stage: Any = None
         self.gpu: GpuSampler | None = None  # sampling the granted GPUs, from the first batch
-        self.gpu_pushed = (-GPU_PUSH_S, 0)  # when the log last got GPU figures; of how many samples
+        # When the log last got GPU figures (None: never, so the first go at once), and of
+        # how many samples.
+        self.gpu_pushed: tuple[float | None, int] = (None, 0)
         self.retries = 0  # of the batch in hand
 
     def build(self) -> None:
@@ -270,7 +272,9 @@ class StageRunner:
         summary = self.gpu.summary() if self.gpu is not None else None
         last, samples = self.gpu_pushed
         now = time.monotonic()
-        if summary is None or summary["gpu_samples"] == samples or now - last < GPU_PUSH_S:
+        if summary is None or summary["gpu_samples"] == samples:
+            return []
+        if last is not None and now - last < GPU_PUSH_S:
             return []
         self.gpu_pushed = (now, summary["gpu_samples"])
         return [self.log.gpu.remote(self.path, node, os.getpid(), summary)]
