@@ -162,3 +162,36 @@ def test_cached_dataset_is_reused_for_the_same_rows_and_seed(
     path.with_name(f"{path.name}.json").write_text('{"rows": 4}')
     compare.ensure_dataset(None, 3, 0)
     assert json.loads(path.with_name(f"{path.name}.json").read_text())["rows"] == 3
+
+
+def test_the_gpu_session_script_runs_the_steps_asked_for_and_packs_them(tmp_path: Path) -> None:
+    """benchmarks/device/session.sh's own machinery, here without a GPU: the chosen steps
+    run, each gets a line in run.log, and their logs come back packed."""
+    root = Path(__file__).resolve().parents[1]
+    env = {
+        **os.environ,
+        "OUT": str(tmp_path),
+        "DEVICE": "cpu",
+        "ROWS": "8",
+        "SKIP_BUNDLE": "1",
+        "PY": sys.executable,
+        "STEPS": "import_cold,datagen",
+        "TMPDIR": str(tmp_path),
+    }
+    done = subprocess.run(
+        ["bash", str(root / "benchmarks/device/session.sh")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (tmp_path / "run.log").read_text()
+    assert "import_cold: exit 0 torch+torchvision import" in log
+    assert "datagen: exit 0 datagen: 8 rows (parquet, seed 0)" in log
+    assert "loop_vs_infer" not in log and "all done" in log
+    listing = subprocess.run(
+        ["tar", "-tzf", str(tmp_path / "res.tgz")], capture_output=True, text=True, check=True
+    )
+    assert {"./import_cold.log", "./datagen.log"} <= set(listing.stdout.split())

@@ -5,7 +5,8 @@
 #       carry=["data/devray.tar.xz", "data/devphotos"])
 # after `bash benchmarks/device/bundle.sh` here. Everything lands in $OUT/res.tgz and
 # $OUT/run.log; see benchmarks/device/README.md. ROWS, PRECISION, BATCH and DEVICE
-# override the defaults (DEVICE=cpu ROWS=256 SKIP_BUNDLE=1 smoke-tests it without a GPU).
+# override the defaults (DEVICE=cpu ROWS=256 SKIP_BUNDLE=1 smoke-tests it without a GPU);
+# STEPS=name,name runs only those steps (a rerun of the ones a cut-short call missed).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-$(mktemp -d)}
@@ -26,6 +27,7 @@ pack() { tar -czf "$OUT/res.tgz" -C "$res" . 2>/dev/null; }
 step() {
   local name=$1 limit=$2
   shift 2
+  [[ -n ${STEPS:-} && ",$STEPS," != *",$name,"* ]] && return
   say "$name: start (limit ${limit}s)"
   timeout -k 10 "$limit" "$@" >"$res/$name.log" 2>&1
   say "$name: exit $? $(tail -n 1 "$res/$name.log" | cut -c1-300)"
