@@ -30,6 +30,7 @@ from framework.storage import (
     is_remote,
     parquet_files,
     parquet_schema,
+    scheme_of,
 )
 
 try:
@@ -62,4 +63,5 @@ __all__ = [
     "jsonl_ids",
     "parquet_files",
     "parquet_schema",
+    "scheme_of",
 ]

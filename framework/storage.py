@@ -92,7 +92,7 @@ def expand_globs(paths: Iterable[str], storage: Mapping[str, Any] | None = None)
         if not any(c in path for c in GLOB_CHARS):
             out.append(path)
             continue
-        scheme = path[: path.index("://") + 3] if "://" in path else ""
+        scheme = scheme_of(path)
         fs, inner = filesystem_for(path, storage)
         parts = inner.split("/")
         fixed = next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS))
@@ -115,6 +115,12 @@ def expand_globs(paths: Iterable[str], storage: Mapping[str, Any] | None = None)
             raise SpecError([f"path: no file matches {path}"])
         out.extend(scheme + f if scheme != "file://" else f for f in found)
     return out
+
+
+def scheme_of(path: str) -> str:
+    """``s3://`` (or another URI's scheme) for a URI, "" for a local path: what turns a
+    path as its filesystem sees it back into the name the spec gave."""
+    return path[: path.index("://") + 3] if "://" in path else ""
 
 
 def is_remote(path: str) -> bool:

@@ -21,6 +21,7 @@ from framework import (
     filesystem_for,
     hookimpl,
     jsonl_ids,
+    scheme_of,
 )
 
 
@@ -146,12 +147,11 @@ class JsonlReader(Reader):
         expanded = expand_globs(self.paths, self.storage)
         fs, _ = filesystem_for(expanded[0], self.storage)
         paths = [filesystem_for(p, self.storage)[1] for p in expanded]
-        scheme = expanded[0].split("://", 1)[0] + "://" if "://" in expanded[0] else ""
         source = JsonLinesDatasource(
             paths,
             id_column=self.id_column,
             report_bad_input=self.report_bad_input,
-            scheme=scheme,
+            scheme=scheme_of(expanded[0]),
             filesystem=fs,
             file_extensions=["jsonl", "json"],
         )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tarfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -20,7 +20,7 @@ from ray.data._internal.datasource.webdataset_datasource import (
 )
 from ray.data._internal.util import iterate_with_retry
 
-from framework import ID_COLUMN, Reader, SpecError, expand_globs, filesystem_for
+from framework import ID_COLUMN, Reader, SpecError, expand_globs, filesystem_for, scheme_of
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
     as_paths,
@@ -93,12 +93,11 @@ class WebDatasetReader(Reader):
     def read(self) -> ray.data.Dataset:
         paths = expand_globs(self.paths, self.storage)
         fs, _ = filesystem_for(paths[0], self.storage)
-        scheme = paths[0].split("://", 1)[0] + "://" if "://" in paths[0] else ""
         source = ShardDatasource(
             [filesystem_for(p, self.storage)[1] for p in paths],
             extensions=self.extensions,
             report_bad_input=self.report_bad_input,
-            scheme=scheme,
+            scheme=scheme_of(paths[0]),
             filesystem=fs,
             file_extensions=list(SHARD_EXTENSIONS),
         )
@@ -125,7 +124,7 @@ class ShardDatasource(WebDatasetDatasource):
         paths: list[str],
         *,
         extensions: tuple[str, ...],
-        report_bad_input: Any,
+        report_bad_input: Callable[[str, Exception, str], None],
         scheme: str,
         **kwargs: Any,
     ) -> None:
