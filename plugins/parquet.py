@@ -20,7 +20,20 @@ from framework import (
     hookimpl,
     parquet_files,
     parquet_schema,
+    scheme_of,
 )
+
+
+def readable_parquet(
+    reader: Reader, paths: list[str], storage: Mapping[str, Any] | None
+) -> tuple[pafs.FileSystem, list[str] | None]:
+    """The filesystem of ``paths`` (globs expanded), and the files under them that Ray Data
+    must skip: each parquet file whose footer cannot be read, reported first through
+    ``reader.report_bad_input`` by the name the spec gives it (``s3://bucket/...``)."""
+    fs, _, unreadable = parquet_files(paths, storage)
+    for path, error in unreadable:
+        reader.report_bad_input(scheme_of(paths[0]) + path, error)
+    return fs, [path for path, _ in unreadable] or None
 
 
 class ParquetReader(Reader):
@@ -67,9 +80,7 @@ class ParquetReader(Reader):
 
     def read(self) -> ray.data.Dataset:
         expanded = expand_globs(self.paths, self.storage)
-        fs, _, unreadable = parquet_files(expanded, self.storage)
-        for path, error in unreadable:
-            self.report_bad_input(path, error)
+        fs, skip_paths = readable_parquet(self, expanded, self.storage)
         # The spec's own paths, listed by Ray's ListFiles task, minus the unreadable files.
         paths = [filesystem_for(p, self.storage)[1] for p in expanded]
         columns = None
@@ -81,7 +92,7 @@ class ParquetReader(Reader):
             columns=columns,
             override_num_blocks=self.num_blocks,
             **self.read_args,
-            skip_paths=[path for path, _ in unreadable] or None,
+            skip_paths=skip_paths,
         )
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})

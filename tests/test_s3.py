@@ -12,6 +12,7 @@ import pytest
 
 from plugins.images import ImageFolderReader, ImageParquetReader, WebDatasetReader
 from plugins.jsonl import JsonlReader
+from plugins.parquet import ParquetReader
 from tests.test_image_readers import (
     HEIGHT,
     WIDTH,
@@ -175,3 +176,28 @@ def test_glob_patterns_on_s3(ray_session, s3_server, s3_bucket, tmp_path, photos
 
     glob = "globbed/shard-*.tar"
     assert_shards_read_back(s3_server, s3_bucket, tmp_path, photos, "globbed", glob)
+
+
+@pytest.mark.parametrize("reader_class", [ParquetReader, ImageParquetReader])
+def test_parquet_readers_name_an_unreadable_file_on_s3_by_its_uri(
+    s3_server, s3_bucket, photos, reader_class
+):
+    """As the spec names it, and as the jsonl and webdataset readers name theirs: the
+    dead-letter record, the report and a replay all go by that name."""
+    client = s3_server.client()
+    name = sorted(photos)[0]
+    table = pa.table(
+        {
+            "id": [name],
+            "image": pa.FixedShapeTensorArray.from_numpy_ndarray(np.stack([photos[name]])),
+        }
+    )
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    client.put_object(Bucket=s3_bucket, Key="mixed/good.parquet", Body=out.getvalue())
+    client.put_object(Bucket=s3_bucket, Key="mixed/cut.parquet", Body=b"PAR1 cut short")
+    reader = reader_class(path=f"s3://{s3_bucket}/mixed", storage=s3_server.storage)
+    seen: list[str] = []
+    reader.bad_input = lambda where, error, detail="": seen.append(where)
+    reader.read()
+    assert seen == [f"s3://{s3_bucket}/mixed/cut.parquet"]

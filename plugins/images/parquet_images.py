@@ -33,10 +33,10 @@ from framework import (
     SpecError,
     expand_globs,
     filesystem_for,
-    parquet_files,
     parquet_schema,
 )
 from plugins.images.common import as_paths, locate, path_list_problems
+from plugins.parquet import readable_parquet
 
 IMAGE_COLUMN = "image"
 
@@ -217,12 +217,10 @@ class ImageParquetReader(Reader):
             raise InputError("\n".join(f"reader.{p}" for p in problems))
         layout = layout_of(self.image_column, schema.field(self.image_column).type, self.shape)
         paths = expand_globs(self.paths, self.storage)
-        fs, _, unreadable = parquet_files(paths, self.storage)
-        for path, error in unreadable:
-            self.report_bad_input(path, error)
+        fs, skip_paths = readable_parquet(self, paths, self.storage)
         ds = ray.data.read_parquet(
             [filesystem_for(p, self.storage)[1] for p in paths],
-            skip_paths=[path for path, _ in unreadable] or None,
+            skip_paths=skip_paths,
             filesystem=fs,
             columns=list(dict.fromkeys([self.id_column, self.image_column, *self.columns])),
             override_num_blocks=self.num_blocks,
