@@ -56,6 +56,11 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="process only the first N rows; same as run.limit")
     p.add_argument("--report", help="also write the JSON run report here; same as run.report")
     p.add_argument(
+        "--timeline",
+        metavar="PATH",
+        help="write Ray's timeline of the run's tasks here (Chrome trace); same as run.timeline",
+    )
+    p.add_argument(
         "--resume", action="store_true", help="finish an interrupted run, skipping committed rows"
     )
     p.add_argument(
@@ -78,6 +83,8 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
         extra.append(f"run.limit={args.limit}")
     if args.report:
         extra.append(f"run.report={args.report}")
+    if args.timeline:
+        extra.append(f"run.timeline={args.timeline}")
     if args.overwrite:
         extra.append("writer.overwrite=true")
     return extra
@@ -112,6 +119,8 @@ def main_run(argv: Sequence[str]) -> int:
         return ExitCode.OK
     report = run_spec(spec, registry, resume=args.resume, replay=args.replay)
     print(report.summary())
+    if spec.run.timeline:
+        print(f"timeline: {spec.run.timeline}")
     return ExitCode.OK
 
 

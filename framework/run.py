@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import time
 import uuid
@@ -28,7 +29,7 @@ from framework.report import REPORT_NAME, RunReport, build_report
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
-from framework.telemetry import StageLog, stage_figures
+from framework.telemetry import StageLog, stage_figures, task_timeline
 
 log = logging.getLogger("infer_run")
 
@@ -133,6 +134,9 @@ def run_plan(
             if failure is None:
                 raise
     wall = time.perf_counter() - start
+    if spec.run.timeline:
+        events = task_timeline(origin, time.time())
+        write_text(spec.run.timeline, json.dumps(events), None)
     writer = compiled.writer
     report_path = f"{writer.path.rstrip('/')}/{REPORT_NAME}"
     plugins = {

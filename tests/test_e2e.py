@@ -103,6 +103,24 @@ def test_limit_processes_only_the_first_rows(ray_session, tmp_path, dataset):
     assert (report["rows_read"], report["rows_written"]) == (25, 25)
 
 
+def test_timeline_holds_this_runs_tasks_and_actor_calls_only(
+    ray_session, tmp_path, dataset, capsys
+):
+    spec = str(spec_file(tmp_path, dataset))
+    assert main([spec]) == ExitCode.OK  # an earlier run on the same Ray
+    between = time.time()
+    timeline = tmp_path / "trace" / "timeline.json"
+    assert main([spec, "--overwrite", "--timeline", str(timeline)]) == ExitCode.OK
+    assert f"timeline: {timeline}" in capsys.readouterr().out
+    events = json.loads(timeline.read_text())
+    assert all(e["ts"] + e["dur"] >= between * 1e6 for e in events)
+    names = {e["name"] for e in events}
+    # Ray Data's map tasks (reading, select_columns) and the echo actor's batch calls.
+    assert any(name.endswith("_map_task") for name in names)
+    assert "submit" in names and "task:execute" in names
+    assert len({e["tid"] for e in events if e["name"] == "task:execute"}) >= 2
+
+
 def test_a_glob_pattern_reads_only_the_files_it_matches(ray_session, tmp_path, dataset, capsys):
     spec = str(spec_file(tmp_path, dataset))
     assert main([spec, f"reader.path={dataset}/part-[02].parquet"]) == ExitCode.OK

@@ -63,8 +63,9 @@ compare() {  # compare NAME LIMIT ARGS...: benchmarks.compare on the dataset, JS
     --batch-size "$BATCH" --device "$DEVICE" --precision "$PRECISION" \
     --timeout "$((limit - 15))" --json "$res/$name.json" "$@"
 }
-# 1. The plain loop against infer-run as built (16 MB parquet read tasks).
-compare loop_vs_infer 170 --only loop,infer-run
+# 1. The plain loop against infer-run as built (16 MB parquet read tasks), with Ray's
+# timeline of infer-run's tasks: where the start-up goes.
+compare loop_vs_infer 170 --only loop,infer-run --set run.timeline="$res/timeline-infer-run.json"
 step import_15_at_once 60 bash -c 'for _ in $(seq 15); do "$@" & done; wait' _ "$PY" "${import_torch[@]}"
 # 2. The GPU path's tests, with the GPU-only ones that CI (no GPU) always skips.
 step gpu_tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu_path.py

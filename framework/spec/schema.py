@@ -58,6 +58,8 @@ class RunSection:
     name: str = "infer-run"
     limit: int | None = None
     report: str | None = None
+    # Ray's task timeline of the run (Chrome trace JSON): a local Ray is gone after the run.
+    timeline: str | None = None
     # Ray Data's target block size: smaller blocks stream to the next stage sooner and
     # spread over more tasks; larger ones cost less per-block overhead.
     block_mb: float = 16.0
