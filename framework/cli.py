@@ -97,16 +97,16 @@ def main_run(argv: Sequence[str]) -> int:
         parser.error("--resume, --replay and --overwrite exclude each other")
     if args.calibrate is not None and args.calibrate < 1:
         parser.error("--calibrate: ROWS must be at least 1")
-    cfg = load_spec(args.spec, [*args.overrides, *_flag_overrides(args)])
+    problems: list[str] = []  # overrides that could not be applied, with the rest
+    cfg = load_spec(args.spec, [*args.overrides, *_flag_overrides(args)], pending=problems)
     if args.print_spec:
-        problems: list[str] = []
         resolved = resolve(cfg, "", problems)
         if problems:
             raise SpecError(problems, args.spec)
         print(OmegaConf.to_yaml(OmegaConf.create(redact(resolved))), end="")
         return ExitCode.OK
     registry = load_registry()
-    spec = validate_spec(cfg, registry, args.spec)
+    spec = validate_spec(cfg, registry, args.spec, problems)
     if args.calibrate is not None:
         return _calibrate(spec, args.calibrate)
     if args.plan or args.validate:

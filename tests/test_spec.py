@@ -224,6 +224,62 @@ BAD_SPECS = [
         ],
         id="retries",
     ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nmodels: [{type: echo}]\nwriter: {type: parquet, path: @OUT@}\n",
+        [
+            "models.0.resources.batch_size=abc",
+            "run.limt=3",
+            "~nosuch",
+            "models.x.type=echo",
+            "reader.path=: x",
+            "~models.x.type",
+        ],
+        [
+            "override '~nosuch': no such key in the spec",
+            "override 'models.x.type=echo': Index 'x' (str) is not an int",
+            "override 'reader.path=: x': invalid YAML value: did not find expected key",
+            "override '~models.x.type': no such key in the spec",
+            "run.limt: unknown key - did you mean 'limit'?",
+            "models[0].resources.batch_size: expected int | None, got str 'abc'",
+        ],
+        id="bad-overrides-beside-other-problems",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@, resources: {batch_size: 7, num_gpus: 1}}\n"
+        "preprocessors: [{type: select_columns, resources: {max_tasks_in_flight_per_actor: 2}}]\n"
+        "models: [{type: echo, resources: 5}, {type: echo, resources: {max_tasks_in_flight_per_actor: 0}}]\n"
+        "writer: {type: parquet, path: @OUT@, resources: {actors: 2}}\n",
+        [],
+        [
+            "reader.resources.batch_size: not used by a reader, whose Ray Data tasks take only num_cpus",
+            "reader.resources.num_gpus: not used by a reader, whose Ray Data tasks take only num_cpus",
+            "writer.resources.actors: not used by a writer, whose Ray Data tasks take only num_cpus",
+            "preprocessors[0].resources.max_tasks_in_flight_per_actor: only for stages in actor "
+            "pools (models, or a CPU stage given actors)",
+            "models[0].resources: expected a mapping, got int",
+            "models[1].resources.max_tasks_in_flight_per_actor: must be at least 1, got 0",
+        ],
+        id="resources-a-stage-never-uses",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        [
+            "ray.address=nonsense",
+            "ray.num_cpus=0",
+            "ray.object_store_memory=5",
+            "errors.policy=skipp",
+            "run.report=@IN@/report.json",
+        ],
+        [
+            "errors.policy: expected one of fail, skip, got 'skipp' - did you mean 'skip'?",
+            "ray.address: expected auto or the head node's host:port (e.g. 10.0.0.5:6379), "
+            "got 'nonsense'",
+            "ray.num_cpus: must be at least 1, got 0",
+            "ray.object_store_memory: at least 78643200 bytes (75 MiB, Ray's minimum), got 5",
+            "run.report: cannot write @IN@/report.json: @IN@ is a file, not a directory",
+        ],
+        id="ray-errors-and-report-path",
+    ),
 ]
 
 
@@ -233,6 +289,7 @@ def test_bad_spec_reports_every_problem_and_exits_with_spec_code(
 ):
     text = text.replace("@IN@", str(data)).replace("@OUT@", str(tmp_path / "out"))
     path = write_spec(tmp_path, text)
+    overrides = [o.replace("@IN@", str(data)) for o in overrides]
     code = main([str(path), "--validate", *overrides])
     err = capsys.readouterr().err
     count = len(expected)
@@ -264,3 +321,28 @@ def test_unknown_flag_points_to_key_value_form(tmp_path, data, capsys):
 def test_spec_error_lists_all_lines():
     err = SpecError(["a: x", "b: y"], "s.yaml")
     assert str(err) == "spec s.yaml: 2 problems\n  a: x\n  b: y"
+
+
+def test_writer_path_holding_or_inside_the_input_is_refused_before_anything_is_deleted(
+    tmp_path, capsys
+):
+    inputs = tmp_path / "photos"
+    inputs.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "x": [1.0]}), inputs / "part-0.parquet")
+    (tmp_path / "notes.txt").write_text("keep me")
+    spec = write_spec(
+        tmp_path,
+        f"reader: {{type: parquet, path: {inputs}}}\nwriter: {{type: parquet, path: {tmp_path}}}\n",
+    )
+    assert main([str(spec), "--overwrite"]) == ExitCode.SPEC_ERROR
+    err = capsys.readouterr().err
+    assert f"writer.path: {tmp_path} holds the input {inputs} (reader.path)" in err
+    assert (inputs / "part-0.parquet").exists() and (tmp_path / "notes.txt").exists()
+
+    assert main([str(spec), "--validate", f"writer.path={inputs}/predictions"]) == 3
+    err = capsys.readouterr().err
+    assert f"writer.path: {inputs}/predictions is inside the input {inputs} (reader.path)" in err
+    # A glob names files, not the folder: predictions beside them are not read back.
+    pattern = [f"reader.path={inputs}/*.parquet", f"writer.path={inputs}/predictions"]
+    assert main([str(spec), "--validate", *pattern]) == ExitCode.OK
+    assert main([str(spec), "--validate", f"writer.path={tmp_path}/out"]) == ExitCode.OK

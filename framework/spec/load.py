@@ -13,13 +13,23 @@ from omegaconf.errors import OmegaConfBaseException
 from framework.errors import InputError, SpecError
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
-    """The spec at ``path`` with ``overrides`` applied in order; interpolations stay unresolved."""
+def load_spec(
+    path: str | Path, overrides: Sequence[str] = (), pending: list[str] | None = None
+) -> DictConfig:
+    """The spec at ``path`` with ``overrides`` applied in order; interpolations stay unresolved.
+
+    Overrides that cannot be applied raise one ``SpecError``, or with ``pending`` are added
+    to it, so that validation can report them with every other problem of the spec.
+    """
     source = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"spec file not found: {source}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"cannot read spec file {source}: not UTF-8 text (byte {exc.start})"
+        ) from None
     except OSError as exc:
         raise InputError(f"cannot read spec file {source}: {exc.strerror}") from None
     try:
@@ -41,7 +51,9 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
         problem = apply_override(cfg, item)
         if problem:
             problems.append(problem)
-    if problems:
+    if pending is not None:
+        pending.extend(problems)
+    elif problems:
         raise SpecError(problems, source)
     return cfg
 
@@ -56,7 +68,9 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
     try:
         value = _parse_value(raw)
         OmegaConf.update(cfg, key, value, merge=True, force_add=True)
-    except (OmegaConfBaseException, IndexError, ValueError) as exc:
+    except yaml.YAMLError as exc:
+        return f"override {item!r}: invalid YAML value: {getattr(exc, 'problem', None) or exc}"
+    except (OmegaConfBaseException, IndexError, ValueError, TypeError) as exc:
         return f"override {item!r}: {_first_line(exc)}"
     return None
 
@@ -68,15 +82,15 @@ def _parse_value(raw: str) -> Any:
 
 def _delete(cfg: DictConfig, key: str) -> str | None:
     parent_key, _, last = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
     try:
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         if isinstance(parent, ListConfig):
             del parent[int(last)]
         elif isinstance(parent, DictConfig) and last in parent:
             del parent[last]
         else:
             return f"override '~{key}': no such key in the spec"
-    except (ValueError, IndexError):
+    except (OmegaConfBaseException, ValueError, IndexError, TypeError):
         return f"override '~{key}': no such key in the spec"
     return None
 

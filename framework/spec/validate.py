@@ -11,9 +11,17 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.dead_letter import POLICIES
 from framework.errors import SpecError, did_you_mean
 from framework.registry import Registry
+from framework.spec.checks import (
+    benchmark_problems,
+    error_problems,
+    path_overlap_problems,
+    ray_problems,
+    resource_problems,
+    run_problems,
+    unused_resources,
+)
 from framework.spec.params import bind_params, kind_of
 from framework.spec.schema import (
     RESERVED_STAGE_KEYS,
@@ -28,20 +36,19 @@ from framework.spec.schema import (
     StageConfig,
 )
 
-# Ray Data runs its executor in the driver, which Ray Client does not provide
-# (ray-project/ray#42739: "Ray client does not work with Ray Data").
-RAY_CLIENT_UNSUPPORTED = (
-    "ray.address: {address} is a Ray Client address, and Ray Data does not run over Ray "
-    "Client - run infer-run on a node of the cluster with --address auto, or submit it as a "
-    "Ray Job: ray job submit --working-dir . -- infer-run SPEC --address auto"
-)
 
-
-def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None) -> Spec:
-    """The typed spec, or one ``SpecError`` listing every problem found."""
-    problems: list[str] = []
+def validate_spec(
+    cfg: DictConfig,
+    registry: Registry,
+    source: str | None = None,
+    problems: list[str] | None = None,
+) -> Spec:
+    """The typed spec, or one ``SpecError`` listing every problem found, after ``problems``
+    found before (overrides that could not be applied)."""
+    problems = list(problems or [])
+    before = len(problems)
     resolved = resolve(cfg, "", problems)
-    if problems:
+    if len(problems) > before:  # what failed to resolve would show again as missing
         raise SpecError(problems, source)
     for key in resolved:
         if key not in SECTIONS:
@@ -55,23 +62,10 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
     benchmark = None
     if resolved.get("benchmark") is not None:
         benchmark = _section(resolved["benchmark"], BenchmarkSection, "benchmark", problems)
-        problems.extend(_benchmark_problems(benchmark))
-    problems.extend(_error_problems(errors))
-    if ray.address and ray.address.startswith("ray://"):
-        problems.append(RAY_CLIENT_UNSUPPORTED.format(address=ray.address))
-    if run.limit is not None and run.limit < 1:
-        problems.append(f"run.limit: must be at least 1, got {run.limit}")
-    if run.block_mb <= 0:
-        problems.append(f"run.block_mb: must be positive, got {run.block_mb}")
-    if run.inflight_mb_per_node is not None and run.inflight_mb_per_node <= 0:
-        problems.append(
-            f"run.inflight_mb_per_node: must be positive (null: Ray Data's default), "
-            f"got {run.inflight_mb_per_node}"
-        )
-    if run.inflight_mb_per_cpu < 0:
-        problems.append(
-            f"run.inflight_mb_per_cpu: must not be negative, got {run.inflight_mb_per_cpu}"
-        )
+        problems.extend(benchmark_problems(benchmark))
+    problems.extend(error_problems(errors))
+    problems.extend(ray_problems(ray))
+    problems.extend(run_problems(run))
     problems.extend(data_context_problems(run.data_context))
     reader = _stage(resolved.get("reader"), "reader", "reader", registry, problems)
     writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
@@ -86,6 +80,8 @@ def validate_spec(cfg: DictConfig, registry: Registry, source: str | None = None
             for i, node in enumerate(nodes)
         ]
         lists[section] = tuple(s for s in stages if s is not None)
+    if reader is not None and writer is not None:
+        problems.extend(path_overlap_problems(reader.params, writer.params))
     if problems:
         raise SpecError(problems, source)
     assert reader is not None and writer is not None
@@ -169,11 +165,17 @@ def _stage(
         entry = registry.find(kind, str(type_name))
         if entry is None:
             problems.append(f"{path}.type: {registry.unknown_message(kind, type_name)}")
+    asked = node.get("resources") or {}
+    if not isinstance(asked, dict):
+        problems.append(f"{path}.resources: expected a mapping, got {kind_of(asked)}")
+        asked = {}
     defaults = dict(getattr(entry.cls, "default_resources", {})) if entry else {}
-    resources = _section(
-        {**defaults, **(node.get("resources") or {})}, Resources, f"{path}.resources", problems
-    )
-    problems.extend(f"{path}.resources.{p}" for p in _resource_problems(resources))
+    resources = _section({**defaults, **asked}, Resources, f"{path}.resources", problems)
+    problems.extend(f"{path}.resources.{p}" for p in resource_problems(resources))
+    if entry is not None:
+        in_actors = bool(getattr(entry.cls, "stateful", False)) or resources.actors is not None
+        unused = unused_resources(kind, in_actors, asked)
+        problems.extend(f"{path}.resources.{p}" for p in unused)
     params = {k: v for k, v in node.items() if k not in RESERVED_STAGE_KEYS}
     if entry is None:
         return None
@@ -184,74 +186,6 @@ def _stage(
     checked = entry.cls.check(bound)
     problems.extend(f"{path}.{p}" for p in checked)
     return StageConfig(path, kind, str(type_name), entry.cls, bound, resources)
-
-
-def _error_problems(e: ErrorsSection) -> list[str]:
-    out = []
-    if e.policy not in POLICIES:
-        out.append(f"errors.policy: expected one of {', '.join(POLICIES)}, got {e.policy!r}")
-    if e.max_count is not None and e.max_count < 0:
-        out.append(f"errors.max_count: must not be negative, got {e.max_count}")
-    if e.max_fraction is not None and not 0 <= e.max_fraction <= 1:
-        out.append(f"errors.max_fraction: must be between 0 and 1, got {e.max_fraction}")
-    if e.retries < 0:
-        out.append(f"errors.retries: must not be negative, got {e.retries}")
-    if e.retry_backoff_s < 0:
-        out.append(f"errors.retry_backoff_s: must not be negative, got {e.retry_backoff_s}")
-    if e.batch_timeout_s is not None and e.batch_timeout_s <= 0:
-        out.append(f"errors.batch_timeout_s: must be positive or null, got {e.batch_timeout_s}")
-    out.extend(
-        f"errors.retry_on: exception class names expected, got {name!r}"
-        for name in e.retry_on
-        if not str(name).replace(".", "").replace("_", "").isalnum()
-    )
-    return out
-
-
-def _benchmark_problems(b: BenchmarkSection) -> list[str]:
-    # min_model_ratio has no upper bound: an impossible one is how a failing check is tested.
-    least = {"rounds": 1, "warmup_rounds": 0, "sample_rows": 1}
-    out = [
-        f"benchmark.{k}: must be at least {v}, got {getattr(b, k)}"
-        for k, v in least.items()
-        if getattr(b, k) < v
-    ]
-    if b.min_model_ratio is not None and b.min_model_ratio <= 0:
-        out.append(f"benchmark.min_model_ratio: must be positive, got {b.min_model_ratio}")
-    share = b.max_outside_model_share
-    if share is not None and not 0 <= share <= 1:
-        out.append(f"benchmark.max_outside_model_share: must be between 0 and 1, got {share}")
-    out.extend(
-        f"benchmark.floors.{label}: must be positive rows/s, got {floor}"
-        for label, floor in b.floors.items()
-        if floor <= 0
-    )
-    return out
-
-
-def _resource_problems(r: Resources) -> list[str]:
-    out = []
-    for name in ("num_cpus", "num_gpus", "memory"):
-        value = getattr(r, name)
-        if value is not None and value < 0:
-            out.append(f"{name}: must not be negative, got {value}")
-    if r.num_gpus is not None and r.num_gpus > 1 and r.num_gpus != int(r.num_gpus):
-        out.append(f"num_gpus: above 1 it must be a whole number, got {r.num_gpus}")
-    if r.batch_size is not None and r.batch_size < 1:
-        out.append(f"batch_size: must be at least 1, got {r.batch_size}")
-    actors = r.actors
-    if actors is not None:
-        sizes = [actors] if isinstance(actors, int) and not isinstance(actors, bool) else actors
-        if not (
-            isinstance(sizes, list)
-            and len(sizes) in (1, 2)
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
-            and sizes[0] <= sizes[-1]
-        ):
-            out.append(
-                f"actors: expected a pool size n >= 1 or [min, max] with min <= max, got {actors!r}"
-            )
-    return out
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,0 +1,221 @@
+"""Value checks of the spec's sections, each a list of problem lines (``path: what``)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from framework.dead_letter import POLICIES
+from framework.errors import did_you_mean
+from framework.spec.schema import (
+    BenchmarkSection,
+    ErrorsSection,
+    RaySection,
+    Resources,
+    RunSection,
+)
+from framework.storage import GLOB_CHARS, is_remote
+
+# Ray Data runs its executor in the driver, which Ray Client does not provide
+# (ray-project/ray#42739: "Ray client does not work with Ray Data").
+RAY_CLIENT_UNSUPPORTED = (
+    "ray.address: {address} is a Ray Client address, and Ray Data does not run over Ray "
+    "Client - run infer-run on a node of the cluster with --address auto, or submit it as a "
+    "Ray Job: ray job submit --working-dir . -- infer-run SPEC --address auto"
+)
+HOST_PORT = re.compile(r"^\[?[\w.:-]+\]?:(\d{1,5})$")
+MIN_OBJECT_STORE_BYTES = 75 * 1024**2  # Ray refuses a smaller object store
+# Reads and writes are Ray Data tasks asking only for CPUs.
+READ_WRITE_RESOURCES = ("num_cpus",)
+ACTOR_ONLY_RESOURCES = ("max_tasks_in_flight_per_actor",)
+
+
+def ray_problems(ray: RaySection) -> list[str]:
+    out = []
+    address = ray.address
+    if address and address.startswith("ray://"):
+        out.append(RAY_CLIENT_UNSUPPORTED.format(address=address))
+    elif address and address not in ("auto", "local"):
+        port = HOST_PORT.match(address)
+        if port is None or not 0 < int(port.group(1)) < 65536:
+            out.append(
+                "ray.address: expected auto or the head node's host:port (e.g. "
+                f"10.0.0.5:6379), got {address!r}"
+            )
+    if ray.num_cpus is not None and ray.num_cpus < 1:
+        out.append(f"ray.num_cpus: must be at least 1, got {ray.num_cpus}")
+    store = ray.object_store_memory
+    if store is not None and store < MIN_OBJECT_STORE_BYTES:
+        out.append(
+            f"ray.object_store_memory: at least {MIN_OBJECT_STORE_BYTES} bytes (75 MiB, "
+            f"Ray's minimum), got {store}"
+        )
+    return out
+
+
+def run_problems(run: RunSection) -> list[str]:
+    out = []
+    if run.limit is not None and run.limit < 1:
+        out.append(f"run.limit: must be at least 1, got {run.limit}")
+    if run.block_mb <= 0:
+        out.append(f"run.block_mb: must be positive, got {run.block_mb}")
+    if run.inflight_mb_per_node is not None and run.inflight_mb_per_node <= 0:
+        out.append(
+            f"run.inflight_mb_per_node: must be positive (null: Ray Data's default), "
+            f"got {run.inflight_mb_per_node}"
+        )
+    if run.inflight_mb_per_cpu < 0:
+        out.append(f"run.inflight_mb_per_cpu: must not be negative, got {run.inflight_mb_per_cpu}")
+    for key in ("report", "timeline"):
+        path = getattr(run, key)
+        problem = unwritable(path) if path else None
+        if problem:
+            out.append(f"run.{key}: cannot write {path}: {problem}")
+    return out
+
+
+def unwritable(path: str) -> str | None:
+    """Why a local file could not be written at ``path``, or None (remote paths: None)."""
+    if is_remote(path):
+        return None
+    target = Path(path.removeprefix("file://")).expanduser().absolute()
+    if target.is_dir():
+        return "it is a directory"
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"no permission to write in {parent}"
+    if target.exists() and not os.access(target, os.W_OK):
+        return "no permission to write it"
+    return None
+
+
+def error_problems(e: ErrorsSection) -> list[str]:
+    out = []
+    if e.policy not in POLICIES:
+        out.append(
+            f"errors.policy: expected one of {', '.join(POLICIES)}, got {e.policy!r}"
+            f"{did_you_mean(str(e.policy), POLICIES)}"
+        )
+    if e.max_count is not None and e.max_count < 0:
+        out.append(f"errors.max_count: must not be negative, got {e.max_count}")
+    if e.max_fraction is not None and not 0 <= e.max_fraction <= 1:
+        out.append(f"errors.max_fraction: must be between 0 and 1, got {e.max_fraction}")
+    if e.retries < 0:
+        out.append(f"errors.retries: must not be negative, got {e.retries}")
+    if e.retry_backoff_s < 0:
+        out.append(f"errors.retry_backoff_s: must not be negative, got {e.retry_backoff_s}")
+    if e.batch_timeout_s is not None and e.batch_timeout_s <= 0:
+        out.append(f"errors.batch_timeout_s: must be positive or null, got {e.batch_timeout_s}")
+    out.extend(
+        f"errors.retry_on: exception class names expected, got {name!r}"
+        for name in e.retry_on
+        if not str(name).replace(".", "").replace("_", "").isalnum()
+    )
+    return out
+
+
+def benchmark_problems(b: BenchmarkSection) -> list[str]:
+    # min_model_ratio has no upper bound: an impossible one is how a failing check is tested.
+    least = {"rounds": 1, "warmup_rounds": 0, "sample_rows": 1}
+    out = [
+        f"benchmark.{k}: must be at least {v}, got {getattr(b, k)}"
+        for k, v in least.items()
+        if getattr(b, k) < v
+    ]
+    if b.min_model_ratio is not None and b.min_model_ratio <= 0:
+        out.append(f"benchmark.min_model_ratio: must be positive, got {b.min_model_ratio}")
+    share = b.max_outside_model_share
+    if share is not None and not 0 <= share <= 1:
+        out.append(f"benchmark.max_outside_model_share: must be between 0 and 1, got {share}")
+    out.extend(
+        f"benchmark.floors.{label}: must be positive rows/s, got {floor}"
+        for label, floor in b.floors.items()
+        if floor <= 0
+    )
+    return out
+
+
+def resource_problems(r: Resources) -> list[str]:
+    out = []
+    for name in ("num_cpus", "num_gpus", "memory"):
+        value = getattr(r, name)
+        if value is not None and value < 0:
+            out.append(f"{name}: must not be negative, got {value}")
+    if r.num_gpus is not None and r.num_gpus > 1 and r.num_gpus != int(r.num_gpus):
+        out.append(f"num_gpus: above 1 it must be a whole number, got {r.num_gpus}")
+    if r.batch_size is not None and r.batch_size < 1:
+        out.append(f"batch_size: must be at least 1, got {r.batch_size}")
+    in_flight = r.max_tasks_in_flight_per_actor
+    if in_flight is not None and in_flight < 1:
+        out.append(f"max_tasks_in_flight_per_actor: must be at least 1, got {in_flight}")
+    actors = r.actors
+    if actors is not None:
+        sizes = [actors] if isinstance(actors, int) and not isinstance(actors, bool) else actors
+        if not (
+            isinstance(sizes, list)
+            and len(sizes) in (1, 2)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
+            and sizes[0] <= sizes[-1]
+        ):
+            out.append(
+                f"actors: expected a pool size n >= 1 or [min, max] with min <= max, got {actors!r}"
+            )
+    return out
+
+
+def unused_resources(kind: str, in_actors: bool, asked: dict[str, Any]) -> list[str]:
+    """The keys of a node's own ``resources`` that its kind of stage never uses."""
+    if kind in ("reader", "writer"):
+        return [
+            f"{key}: not used by a {kind}, whose Ray Data tasks take only num_cpus"
+            for key in asked
+            if key not in READ_WRITE_RESOURCES
+        ]
+    if in_actors:
+        return []
+    return [
+        f"{key}: only for stages in actor pools (models, or a CPU stage given actors)"
+        for key in asked
+        if key in ACTOR_ONLY_RESOURCES
+    ]
+
+
+def path_overlap_problems(reader: dict[str, Any], writer: dict[str, Any]) -> list[str]:
+    """``writer.path`` holding an input (which ``--overwrite`` deletes) or inside an input
+    directory (whose next read, or ``--resume``, reads the predictions as input)."""
+    output, inputs = writer.get("path"), reader.get("path")
+    if not isinstance(output, str) or inputs is None:
+        return []
+    out_key = _place(output)
+    problems = []
+    for path in [inputs] if isinstance(inputs, str) else inputs:
+        if not isinstance(path, str):
+            continue
+        parts = path.split("/")
+        globbed = next((i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS)), None)
+        in_key = _place("/".join(parts[:globbed]) if globbed is not None else path)
+        if in_key == out_key or in_key.startswith(out_key + "/"):
+            problems.append(
+                f"writer.path: {output} holds the input {path} (reader.path), which "
+                "--overwrite would delete - write somewhere else"
+            )
+        elif globbed is None and out_key.startswith(in_key + "/"):
+            problems.append(
+                f"writer.path: {output} is inside the input {path} (reader.path): the next "
+                "read of it, or --resume, would take the predictions for input - write "
+                "somewhere else"
+            )
+    return problems
+
+
+def _place(path: str) -> str:
+    """A path as a key to compare: a URI as given, a local path absolute, links resolved."""
+    if is_remote(path):
+        return path.rstrip("/")
+    return os.path.realpath(os.path.expanduser(path.removeprefix("file://")))
