@@ -69,14 +69,17 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
         per_node = max(1, math.ceil(avail / MAX_THREADS_PER_ACTOR))
         auto_cpus = max(0.25, math.floor(avail / per_node * 4) / 4)
         for model in cpu_models:
-            cpus_each = model.resources.num_cpus or auto_cpus
+            cpus_each = _cpus_per_actor(model.resources, avail, len(cpu_nodes), auto_cpus)
             # As many actors as fit on the CPU nodes beside the reserve, at least one.
-            fits = sum(int((n.cpus - reserve) / len(cpu_models) // cpus_each) for n in cpu_nodes)
+            fits = sum(
+                int((n.cpus - reserve) / len(cpu_models) // cpus_each) if cpus_each else 1
+                for n in cpu_nodes
+            )
             pool = max(1, fits)
             out[model.path] = _fill(
                 model.resources,
                 num_gpus=0.0,
-                num_cpus=auto_cpus,
+                num_cpus=cpus_each,
                 actors=pool,
                 why=(
                     f"no GPU: {pool} actor(s) of {cpus_each:g} CPUs (torch threads follow), "
@@ -102,6 +105,18 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
         else:
             out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why_tasks)
     return out
+
+
+def _cpus_per_actor(r: Resources, avail: float, nodes: int, auto_cpus: float) -> float:
+    """CPUs for each actor of a CPU model: the spec's, else a share of a node's ``avail``
+    for as many actors as the spec's pool (its maximum) puts on a node, else ``auto_cpus``."""
+    if r.num_cpus is not None:
+        return r.num_cpus
+    if r.actors is None:
+        return auto_cpus
+    wanted = r.actors if isinstance(r.actors, int) else r.actors[-1]
+    per_node = math.ceil(wanted / max(1, nodes))
+    return max(0.25, math.floor(avail / per_node * 4) / 4)
 
 
 # Ray Data sets CPUs aside for every operator by what its tasks ask and lends what is

@@ -242,6 +242,20 @@ def test_spec_values_win_over_sizing(data):
     assert model.reason.startswith("auto (actors):")
 
 
+def test_a_cpu_models_pool_from_the_spec_shares_the_cores_it_leaves_out(data):
+    eight = Cluster((Node("n", "h", cpus=8),), "test")
+    model = plan_for(simple(data, resources={"actors": 2}), cluster=eight).nodes[2]
+    # 8 CPUs, 1 kept for Ray Data: 3.5 for each of the 2 actors the spec asks for.
+    assert (model.pool, model.ray_args) == ((2, 2), {"num_cpus": 3.5})
+    assert model.reason.startswith("auto (num_cpus, num_gpus): no GPU: 2 actor(s) of 3.5 CPUs")
+    pool = plan_for(simple(data, resources={"actors": [1, 3]}), cluster=LAPTOP).nodes[2]
+    assert pool.ray_args == {"num_cpus": 0.5}  # 1.5 CPUs for the pool's maximum of 3
+    assert infeasible(plan_for(simple(data, resources={"actors": 2}), cluster=LAPTOP)) == []
+    idle = plan_for(simple(data, resources={"num_cpus": 0}), cluster=eight).nodes[2]
+    assert (idle.pool, idle.ray_args) == ((1, 1), {"num_cpus": 0})
+    assert "1 actor(s) of 0 CPUs" in idle.reason
+
+
 def test_stateless_stage_with_actors_runs_as_a_pool(data):
     plan = plan_for(
         {
