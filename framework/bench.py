@@ -22,6 +22,7 @@ from typing import Any
 import ray
 
 from framework.calibrate import read_sample
+from framework.cli_args import writable_file
 from framework.cluster import ray_cluster
 from framework.components import ID_COLUMN, Batch
 from framework.errors import ExitCode, InputError
@@ -244,7 +245,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``infer-run bench SPEC [key=value ...] [--json OUT] [--rounds N] ...``."""
     parser.add_argument("spec", help="the YAML spec file")
     parser.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")
-    parser.add_argument("--json", help="write the figures and checks as JSON here")
+    parser.add_argument(
+        "--json", type=writable_file, help="write the figures and checks as JSON here"
+    )
     parser.add_argument("--rounds", type=int, help="timed runs; same as benchmark.rounds=N")
     parser.add_argument(
         "--machine-label",

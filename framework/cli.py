@@ -7,13 +7,14 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import ray
 from omegaconf import OmegaConf
 
 from framework import __version__
 from framework.cluster import ray_cluster
-from framework.errors import ExitCode, InferError, SpecError, Terminated
+from framework.errors import ExitCode, InferError, SpecError, Terminated, did_you_mean
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugins import load_registry
@@ -92,6 +93,10 @@ def _flag_overrides(args: argparse.Namespace) -> list[str]:
 
 def main_run(argv: Sequence[str]) -> int:
     parser = run_parser()
+    if not argv:  # argparse would call the optional overrides required too
+        parser.error(f"a spec file is required: infer-run SPEC [key=value ...]; {OTHER_COMMANDS}")
+    if not Path(argv[0]).exists() and did_you_mean(argv[0], COMMANDS):
+        parser.error(f"no spec file or command {argv[0]!r}{did_you_mean(argv[0], COMMANDS)}")
     args = parser.parse_intermixed_args(argv)
     if sum((args.resume, args.replay, args.overwrite)) > 1:
         parser.error("--resume, --replay and --overwrite exclude each other")
@@ -205,6 +210,7 @@ def main_bench(argv: Sequence[str]) -> int:
     return bench.main(p.parse_intermixed_args(argv))
 
 
+OTHER_COMMANDS = "other commands: infer-run plugins | datagen | k8s | bench"
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "bench": main_bench,
     "plugins": main_plugins,

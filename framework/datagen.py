@@ -30,6 +30,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from framework.cli_args import at_least
 from framework.datagen_photos import SOURCES, render_all, source_paths
 from framework.datagen_sinks import make_sink
 from framework.errors import InputError, did_you_mean
@@ -85,8 +86,11 @@ def generate(
     source_paths()  # fail on missing packages before touching the output
     fs, root = filesystem_for(str(out), storage)
     root = root.rstrip("/") or root  # "s3://bucket/prefix/" must not give "prefix//part-..."
-    _prepare_output(fs, root, str(out), overwrite)
-    fs.create_dir(root, recursive=True)
+    try:
+        _prepare_output(fs, root, str(out), overwrite)
+        fs.create_dir(root, recursive=True)
+    except OSError as exc:
+        raise InputError(f"datagen: cannot write {out}: {exc}") from None
 
     sink = make_sink(format, fs, root, ROWS_PER_FILE, ROWS_PER_ROW_GROUP)
     workers = min(workers or _cpus(), max(1, rows // MIN_ROWS_PER_WORKER))
@@ -117,12 +121,12 @@ def generate(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``infer-run datagen OUT --rows N [--format F] [--seed S] [--overwrite]``."""
     parser.add_argument("out", help="output directory or s3:// prefix")
-    parser.add_argument("--rows", type=int, required=True, help="number of images")
+    parser.add_argument("--rows", type=at_least(1), required=True, help="number of images")
     parser.add_argument("--format", choices=FORMATS, default="parquet", help="output layout")
-    parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    parser.add_argument("--seed", type=at_least(0), default=0, help="same seed, same bytes")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     parser.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: one per CPU)"
+        "--workers", type=at_least(1), default=None, help="worker processes (default: one per CPU)"
     )
 
 

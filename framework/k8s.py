@@ -17,6 +17,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from framework import __version__
+from framework.cli_args import at_least, dns_label, not_empty
 from framework.plugins import load_registry
 from framework.spec import Spec, load_spec, validate_spec
 
@@ -192,13 +193,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")
     p.add_argument(
         "--image",
+        type=not_empty,
         default=f"rayproject/ray:{ray.__version__}-py311-gpu",
         help="container image with infer-run and the spec's plugin packages installed",
     )
-    p.add_argument("--namespace", default="default")
-    p.add_argument("--cpu-workers", type=int, default=1, help="pods in the CPU worker group")
-    p.add_argument("--worker-cpus", type=int, default=8, help="CPUs per CPU worker pod")
-    p.add_argument("--worker-memory", default="32Gi", help="memory per CPU worker pod")
+    p.add_argument("--namespace", type=dns_label, default="default")
+    p.add_argument(
+        "--cpu-workers", type=at_least(0), default=1, help="pods in the CPU worker group"
+    )
+    p.add_argument("--worker-cpus", type=at_least(1), default=8, help="CPUs per CPU worker pod")
+    p.add_argument(
+        "--worker-memory", type=not_empty, default="32Gi", help="memory per CPU worker pod"
+    )
     p.add_argument(
         "--gpu-selector-label",
         default="nvidia.com/gpu.product",

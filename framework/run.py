@@ -134,9 +134,7 @@ def run_plan(
             if failure is None:
                 raise
     wall = time.perf_counter() - start
-    if spec.run.timeline:
-        events = task_timeline(origin, time.time())
-        write_text(spec.run.timeline, json.dumps(events), None)
+    events = task_timeline(origin, time.time()) if spec.run.timeline else None
     writer = compiled.writer
     report_path = f"{writer.path.rstrip('/')}/{REPORT_NAME}"
     plugins = {
@@ -174,7 +172,9 @@ def run_plan(
     write_text(report_path, report.to_json(), writer.storage)
     write_text(f"{writer.path.rstrip('/')}/{SPEC_NAME}", resolved_yaml(spec), writer.storage)
     if spec.run.report:
-        write_text(spec.run.report, report.to_json(), None)
+        write_extra(spec.run.report, report.to_json(), "run.report")
+    if spec.run.timeline:
+        write_extra(spec.run.timeline, json.dumps(events), "run.timeline")
     if failure is not None:
         raise failure
     return report
@@ -248,6 +248,14 @@ def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:
         fs.create_dir(parent, recursive=True)
     with fs.open_output_stream(where) as out:
         out.write(text.encode())
+
+
+def write_extra(path: str, text: str, key: str) -> None:
+    """A file the spec asks for beside the output (checked writable before the run)."""
+    try:
+        write_text(path, text, None)
+    except OSError as exc:
+        raise InputError(f"{key}: cannot write {path} ({exc}); the output is complete") from None
 
 
 def user_cause(exc: BaseException) -> str | None:

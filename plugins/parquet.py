@@ -12,6 +12,7 @@ import ray.data
 
 from framework import (
     ID_COLUMN,
+    InputError,
     Reader,
     SpecError,
     Writer,
@@ -70,7 +71,9 @@ class ParquetReader(Reader):
                 return [f"path: no parquet data at {first}"]
             schema = parquet_schema(first, params.get("storage"))
         except (OSError, pa.ArrowException) as exc:
-            return [f"path: cannot read parquet at {first}: {exc}"]
+            # No readable file at all: an input error under either errors.policy, since
+            # there is nothing to run (one unreadable file among others is the run's to skip).
+            raise InputError(f"reader.path: cannot read parquet at {first}: {exc}") from None
         id_column = params.get("id_column", ID_COLUMN)
         if id_column not in schema.names:
             return [

@@ -228,6 +228,21 @@ def test_damaged_shards_are_set_aside_after_the_samples_read_before_the_damage(
     )
 
 
+@pytest.mark.parametrize("reader", ["image_parquet", "parquet"])
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_an_input_without_one_readable_file_stops_as_an_input_error(
+    tmp_path, capsys, reader, policy
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cut.parquet").write_bytes(b"PAR1 this file was cut short")
+    path = spec(tmp_path, f"{{type: {reader}, path: {data}}}", policy=policy)
+    assert main([str(path), "--validate"]) == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"infer-run: error: reader.path: cannot read parquet at {data}: ")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
 def test_missing_column_is_named_before_anything_runs(corpus, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

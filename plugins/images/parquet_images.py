@@ -169,7 +169,8 @@ class ImageParquetReader(Reader):
         try:
             schema = reader.schema()
         except (OSError, ValueError) as exc:
-            return [f"path: cannot read parquet at {paths[0]}: {exc}"]
+            # No readable file at all (see plugins.parquet): nothing to run, whatever the policy.
+            raise InputError(f"reader.path: cannot read parquet at {paths[0]}: {exc}") from None
         return reader.schema_problems(schema)
 
     def schema(self) -> pa.Schema:
