@@ -27,7 +27,7 @@ from framework.allocator import hold_freed_memory
 from framework.compile import EMITTERS, RunContext
 from framework.components import ID_COLUMN, Batch
 from framework.dead_letter import ErrorPolicy
-from framework.errors import InferError, InputError, RunError
+from framework.errors import InputError, RunError
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.report import operator_figures
 from framework.run import user_cause
@@ -107,9 +107,9 @@ class _Probe:
             hold_freed_memory()  # as the run's model actors do
         self.runner = StageRunner(path, cls, params)
         started = time.perf_counter()
-        with contextlib.suppress(InferError):
-            # As in the run's stage actors: an actor that died in __init__ says little;
-            # the first call builds again and stops with the stage's one line.
+        with contextlib.suppress(Exception):
+            # An actor that died in __init__ says little: the first call builds again, and
+            # its error reaches the driver whole.
             self.runner.build()
         self.build_s = time.perf_counter() - started
 
@@ -152,6 +152,9 @@ def time_stage(node: MapNode, sample: Batch) -> tuple[StageTiming, Batch]:
         )
     except ray.exceptions.RayError as exc:
         reason = user_cause(exc)
+        cause = getattr(exc, "cause", None)
+        if reason is None and isinstance(exc, ray.exceptions.RayTaskError) and cause is not None:
+            reason = f"{node.stage.path} failed on the sample: {type(cause).__name__}: {cause}"
         if reason is None:
             raise
         raise RunError(f"--calibrate: {reason}") from None

@@ -24,7 +24,7 @@ from framework.dead_letter import (
     Failure,
     batch_key,
 )
-from framework.errors import InferError
+from framework.errors import InferError, PluginError
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.resume import filter_ids
 from framework.worker import StageRunner
@@ -116,6 +116,11 @@ def _emit_read(node: ReadNode, _: ray.data.Dataset | None, run: RunContext) -> r
     # flagged row a resumed run already recorded is done, not recorded again.
     arrow = {"batch_format": "pyarrow", "batch_size": None, "zero_copy_batch": True}
     dataset = reader.read()
+    if not isinstance(dataset, ray.data.Dataset):
+        raise PluginError(
+            f"reader: {node.stage.type}.read() returned {type(dataset).__name__}, "
+            "expected a ray.data.Dataset"
+        )
     if run.id_filter is not None:
         ids, keep = run.id_filter
         dataset = dataset.map_batches(
@@ -164,6 +169,9 @@ def _reader_flags(run: RunContext) -> Callable[[pa.Table], pa.Table]:
 
     def reader_flags(table: pa.Table) -> pa.Table:
         start, failures, reasons = time.time(), [], []
+        if table.num_rows and ID_COLUMN not in table.column_names:
+            names = ", ".join(table.column_names)
+            runner.stop(f"reader: plugin bug: its rows have no {ID_COLUMN!r} column ({names})")
         if ERROR_COLUMN in table.column_names:
             flags = pc.fill_null(table[ERROR_COLUMN], "")
             table = table.drop_columns([ERROR_COLUMN])

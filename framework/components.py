@@ -205,3 +205,12 @@ class Writer(Component, ABC):
 
     @abstractmethod
     def write(self, dataset: ray.data.Dataset) -> None: ...
+
+
+# What each kind of plugin must subclass (checked when it registers).
+BASES: dict[str, type] = {
+    "reader": Reader,
+    "preprocessor": Preprocessor,
+    "model": Model,
+    "writer": Writer,
+}

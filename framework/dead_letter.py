@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import ray
 
 from framework.components import ID_COLUMN, Batch
-from framework.errors import unreadable_input
+from framework.errors import BrokenContract, unreadable_input
 from framework.storage import filesystem_for, read_files
 
 # A reader that cannot produce a row keeps it, with the reason in this column; the read
@@ -189,6 +189,8 @@ def run_isolated(
         row = {k: v[i : i + 1] for k, v in batch.items()}
         try:
             outputs.append(call(row))
+        except BrokenContract:  # the stage's own bug, not this row's
+            raise
         except Exception as exc:  # any error in the stage's code is this row's failure
             log.warning("row %r failed in %s", batch[ID_COLUMN][i], stage, exc_info=True)
             failures.append(Failure(batch[ID_COLUMN][i], stage, type(exc).__name__, str(exc)))

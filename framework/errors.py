@@ -62,6 +62,12 @@ class PluginError(InferError):
     exit_code = ExitCode.PLUGIN_ERROR
 
 
+class BrokenContract(PluginError):
+    """A stage or reader returned what the batch contract rules out: a bug in the plugin,
+    which stops the run, not a bad row to set aside (retrying it row by row would put
+    every row in the dead letters)."""
+
+
 class InputError(InferError):
     """Input that is missing or unreadable, or output that already exists."""
 

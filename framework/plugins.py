@@ -114,7 +114,8 @@ def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> Non
     try:
         pm.register(plugin, name)
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {pm.get_name(exc.plugin) or name!r}: {exc}") from exc
+        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise PluginError(f"plugin {pm.get_name(exc.plugin) or name!r}: {detail}") from exc
     except ValueError as exc:  # the same plugin object or name registered twice
         raise PluginError(str(exc)) from exc
 
@@ -152,7 +153,20 @@ def build_registry(pm: PluginManager) -> Registry:
                     )
                 )
 
-            caller(register=register)
+            try:
+                returned = caller(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: its {hook_name} hook raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if any(r is not None for r in returned):
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: its {hook_name} hook returned a value, "
+                    "which is ignored - call register('name', Class) for each component"
+                )
     return registry
 
 

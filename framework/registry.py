@@ -26,6 +26,11 @@ class Registry:
     entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
 
     def add(self, entry: Entry) -> None:
+        if isinstance(entry.name, type):
+            raise PluginError(
+                f"plugin {entry.plugin!r} called register({entry.name.__qualname__}, ...): "
+                f"the name comes first - register('name', {entry.name.__qualname__})"
+            )
         if not isinstance(entry.name, str) or not entry.name:
             raise PluginError(
                 f"plugin {entry.plugin!r} registered a {entry.kind} with an empty name"
@@ -34,6 +39,14 @@ class Registry:
             raise PluginError(
                 f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} "
                 f"as {entry.cls!r}, which is not a class"
+            )
+        from framework.components import BASES  # components imports this module's errors
+
+        base = BASES[entry.kind]
+        if not issubclass(entry.cls, base):
+            raise PluginError(
+                f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} as "
+                f"{entry.cls.__qualname__}, which is not a framework.{base.__name__}"
             )
         existing = self.entries[entry.kind].get(entry.name)
         if existing is not None:

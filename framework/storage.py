@@ -80,7 +80,7 @@ def _matches(parts: list[str], pattern: list[str]) -> bool:
     )
 
 
-def expand_globs(paths: Iterable[str], storage: Mapping[str, Any] | None = None) -> list[str]:
+def expand_globs(paths: str | Iterable[str], storage: Mapping[str, Any] | None = None) -> list[str]:
     """Each path with ``*``, ``?``, ``[...]`` or ``**`` replaced by the files it matches,
     sorted, local or ``s3://``; other paths as they are. Names starting with ``_`` or
     ``.`` are left out, as Ray Data's directory listing leaves them out.
@@ -88,7 +88,7 @@ def expand_globs(paths: Iterable[str], storage: Mapping[str, Any] | None = None)
     Raises ``SpecError`` naming a pattern that matches no file.
     """
     out: list[str] = []
-    for path in paths:
+    for path in [paths] if isinstance(paths, str) else paths:
         if not any(c in path for c in GLOB_CHARS):
             out.append(path)
             continue

@@ -19,13 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from framework.components import ID_COLUMN, Batch, Model, Preprocessor, Reader, Writer
+from framework.components import BASES, ID_COLUMN, Batch
 from framework.errors import InferError
 from framework.plugins import load_registry
 from framework.registry import Registry
 from framework.spec.params import bind_params
-
-BASES = {"reader": Reader, "preprocessor": Preprocessor, "model": Model, "writer": Writer}
 
 
 def conformance_problems(

@@ -11,11 +11,11 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import psutil
 import ray
 
 from framework.components import ID_COLUMN, Batch
+from framework.contract import checked_call, lists_for_arrow
 from framework.dead_letter import (
     ErrorPolicy,
     Failure,
@@ -23,7 +23,7 @@ from framework.dead_letter import (
     plain_id,
     run_isolated,
 )
-from framework.errors import InferError, RunError
+from framework.errors import BrokenContract, InferError, RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
 from framework.watchdog import StageTimeout, exit_after
 
@@ -55,39 +55,6 @@ def match_torch_threads() -> int | None:
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     return wanted
-
-
-def lists_for_arrow(batch: Batch) -> Batch:
-    """Object columns of per-row arrays (a list column read back as numpy) become lists.
-
-    Ray turns an object column whose per-row arrays happen to share a shape into a
-    fixed-shape tensor, block by block; Python lists always stay an Arrow list.
-    """
-    for name, values in batch.items():
-        first = values[0] if values.dtype == object and len(values) else None
-        # Only strings: numeric per-row arrays (ragged images) stay Ray's ragged tensors.
-        if isinstance(first, np.ndarray) and first.dtype.kind in "USO":
-            out = np.empty(len(values), dtype=object)
-            for i, value in enumerate(values):
-                out[i] = value.tolist() if isinstance(value, np.ndarray) else value
-            batch[name] = out
-    return batch
-
-
-def checked_call(stage: Any, batch: Batch, name: str) -> Batch:
-    """Run one stage on one batch and hold it to the batch contract."""
-    rows = len(batch[ID_COLUMN]) if ID_COLUMN in batch else None
-    out = stage(batch)
-    if not isinstance(out, dict):
-        raise RunError(f"stage {name} returned {type(out).__name__}, expected a dict of arrays")
-    if ID_COLUMN not in out:
-        raise RunError(f"stage {name} dropped the {ID_COLUMN!r} column")
-    for column, values in out.items():
-        if len(values) != rows:
-            raise RunError(
-                f"stage {name} returned {len(values)} rows in column {column!r} for {rows} input rows"
-            )
-    return out
 
 
 class StageRunner:
@@ -154,19 +121,26 @@ class StageRunner:
         self.retries = 0
         hung = self._hung_before(batch)
         out = None
-        if not hung:
-            try:
-                out = self._call_retrying(batch)
-            except Exception:  # which rows broke it? retry them one by one
-                log.debug("stage %s failed on a batch; isolating rows", self.path, exc_info=True)
-        if out is None:
-            out, failed = run_isolated(
-                lambda row: self._call_row(row, hung),
-                batch,
-                self.path,
-                stop_at_first=self.errors.policy == "fail",
-            )
-            failures += failed
+        try:
+            if not hung:
+                try:
+                    out = self._call_retrying(batch)
+                except BrokenContract:
+                    raise
+                except Exception:  # which rows broke it? retry them one by one
+                    log.debug(
+                        "stage %s failed on a batch; isolating rows", self.path, exc_info=True
+                    )
+            if out is None:
+                out, failed = run_isolated(
+                    lambda row: self._call_row(row, hung),
+                    batch,
+                    self.path,
+                    stop_at_first=self.errors.policy == "fail",
+                )
+                failures += failed
+        except BrokenContract as exc:
+            self.stop(str(exc))
         self.settle(start, time.time(), rows, len(out[ID_COLUMN]), failures, key)
         return lists_for_arrow(out)
 
@@ -204,6 +178,9 @@ class StageRunner:
         """The stage on ``batch``, under ``errors.batch_timeout_s`` when run in a Ray worker
         (only there can a process be ended and the batch retried in a new one)."""
         timeout = self.errors.batch_timeout_s if self.log is not None else None
+        if not len(batch.get(ID_COLUMN, ())):
+            # No row to blame and retry alone: ending the worker would only repeat the call.
+            timeout = None
         with exit_after(timeout, lambda: self._timed_out(batch)):
             return checked_call(self.stage, batch, self.path)
 

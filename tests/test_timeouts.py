@@ -111,3 +111,26 @@ def test_under_policy_fail_a_hung_row_stops_the_run_naming_it(tmp_path):
     assert "row 'r007' failed in preprocessors[0]: StageTimeout: still running after 3 s" in (
         done.stderr
     )
+
+
+@pytest.mark.ray
+def test_a_stage_slow_on_an_empty_batch_is_not_restarted_forever(tmp_path):
+    # Every row hangs, so the framework calls the stage on no rows for the batch's columns:
+    # a call with no row to blame ran past the limit, ended its worker, and Ray retried it
+    # without end.
+    data = write_id_parts(tmp_path / "in", ["a", "b"])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+errors: {{policy: skip, batch_timeout_s: 3}}
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: hang_on, ids: [a, b], empty_s: 5, resources: {{batch_size: 8}}}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    done = run_cli(str(spec), plugins="tests.plugins.hang", timeout=240)
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (2, 0, 2)
+    assert "0 row(s) still running" not in done.stderr

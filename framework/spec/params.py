@@ -13,7 +13,10 @@ from framework.errors import did_you_mean
 
 def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
     """``params`` checked against ``cls.__init__``: (all arguments with defaults, problems)."""
-    signature = inspect.signature(cls.__init__)
+    # A class without an __init__ of its own takes nothing (object's is (*args, **kwargs)).
+    signature = inspect.signature(
+        cls.__init__ if cls.__init__ is not object.__init__ else _no_params
+    )
     accepted = {
         name: p
         for name, p in signature.parameters.items()
@@ -47,7 +50,15 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
     bound.apply_defaults()
     arguments = dict(bound.arguments)
     arguments.pop("self", None)
+    for name, p in signature.parameters.items():  # as the class is called: cls(**arguments)
+        if p.kind == p.VAR_KEYWORD:
+            arguments.update(arguments.pop(name, {}))
+        elif p.kind == p.VAR_POSITIONAL:
+            arguments.pop(name, None)
     return arguments, []
+
+
+def _no_params(self: object) -> None: ...
 
 
 def matches_type(value: Any, hint: Any) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.errors import SpecError, did_you_mean
+from framework.errors import InferError, PluginError, SpecError, did_you_mean
 from framework.registry import Registry
 from framework.spec.checks import (
     benchmark_problems,
@@ -183,9 +183,26 @@ def _stage(
     problems.extend(f"{path}.{p}" for p in bind_problems)
     if bind_problems:
         return None
-    checked = entry.cls.check(bound)
-    problems.extend(f"{path}.{p}" for p in checked)
+    problems.extend(f"{path}.{p}" for p in _checked(entry.cls, bound, path, kind, str(type_name)))
     return StageConfig(path, kind, str(type_name), entry.cls, bound, resources)
+
+
+def _checked(cls: type, params: dict[str, Any], path: str, kind: str, name: str) -> list[str]:
+    """The plugin's own ``check(params)``, held to its contract: a list of problem lines."""
+    try:
+        found = cls.check(params)
+    except InferError:  # a plugin's own one-line error (an input it cannot read at all)
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"{path}: the {kind} {name!r}'s check() raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(found, list | tuple) or not all(isinstance(p, str) for p in found):
+        raise PluginError(
+            f"{path}: the {kind} {name!r}'s check() returned {type(found).__name__}, "
+            "expected a list of problem lines"
+        )
+    return list(found)
 
 
 def _first_line(exc: BaseException) -> str:

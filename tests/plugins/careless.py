@@ -1,0 +1,118 @@
+"""Plugins with the mistakes plugin authors make, one per class: the framework names each
+in one line instead of crashing, running them as if nothing were wrong, or blaming rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import ray.data
+
+from framework import Batch, Preprocessor, Reader, hookimpl
+
+
+class NoInit(Preprocessor):
+    """No __init__ of its own: built with no arguments, and takes none."""
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch["seen"] = np.ones(len(batch["id"]), dtype=np.int64)
+        return batch
+
+
+class BreaksContract(Preprocessor):
+    def __init__(self, how: str) -> None:
+        self.how = how
+
+    def __call__(self, batch: Batch) -> Batch:
+        ids = batch["id"]
+        if self.how == "fewer_rows":
+            return {k: v[:-1] for k, v in batch.items()}
+        if self.how == "drop_id":
+            return {k: v for k, v in batch.items() if k != "id"}
+        if self.how == "dataframe":
+            return pd.DataFrame(batch)  # type: ignore[return-value]
+        if self.how == "list_column":
+            return {**batch, "tags": [f"t{i}" for i in range(len(ids))]}  # type: ignore[dict-item]
+        if self.how == "changed_ids":
+            return {**batch, "id": np.array([f"{i} " for i in ids], dtype=object)}
+        if self.how == "reordered":
+            return {k: v[::-1] for k, v in batch.items()}
+        raise AssertionError(self.how)
+
+
+class CheckRaises(Preprocessor):
+    @classmethod
+    def check(cls, params):
+        raise FileNotFoundError("vocab.txt")
+
+    def __call__(self, batch: Batch) -> Batch:
+        return batch
+
+
+class CheckReturnsText(Preprocessor):
+    @classmethod
+    def check(cls, params):
+        return "no vocabulary"
+
+    def __call__(self, batch: Batch) -> Batch:
+        return batch
+
+
+class NoIdReader(Reader):
+    def read(self) -> ray.data.Dataset:
+        return ray.data.from_items([{"x": float(i)} for i in range(5)])
+
+
+class ListReader(Reader):
+    def read(self) -> ray.data.Dataset:
+        return [{"id": "a", "x": 1.0}]  # type: ignore[return-value]
+
+
+@hookimpl
+def register_preprocessors(register):
+    register("no_init", NoInit)
+    register("breaks_contract", BreaksContract)
+    register("check_raises", CheckRaises)
+    register("check_returns_text", CheckReturnsText)
+
+
+@hookimpl
+def register_readers(register):
+    register("no_id_reader", NoIdReader)
+    register("list_reader", ListReader)
+
+
+class RaisingHook:
+    """Imports a missing library inside the hook, not at module level."""
+
+    @staticmethod
+    @hookimpl
+    def register_models(register):
+        import not_installed_library_xyz  # noqa: F401
+
+
+class ReturningHook:
+    @staticmethod
+    @hookimpl
+    def register_models(register):
+        return {"returned": NoInit}
+
+
+class ReversedRegister:
+    @staticmethod
+    @hookimpl
+    def register_preprocessors(register):
+        register(NoInit, "no_init_2")
+
+
+class WrongBase:
+    @staticmethod
+    @hookimpl
+    def register_models(register):
+        register("not_a_model", NoInit)
+
+
+class MisnamedArgument:
+    @staticmethod
+    @hookimpl
+    def register_models(reg):
+        reg("x", NoInit)

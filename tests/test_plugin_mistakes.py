@@ -1,0 +1,137 @@
+"""What plugin authors get wrong, and the one line each mistake gets instead of a traceback,
+a silently wrong output, or every row blamed in the dead letters."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from framework.cli import main
+from framework.contract import checked_call
+from framework.errors import BrokenContract, ExitCode, PluginError
+from framework.plugins import load_registry
+from framework.spec import load_spec, validate_spec
+from framework.storage import expand_globs
+from tests.helpers import run_cli, write_id_parts
+from tests.plugins import careless
+
+BATCH = {"id": np.array(["a", "b", "c"], dtype=object), "x": np.arange(3.0)}
+
+
+@pytest.mark.parametrize(
+    ("how", "what"),
+    [
+        ("fewer_rows", "returned 2 rows in column 'id' for 3"),
+        ("drop_id", "dropped the 'id' column"),
+        ("dataframe", "returned DataFrame"),
+        ("list_column", "returned column 'tags' as list"),
+        ("changed_ids", "changed or reordered the 'id' values"),
+        ("reordered", "changed or reordered the 'id' values"),
+    ],
+)
+def test_each_break_of_the_batch_contract_is_named_as_a_plugin_bug(how, what):
+    stage = careless.BreaksContract(how)
+    with pytest.raises(BrokenContract) as info:
+        checked_call(stage, {k: v.copy() for k, v in BATCH.items()}, "preprocessors[1]")
+    assert str(info.value).startswith(f"preprocessors[1]: plugin bug: it {what} (a stage returns")
+
+
+@pytest.mark.parametrize(
+    ("plugin", "message"),
+    [
+        (careless.RaisingHook, "hook raised ModuleNotFoundError: No module named 'not_installed"),
+        (careless.ReturningHook, "its register_models hook returned a value, which is ignored"),
+        (careless.ReversedRegister, "called register(NoInit, ...): the name comes first"),
+        (careless.WrongBase, "as NoInit, which is not a framework.Model"),
+        (careless.MisnamedArgument, "Argument(s) {'reg'} are declared in the hookimpl"),
+    ],
+)
+def test_registration_mistakes_are_one_plugin_error(plugin, message):
+    with pytest.raises(PluginError) as info:
+        load_registry([plugin])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def spec_file(tmp_path: Path, stage: str, reader: str | None = None) -> Path:
+    data = write_id_parts(tmp_path / "in", [f"r{i}" for i in range(6)])
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"""
+errors: {{policy: skip}}
+reader: {reader or f"{{type: parquet, path: {data}}}"}
+preprocessors: [{stage}]
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    return path
+
+
+def test_a_class_without_init_takes_no_parameters(tmp_path):
+    registry = load_registry([careless])
+    spec = validate_spec(load_spec(spec_file(tmp_path, "{type: no_init}")), registry)
+    assert spec.preprocessors[0].params == {}
+    with pytest.raises(Exception) as info:
+        validate_spec(load_spec(spec_file(tmp_path, "{type: no_init, colum: x}")), registry)
+    assert "colum: unknown parameter for preprocessor 'no_init'" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ("check_raises", "check() raised FileNotFoundError: vocab.txt"),
+        ("check_returns_text", "check() returned str, expected a list of problem lines"),
+    ],
+)
+def test_a_broken_check_is_a_plugin_error_naming_the_stage(tmp_path, capsys, stage, message):
+    path = spec_file(tmp_path, f"{{type: {stage}}}")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("INFER_PLUGINS", "tests.plugins.careless")
+        assert main([str(path), "--validate"]) == ExitCode.PLUGIN_ERROR
+    err = capsys.readouterr().err
+    assert err == f"infer-run: error: preprocessors[0]: the preprocessor {stage!r}'s {message}\n"
+
+
+def test_expand_globs_takes_one_path_as_a_string(tmp_path):
+    (tmp_path / "a.parquet").write_bytes(b"")
+    assert expand_globs(str(tmp_path / "a.parquet")) == [str(tmp_path / "a.parquet")]
+    assert expand_globs(str(tmp_path / "*.parquet")) == [str(tmp_path / "a.parquet")]
+
+
+@pytest.mark.ray
+def test_a_contract_break_stops_the_run_instead_of_dead_lettering_every_row(tmp_path):
+    path = spec_file(tmp_path, "{type: breaks_contract, how: changed_ids}")
+    done = run_cli(str(path), plugins="tests.plugins.careless")
+    assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
+    assert (
+        "infer-run: error: preprocessors[0]: plugin bug: it changed or reordered the 'id' values"
+        in done.stderr
+    )
+    assert "Traceback" not in done.stderr
+    assert not list((tmp_path / "out" / "_dead_letter").glob("*.jsonl"))
+
+
+@pytest.mark.ray
+def test_reader_mistakes_and_a_stage_without_init_end_to_end(tmp_path):
+    plugins = "tests.plugins.careless"
+    done = run_cli(str(spec_file(tmp_path, "{type: no_init}")), plugins=plugins)
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    assert pq.read_table(tmp_path / "out")["seen"].to_pylist() == [1] * 6
+
+    path = spec_file(tmp_path, "{type: no_init}", reader="{type: no_id_reader}")
+    done = run_cli(str(path), "--overwrite", plugins=plugins)
+    assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
+    assert "infer-run: error: reader: plugin bug: its rows have no 'id' column (x)" in done.stderr
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["status"] == "failed"
+
+    path = spec_file(tmp_path, "{type: no_init}", reader="{type: list_reader}")
+    done = run_cli(str(path), "--overwrite", plugins=plugins)
+    assert done.returncode == ExitCode.PLUGIN_ERROR, done.stderr[-3000:]
+    assert (
+        "infer-run: error: reader: list_reader.read() returned list, expected a ray.data.Dataset"
+        in done.stderr.splitlines()
+    )
