@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from framework.dead_letter import READER_PATH
+from framework.watchdog import CRASHED, TIMED_OUT
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -26,7 +27,11 @@ class StageLog:
         self.seen = 0  # rows into the first stage: what the error fraction is of
         self.failed = 0
         self.errors: dict[str, dict[str, int]] = {}
-        self.hung: dict[str, dict[Any, bool]] = {}  # stage -> row id -> whether it hung alone
+        # stage -> row id -> (whether alone, why): rows whose worker timed out or died on them
+        self.hung: dict[str, dict[Any, tuple[bool, str]]] = {}
+        # (stage, batch key) -> (ids, worker): batches begun and not yet recorded
+        self.in_flight: dict[tuple[str, str], tuple[list[Any], str]] = {}
+        self.dead: set[str] = set()  # workers found to have died mid-batch
         self.batches: dict[tuple[str, str], tuple[Any, ...]] = {}  # (stage, key) -> its counts
         self.actors: list[Any] = []  # the stage actors' handles, ended with the run
         self.unreadable_inputs: list[str] = []  # inputs a reader could not read at all
@@ -58,6 +63,8 @@ class StageLog:
         is the process's (pid, peak resident bytes so far).
         """
         s = self._stage(stage)
+        if key is not None:
+            self.in_flight.pop((stage, key), None)
         if worker is not None:
             figures = s["workers"].get(f"{node_id}:{worker[0]}")
             if figures is not None:  # a process that built the stage
@@ -106,15 +113,39 @@ class StageLog:
         n = s["nodes"].setdefault(node_id, {"batches": 0, "rows": 0, "busy_s": 0.0})
         n["rows"] += sign * rows_in
 
-    def timed_out(self, stage: str, ids: list[Any]) -> None:
+    def begin(self, stage: str, key: str, ids: list[Any], worker: str) -> dict[Any, tuple]:
+        """``worker`` starts batch ``key`` of ``ids``. If another worker had begun it and
+        never recorded it, that worker died on it (a crash in native code, killed for
+        memory): its rows become suspects. Returns the suspects among ``ids``, as
+        ``hung_among`` does."""
+        earlier = self.in_flight.get((stage, key))
+        if earlier is not None and earlier[1] != worker:
+            if earlier[1] not in self.dead:  # it may have held a batch and a row of it
+                self.dead.add(earlier[1])
+                self._stage(stage)["crashes"] += 1
+            self._suspect(stage, earlier[0], CRASHED)
+        self.in_flight[(stage, key)] = (ids, worker)
+        return self.hung_among(stage, ids)
+
+    def end(self, stage: str, key: str) -> None:
+        """A row run alone finished (its batch is recorded, and so ended, as a whole)."""
+        self.in_flight.pop((stage, key), None)
+
+    def timed_out(self, stage: str, ids: list[Any], key: str | None = None) -> None:
         """A worker is about to exit: these rows outlived ``errors.batch_timeout_s`` together."""
         self._stage(stage)["timeouts"] += 1
+        self.in_flight.pop((stage, key), None)  # ended on purpose: no crash to find
+        self._suspect(stage, ids, TIMED_OUT)
+
+    def _suspect(self, stage: str, ids: list[Any], why: str) -> None:
         rows = self.hung.setdefault(stage, {})
         for row_id in ids:
-            rows[row_id] = rows.get(row_id, False) or len(ids) == 1
+            alone, reason = rows.get(row_id, (False, why))
+            rows[row_id] = (alone or len(ids) == 1, why if len(ids) == 1 else reason)
 
-    def hung_among(self, stage: str, ids: list[Any]) -> dict[Any, bool]:
-        """Which of ``ids`` a worker of ``stage`` timed out on before, and whether alone."""
+    def hung_among(self, stage: str, ids: list[Any]) -> dict[Any, tuple[bool, str]]:
+        """Which of ``ids`` a worker of ``stage`` timed out or died on before: for each,
+        whether it was alone in its call, and why (``TIMED_OUT`` or ``CRASHED``)."""
         rows = self.hung.get(stage, {})
         return {row_id: rows[row_id] for row_id in ids if row_id in rows}
 
@@ -129,7 +160,7 @@ class StageLog:
         workers.setdefault(f"{node_id}:{pid}", {"node_id": node_id, "pid": pid}).update(summary)
 
     def _stage(self, stage: str) -> dict[str, Any]:
-        counts = ("batches", "retries", "timeouts", "rows_in", "rows_out")
+        counts = ("batches", "retries", "timeouts", "crashes", "rows_in", "rows_out")
         empty: dict[str, Any] = {**dict.fromkeys(counts, 0), "busy_s": 0.0}
         return self.stages.setdefault(
             stage, {**empty, "start": float("inf"), "end": 0.0, "nodes": {}, "workers": {}}
@@ -170,6 +201,7 @@ def stage_figures(
             "batches": s["batches"],
             "retries": s["retries"],
             "timeouts": s["timeouts"],
+            "crashes": s["crashes"],
             "rows_in": s["rows_in"],
             "rows_out": s["rows_out"],
             "busy_s": round(s["busy_s"], 4),

@@ -21,10 +21,17 @@ log = logging.getLogger("infer_run.watchdog")
 
 # What a worker ended by its watchdog exits with, to tell it apart in Ray's logs.
 TIMEOUT_EXIT_CODE = 75
+# Why a row was given up: what the run's log (telemetry.StageLog) keeps for each suspect.
+TIMED_OUT, CRASHED = "timed out", "crashed"
 
 
 class StageTimeout(RuntimeError):
     """A row whose stage call outlived ``errors.batch_timeout_s`` (its worker was restarted)."""
+
+
+class WorkerCrashed(RuntimeError):
+    """A row whose worker process died while running it alone (a segfault in a decoder, a
+    kill for memory), after dying on its batch: given up instead of killing workers forever."""
 
 
 @contextmanager
@@ -54,4 +61,11 @@ def exit_after(timeout_s: float | None, on_expiry: Callable[[], None]) -> Iterat
         done.set()
 
 
-__all__ = ["TIMEOUT_EXIT_CODE", "StageTimeout", "exit_after"]
+__all__ = [
+    "CRASHED",
+    "TIMED_OUT",
+    "TIMEOUT_EXIT_CODE",
+    "StageTimeout",
+    "WorkerCrashed",
+    "exit_after",
+]

@@ -25,7 +25,7 @@ from framework.dead_letter import (
 )
 from framework.errors import BrokenContract, InferError, RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
-from framework.watchdog import StageTimeout, exit_after
+from framework.watchdog import TIMED_OUT, StageTimeout, WorkerCrashed, exit_after
 
 log = logging.getLogger("infer_run.worker")
 
@@ -79,6 +79,8 @@ class StageRunner:
         # how many samples.
         self.gpu_pushed: tuple[float | None, int] = (None, 0)
         self.retries = 0  # of the batch in hand
+        # Tells a retry in a new process from the same process (a pid alone may recur).
+        self.worker_name = f"{os.uname().nodename}:{os.getpid()}:{time.time()}"
 
     def build(self) -> None:
         started = time.time()
@@ -119,12 +121,12 @@ class StageRunner:
         key = batch_key(self.path, batch[ID_COLUMN]) if ID_COLUMN in batch else None
         failures: list[Failure] = []
         self.retries = 0
-        hung = self._hung_before(batch)
+        hung = self._begin(key, batch)
         out = None
         try:
             if not hung:
                 try:
-                    out = self._call_retrying(batch)
+                    out = self._call_retrying(batch, key)
                 except BrokenContract:
                     raise
                 except Exception:  # which rows broke it? retry them one by one
@@ -144,11 +146,11 @@ class StageRunner:
         self.settle(start, time.time(), rows, len(out[ID_COLUMN]), failures, key)
         return lists_for_arrow(out)
 
-    def _call_retrying(self, batch: Batch) -> Batch:
+    def _call_retrying(self, batch: Batch, key: str | None) -> Batch:
         """The stage on the whole batch, re-run after a transient error (``errors.retry_on``)."""
         while True:
             try:
-                return self._watched(batch)
+                return self._watched(batch, key)
             except Exception as exc:
                 if self.retries >= self.errors.retries or not self.errors.retryable(exc):
                     raise
@@ -165,26 +167,47 @@ class StageRunner:
                 )
                 time.sleep(wait)
 
-    def _call_row(self, row: Batch, hung: dict[Any, bool]) -> Batch:
-        """One row alone, unless it already outlived the timeout alone: then it fails."""
-        if len(row[ID_COLUMN]) and hung.get(plain_id(row[ID_COLUMN][0])):
-            raise StageTimeout(
+    def _call_row(self, row: Batch, hung: dict[Any, tuple[bool, str]]) -> Batch:
+        """One row alone, unless its worker timed out or died on it alone before: then it
+        fails. Among suspects (``hung``), each row is begun and ended with the run's log, so
+        that the row a worker dies on is known to the worker that retries it."""
+        if not hung or not len(row[ID_COLUMN]):
+            return self._watched(row, None)
+        row_id = plain_id(row[ID_COLUMN][0])
+        key = batch_key(self.path, row[ID_COLUMN])
+        suspect = hung.get(row_id)
+        if not (suspect and suspect[0]):
+            suspect = self._begin(key, row).get(row_id)
+        if suspect and suspect[0]:
+            raise self._given_up(suspect[1])
+        try:
+            return self._watched(row, key)
+        finally:
+            if self.log is not None:
+                self.log.end.remote(self.path, key)
+
+    def _given_up(self, why: str) -> Exception:
+        if why == TIMED_OUT:
+            return StageTimeout(
                 f"still running after {self.errors.batch_timeout_s:g} s "
                 "(errors.batch_timeout_s), alone in its batch; its worker was restarted"
             )
-        return self._watched(row)
+        return WorkerCrashed(
+            "its worker process died while running it alone (a crash in native code, or "
+            "killed for memory), after dying on its batch; not run again"
+        )
 
-    def _watched(self, batch: Batch) -> Batch:
+    def _watched(self, batch: Batch, key: str | None) -> Batch:
         """The stage on ``batch``, under ``errors.batch_timeout_s`` when run in a Ray worker
         (only there can a process be ended and the batch retried in a new one)."""
         timeout = self.errors.batch_timeout_s if self.log is not None else None
         if not len(batch.get(ID_COLUMN, ())):
             # No row to blame and retry alone: ending the worker would only repeat the call.
             timeout = None
-        with exit_after(timeout, lambda: self._timed_out(batch)):
+        with exit_after(timeout, lambda: self._timed_out(batch, key)):
             return checked_call(self.stage, batch, self.path)
 
-    def _timed_out(self, batch: Batch) -> None:
+    def _timed_out(self, batch: Batch, key: str | None) -> None:
         ids = [plain_id(v) for v in batch[ID_COLUMN]]
         log.error(
             "%s: %d row(s) still running after %g s (errors.batch_timeout_s): ending worker "
@@ -195,16 +218,15 @@ class StageRunner:
             os.getpid(),
             ", ".join(repr(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else ""),
         )
-        ray.get(self.log.timed_out.remote(self.path, ids), timeout=60)
+        ray.get(self.log.timed_out.remote(self.path, ids, key), timeout=60)
 
-    def _hung_before(self, batch: Batch) -> dict[Any, bool]:
-        """The rows of ``batch`` a worker of this stage timed out on before (a retried batch)."""
-        if self.log is None or self.errors.batch_timeout_s is None:
-            return {}
-        if len(batch.get(ID_COLUMN, ())) == 0:
+    def _begin(self, key: str | None, batch: Batch) -> dict[Any, tuple[bool, str]]:
+        """Tell the run's log this worker starts ``batch``; the rows of it that a worker of
+        this stage timed out or died on before (a retried batch), and whether alone."""
+        if self.log is None or key is None or not len(batch.get(ID_COLUMN, ())):
             return {}
         ids = [plain_id(v) for v in batch[ID_COLUMN]]
-        return ray.get(self.log.hung_among.remote(self.path, ids))
+        return ray.get(self.log.begin.remote(self.path, key, ids, self.worker_name))
 
     def settle(
         self,

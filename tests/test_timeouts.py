@@ -134,3 +134,37 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (2, 0, 2)
     assert "0 row(s) still running" not in done.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("actors", [False, True], ids=["task", "actor"])
+def test_a_row_that_crashes_its_worker_is_dead_lettered_not_retried_forever(tmp_path, actors):
+    # A segfault in native code (a damaged PNG in libpng) took the worker down on every
+    # retry of its task, without end. Now its batch is run again row by row, and the row
+    # that takes the worker down alone is given up.
+    data = write_id_parts(tmp_path / "in", IDS)
+    pool = ", actors: 1" if actors else ""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+errors: {{policy: skip}}
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: hang_on, ids: [r007], how: crash, resources: {{batch_size: 8{pool}}}}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    done = run_cli(str(spec), plugins="tests.plugins.hang", timeout=280)
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    out = tmp_path / "out"
+    assert sorted(pq.read_table(out)["id"].to_pylist()) == sorted(set(IDS) - {"r007"})
+    records = [
+        json.loads(line)
+        for path in sorted((out / "_dead_letter").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert [(r["id"], r["error_type"]) for r in records] == [("r007", "WorkerCrashed")]
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (40, 39, 1)
+    # Died on the batch of 8, then on the row alone.
+    assert report["stages"]["preprocessors[0]"]["crashes"] == 2

@@ -1,7 +1,10 @@
-"""A stage that hangs on chosen rows, in C (``time.sleep``) or in Python (for timeout tests)."""
+"""A stage that hangs on chosen rows, in C (``time.sleep``) or in Python (for timeout tests),
+or crashes its process on them (``how: crash``)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 from framework import Batch, Preprocessor, hookimpl
@@ -19,6 +22,8 @@ class HangOn(Preprocessor):
         if not len(batch["id"]):
             time.sleep(self.empty_s)
         if self.ids & {str(i) for i in batch["id"]}:
+            if self.how == "crash":  # what a decoder's segfault does to its process
+                os.kill(os.getpid(), signal.SIGSEGV)
             if self.how == "sleep":
                 time.sleep(3600)  # one C call: no Python-level interruption can end it
             while True:
