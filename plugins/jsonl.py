@@ -1,4 +1,4 @@
-"""JSON Lines reader and writer, local or ``s3://``."""
+"""JSON Lines reader, and the writer of ``plugins.jsonl_writer``, local or ``s3://``."""
 
 from __future__ import annotations
 
@@ -16,13 +16,12 @@ from framework import (
     ID_COLUMN,
     Reader,
     SpecError,
-    Writer,
     expand_globs,
     filesystem_for,
     hookimpl,
-    jsonl_ids,
     scheme_of,
 )
+from plugins.jsonl_writer import JsonlWriter
 
 
 def bad_lines(lines: list[bytes]) -> list[tuple[int, str]]:
@@ -30,6 +29,13 @@ def bad_lines(lines: list[bytes]) -> list[tuple[int, str]]:
     found = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
+            continue
+        try:
+            # Arrow's reader takes such bytes into a string column unchecked, and the run
+            # then crashes in a later stage; json.loads would call it invalid JSON.
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            found.append((number, f"line {number} is not valid UTF-8 ({exc})"))
             continue
         try:
             parsed = json.loads(line)
@@ -41,7 +47,17 @@ def bad_lines(lines: list[bytes]) -> list[tuple[int, str]]:
     return found
 
 
-def read_lines(data: bytes, options: Any) -> pa.Table:
+def is_utf8(data: pa.Buffer) -> bool:
+    """Whether ``data`` is UTF-8 throughout: one decode of the whole file, fast, so only a
+    file that fails it is split into lines to find which."""
+    try:
+        str(data, "utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def read_lines(data: bytes | pa.Buffer, options: Any) -> pa.Table:
     import pyarrow.json as pajson
 
     return pajson.read_json(pa.BufferReader(data), read_options=options)
@@ -96,15 +112,22 @@ class JsonLinesDatasource(FileBasedDatasource):
             return
         # One block for the whole file: no object straddles two blocks.
         options = pajson.ReadOptions(use_threads=False, block_size=min(buffer.size, 1 << 30))
-        try:
-            yield read_lines(buffer, options)
-            return
-        except pa.ArrowInvalid as exc:
+        # Arrow does not check that strings are UTF-8: a file that is not goes the way of
+        # one with a malformed line (a newline byte is never part of a multi-byte UTF-8
+        # character, so some line of it is not UTF-8 on its own and bad_lines finds it).
+        if is_utf8(buffer):
+            try:
+                yield read_lines(buffer, options)
+                return
+            except pa.ArrowInvalid as exc:
+                lines = buffer.to_pybytes().split(b"\n")
+                bad = bad_lines(lines)
+                if not bad:  # every line is an object: a file-wide problem (types that clash)
+                    self.report_bad_input(self.scheme + path, exc)
+                    return
+        else:
             lines = buffer.to_pybytes().split(b"\n")
             bad = bad_lines(lines)
-            if not bad:  # every line is an object: a file-wide problem (types that clash)
-                self.report_bad_input(self.scheme + path, exc)
-                return
         try:
             table = with_bad_lines(lines, bad, self.scheme + path, self.id_column, options)
         except pa.ArrowInvalid as exc:  # types that clash among the good lines
@@ -161,32 +184,11 @@ class JsonlReader(Reader):
         return ds
 
 
-class JsonlWriter(Writer):
-    """A directory of ``.json`` files, one JSON object per line; arrays become lists."""
-
-    output_suffix = ".json"
-
-    def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
-        with fs.open_input_stream(path) as f:
-            found, whole = jsonl_ids(f.read())
-        return found if whole and found else None  # cut mid-line, or before a byte
-
-    def write(self, dataset: ray.data.Dataset) -> None:
-        fs, where = filesystem_for(self.path, self.storage)
-        dataset.write_json(
-            where,
-            filesystem=fs,
-            lines=True,
-            orient="records",
-            ray_remote_args=self.ray_remote_args,
-        )
-
-
 @hookimpl
 def register_readers(register):
     register("jsonl", JsonlReader)
 
 
 @hookimpl
-def register_writers(register):
+def register_writers(register):  # here: one plugin, one entry point, reader and writer
     register("jsonl", JsonlWriter)

@@ -87,7 +87,7 @@ def test_plugins_lists_kind_name_and_distribution(capsys):
     assert {
         "kind": "writer",
         "name": "jsonl",
-        "class": "plugins.jsonl.JsonlWriter",
+        "class": "plugins.jsonl_writer.JsonlWriter",
         "plugin": "jsonl",
         "distribution": "infer-run",
         "version": "0.1.0",

@@ -1,0 +1,106 @@
+"""The JSON Lines writer: one JSON object per line, every float written in full."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import ray.data
+from ray.data.block import BlockAccessor
+from ray.data.datasource import BlockBasedFileDatasink
+
+from framework import Writer, filesystem_for, jsonl_ids
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+MILLISECOND = datetime.timedelta(milliseconds=1)
+
+
+def plain(value: Any) -> Any:
+    """``value`` (a cell of ``Table.to_pylist``, or part of one) as Python's json writes
+    it, in the form pandas' ``to_json`` gave it before: NaN and infinities null (JSON has
+    neither), arrays lists, times epoch milliseconds, a time of day ISO, decimals and
+    bytes strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):  # a tuple: a map column's (key, value) pair
+        return [plain(item) for item in value]
+    if isinstance(value, np.ndarray | np.generic):  # tensor columns' cells
+        return plain(value.tolist())
+    if isinstance(value, datetime.datetime):  # naive: UTC, as pandas takes it
+        aware = value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+        return (aware - EPOCH) // MILLISECOND
+    if isinstance(value, datetime.date):
+        return plain(datetime.datetime.combine(value, datetime.time()))
+    if isinstance(value, datetime.timedelta):
+        return value // MILLISECOND
+    if isinstance(value, datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # a string, as pandas wrote it: a float would round it
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return value
+
+
+def plain_column(column: pa.ChunkedArray) -> list[Any]:
+    """The cells of ``column`` as ``plain`` makes them; the common column types skip its
+    per-cell walk."""
+    kind = column.type
+    if pa.types.is_floating(kind):
+        return pc.if_else(pc.is_finite(column), column, None).to_pylist()
+    if pa.types.is_integer(kind) or pa.types.is_boolean(kind) or pa.types.is_null(kind):
+        return column.to_pylist()
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return column.to_pylist()
+    return [plain(value) for value in column.to_pylist()]
+
+
+def json_lines(table: pa.Table) -> bytes:
+    """One JSON object per row of ``table``, each line ending in a newline.
+
+    Python's json writes a float as its ``repr``, the shortest text that reads back as
+    the same float; pandas' ``to_json`` kept 10 significant digits, so a float id written
+    by it was not found by ``--resume`` and its row was written again.
+    """
+    names = table.column_names
+    columns = [plain_column(column) for column in table.columns]
+    # allow_nan=False: a non-finite float that slipped past plain() fails the write
+    # instead of writing a NaN no JSON reader takes.
+    encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
+    return "".join(
+        encode(dict(zip(names, row, strict=True))) + "\n" for row in zip(*columns, strict=True)
+    ).encode()
+
+
+class JsonLinesDatasink(BlockBasedFileDatasink):
+    """Ray Data's block-per-file writer, each block written by ``json_lines``."""
+
+    def write_block_to_file(self, block: BlockAccessor, file: pa.NativeFile) -> None:
+        file.write(json_lines(block.to_arrow()))
+
+
+class JsonlWriter(Writer):
+    """A directory of ``.json`` files, one JSON object per line; arrays become lists and
+    floats are written in full, so ``--resume`` finds float ids again."""
+
+    output_suffix = ".json"
+
+    def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
+        with fs.open_input_stream(path) as f:
+            found, whole = jsonl_ids(f.read())
+        return found if whole and found else None  # cut mid-line, or before a byte
+
+    def write(self, dataset: ray.data.Dataset) -> None:
+        fs, where = filesystem_for(self.path, self.storage)
+        # Not dataset.write_json: it writes through pandas, which rounds floats.
+        sink = JsonLinesDatasink(where, filesystem=fs, file_format="json")
+        dataset.write_datasink(sink, ray_remote_args=self.ray_remote_args)

@@ -1,0 +1,150 @@
+"""The jsonl plugin on a local Ray: lines that are not UTF-8, and float ids written back."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from framework.cli import main
+from framework.errors import ExitCode
+
+pytestmark = pytest.mark.ray
+
+
+def latin1_input(tmp_path: Path) -> Path:
+    """Three good lines around one written in Latin-1 (``é`` as the lone byte 0xE9)."""
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(
+        b'{"id": "r1", "s": "a"}\n'
+        b'{"id": "r29", "s": "caf\xe9"}\n'
+        b'{"id": "r3", "s": "caf\xc3\xa9"}\n'
+        b'{"id": "r4", "s": "d"}\n'
+    )
+    return data
+
+
+def report_of(out: Path) -> dict[str, Any]:
+    return json.loads((out / "_infer_run_report.json").read_text())
+
+
+def test_a_line_that_is_not_utf8_is_dead_lettered_and_the_rest_written(ray_session, tmp_path):
+    data = latin1_input(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "errors: {policy: skip}\n"
+        f"reader: {{type: jsonl, path: {data}}}\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    out = tmp_path / "o"
+    rows = pads.dataset(out, format="parquet").to_table().to_pylist()
+    assert sorted((r["id"], r["s"]) for r in rows) == [("r1", "a"), ("r3", "café"), ("r4", "d")]
+    records = [
+        json.loads(line) for f in (out / "_dead_letter").glob("*.jsonl") for line in f.open()
+    ]
+    assert [(r["id"], r["stage"], r["error_type"]) for r in records] == [
+        (None, "reader", "BadInput")
+    ]
+    assert records[0]["message"].startswith(f"{data}: line 2 is not valid UTF-8 (")
+    report = report_of(out)
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (4, 3, 1)
+    assert report["rows_read"] == report["rows_written"] + report["rows_failed"]
+
+
+def test_a_line_that_is_not_utf8_stops_the_run_naming_file_and_line(ray_session, tmp_path, capsys):
+    data = latin1_input(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: jsonl, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.RUN_FAILED
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(
+        f"infer-run: error: row None failed in reader: BadInput: {data}: line 2 is not valid "
+        "UTF-8 ("
+    )
+
+
+# Floats that 10 significant digits (pandas' default) do not keep, beside ones they do.
+FLOAT_IDS = [1 / 3, 0.1 + 0.2, 2 / 3, 1e-7 / 3, 123456.789012345, 0.5, -1.0, 1e300 / 7]
+
+
+def written_rows(out: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for f in sorted(out.glob("[!_]*.json"))
+        for line in f.read_text().splitlines()
+    ]
+
+
+def test_float_ids_and_values_round_trip_and_resume_writes_nothing_again(ray_session, tmp_path):
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": FLOAT_IDS, "x": [i / 7 for i in FLOAT_IDS]}), data)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {data}}}\n"
+        "models: [{type: echo, scale: 3}]\n"
+        f"writer: {{type: jsonl, path: {tmp_path / 'out'}}}\n"
+    )
+    out = tmp_path / "out"
+    assert main([str(spec)]) == ExitCode.OK
+    rows = written_rows(out)
+    assert sorted(r["id"] for r in rows) == sorted(FLOAT_IDS)  # exactly, not approximately
+    for row in rows:
+        assert row["x"] == row["id"] / 7
+        assert row["x_echo"] == 3 * (row["id"] / 7)
+
+    assert main([str(spec), "--resume"]) == ExitCode.OK
+    report = report_of(out)
+    assert (report["rows_read"], report["resumed_rows"]) == (0, len(FLOAT_IDS))
+    assert len(written_rows(out)) == len(FLOAT_IDS)
+
+
+def test_the_writer_writes_what_pandas_wrote_for_other_types(ray_session, tmp_path):
+    """Non-finite floats stay null, tensors and lists become lists, structs objects,
+    timestamps epoch milliseconds, as the pandas writer wrote them."""
+    import datetime
+
+    import numpy as np
+    import ray.data
+
+    from plugins.jsonl import JsonlWriter
+
+    when = datetime.datetime(2024, 1, 2, 3, 4, 5)
+    items = [
+        {
+            "id": "a",
+            "f": math.nan,
+            "g": math.inf,
+            "n": None,
+            "lst": [0.1 + 0.2, math.nan],
+            "t": np.arange(4, dtype=np.float32).reshape(2, 2),
+            "d": {"k": 1 / 3},
+            "b": True,
+            "s": "café",
+            "ts": when,
+        }
+    ]
+    writer = JsonlWriter(str(tmp_path / "out"))
+    writer.write(ray.data.from_items(items))
+    assert written_rows(tmp_path / "out") == [
+        {
+            "id": "a",
+            "f": None,
+            "g": None,
+            "n": None,
+            "lst": [0.1 + 0.2, None],
+            "t": [[0.0, 1.0], [2.0, 3.0]],
+            "d": {"k": 1 / 3},
+            "b": True,
+            "s": "café",
+            "ts": 1704164645000,
+        }
+    ]
