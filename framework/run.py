@@ -6,10 +6,12 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 import time
 import uuid
 from typing import Any
 
+import pyarrow as pa
 import ray
 import ray.data
 from omegaconf import OmegaConf
@@ -130,7 +132,7 @@ def run_plan(
         except ray.exceptions.RayError as exc:
             # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
             stopped = ray.get(stage_log.stop_reason.remote())
-            failure = RunError(stopped) if stopped else user_failure(exc)
+            failure = RunError(stopped) if stopped else user_failure(exc) or read_failure(exc)
             if failure is None:
                 raise
     wall = time.perf_counter() - start
@@ -256,6 +258,33 @@ def write_extra(path: str, text: str, key: str) -> None:
         write_text(path, text, None)
     except OSError as exc:
         raise InputError(f"{key}: cannot write {path} ({exc}); the output is complete") from None
+
+
+READ_FRAGMENT = re.compile(r"Failed to read fragment (\S+)")
+
+
+def read_failure(exc: BaseException) -> InputError | None:
+    """A read task that failed on the data itself: a parquet file whose footer is whole
+    (so it passed the check before the run) but whose pages are damaged, or storage that
+    kept failing. The file is named only in the text of Ray Data's retry note."""
+    current: BaseException | None = exc
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        # Ray names the task only in the text: "ray::ReadFilesParquetV2->MapBatches(...)".
+        task = str(current).split("\n", 1)[0]
+        if "ray::Read" in task and isinstance(cause, OSError | pa.ArrowException):
+            text = without_retry_note(str(cause))
+            file = READ_FRAGMENT.search(str(cause))  # in the retry note
+            where = f"cannot read {file.group(1)}" if file else "a read task failed"
+            return InputError(
+                f"reader: {where}: {type(cause).__name__}: {text.strip().splitlines()[0]} - "
+                "damaged past its footer, or storage kept failing; the run stops whatever "
+                "errors.policy says"
+            )
+        current = current.__cause__ or cause
+    return None
 
 
 def user_cause(exc: BaseException) -> str | None:

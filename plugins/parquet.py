@@ -37,6 +37,42 @@ def readable_parquet(
     return fs, [path for path, _ in unreadable] or None
 
 
+def read_parquet_files(
+    reader: Reader,
+    paths: list[str],
+    storage: Mapping[str, Any] | None,
+    **kwargs: Any,
+) -> ray.data.Dataset:
+    """``ray.data.read_parquet`` of ``paths`` (globs expanded) without the unreadable files
+    (``readable_parquet``), and files whose schemas cannot be merged named in one line."""
+    fs, skip_paths = readable_parquet(reader, paths, storage)
+    try:
+        return ray.data.read_parquet(
+            [filesystem_for(p, storage)[1] for p in paths],
+            filesystem=fs,
+            skip_paths=skip_paths,
+            **kwargs,
+        )
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+        raise InputError(f"reader.path: {schema_clash(paths, storage) or exc}") from None
+
+
+def schema_clash(paths: list[str], storage: Mapping[str, Any] | None) -> str | None:
+    """The first two files whose schemas do not merge (which Ray Data does not say), read
+    from their footers: only once reading has failed on it."""
+    fs, files, _ = parquet_files(paths, storage)
+    if not files:
+        return None
+    first = pq.read_schema(files[0], filesystem=fs)
+    for file in files[1:]:
+        try:
+            pa.unify_schemas([first, pq.read_schema(file, filesystem=fs)])
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+            shown = scheme_of(paths[0])
+            return f"{shown}{files[0]} and {shown}{file} disagree on a column's type ({exc})"
+    return None
+
+
 class ParquetReader(Reader):
     """Rows of one or more parquet files, directories or glob patterns (``data/*.parquet``,
     ``s3://bucket/2024-*/**/*.parquet``); ``id_column`` becomes ``id``."""
@@ -82,20 +118,17 @@ class ParquetReader(Reader):
         return []
 
     def read(self) -> ray.data.Dataset:
-        expanded = expand_globs(self.paths, self.storage)
-        fs, skip_paths = readable_parquet(self, expanded, self.storage)
-        # The spec's own paths, listed by Ray's ListFiles task, minus the unreadable files.
-        paths = [filesystem_for(p, self.storage)[1] for p in expanded]
         columns = None
         if self.columns is not None:
             columns = list(dict.fromkeys([self.id_column, *self.columns]))
-        ds = ray.data.read_parquet(
-            paths,
-            filesystem=fs,
+        # The spec's own paths, listed by Ray's ListFiles task, minus the unreadable files.
+        ds = read_parquet_files(
+            self,
+            expand_globs(self.paths, self.storage),
+            self.storage,
             columns=columns,
             override_num_blocks=self.num_blocks,
             **self.read_args,
-            skip_paths=skip_paths,
         )
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})

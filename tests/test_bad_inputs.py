@@ -243,6 +243,48 @@ def test_an_input_without_one_readable_file_stops_as_an_input_error(
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+def table_spec(tmp_path: Path, data: Path, policy: str) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"errors: {{policy: {policy}}}\nreader: {{type: parquet, path: {data}}}\n"
+        f"models: [{{type: echo, columns: [x]}}]\nwriter: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    return path
+
+
+def test_files_whose_column_types_clash_are_named_in_one_line(ray_session, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "x": [1.0, 2.0]}), data / "a.parquet")
+    pq.write_table(pa.table({"id": [3, 4], "x": [3.0, 4.0]}), data / "b.parquet")
+    assert main([str(table_spec(tmp_path, data, "skip"))]) == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"infer-run: error: reader.path: {data / 'a.parquet'} and {data / 'b.parquet'} "
+        "disagree on a column's type (Unable to merge: Field id has incompatible types"
+    )
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_a_file_damaged_past_its_footer_stops_the_run_naming_it(
+    ray_session, tmp_path, capsys, policy
+):
+    # Its footer is whole, so the check before the run passes; the read task finds it.
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "x": [1.0, 2.0]}), data / "a.parquet")
+    table = pa.table({"id": [f"r{i}" for i in range(20)], "x": [float(i) for i in range(20)]})
+    pq.write_table(table, data / "b.parquet")
+    raw = (data / "b.parquet").read_bytes()
+    (data / "b.parquet").write_bytes(raw[:100] + b"\0" * 200 + raw[300:])
+    assert main([str(table_spec(tmp_path, data, policy))]) == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"infer-run: error: reader: cannot read {data / 'b.parquet'}: OSError: ")
+    assert "Traceback" not in err
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["status"] == "failed"
+
+
 def test_missing_column_is_named_before_anything_runs(corpus, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -456,3 +458,108 @@ def test_webdataset_check_reports_missing_wrong_and_empty(tmp_path):
     assert WebDatasetReader.check({"path": [str(tmp_path), "s3://bucket/shards"]}) == [
         "path: all paths must use the same storage, got file, s3"
     ]
+
+
+# --- inputs that must not vanish ------------------------------------------------------
+
+
+def run_spec(tmp_path: Path, reader: str, policy: str, out: str = "out") -> int:
+    """A run of ``reader`` straight to parquet (ids and image bytes), under ``policy``."""
+    from framework.cli import main
+
+    spec = tmp_path / f"{out}.yaml"
+    spec.write_text(
+        f"errors: {{policy: {policy}}}\nreader: {reader}\n"
+        f"writer: {{type: parquet, path: {tmp_path / out}}}\n"
+    )
+    return main([str(spec)])
+
+
+def run_outcome(out: Path) -> tuple[dict[str, bytes], dict[str, dict], list[str]]:
+    """(image bytes written by id, dead letters by id, the report's unreadable inputs)."""
+    table = pq.read_table(out, columns=["id", "image"])
+    written = dict(zip(table["id"].to_pylist(), table["image"].to_pylist(), strict=True))
+    dead = {
+        record["id"]: record
+        for file in sorted((out / "_dead_letter").glob("*.jsonl"))
+        for record in map(json.loads, file.read_text().splitlines())
+    }
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    return written, dead, report["errors"]["unreadable_inputs"]
+
+
+def cut_before_third_sample(keys: list[str], images: list[bytes]) -> bytes:
+    """A tar archive of one image per key, cut just before the third sample's header:
+    whole 512-byte blocks, so its size looks like a whole archive's."""
+    whole = io.BytesIO()
+    starts = []
+    with tarfile.open(fileobj=whole, mode="w") as tar:
+        for key, data in zip(keys, images, strict=False):
+            starts.append(tar.offset)
+            info = tarfile.TarInfo(f"{key}.jpg")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    assert starts[2] % 512 == 0 and len(whole.getvalue()) > starts[2] + 512
+    return whole.getvalue()[: starts[2]]
+
+
+def test_shards_cut_at_a_member_boundary_are_reported_not_read_as_whole(
+    ray_session, tmp_path, photos, capsys
+):
+    from framework.errors import ExitCode
+
+    images = [encode(pixels, "JPEG") for pixels in photos.values()]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    # Whole shards as Python's tarfile writes them (end marker, record padding) read fully,
+    # a "?" in the name included (Ray's file_extensions would drop it).
+    make_shard(shards / "whole.tar", [(f"w{i}.jpg", data) for i, data in enumerate(images)])
+    make_shard(shards / "what?.tar", [("q0.jpg", images[0])])
+    (shards / "cut.tar").write_bytes(cut_before_third_sample(["c0", "c1", "c2"], images))
+    # The same cut in a gzip stream that stops there, as a .tgz (Arrow does not take that
+    # name for gzip, and tarfile's own gzip reading ends quietly where the data does).
+    packer = zlib.compressobj(wbits=31)
+    cut = cut_before_third_sample(["z0", "z1", "z2"], images)
+    (shards / "cut.tgz").write_bytes(packer.compress(cut) + packer.flush(zlib.Z_SYNC_FLUSH))
+
+    assert run_spec(tmp_path, f"{{type: webdataset, path: {shards}}}", "skip") == ExitCode.OK
+    written, dead, unreadable = run_outcome(tmp_path / "out")
+    whole = {f"w{i}": data for i, data in enumerate(images)} | {"q0": images[0]}
+    before_cut = {"c0": images[0], "c1": images[1]}
+    # Arrow's gzip stream may fail the read holding the data before the cut.
+    assert {k: v for k, v in written.items() if not k.startswith("z")} == whole | before_cut
+    assert set(written) - set(whole) - set(before_cut) <= {"z0", "z1"}
+    bad = [str(shards / "cut.tar"), str(shards / "cut.tgz")]
+    assert sorted(unreadable) == sorted(dead) == bad
+    assert {record["stage"] for record in dead.values()} == {"reader"}
+    assert dead[bad[0]]["message"] == (
+        "cut short: no end-of-archive marker (two zero 512-byte blocks) (2 samples read before it)"
+    )
+    assert dead[bad[1]]["message"].startswith("Truncated compressed stream")
+
+    capsys.readouterr()
+    failing = f"{{type: webdataset, path: {shards / 'cut.tar'}}}"
+    assert run_spec(tmp_path, failing, "fail", out="out2") == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"infer-run: error: reader: cannot read {shards / 'cut.tar'}: ReadError: cut short: "
+        "no end-of-archive marker (two zero 512-byte blocks) (2 samples read before it)"
+    )
+
+
+def test_folder_reads_images_with_a_question_mark_in_their_name(ray_session, tmp_path, photos):
+    from framework.errors import ExitCode
+
+    images = {
+        "plain.jpg": encode(photos["rocket"], "JPEG"),
+        "q?.jpg": encode(photos["chelsea"], "JPEG"),
+        "sub/why?not.png": encode(photos["coffee"], "PNG"),
+        "a.jpg?b.png": encode(photos["hopper"], "PNG"),
+        "odd #1 [x] %20 é.jpg": encode(photos["astronaut"], "JPEG"),
+    }
+    root = tmp_path / "images"
+    write_tree(root, {**images, "notes?.txt": b"not an image", "x.jpg?v=2": b"nor this"})
+
+    assert run_spec(tmp_path, f"{{type: image_folder, path: {root}}}", "skip") == ExitCode.OK
+    written, dead, unreadable = run_outcome(tmp_path / "out")
+    assert written == images
+    assert (dead, unreadable) == ({}, [])

@@ -14,6 +14,7 @@ import ray.data
 from framework import ID_COLUMN, Reader, filesystem_for
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
+    ExtensionFilter,
     extension_problems,
     has_extension,
     list_relative,
@@ -85,7 +86,7 @@ class ImageFolderReader(Reader):
             root,
             include_paths=True,
             filesystem=fs,
-            file_extensions=list(self.extensions),
+            partition_filter=ExtensionFilter(self.extensions),  # also keeps "q?.jpg"
             override_num_blocks=self.num_blocks,
             **self.read_args,
         )

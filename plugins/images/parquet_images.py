@@ -32,11 +32,10 @@ from framework import (
     Reader,
     SpecError,
     expand_globs,
-    filesystem_for,
     parquet_schema,
 )
 from plugins.images.common import as_paths, locate, path_list_problems
-from plugins.parquet import readable_parquet
+from plugins.parquet import read_parquet_files
 
 IMAGE_COLUMN = "image"
 
@@ -217,12 +216,10 @@ class ImageParquetReader(Reader):
         if problems:
             raise InputError("\n".join(f"reader.{p}" for p in problems))
         layout = layout_of(self.image_column, schema.field(self.image_column).type, self.shape)
-        paths = expand_globs(self.paths, self.storage)
-        fs, skip_paths = readable_parquet(self, paths, self.storage)
-        ds = ray.data.read_parquet(
-            [filesystem_for(p, self.storage)[1] for p in paths],
-            skip_paths=skip_paths,
-            filesystem=fs,
+        ds = read_parquet_files(
+            self,
+            expand_globs(self.paths, self.storage),
+            self.storage,
             columns=list(dict.fromkeys([self.id_column, self.image_column, *self.columns])),
             override_num_blocks=self.num_blocks,
             **self.read_args,

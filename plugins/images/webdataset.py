@@ -23,6 +23,7 @@ from ray.data._internal.util import iterate_with_retry
 from framework import ID_COLUMN, Reader, SpecError, expand_globs, filesystem_for, scheme_of
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
+    ExtensionFilter,
     as_paths,
     extension_problems,
     has_extension,
@@ -32,7 +33,7 @@ from plugins.images.common import (
     path_list_problems,
 )
 
-# Ray opens ".gz" shards through pyarrow's compression detection, and tarfile reads the rest.
+# Gzipped shards are opened through Arrow's gzip stream (ShardDatasource.resolve_compression).
 SHARD_EXTENSIONS: tuple[str, ...] = ("tar", "tar.gz", "tgz")
 
 
@@ -99,7 +100,7 @@ class WebDatasetReader(Reader):
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(paths[0]),
             filesystem=fs,
-            file_extensions=list(SHARD_EXTENSIONS),
+            partition_filter=ExtensionFilter(SHARD_EXTENSIONS),  # also keeps "a?.tar"
         )
         return ray.data.read_datasource(
             source, override_num_blocks=self.num_blocks, **self.read_args
@@ -110,6 +111,7 @@ class WebDatasetReader(Reader):
 # (BadGzipFile is an OSError; a file cut short, EOFError; bad data, zlib.error).
 SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
 TAR_BLOCK = 512
+TAR_END = 2 * TAR_BLOCK  # the end-of-archive marker: two zero blocks
 CHUNK_SAMPLES = 512  # rows per block, as Ray Data's WebDataset reader makes them
 SAMPLE_SCHEMA = pa.schema([(ID_COLUMN, pa.string()), ("image", pa.binary())])
 
@@ -133,6 +135,15 @@ class ShardDatasource(WebDatasetDatasource):
         self.report_bad_input = report_bad_input
         self.scheme = scheme  # the records name the shard as the spec would: s3://bucket/...
 
+    def resolve_compression(self, path: str, open_args: dict[str, Any]) -> str | None:
+        """Gzip for ``.tgz`` and ``.TAR.GZ`` too: Arrow takes only a lower-case ``.gz``
+        name for gzip. Left to tarfile, a gzip stream cut short ends quietly and loses
+        the samples after the cut; Arrow's gzip stream raises "Truncated compressed
+        stream" instead."""
+        if open_args.get("compression") is None and has_extension(path, ("tgz", "tar.gz")):
+            return "gzip"
+        return super().resolve_compression(path, open_args)
+
     def _read_stream(self, stream: Any, path: str) -> Iterator[pa.Table]:
         def members() -> Iterator[dict[str, Any]]:
             return _tar_file_iterator(stream)
@@ -151,11 +162,12 @@ class ShardDatasource(WebDatasetDatasource):
         except SHARD_ERRORS as exc:
             error: Exception | None = exc
         else:
+            # tarfile ends quietly where a cut falls inside a member's header or between
+            # two members. An uncompressed shard is checked from its end; a compressed
+            # one is not: Arrow's gzip stream raises at a cut (see resolve_compression).
             error = None
-            # tarfile ends quietly where a cut falls inside a member's header; a whole tar
-            # file is always a whole number of 512-byte blocks.
-            if path.endswith(".tar") and self._filesystem.get_file_info(path).size % TAR_BLOCK:
-                error = tarfile.ReadError("cut short: not a whole number of 512-byte tar blocks")
+            if self.resolve_compression(path, dict(self._open_stream_args or {})) is None:
+                error = tar_end_problem(self._filesystem, path)
         if rows:
             yield pa.Table.from_pylist(rows, SAMPLE_SCHEMA)
             done += len(rows)
@@ -163,6 +175,25 @@ class ShardDatasource(WebDatasetDatasource):
             # The sample in progress at the damage is left out: its other members may be lost.
             read = f"{done} sample{'' if done == 1 else 's'} read before it"
             self.report_bad_input(self.scheme + path, error, read)
+
+
+def tar_end_problem(fs: pafs.FileSystem, path: str) -> tarfile.ReadError | None:
+    """Why an uncompressed tar file read to its end quietly is not whole, or None.
+
+    A whole archive is a whole number of 512-byte blocks ending with the end-of-archive
+    marker, two zero blocks (tarfile and GNU tar pad further, with zeros, to a 10240-byte
+    record). A file cut at a member boundary is whole blocks, so only the marker tells.
+    Opening the file costs the one size lookup the size check needs anyway (a HEAD on
+    S3), and the marker one small ranged read.
+    """
+    with fs.open_input_file(path) as file:
+        size = file.size()
+        if size % TAR_BLOCK:
+            return tarfile.ReadError("cut short: not a whole number of 512-byte tar blocks")
+        tail = file.read_at(min(size, TAR_END), max(size - TAR_END, 0))
+    if tail != bytes(TAR_END):
+        return tarfile.ReadError("cut short: no end-of-archive marker (two zero 512-byte blocks)")
+    return None
 
 
 def shard_problems(path: str, storage: Mapping[str, Any] | None) -> list[str]:
