@@ -110,6 +110,15 @@ BAD_SPECS = [
         id="unknown-param",
     ),
     pytest.param(
+        "reader: {type: parquet, path: @IN@}\nmodels: [{type: echo, batch_size: 4}]\n"
+        "writer: {type: parquet, path: @OUT@}\n",
+        [],
+        [
+            "models[0].batch_size: unknown parameter for model 'echo' - did you mean resources.batch_size?"
+        ],
+        id="resource-key-beside-type",
+    ),
+    pytest.param(
         "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet}\n",
         [],
         ["writer.path: missing required parameter for writer 'parquet'"],

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import inspect
 import types
 import typing
 from typing import Any, Literal, Union
 
 from framework.errors import did_you_mean
+from framework.spec.schema import Resources
 
 
 def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
@@ -33,6 +35,7 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
             if not takes_any:
                 hint = (
                     did_you_mean(key, accepted)
+                    or (f" - did you mean resources.{key}?" if key in RESOURCE_KEYS else "")
                     or f" - {what} takes: {', '.join(accepted) or 'nothing'}"
                 )
                 problems.append(f"{key}: unknown parameter for {what}{hint}")
@@ -59,6 +62,10 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
 
 
 def _no_params(self: object) -> None: ...
+
+
+# Keys of a stage's resources node, a common slip one level up (batch_size beside type).
+RESOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Resources))
 
 
 def matches_type(value: Any, hint: Any) -> bool:
