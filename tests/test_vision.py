@@ -88,6 +88,16 @@ def test_decode_image_ragged_batch_and_decoded_arrays():
     np.testing.assert_array_equal(out[2], PIXELS[:, :, [0, 0, 0]])
 
 
+def test_pixel_limit_names_max_pixels_even_past_twice_pillows_own(monkeypatch):
+    # At the default max_pixels (Pillow's own limit), Pillow refused an image over twice
+    # it inside Image.open: the record named Pillow's limit, not the parameter to raise.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    data = encode(Image.fromarray(PIXELS), "PNG")  # 1200 pixels: over twice 500
+    with pytest.raises(RunError, match=r"id 'big'.*1200 pixels exceeds max_pixels=500"):
+        DecodeImage(max_pixels=500)({"id": np.array(["big"]), "image": column([data])})
+    assert Image.MAX_IMAGE_PIXELS == 500  # restored
+
+
 def test_pixel_limit_and_bad_bytes_name_the_row():
     data = encode(Image.fromarray(PIXELS), "PNG")
     with pytest.raises(RunError, match=r"id 'big'.*1200 pixels exceeds max_pixels=1000"):

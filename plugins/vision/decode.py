@@ -37,14 +37,16 @@ def row_label(ids: Sequence[Any], i: int) -> str:
 
 @contextmanager
 def pillow_limit(max_pixels: int | None) -> Iterator[None]:
-    """Let ``max_pixels`` be the only guard when it is looser than Pillow's global one.
+    """Let ``max_pixels`` be the only guard, whatever Pillow's global one is.
 
     Pillow refuses images over twice its ``MAX_IMAGE_PIXELS`` inside ``Image.open``, before
-    we could compare the size with our own limit. Stateless stages run one task at a time
-    per worker process, so lifting and restoring the global is not racy here.
+    we could compare the size with our own limit: at the default ``max_pixels`` (Pillow's
+    own value) such an image's record named Pillow's error and its limit, not the
+    parameter to raise. Stateless stages run one task at a time per worker process, so
+    lifting and restoring the global is not racy here.
     """
     saved = Image.MAX_IMAGE_PIXELS
-    lift = saved is not None and (max_pixels is None or max_pixels > saved)
+    lift = saved is not None
     if lift:
         Image.MAX_IMAGE_PIXELS = None
     try:
