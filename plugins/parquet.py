@@ -110,6 +110,8 @@ class ParquetReader(Reader):
             # No readable file at all: an input error under either errors.policy, since
             # there is nothing to run (one unreadable file among others is the run's to skip).
             raise InputError(f"reader.path: cannot read parquet at {first}: {exc}") from None
+        if not schema.names:
+            return [f"path: no parquet files under {first}"]
         id_column = params.get("id_column", ID_COLUMN)
         if id_column not in schema.names:
             return [

@@ -243,6 +243,14 @@ def test_an_input_without_one_readable_file_stops_as_an_input_error(
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("reader", ["image_parquet", "parquet"])
+def test_a_folder_without_parquet_files_says_so(tmp_path, capsys, reader):
+    (tmp_path / "data").mkdir()
+    path = spec(tmp_path, f"{{type: {reader}, path: {tmp_path / 'data'}}}")
+    assert main([str(path), "--validate"]) == ExitCode.SPEC_ERROR
+    assert f"reader.path: no parquet files under {tmp_path / 'data'}\n" in capsys.readouterr().err
+
+
 def table_spec(tmp_path: Path, data: Path, policy: str) -> Path:
     path = tmp_path / "spec.yaml"
     path.write_text(

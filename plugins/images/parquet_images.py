@@ -177,6 +177,8 @@ class ImageParquetReader(Reader):
 
     def schema_problems(self, schema: pa.Schema) -> list[str]:
         first = self.paths[0]
+        if not schema.names:
+            return [f"path: no parquet files under {first}"]
         names = schema.names
         problems = [
             f"{param}: {first} has no column {name!r} (columns: {', '.join(names)})"
