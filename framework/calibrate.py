@@ -28,9 +28,9 @@ from framework.compile import EMITTERS, RunContext
 from framework.components import ID_COLUMN, Batch
 from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError, RunError
+from framework.failures import user_cause
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.report import operator_figures
-from framework.run import user_cause
 from framework.worker import StageRunner
 
 # The best of a few timed passes over the sample, after one untimed warm-up pass.

@@ -6,12 +6,10 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import re
 import time
 import uuid
 from typing import Any
 
-import pyarrow as pa
 import ray
 import ray.data
 from omegaconf import OmegaConf
@@ -19,7 +17,8 @@ from omegaconf import OmegaConf
 from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy, UnreadableInputs
-from framework.errors import InferError, InputError, RunError, without_retry_note
+from framework.errors import InferError, InputError, RunError
+from framework.failures import run_failure
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
@@ -132,7 +131,7 @@ def run_plan(
         except ray.exceptions.RayError as exc:
             # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
             stopped = ray.get(stage_log.stop_reason.remote())
-            failure = RunError(stopped) if stopped else user_failure(exc) or read_failure(exc)
+            failure = RunError(stopped) if stopped else run_failure(exc)
             if failure is None:
                 raise
     wall = time.perf_counter() - start
@@ -260,57 +259,4 @@ def write_extra(path: str, text: str, key: str) -> None:
         raise InputError(f"{key}: cannot write {path} ({exc}); the output is complete") from None
 
 
-READ_FRAGMENT = re.compile(r"Failed to read fragment (\S+)")
-
-
-def read_failure(exc: BaseException) -> InputError | None:
-    """A read task that failed on the data itself: a parquet file whose footer is whole
-    (so it passed the check before the run) but whose pages are damaged, or storage that
-    kept failing. The file is named only in the text of Ray Data's retry note."""
-    current: BaseException | None = exc
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        cause = getattr(current, "cause", None)
-        # Ray names the task only in the text: "ray::ReadFilesParquetV2->MapBatches(...)".
-        task = str(current).split("\n", 1)[0]
-        if "ray::Read" in task and isinstance(cause, OSError | pa.ArrowException):
-            text = without_retry_note(str(cause))
-            file = READ_FRAGMENT.search(str(cause))  # in the retry note
-            where = f"cannot read {file.group(1)}" if file else "a read task failed"
-            return InputError(
-                f"reader: {where}: {type(cause).__name__}: {text.strip().splitlines()[0]} - "
-                "damaged past its footer, or storage kept failing; the run stops whatever "
-                "errors.policy says"
-            )
-        current = current.__cause__ or cause
-    return None
-
-
-def user_cause(exc: BaseException) -> str | None:
-    """The message of the InferError a stage raised inside a Ray worker, if that failed.
-
-    Ray re-raises a worker's exception as a class deriving from both RayTaskError and the
-    original type, whose str() carries the remote traceback; the original's args do not.
-    """
-    error = user_failure(exc)
-    return str(error) if error is not None else None
-
-
-def user_failure(exc: BaseException) -> InferError | None:
-    """``user_cause`` as the error to raise: an input a read task could not read stays an
-    ``InputError`` (exit code 5, as when the driver finds one); anything else stops the
-    run (``RunError``)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, InferError):
-            message = without_retry_note(str(current.args[0])) if current.args else ""
-            message = message or type(current).__name__
-            return InputError(message) if isinstance(current, InputError) else RunError(message)
-        current = current.__cause__ or getattr(current, "cause", None)
-    return None
-
-
-__all__ = ["run_plan", "run_spec", "user_cause", "user_failure", "write_text"]
+__all__ = ["run_plan", "run_spec", "write_text"]

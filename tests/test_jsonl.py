@@ -148,3 +148,27 @@ def test_the_writer_writes_what_pandas_wrote_for_other_types(ray_session, tmp_pa
             "ts": 1704164645000,
         }
     ]
+
+
+@pytest.mark.parametrize("policy", ["skip", "fail"])
+def test_files_whose_types_clash_stop_the_run_in_one_line(ray_session, tmp_path, capsys, policy):
+    # Each file reads on its own; the clash shows only when a stage joins their rows.
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 2}\n')
+    (data / "b.jsonl").write_text('{"id": "c", "x": "three"}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"errors: {{policy: {policy}}}\n"
+        f"reader: {{type: jsonl, path: {data}}}\n"
+        "models: [{type: echo, columns: [x], resources: {batch_size: 8}}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "infer-run: error: reader: the input's files disagree on a column's type (Unable to "
+        "merge: Field x has incompatible types: "
+    )  # int64 vs string, or the other way round: whichever file's block came first
+    assert "string" in err and "int64" in err and ") - give the column one type" in err
+    assert "Traceback" not in err

@@ -1,0 +1,93 @@
+"""What stopped a run, told apart from our own bugs: the one line a user gets instead of
+the traceback Ray Data raises (a stage's own error, a damaged input, clashing types)."""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+from ray.exceptions import RayTaskError
+
+from framework.errors import InferError, InputError, RunError, without_retry_note
+
+
+def run_failure(exc: BaseException) -> InferError | None:
+    """The user's problem behind a failed execution, or None for a bug (kept whole)."""
+    return user_failure(exc) or read_failure(exc) or type_clash(exc)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes: Python's, and the ``cause`` Ray's task errors carry."""
+    found: list[BaseException] = []
+    waiting: list[BaseException | None] = [exc]
+    while waiting:
+        current = waiting.pop(0)
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        # Ray Data raises a task's error "from SystemException()": both links matter.
+        waiting += [current.__cause__, getattr(current, "cause", None)]
+    return found
+
+
+READ_FRAGMENT = re.compile(r"Failed to read fragment (\S+)")
+
+
+def read_failure(exc: BaseException) -> InputError | None:
+    """A read task that failed on the data itself: a parquet file whose footer is whole
+    (so it passed the check before the run) but whose pages are damaged, or storage that
+    kept failing. The file is named only in the text of Ray Data's retry note."""
+    for current in _chain(exc):
+        cause = getattr(current, "cause", None)
+        # Ray names the task only in the text: "ray::ReadFilesParquetV2->MapBatches(...)".
+        task = str(current).split("\n", 1)[0]
+        if "ray::Read" in task and isinstance(cause, OSError | pa.ArrowException):
+            text = without_retry_note(str(cause))
+            file = READ_FRAGMENT.search(str(cause))  # in the retry note
+            where = f"cannot read {file.group(1)}" if file else "a read task failed"
+            return InputError(
+                f"reader: {where}: {type(cause).__name__}: {text.strip().splitlines()[0]} - "
+                "damaged past its footer, or storage kept failing; the run stops whatever "
+                "errors.policy says"
+            )
+    return None
+
+
+def user_cause(exc: BaseException) -> str | None:
+    """The message of the InferError a stage raised inside a Ray worker, if that failed.
+
+    Ray re-raises a worker's exception as a class deriving from both RayTaskError and the
+    original type, whose str() carries the remote traceback; the original's args do not.
+    """
+    error = user_failure(exc)
+    return str(error) if error is not None else None
+
+
+def user_failure(exc: BaseException) -> InferError | None:
+    """``user_cause`` as the error to raise: an input a read task could not read stays an
+    ``InputError`` (exit code 5, as when the driver finds one); anything else stops the
+    run (``RunError``)."""
+    for current in _chain(exc):
+        if isinstance(current, InferError):
+            message = without_retry_note(str(current.args[0])) if current.args else ""
+            message = message or type(current).__name__
+            return InputError(message) if isinstance(current, InputError) else RunError(message)
+    return None
+
+
+def type_clash(exc: BaseException) -> InputError | None:
+    """Blocks whose column types Ray Data cannot merge: input files that disagree (two
+    jsonl files, one with ``"x": 3``, the other ``"x": "four"``), met only once a stage
+    joins their rows into one batch."""
+    for current in _chain(exc):
+        # Arrow's own error, or Ray Data's ArrowConversionError around it (a cause does not
+        # survive the trip from the worker: only the wrapper's text has it).
+        arrow = isinstance(current, pa.ArrowException) or "Arrow" in type(current).__name__
+        if arrow and not isinstance(current, RayTaskError) and "Unable to merge" in str(current):
+            line = str(current).strip().splitlines()[0]
+            line = line[line.index("Unable to merge") :]
+            return InputError(
+                f"reader: the input's files disagree on a column's type ({line}) - give the "
+                "column one type in every file"
+            )
+    return None
