@@ -21,6 +21,7 @@ from framework import (
     hookimpl,
     scheme_of,
 )
+from framework.file_filter import ExtensionFilter
 from plugins.jsonl_writer import JsonlWriter
 
 
@@ -176,7 +177,7 @@ class JsonlReader(Reader):
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(expanded[0]),
             filesystem=fs,
-            file_extensions=["jsonl", "json"],
+            partition_filter=ExtensionFilter(("jsonl", "json")),  # also keeps "a?.jsonl"
         )
         ds = ray.data.read_datasource(source, **self.read_args)
         if self.id_column != ID_COLUMN:

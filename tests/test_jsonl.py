@@ -172,3 +172,18 @@ def test_files_whose_types_clash_stop_the_run_in_one_line(ray_session, tmp_path,
     )  # int64 vs string, or the other way round: whichever file's block came first
     assert "string" in err and "int64" in err and ") - give the column one type" in err
     assert "Traceback" not in err
+
+
+def test_a_file_named_with_a_question_mark_is_read(ray_session, tmp_path):
+    # Ray's file_extensions compares "a?.jsonl" as "a", and left the file out unrecorded.
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a?.jsonl").write_text('{"id": "a", "x": 1}\n')
+    (data / "b.jsonl").write_text('{"id": "b", "x": 2}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: jsonl, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    ids = pads.dataset(tmp_path / "o", format="parquet").to_table()["id"].to_pylist()
+    assert sorted(ids) == ["a", "b"]

@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 import ray.data
 
 from framework import ID_COLUMN, Reader, filesystem_for
+from framework.file_filter import ExtensionFilter
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
-    ExtensionFilter,
     extension_problems,
     has_extension,
     list_relative,

@@ -21,9 +21,9 @@ from ray.data._internal.datasource.webdataset_datasource import (
 from ray.data._internal.util import iterate_with_retry
 
 from framework import ID_COLUMN, Reader, SpecError, expand_globs, filesystem_for, scheme_of
+from framework.file_filter import ExtensionFilter
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
-    ExtensionFilter,
     as_paths,
     extension_problems,
     has_extension,
