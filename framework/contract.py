@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -50,5 +50,5 @@ def checked_call(stage: Any, batch: Batch, name: str) -> Batch:
     return out
 
 
-def broken(name: str, what: str) -> None:
+def broken(name: str, what: str) -> NoReturn:
     raise BrokenContract(f"{name}: plugin bug: it {what} ({CONTRACT})")

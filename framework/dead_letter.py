@@ -22,7 +22,7 @@ import pyarrow.fs as pafs
 import ray
 
 from framework.components import ID_COLUMN, Batch
-from framework.errors import BrokenContract, unreadable_input
+from framework.errors import BrokenContract, did_you_mean, unreadable_input
 from framework.storage import filesystem_for, read_files
 
 # A reader that cannot produce a row keeps it, with the reason in this column; the read
@@ -220,7 +220,10 @@ def _concat(parts: list[np.ndarray]) -> np.ndarray:
 
 def check_policy(policy: str) -> str | None:
     if policy not in POLICIES:
-        return f"errors.policy: expected one of {', '.join(POLICIES)}, got {policy!r}"
+        return (
+            f"errors.policy: expected one of {', '.join(POLICIES)}, got {policy!r}"
+            f"{did_you_mean(str(policy), POLICIES)}"
+        )
     return None
 
 

@@ -7,8 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from framework.dead_letter import POLICIES
-from framework.errors import did_you_mean
+from framework.dead_letter import check_policy
 from framework.spec.schema import (
     BenchmarkSection,
     ErrorsSection,
@@ -96,12 +95,8 @@ def unwritable(path: str) -> str | None:
 
 
 def error_problems(e: ErrorsSection) -> list[str]:
-    out = []
-    if e.policy not in POLICIES:
-        out.append(
-            f"errors.policy: expected one of {', '.join(POLICIES)}, got {e.policy!r}"
-            f"{did_you_mean(str(e.policy), POLICIES)}"
-        )
+    policy = check_policy(e.policy)
+    out = [policy] if policy else []
     if e.max_count is not None and e.max_count < 0:
         out.append(f"errors.max_count: must not be negative, got {e.max_count}")
     if e.max_fraction is not None and not 0 <= e.max_fraction <= 1:

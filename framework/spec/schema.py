@@ -124,8 +124,12 @@ class StageConfig:
 
     @property
     def in_actors(self) -> bool:
-        """Runs in an actor pool: a stateful stage (every model), or one given ``actors``."""
-        return bool(getattr(self.cls, "stateful", False)) or self.resources.actors is not None
+        return runs_in_actors(self.cls, self.resources)
+
+
+def runs_in_actors(cls: type, resources: Resources) -> bool:
+    """Runs in an actor pool: a stateful stage (every model), or one given ``actors``."""
+    return bool(getattr(cls, "stateful", False)) or resources.actors is not None
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from framework.spec.schema import (
     RunSection,
     Spec,
     StageConfig,
+    runs_in_actors,
 )
 
 
@@ -173,8 +174,7 @@ def _stage(
     resources = _section({**defaults, **asked}, Resources, f"{path}.resources", problems)
     problems.extend(f"{path}.resources.{p}" for p in resource_problems(resources))
     if entry is not None:
-        in_actors = bool(getattr(entry.cls, "stateful", False)) or resources.actors is not None
-        unused = unused_resources(kind, in_actors, asked)
+        unused = unused_resources(kind, runs_in_actors(entry.cls, resources), asked)
         problems.extend(f"{path}.resources.{p}" for p in unused)
     params = {k: v for k, v in node.items() if k not in RESERVED_STAGE_KEYS}
     if entry is None:
