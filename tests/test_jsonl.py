@@ -30,18 +30,24 @@ def latin1_input(tmp_path: Path) -> Path:
     return data
 
 
+def jsonl_spec(tmp_path: Path, data: Path, extra: str = "") -> Path:
+    """A spec reading ``data`` with the jsonl reader into parquet at ``tmp_path/o``;
+    ``extra``: more YAML lines (an error policy, a model)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"{extra}reader: {{type: jsonl, path: {data}}}\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    return spec
+
+
 def report_of(out: Path) -> dict[str, Any]:
     return json.loads((out / "_infer_run_report.json").read_text())
 
 
 def test_a_line_that_is_not_utf8_is_dead_lettered_and_the_rest_written(ray_session, tmp_path):
     data = latin1_input(tmp_path)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        "errors: {policy: skip}\n"
-        f"reader: {{type: jsonl, path: {data}}}\n"
-        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
-    )
+    spec = jsonl_spec(tmp_path, data, "errors: {policy: skip}\n")
     assert main([str(spec)]) == ExitCode.OK
     out = tmp_path / "o"
     rows = pads.dataset(out, format="parquet").to_table().to_pylist()
@@ -60,10 +66,7 @@ def test_a_line_that_is_not_utf8_is_dead_lettered_and_the_rest_written(ray_sessi
 
 def test_a_line_that_is_not_utf8_stops_the_run_naming_file_and_line(ray_session, tmp_path, capsys):
     data = latin1_input(tmp_path)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"reader: {{type: jsonl, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'o'}}}\n"
-    )
+    spec = jsonl_spec(tmp_path, data)
     assert main([str(spec)]) == ExitCode.RUN_FAILED
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith(
@@ -157,12 +160,11 @@ def test_files_whose_types_clash_stop_the_run_in_one_line(ray_session, tmp_path,
     data.mkdir()
     (data / "a.jsonl").write_text('{"id": "a", "x": 1}\n{"id": "b", "x": 2}\n')
     (data / "b.jsonl").write_text('{"id": "c", "x": "three"}\n')
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
+    spec = jsonl_spec(
+        tmp_path,
+        data,
         f"errors: {{policy: {policy}}}\n"
-        f"reader: {{type: jsonl, path: {data}}}\n"
-        "models: [{type: echo, columns: [x], resources: {batch_size: 8}}]\n"
-        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+        "models: [{type: echo, columns: [x], resources: {batch_size: 8}}]\n",
     )
     assert main([str(spec)]) == ExitCode.INPUT_ERROR
     err = capsys.readouterr().err
@@ -180,10 +182,7 @@ def test_a_file_named_with_a_question_mark_is_read(ray_session, tmp_path):
     data.mkdir()
     (data / "a?.jsonl").write_text('{"id": "a", "x": 1}\n')
     (data / "b.jsonl").write_text('{"id": "b", "x": 2}\n')
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"reader: {{type: jsonl, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'o'}}}\n"
-    )
+    spec = jsonl_spec(tmp_path, data)
     assert main([str(spec)]) == ExitCode.OK
     ids = pads.dataset(tmp_path / "o", format="parquet").to_table()["id"].to_pylist()
     assert sorted(ids) == ["a", "b"]
