@@ -74,12 +74,17 @@ def run_spec(
         # short; it reads every output file's ids to do so, which the replay then drops.
         writer.committed_ids()
         replaying = plan_replay(errors)
-    else:
+    elif not writer.overwrite:
         writer.prepare()  # refuse an existing output before paying for Ray's start-up
-        write_manifest(writer, expected)
     init_ray(spec)
     plan = build_plan(spec, ray_cluster(spec.ray.address or "the local Ray"))
     check_feasible(plan)
+    if not (resume or replay):
+        # Only now that the run can start: a cluster it cannot join or a plan that does not
+        # fit must not cost the last good output (--overwrite) or leave a manifest behind
+        # that makes the next run refuse an output nothing was written to.
+        writer.prepare()
+        write_manifest(writer, expected)
     if replay:
         replaying.move_records_aside()
         write_manifest(writer, expected)  # so --resume finishes a replay with its own spec

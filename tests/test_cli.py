@@ -121,3 +121,19 @@ def test_a_cluster_address_nobody_answers_at_fails_in_seconds(spec):
         f"infer-run: error: ray.address: nothing answers at 127.0.0.1:{port} ("
     )
     assert "Traceback" not in done.stderr
+
+
+def test_a_run_that_cannot_start_keeps_the_old_output_and_leaves_no_new_one(spec, tmp_path):
+    assert main([str(spec)]) == ExitCode.OK
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    unreachable = run_cli(str(spec), "--overwrite", "ray.address=127.0.0.1:1")
+    assert unreachable.returncode == ExitCode.INPUT_ERROR, unreachable.stderr
+    infeasible = run_cli(str(spec), "--overwrite", "models.0.resources.custom={decoder: 1}")
+    assert infeasible.returncode == ExitCode.RESOURCE_ERROR, infeasible.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
+    # A fresh output path: nothing is created, so the next run is not refused.
+    fresh = run_cli(
+        str(spec), f"writer.path={tmp_path / 'fresh'}", "models.0.resources.custom={decoder: 1}"
+    )
+    assert fresh.returncode == ExitCode.RESOURCE_ERROR, fresh.stderr
+    assert not (tmp_path / "fresh").exists()
