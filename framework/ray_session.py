@@ -71,11 +71,20 @@ def init_ray(spec: Spec) -> None:
         return
     if spec.ray.address:
         check_reachable(spec.ray.address)
-        ray.init(
-            address=spec.ray.address,
-            runtime_env=runtime_env(spec) or None,
-            configure_logging=False,
-        )
+        try:
+            with signals_end_the_join(spec.ray.address):
+                ray.init(
+                    address=spec.ray.address,
+                    runtime_env=runtime_env(spec) or None,
+                    configure_logging=False,
+                )
+        except ConnectionError as exc:
+            raise InputError(
+                f"ray.address: could not join the Ray cluster at {spec.ray.address} ({exc}) - "
+                "is it the head's GCS port (6379 unless `ray start --port` said otherwise)? "
+                "A cluster started with token authentication also needs RAY_AUTH_MODE=token "
+                "here (and RAY_AUTH_TOKEN, or the token file `ray start` wrote)"
+            ) from None
     else:
         start_local_ray(spec.ray.num_cpus, object_store_memory=spec.ray.object_store_memory)
     stop_on_sigterm()
@@ -87,13 +96,73 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
     if address == "auto" or not host or not port.isdigit():
         return
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        with socket.create_connection((host, int(port)), timeout=timeout_s) as conn:
+            reply = _reply_to_http2_preface(conn)
     except OSError as exc:
         raise InputError(
             f"ray.address: nothing answers at {address} ({exc.strerror or exc}) - is the "
             "cluster's head node running? (`ray status` there); leave ray.address out for "
             "a local Ray"
         ) from exc
+    if len(reply) >= 4 and reply[3] != HTTP2_SETTINGS and not os.environ.get("RAY_USE_TLS"):
+        # Not an HTTP/2 server, whose first frame is SETTINGS (RFC 9113, 3.4): Ray would retry
+        # it as its GCS for minutes. Mostly the dashboard's port (8265) given by mistake.
+        raise InputError(
+            f"ray.address: {address} is not Ray's GCS (it answers {reply[:12]!r}) - give the head's GCS "
+            "port (6379 unless `ray start --port` said otherwise), not the dashboard's (8265)"
+        )
+
+
+@contextlib.contextmanager
+def signals_end_the_join(address: str) -> Iterator[None]:
+    """Let Ctrl-C and SIGTERM stop a join that hangs (a port that accepts but never answers).
+
+    Ray retries such a GCS for minutes, its main thread blocked in C++ for half a minute at
+    a time, where no Python signal handler runs. The C-level handler still writes the
+    signal's number to the wakeup fd, so a thread reading it ends the process; nothing of
+    this run exists yet to clean up.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    joined = threading.Event()
+
+    def watch() -> None:
+        while (byte := os.read(read_end, 1)) and not joined.is_set():
+            if byte[0] in (signal.SIGINT, signal.SIGTERM):
+                os.write(
+                    2, f"infer-run: stopped while joining the Ray cluster at {address}\n".encode()
+                )
+                os._exit(128 + byte[0])
+
+    watcher = threading.Thread(target=watch, name="infer-run-join-signals", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        joined.set()
+        signal.set_wakeup_fd(previous)
+        os.write(write_end, b"\0")  # wakes the watcher, which sees the join is over
+        watcher.join()
+        os.close(read_end)
+        os.close(write_end)
+
+
+HTTP2_SETTINGS = 0x4  # the frame type byte, after the frame's 3-byte length
+
+
+def _reply_to_http2_preface(conn: socket.socket, timeout_s: float = 1.0) -> bytes:
+    """What a server says to gRPC's opening bytes: Ray's GCS answers with HTTP/2 frames, a
+    web server with an HTTP/1 error or page, a silent one nothing (b"")."""
+    conn.settimeout(timeout_s)
+    try:
+        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        return conn.recv(16)
+    except OSError:
+        return b""
 
 
 def _terminated(signum: int, frame: Any) -> None:

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +139,73 @@ def test_a_run_that_cannot_start_keeps_the_old_output_and_leaves_no_new_one(spec
     )
     assert fresh.returncode == ExitCode.RESOURCE_ERROR, fresh.stderr
     assert not (tmp_path / "fresh").exists()
+
+
+def test_an_address_that_is_not_rays_gcs_fails_in_seconds(spec, tmp_path):
+    web = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert web.stdout is not None
+        port = web.stdout.readline().split("port ")[1].split()[0]  # "Serving HTTP on ... port N"
+        done = run_cli(str(spec), "--address", f"127.0.0.1:{port}", timeout=60)
+    finally:
+        web.kill()
+    assert done.returncode == ExitCode.INPUT_ERROR, done.stderr[-2000:]
+    assert done.stderr.startswith(
+        f"infer-run: error: ray.address: 127.0.0.1:{port} is not Ray's GCS"
+    )
+    assert "not the dashboard's (8265)" in done.stderr
+
+
+def test_sigterm_stops_a_join_that_hangs(spec):
+    with socket.socket() as silent:  # accepts connections and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        run = subprocess.Popen(
+            [sys.executable, "-m", "framework.cli", str(spec), "--address", f"127.0.0.1:{port}"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(8)  # past the checks, inside Ray's join, which retries for minutes
+        assert run.poll() is None
+        run.terminate()
+        _, err = run.communicate(timeout=10)
+    assert run.returncode == ExitCode.TERMINATED, err[-2000:]
+    assert err.endswith(f"infer-run: stopped while joining the Ray cluster at 127.0.0.1:{port}\n")
+
+
+def test_joining_a_cluster_that_wants_a_token_says_so(spec, tmp_path):
+    cluster = subprocess.Popen(
+        [sys.executable, "tests/ray_cluster_proc.py", '[{"num_cpus": 1}]'],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t" * 32},
+    )
+    try:
+        assert cluster.stdout is not None
+        address = cluster.stdout.readline().strip()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+        done = subprocess.run(
+            [sys.executable, "-m", "framework.cli", str(spec), "--address", address],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
+    finally:
+        assert cluster.stdin is not None
+        cluster.stdin.close()
+        cluster.wait(timeout=120)
+    assert done.returncode == ExitCode.INPUT_ERROR, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line.startswith(
+        f"infer-run: error: ray.address: could not join the Ray cluster at {address}"
+    )
+    assert "RAY_AUTH_MODE=token" in line and "Traceback" not in done.stderr
