@@ -10,18 +10,49 @@ import argparse
 import json
 import math
 import re
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 import yaml
 from omegaconf import OmegaConf
 
-from framework import __version__
-from framework.cli_args import at_least, dns_label, not_empty
+from framework import __version__, cli_args
+from framework.errors import ExitCode, InferError
 from framework.plugins import load_registry
-from framework.spec import Spec, load_spec, validate_spec
+from framework.spec import Spec, StageConfig, load_spec, validate_spec
 
 SPEC_DIR = "/home/ray/spec"
+GIB = 2**30
+WORKER_CPUS = 8
+POD_MEMORY = 32 * GIB
+# KubeRay starts Ray with --memory set to the pod's limit, so a task asking more never
+# starts; Ray's object store (30% of the pod by default) and its own processes share that
+# limit, so pods sized for stages' `memory` leave room for them.
+OBJECT_STORE_SHARE = 0.3
+RAY_PROCESSES = GIB
+# KubeRay refuses longer RayJob names: its RayCluster and services take the name and suffixes.
+JOB_NAME_MAX = 47
+HEAD_SIZE = {"cpu": "2", "memory": "8Gi"}  # the driver only
+SELECTOR_EXAMPLE = "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB"
+
+
+class FlagError(InferError):
+    """A flag the spec contradicts (a pod too small for a stage): bad flags, exit code 2."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
+@dataclass(frozen=True)
+class Pods:
+    """The worker pods the flags ask for; sizes left None follow the spec's stages."""
+
+    image: str
+    cpu_workers: int = 1
+    worker_cpus: int | None = None
+    worker_memory: str | None = None
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -34,6 +65,62 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 
 
 _BlockDumper.add_representer(str, _str)
+
+
+def job_name(run_name: str) -> str:
+    """``run.name`` as a DNS-1035 label of at most 47 characters, as KubeRay requires."""
+    name = re.sub(r"[^a-z0-9]+", "-", run_name.lower()).strip("-") or "infer-run"
+    if not name[0].isalpha():  # DNS-1035: a letter first ("2024-nightly" is refused)
+        name = f"run-{name}"
+    return name[:JOB_NAME_MAX].rstrip("-")
+
+
+def _pod_memory(task_bytes: float) -> int:
+    """Whole GiB holding ``task_bytes`` of tasks beside the object store and Ray itself."""
+    needed = task_bytes / (1 - OBJECT_STORE_SHARE) + RAY_PROCESSES
+    return max(POD_MEMORY, math.ceil(needed / GIB) * GIB)
+
+
+def _on_gpu_nodes(stage: StageConfig) -> bool:
+    """Models wanting GPUs (num_gpus unset: one per actor on Kubernetes) get GPU groups."""
+    return stage.kind == "model" and stage.resources.num_gpus != 0
+
+
+def _needs_cpu_node(stage: StageConfig) -> bool:
+    # Unset num_cpus is Ray's one CPU per task, which the head (num-cpus 0) never offers;
+    # custom resources of CPU stages are advertised by the CPU group only.
+    return stage.resources.num_cpus != 0 or bool(stage.resources.custom)
+
+
+def cpu_pod_size(spec: Spec, pods: Pods) -> tuple[int, str]:
+    """CPUs and memory of a CPU worker pod: the flags, or enough for every CPU stage."""
+    worker_cpus, worker_memory = pods.worker_cpus, pods.worker_memory
+    stages = [s for s in (spec.reader, *spec.stages, spec.writer) if not _on_gpu_nodes(s)]
+    needy = [s.path for s in stages if _needs_cpu_node(s)]
+    if pods.cpu_workers == 0 and needy:
+        raise FlagError(
+            f"--cpu-workers 0: no pod for the tasks of {', '.join(needy)} "
+            "(the head runs none); give at least 1"
+        )
+    cpus = WORKER_CPUS if worker_cpus is None else worker_cpus
+    memory = POD_MEMORY if worker_memory is None else float(cli_args.quantity_value(worker_memory))
+    for s in stages:
+        asks = math.ceil(s.resources.num_cpus or 0)
+        if worker_cpus is not None and asks > worker_cpus:
+            raise FlagError(
+                f"--worker-cpus {worker_cpus}: {s.path} asks num_cpus "
+                f"{s.resources.num_cpus:g} per task, more than a pod has"
+            )
+        cpus = max(cpus, asks)
+        task_bytes = s.resources.memory or 0
+        if worker_memory is not None and task_bytes > memory:
+            raise FlagError(
+                f"--worker-memory {worker_memory}: {s.path} asks memory {task_bytes} "
+                f"({task_bytes / GIB:.3g}Gi) per task, more than a pod has"
+            )
+        if worker_memory is None:
+            memory = max(memory, _pod_memory(task_bytes))
+    return cpus, worker_memory or f"{int(memory // GIB)}Gi"
 
 
 def _group(
@@ -78,21 +165,17 @@ def _custom_params(custom: dict[str, float], extra: dict[str, str]) -> dict[str,
     return params
 
 
-def worker_groups(
-    spec: Spec,
-    image: str,
-    cpu_workers: int,
-    worker_cpus: int,
-    worker_memory: str,
-    gpu_selector_label: str,
-) -> list[dict[str, Any]]:
+def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
     """A CPU group for CPU stages, a GPU group per model that wants GPUs, custom resources kept."""
-    groups = []
+    cpus, memory = cpu_pod_size(spec, pods)
     cpu_custom: dict[str, float] = {}
     for stage in (spec.reader, *spec.stages, spec.writer):
-        if stage.kind != "model" or stage.resources.num_gpus == 0:
+        if not _on_gpu_nodes(stage):
             for key, value in stage.resources.custom.items():
-                cpu_custom[key] = max(cpu_custom.get(key, 0.0), value * worker_cpus)
+                cpu_custom[key] = max(cpu_custom.get(key, 0.0), value * cpus)
+    groups = [
+        _group("cpu", pods.image, pods.cpu_workers, cpus, memory, _custom_params(cpu_custom, {}))
+    ]
     for i, model in enumerate(spec.models):
         r = model.resources
         if r.num_gpus == 0:
@@ -102,44 +185,49 @@ def worker_groups(
         pool = actors if isinstance(actors, int) else actors[-1]
         gpus_per_pod = max(1, math.ceil(per_actor))
         replicas = max(1, math.ceil(pool * per_actor / gpus_per_pod))
-        custom = {k: v * max(1, int(gpus_per_pod / per_actor)) for k, v in r.custom.items()}
-        selector = {gpu_selector_label: r.accelerator_type} if r.accelerator_type else None
-        cpus = max(2.0, float(r.num_cpus or 1) * max(1, int(gpus_per_pod / per_actor)) + 1)
+        per_pod = max(1, int(gpus_per_pod / per_actor))  # actors one pod holds
+        custom = {k: v * per_pod for k, v in r.custom.items()}
         groups.append(
             _group(
                 f"gpu-{i}",
-                image,
+                pods.image,
                 replicas,
-                cpus,
-                "32Gi",
+                max(2.0, float(r.num_cpus or 1) * per_pod + 1),
+                f"{_pod_memory(per_pod * (r.memory or 0)) // GIB}Gi",
                 _custom_params(custom, {"num-gpus": str(gpus_per_pod)}),
                 gpus_per_pod,
-                selector,
+                pods.gpu_node_selector,
             )
         )
-    groups.insert(
-        0,
-        _group(
-            "cpu", image, cpu_workers, worker_cpus, worker_memory, _custom_params(cpu_custom, {})
-        ),
-    )
     return groups
 
 
-def render(
-    spec_path: str,
-    overrides: list[str],
-    image: str,
-    namespace: str,
-    cpu_workers: int,
-    worker_cpus: int,
-    worker_memory: str,
-    gpu_selector_label: str,
-) -> str:
+def _accelerator_warning(spec: Spec, pods: Pods) -> str | None:
+    # Ray still holds these actors to their accelerator_type, but without a node selector
+    # Kubernetes may start the GPU pods on other GPUs, where the actors never start.
+    asked = [
+        f"{m.path} ({m.resources.accelerator_type})"
+        for m in spec.models
+        if m.resources.accelerator_type and _on_gpu_nodes(m)
+    ]
+    if not asked or pods.gpu_node_selector:
+        return None
+    return (
+        f"infer-run k8s: warning: no --gpu-node-selector for the accelerator_type of "
+        f"{', '.join(asked)}: its GPU pods may land on other GPU nodes, where Ray never "
+        f"starts the model; add e.g. --gpu-node-selector {SELECTOR_EXAMPLE}"
+    )
+
+
+def render(spec_path: str, overrides: list[str], namespace: str, pods: Pods) -> str:
     cfg = load_spec(spec_path, overrides)
     spec = validate_spec(cfg, load_registry(), spec_path)
-    name = re.sub(r"[^a-z0-9-]+", "-", spec.run.name.lower()).strip("-") or "infer-run"
+    name = job_name(spec.run.name)
     spec_text = OmegaConf.to_yaml(cfg)  # unresolved: ${oc.env:...} is read in the pod
+    groups = worker_groups(spec, pods)
+    warning = _accelerator_warning(spec, pods)
+    if warning:
+        print(warning, file=sys.stderr)
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -150,11 +238,8 @@ def render(
         "containers": [
             {
                 "name": "ray-head",
-                "image": image,
-                "resources": {
-                    "requests": {"cpu": "2", "memory": "8Gi"},
-                    "limits": {"cpu": "2", "memory": "8Gi"},
-                },
+                "image": pods.image,
+                "resources": {"requests": dict(HEAD_SIZE), "limits": dict(HEAD_SIZE)},
                 "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR}],
             }
         ],
@@ -179,9 +264,7 @@ def render(
                     "rayStartParams": {"num-cpus": "0"},
                     "template": {"spec": head_pod},
                 },
-                "workerGroupSpecs": worker_groups(
-                    spec, image, cpu_workers, worker_cpus, worker_memory, gpu_selector_label
-                ),
+                "workerGroupSpecs": groups,
             },
         },
     }
@@ -193,37 +276,37 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")
     p.add_argument(
         "--image",
-        type=not_empty,
+        type=cli_args.not_empty,
         default=f"rayproject/ray:{ray.__version__}-py311-gpu",
         help="container image with infer-run and the spec's plugin packages installed",
     )
-    p.add_argument("--namespace", type=dns_label, default="default")
+    p.add_argument("--namespace", type=cli_args.dns_label, default="default")
     p.add_argument(
-        "--cpu-workers", type=at_least(0), default=1, help="pods in the CPU worker group"
-    )
-    p.add_argument("--worker-cpus", type=at_least(1), default=8, help="CPUs per CPU worker pod")
-    p.add_argument(
-        "--worker-memory", type=not_empty, default="32Gi", help="memory per CPU worker pod"
+        "--cpu-workers", type=cli_args.at_least(0), default=1, help="pods in the CPU worker group"
     )
     p.add_argument(
-        "--gpu-selector-label",
-        default="nvidia.com/gpu.product",
-        help="node label matched against a model's accelerator_type",
+        "--worker-cpus",
+        type=cli_args.at_least(1),
+        help=f"CPUs per CPU worker pod (default: {WORKER_CPUS}, or the most a CPU stage asks)",
+    )
+    p.add_argument(
+        "--worker-memory",
+        type=cli_args.k8s_memory,
+        help="memory per CPU worker pod, a Kubernetes quantity (default: 32Gi, or enough "
+        "for the most a CPU stage asks)",
+    )
+    p.add_argument(
+        "--gpu-node-selector",
+        type=cli_args.node_label,
+        action="append",
+        default=[],
+        metavar="LABEL=VALUE",
+        help=f"node label GPU pods must have (repeatable), e.g. {SELECTOR_EXAMPLE}",
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    print(
-        render(
-            args.spec,
-            args.overrides,
-            args.image,
-            args.namespace,
-            args.cpu_workers,
-            args.worker_cpus,
-            args.worker_memory,
-            args.gpu_selector_label,
-        ),
-        end="",
-    )
+    selector = dict(args.gpu_node_selector)
+    pods = Pods(args.image, args.cpu_workers, args.worker_cpus, args.worker_memory, selector)
+    print(render(args.spec, args.overrides, args.namespace, pods), end="")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -79,7 +80,8 @@ writer: {{type: parquet, path: s3://bucket/out}}
     container = gpu["template"]["spec"]["containers"][0]
     assert container["image"] == "me/infer:1"
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert gpu["template"]["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "A100"}
+    # No universal label names the A100: without --gpu-node-selector none is guessed.
+    assert "nodeSelector" not in gpu["template"]["spec"]
 
 
 def test_cpu_only_spec_has_no_gpu_group(tmp_path, data, capsys):
@@ -121,3 +123,214 @@ def test_resnet50_spec_manifest(capsys, tmp_path):
         {"num-gpus": "1"},
     )
     assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+GPU_SPEC = """
+reader: {{type: parquet, path: {data}}}
+models:
+  - type: echo
+    resources: {{num_gpus: 1, actors: 2, accelerator_type: A100{extra}}}
+writer: {{type: parquet, path: /out}}
+"""
+DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def refused(capsys, *args: str) -> str:
+    """The one line ``infer-run k8s`` refuses with, exit code 2 and no manifest."""
+    try:
+        code = main(["k8s", *args])
+    except SystemExit as exc:  # argparse refuses bad flag values itself
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert (code, out) == (ExitCode.USAGE_ERROR, "")
+    assert err.count("\n") == 1, err
+    return err.rstrip("\n")
+
+
+def groups(job: dict) -> dict[str, dict]:
+    return {g["groupName"]: g for g in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+
+
+def limits(group: dict) -> dict:
+    resources = group["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == resources["limits"]
+    return resources["limits"]
+
+
+def test_gpu_node_selector_goes_on_gpu_groups_only(tmp_path, data, capsys):
+    # NVIDIA GPU Feature Discovery's label and GKE's: the selector is what the cluster uses.
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=""))
+    _, job = render(
+        capsys,
+        str(spec),
+        "--gpu-node-selector",
+        "nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB",
+        "--gpu-node-selector=cloud.google.com/gke-accelerator=nvidia-tesla-a100",
+    )
+    by_name = groups(job)
+    assert by_name["gpu-0"]["template"]["spec"]["nodeSelector"] == {
+        "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-a100",
+    }
+    assert "nodeSelector" not in by_name["cpu"]["template"]["spec"]
+
+
+def test_accelerator_type_without_selector_warns_in_one_line(tmp_path, data, capsys):
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=""))
+    assert main(["k8s", str(spec)]) == ExitCode.OK
+    out, err = capsys.readouterr()
+    _, job = yaml.safe_load_all(out)
+    assert "nodeSelector" not in groups(job)["gpu-0"]["template"]["spec"]
+    assert err.count("\n") == 1
+    assert err.startswith("infer-run k8s: warning: no --gpu-node-selector")
+    assert "models[0] (A100)" in err
+    assert "--gpu-node-selector nvidia.com/gpu.product=NVIDIA-A100-SXM4-80GB" in err
+    # Without an accelerator_type nothing is said.
+    spec = write(
+        tmp_path, GPU_SPEC.format(data=data, extra="").replace(", accelerator_type: A100", "")
+    )
+    assert main(["k8s", str(spec)]) == ExitCode.OK
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "nvidia.com/gpu.product",  # no value
+        "Bad_Prefix.com/gpu=x",  # the prefix is a DNS subdomain
+        "/gpu=x",
+        "example.com/=x",
+        "-gpu=x",
+        "g" * 64 + "=x",
+        "gpu=A100 SXM",
+        "gpu=" + "a" * 64,
+    ],
+)
+def test_bad_gpu_node_selector_is_refused(tmp_path, data, capsys, value):
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=""))
+    line = refused(capsys, str(spec), "--gpu-node-selector", value)
+    assert line.startswith("infer-run k8s: error: argument --gpu-node-selector: ")
+
+
+def test_the_old_selector_label_flag_is_gone(tmp_path, data, capsys):
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=""))
+    assert "unrecognized arguments: --gpu-selector-label" in refused(
+        capsys, str(spec), "--gpu-selector-label", "x"
+    )
+
+
+SIZED_SPEC = """
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: select_columns, resources: {{num_cpus: 12.5, memory: 40000000000, custom: {{cpu_node: 1}}}}}}
+models:
+  - {{type: echo, resources: {{num_gpus: 0.5, actors: 4, memory: 20000000000}}}}
+writer: {{type: parquet, path: /out}}
+"""
+
+
+def test_pods_hold_what_the_stages_ask(tmp_path, data, capsys):
+    spec = write(tmp_path, SIZED_SPEC.format(data=data))
+    _, job = render(capsys, str(spec))
+    cpu, gpu = groups(job)["cpu"], groups(job)["gpu-0"]
+    # 12.5 CPUs per task: pods of 13; 40e9 bytes per task plus the object store's 30%
+    # and 1Gi for Ray: 40e9 / 0.7 + 2**30 = 54.2Gi, so 55Gi.
+    assert limits(cpu) == {"cpu": "13", "memory": "55Gi"}
+    assert json.loads(json.loads(cpu["rayStartParams"]["resources"])) == {"cpu_node": 13.0}
+    # Two half-GPU actors per pod, 20e9 bytes each: the same 55Gi.
+    assert limits(gpu) == {"cpu": "3", "memory": "55Gi", "nvidia.com/gpu": 1}
+    assert gpu["replicas"] == 2
+
+    # Explicit sizes large enough are kept as written.
+    _, job = render(capsys, str(spec), "--worker-cpus", "16", "--worker-memory", "40e9")
+    assert limits(groups(job)["cpu"]) == {"cpu": "16", "memory": "40e9"}
+
+
+def test_small_stages_keep_the_default_pod_sizes(tmp_path, data, capsys):
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=", memory: 1000000000"))
+    _, job = render(capsys, str(spec), "--gpu-node-selector", "gpu=a100")
+    assert limits(groups(job)["cpu"]) == {"cpu": "8", "memory": "32Gi"}
+    assert limits(groups(job)["gpu-0"]) == {"cpu": "2", "memory": "32Gi", "nvidia.com/gpu": 1}
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--worker-cpus", "12"],
+            "infer-run: error: --worker-cpus 12: preprocessors[0] asks num_cpus 12.5 per task, "
+            "more than a pod has",
+        ),
+        (
+            ["--worker-memory", "37Gi"],
+            "infer-run: error: --worker-memory 37Gi: preprocessors[0] asks memory 40000000000 "
+            "(37.3Gi) per task, more than a pod has",
+        ),
+        (
+            ["--cpu-workers", "0"],
+            "infer-run: error: --cpu-workers 0: no pod for the tasks of reader, preprocessors[0], "
+            "writer (the head runs none); give at least 1",
+        ),
+    ],
+)
+def test_pods_smaller_than_a_stage_are_refused(tmp_path, data, capsys, flags, expected):
+    spec = write(tmp_path, SIZED_SPEC.format(data=data))
+    assert refused(capsys, str(spec), *flags) == expected
+
+
+def test_no_cpu_workers_when_no_stage_needs_them(tmp_path, data, capsys):
+    spec = write(
+        tmp_path,
+        f"""
+reader: {{type: parquet, path: {data}, resources: {{num_cpus: 0}}}}
+models: [{{type: echo, resources: {{num_gpus: 1}}}}]
+writer: {{type: parquet, path: /out, resources: {{num_cpus: 0}}}}
+""",
+    )
+    _, job = render(capsys, str(spec), "--cpu-workers", "0")
+    assert groups(job)["cpu"]["replicas"] == 0
+    line = refused(capsys, str(spec), "--cpu-workers", "0", "writer.resources.num_cpus=1")
+    assert line.startswith("infer-run: error: --cpu-workers 0: no pod for the tasks of writer (")
+
+
+@pytest.mark.parametrize(
+    ("run_name", "expected"),
+    [
+        ("2024-nightly", "run-2024-nightly"),
+        ("Nightly scoring of all the product images, every day of 2024", None),
+        ("a" * 46 + "_b", "a" * 46),  # cut at 47 on the '-': dropped
+        ("__", "infer-run"),
+    ],
+)
+def test_names_are_dns_1035_labels_kuberay_accepts(tmp_path, data, capsys, run_name, expected):
+    spec = write(
+        tmp_path,
+        f"reader: {{type: parquet, path: {data}}}\nwriter: {{type: parquet, path: /out}}\n",
+    )
+    config_map, job = render(capsys, str(spec), f"run.name={run_name}")
+    name = job["metadata"]["name"]
+    assert DNS_1035.match(name) and len(name) <= 47
+    if expected:
+        assert name == expected
+    else:
+        assert name == "nightly-scoring-of-all-the-product-images-every"
+    assert config_map["metadata"]["name"] == f"{name}-spec"
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    assert head["volumes"] == [{"name": "spec", "configMap": {"name": f"{name}-spec"}}]
+
+
+@pytest.mark.parametrize("value", ["32GB", "lots", "32 Gi", "0", "-1Gi", "1e", ""])
+def test_worker_memory_must_be_a_kubernetes_quantity(tmp_path, data, capsys, value):
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=""))
+    line = refused(capsys, str(spec), "--worker-memory", value, "--gpu-node-selector", "g=a")
+    assert line.startswith("infer-run k8s: error: argument --worker-memory: ")
+
+
+@pytest.mark.parametrize("value", ["32Gi", "500Mi", "1e9", "64G", "1.5Gi"])
+def test_worker_memory_quantities_are_kept(tmp_path, data, capsys, value):
+    spec = write(
+        tmp_path,
+        f"reader: {{type: parquet, path: {data}}}\nwriter: {{type: parquet, path: /out}}\n",
+    )
+    _, job = render(capsys, str(spec), "--worker-memory", value)
+    assert limits(groups(job)["cpu"])["memory"] == value
