@@ -69,12 +69,18 @@ def _operators(summary: Any) -> list[Any]:
     return out
 
 
-def operator_figures(summary: Any) -> list[dict[str, Any]]:
-    """One entry per Ray Data operator (fused stages share one), in pipeline order."""
+def operator_figures(summary: Any, origin: float | None = None) -> list[dict[str, Any]]:
+    """One entry per Ray Data operator (fused stages share one), in pipeline order.
+
+    Times count from ``origin``, a ``time.perf_counter()`` of this machine: Ray Data's
+    block stats are monotonic clock readings, the same clock on one node (the run's start,
+    so operators line up with the stages' figures); else from the first operator's start.
+    """
     ops = []
     all_ops = _operators(summary)
-    starts = [op.earliest_start_time for op in all_ops if op.earliest_start_time]
-    origin = min(starts) if starts else 0.0
+    if origin is None:
+        starts = [op.earliest_start_time for op in all_ops if op.earliest_start_time]
+        origin = min(starts) if starts else 0.0
     for op in all_ops:
         if not op.wall_time and not op.output_num_rows:
             continue  # a logical placeholder that ran no task
@@ -149,8 +155,10 @@ def build_report(
     resumed: int = 0,
     replayed: int = 0,
     memory: dict[str, int] | None = None,
+    clock_origin: float | None = None,
 ) -> RunReport:
-    ops = operator_figures(summary)
+    """``clock_origin``: ``time.perf_counter()`` at the run's start (see operator_figures)."""
+    ops = operator_figures(summary, clock_origin)
     stages = gpu_busy(stages or {})
     # The framework's own count in front of the writer; Ray's operator counts blur when
     # the write is fused with the stages before it. No count from the writer but others

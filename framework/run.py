@@ -172,6 +172,7 @@ def run_plan(
         resumed=resumed,
         replayed=replayed,
         memory=sampler.figures(),
+        clock_origin=start,
     )
     end_actors(stage_log)
     ray.kill(stage_log)

@@ -88,6 +88,11 @@ def test_parquet_to_echo_to_parquet_keeps_every_id_once(ray_session, tmp_path, d
         "ReadFilesParquetV2->MapBatches(reader_flags)->MapBatches(preprocessors_0:select_columns)"
         in names
     )
+    # Operators and stages count from the same start: the model's operator spans its batches.
+    (model_op,) = [op for op in report["operators"] if "models_0:echo" in op["name"]]
+    model = report["stages"]["models[0]"]
+    assert 0 <= model_op["start_s"] <= model["first_start_s"] + 0.5
+    assert model["last_end_s"] - 0.5 <= model_op["end_s"] <= report["wall_time_s"] + 0.5
     assert report["components"][2]["type"] == "echo"
     assert report["plugins"]["echo"]["distribution"] == "infer-run"
     printed = capsys.readouterr().out
