@@ -29,8 +29,8 @@ from framework.errors import ExitCode, InputError
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugins import load_registry
-from framework.ray_session import init_ray
-from framework.run import run_spec
+from framework.ray_session import data_context, init_ray, read_planning
+from framework.run import read_task_mb, run_spec
 from framework.spec import load_spec, validate_spec
 from framework.spec.schema import BenchmarkSection
 
@@ -143,9 +143,11 @@ class Bench:
         plan = build_plan(self.spec, ray_cluster(self.spec.ray.address or "the local Ray"))
         check_feasible(plan)  # a stage no node can host would wait forever in take_batch
         first = next(i for i, n in enumerate(plan.nodes) if n.stage.kind == "model")
-        ready, _ = read_sample(
-            plan.nodes[:first], self.settings.sample_rows, "benchmark.sample_rows"
-        )
+        # Read as the rounds will (footer readers, read task size, the spec's DataContext).
+        with data_context(self.spec, plan.cluster), read_planning(plan.cluster, read_task_mb(plan)):
+            ready, _ = read_sample(
+                plan.nodes[:first], self.settings.sample_rows, "benchmark.sample_rows"
+            )
         self.ceiling = _time_models(plan.nodes[first : first + len(self.spec.models)], ready)
         return self.ceiling
 

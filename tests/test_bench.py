@@ -153,6 +153,32 @@ def test_bench_exit_codes_json_and_no_output_left(
     assert json.loads((tmp_path / "miss.json").read_text())["failures"] == [missed]
 
 
+def test_model_only_sample_is_read_as_the_rounds_read(
+    ray_session: None, table: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray.data
+
+    import framework.bench
+    from framework.ray_session import FOOTER_ACTORS
+
+    seen: dict[str, Any] = {}
+    real = framework.bench.read_sample
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen["footer_actors"] = os.environ.get(FOOTER_ACTORS)
+        seen["max_errored_blocks"] = ray.data.DataContext.get_current().max_errored_blocks
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(framework.bench, "read_sample", spy)
+    monkeypatch.delenv(FOOTER_ACTORS, raising=False)
+    spec = echo_spec(table, {"sample_rows": 32, **MET})
+    spec["run"] = {"data_context": {"max_errored_blocks": 7}}
+    path = write_spec(tmp_path / "echo.yaml", spec)
+    assert main(["bench", str(path), "--rounds", "1", "--json", str(tmp_path / "b.json")]) == 0
+    # Footer readers sized to the cluster (not Ray Data's 32); the spec's DataContext applied.
+    assert seen["footer_actors"] is not None and seen["max_errored_blocks"] == 7
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_bench_times_a_torch_model_on_every_core(ray_session: None, tmp_path: Path) -> None:
