@@ -276,8 +276,15 @@ def main(args: argparse.Namespace) -> int:
             ray.shutdown()
     print(text(result))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        doc = json.dumps(result, indent=2)
+        try:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(doc)
+        except OSError as exc:
+            print(doc)  # the figures took the whole benchmark to make: never lose them
+            raise InputError(
+                f"--json: cannot write {args.json} ({exc}); the JSON is above"
+            ) from None
         print(f"json: {args.json}")
     for line in result["failures"]:
         print(f"infer-run bench: missed: {line}", file=sys.stderr)

@@ -126,7 +126,11 @@ def test_evaluate_passes_fails_and_skips_with_one_line_each() -> None:
 
 @pytest.mark.ray
 def test_bench_exit_codes_json_and_no_output_left(
-    ray_session: None, table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_session: None,
+    table: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     spec = write_spec(tmp_path / "echo.yaml", echo_spec(table, {"sample_rows": 32, **MET}))
     out = tmp_path / "ok.json"
@@ -151,6 +155,16 @@ def test_bench_exit_codes_json_and_no_output_left(
     assert err[0].endswith("expected >= 1000")
     missed = err[0].removeprefix("infer-run bench: missed: ")
     assert json.loads((tmp_path / "miss.json").read_text())["failures"] == [missed]
+
+    # A --json path that passed the up-front check but cannot be written after the rounds.
+    blocked = tmp_path / "blocked"
+    monkeypatch.setattr("framework.bench.writable_file", str)
+    blocked.write_text("a file where the JSON's folder should be")
+    capsys.readouterr()
+    assert main(["bench", str(spec), "--json", str(blocked / "b.json")]) == 5
+    printed = capsys.readouterr()
+    assert json.loads(printed.out[printed.out.index("{") : printed.out.rindex("}") + 1])["rounds"]
+    assert printed.err.strip().startswith(f"infer-run: error: --json: cannot write {blocked}")
 
 
 def test_model_only_sample_is_read_as_the_rounds_read(
