@@ -355,3 +355,26 @@ def test_writer_path_holding_or_inside_the_input_is_refused_before_anything_is_d
     pattern = [f"reader.path={inputs}/*.parquet", f"writer.path={inputs}/predictions"]
     assert main([str(spec), "--validate", *pattern]) == ExitCode.OK
     assert main([str(spec), "--validate", f"writer.path={tmp_path}/out"]) == ExitCode.OK
+
+
+def test_nan_is_refused_wherever_it_is_written(tmp_path, data):
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    nans = [
+        "models.0.resources={num_cpus: .nan}",
+        "errors.max_fraction=.nan",
+        "benchmark={min_model_ratio: .nan, max_outside_model_share: .nan}",
+        "models.0.scale=.nan",
+    ]
+    with pytest.raises(SpecError) as caught:
+        validate_spec(load_spec(path, nans), load_registry())
+    # One line per NaN, and no second line from the key's own range check.
+    assert sorted(caught.value.problems) == sorted(
+        f"{key}: NaN is not a usable number"
+        for key in (
+            "models[0].resources.num_cpus",
+            "errors.max_fraction",
+            "benchmark.min_model_ratio",
+            "benchmark.max_outside_model_share",
+            "models[0].scale",
+        )
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -113,6 +114,18 @@ def error_problems(e: ErrorsSection) -> list[str]:
         if not str(name).replace(".", "").replace("_", "").isalnum()
     )
     return out
+
+
+def nan_problems(tree: Any, where: str = "") -> list[str]:
+    """Every NaN in the resolved spec (``.nan`` in YAML): it passes any ``< 0`` check and then
+    makes a limit that always or never holds."""
+    if isinstance(tree, float) and math.isnan(tree):
+        return [f"{where}: NaN is not a usable number"]
+    if isinstance(tree, dict):
+        return [p for k, v in tree.items() for p in nan_problems(v, f"{where}.{k}".lstrip("."))]
+    if isinstance(tree, list):
+        return [p for i, v in enumerate(tree) for p in nan_problems(v, f"{where}[{i}]")]
+    return []
 
 
 def benchmark_problems(b: BenchmarkSection) -> list[str]:

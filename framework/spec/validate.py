@@ -16,6 +16,7 @@ from framework.registry import Registry
 from framework.spec.checks import (
     benchmark_problems,
     error_problems,
+    nan_problems,
     path_overlap_problems,
     ray_problems,
     resource_problems,
@@ -51,6 +52,8 @@ def validate_spec(
     resolved = resolve(cfg, "", problems)
     if len(problems) > before:  # what failed to resolve would show again as missing
         raise SpecError(problems, source)
+    nans = nan_problems(resolved)
+    problems.extend(nans)
     for key in resolved:
         if key not in SECTIONS:
             problems.append(f"{key}: unknown section{did_you_mean(key, SECTIONS)}")
@@ -84,6 +87,9 @@ def validate_spec(
     if reader is not None and writer is not None:
         problems.extend(path_overlap_problems(reader.params, writer.params))
     if problems:
+        # A NaN's own line says it all: drop what other checks then said of the same key.
+        nan_keys = {p.split(":")[0] for p in nans}
+        problems = [p for p in problems if p in nans or p.split(":")[0] not in nan_keys]
         raise SpecError(problems, source)
     assert reader is not None and writer is not None
     return Spec(
