@@ -251,9 +251,13 @@ def test_specs_are_collected_only_with_a_benchmark_block(
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_plugin_runs_specs_under_pytest_benchmark(pytester: pytest.Pytester, table: Path) -> None:
+def test_plugin_runs_specs_under_pytest_benchmark(
+    pytester: pytest.Pytester, table: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     specs = pytester.path / "specs"
     write_spec(specs / "fast.yaml", echo_spec(table, {"rounds": 2, "sample_rows": 32, **MET}))
+    monkeypatch.setenv("INFER_MACHINE_LABEL", "qa")
+    write_spec(specs / "floor.yaml", echo_spec(table, {"sample_rows": 32, "floors": {"qa": 1e9}}))
     impossible = {"sample_rows": 32, "min_model_ratio": 1000}
     write_spec(specs / "impossible.yaml", echo_spec(table, impossible))
     write_spec(specs / "plain.yaml", echo_spec(table, None))
@@ -261,13 +265,19 @@ def test_plugin_runs_specs_under_pytest_benchmark(pytester: pytest.Pytester, tab
     result = pytester.runpytest_subprocess(
         "--infer-specs", "specs", "--benchmark-json", "bench.json", "-p", "no:cacheprovider"
     )
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1)
+    # An advisory floor's miss passes, and says so in the warnings summary.
+    result.stdout.fnmatch_lines(["*FloorMissed: *floor.yaml: floors.qa: * expected >= 1e+09*"])
     # The failure's whole report is the missed expectation's line.
     result.stdout.fnmatch_lines(["min_model_ratio: * expected >= 1000", "*= short test summary*"])
     result.stdout.fnmatch_lines(["FAILED specs/impossible.yaml::impossible - Failed: *"])
     doc = json.loads((pytester.path / "bench.json").read_text())
     runs = {b["fullname"]: b for b in doc["benchmarks"]}
-    assert set(runs) == {"specs/fast.yaml::fast", "specs/impossible.yaml::impossible"}
+    assert set(runs) == {
+        "specs/fast.yaml::fast",
+        "specs/floor.yaml::floor",
+        "specs/impossible.yaml::impossible",
+    }
     assert runs["specs/fast.yaml::fast"]["stats"]["rounds"] == 2
     for run in runs.values():
         info = run["extra_info"]
