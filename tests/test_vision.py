@@ -114,6 +114,19 @@ def test_pixel_limit_and_bad_bytes_name_the_row():
     assert str(caught.value).endswith("image with id 7: Image is incomplete or truncated")
 
 
+def test_a_truncated_png_is_named_without_torchvisions_source_location():
+    # Noise does not compress: the first 3000 bytes end inside the pixel data, so Pillow
+    # reads the header and libpng (through torchvision) fails mid-image. torchvision names
+    # the failing function "operator()" there, which the prefix pattern once missed.
+    noise = RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    cut = encode(Image.fromarray(noise), "PNG")[:3000]
+    with pytest.raises(RunError) as caught:
+        ImageTransform()({"id": np.array(["cut.png"]), "image": column([cut])})
+    message = str(caught.value)
+    assert message.startswith("image_transform: image with id 'cut.png': ")
+    assert "decode_png" in message and ".cpp" not in message and "operator()" not in message
+
+
 def test_image_transform_encoded_and_decoded_inputs_agree():
     transform = ImageTransform(resize_size=20, crop_size=16)
     encoded = transform(

@@ -153,8 +153,9 @@ def exif_orientation(img: Image.Image) -> int:
 
 
 # torchvision's C++ errors start with the function and its source file: "decode_jpeg,
-# /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete or truncated".
-_CPP_PREFIX = re.compile(r"^\w+, \S+\.cpp:\d+, ")
+# /__w/vision/.../decode_jpeg.cpp:171, Image is incomplete or truncated". The function
+# may be a lambda's "operator()" (decode_png), so anything up to the first comma counts.
+_CPP_PREFIX = re.compile(r"^[^,\s]+, \S+\.(?:cpp|cu|h):\d+, ")
 
 
 def _plain(exc: BaseException) -> str:
