@@ -30,7 +30,21 @@ GOOD = [
     "exif.jpg",
     "sub/nested.jpg",
 ]
-BAD = ["bomb.png", "zero.jpg", "truncated.jpg", "random.jpg", "notes.jpg"]
+BAD = [
+    "bomb.png",
+    "thin.png",
+    "zero.jpg",
+    "truncated.jpg",
+    "cut.png",
+    "random.jpg",
+    "notes.jpg",
+]
+# The shorter side resized to the spec's 64 makes 64 x 192,000 pixels of a 3000x1 image.
+THIN_MESSAGE = (
+    "image_transform: image with id 'thin.png': 3000x1 would be resized to 192000x64 = "
+    "12288000 pixels before the 56x56 crop, over max_pixels=1000000 (extreme aspect ratio "
+    "3000:1; raise max_pixels only if a worker has the memory for it)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +64,11 @@ def corpus(tmp_path_factory) -> Path:
     exif[0x0112] = 6  # orientation: rotate 90° on display
     photo.save(root / "exif.jpg", quality=90, exif=exif)
     Image.new("RGB", (1200, 1000)).save(root / "bomb.png")  # past the spec's 1e6-pixel limit
+    Image.new("RGB", (3000, 1)).save(root / "thin.png")  # under it, but not once resized
+    noise = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(root / "whole.png")  # noise: 12 kB, cut inside the pixels
+    (root / "cut.png").write_bytes((root / "whole.png").read_bytes()[:3000])
+    (root / "whole.png").unlink()
     (root / "zero.jpg").write_bytes(b"")
     data = (root / "good.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
@@ -92,9 +111,14 @@ def test_folder_corpus_under_skip(ray_session, corpus, tmp_path):
     assert sorted(dead) == sorted(BAD)
     assert all(r["stage"] == "preprocessors[0]" and r["message"] for r in dead.values())
     assert "pixel" in dead["bomb.png"]["message"]
+    assert dead["thin.png"]["message"] == THIN_MESSAGE
+    # libpng's reason, without torchvision's C++ function and source file in front of it.
+    assert dead["cut.png"]["message"].startswith(
+        "image_transform: image with id 'cut.png': Out of bound read in decode_png"
+    )
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
-    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (12, 7, 5)
-    assert report["errors"]["by_stage"] == {"preprocessors[0]": {"RunError": 5}}
+    assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (14, 7, 7)
+    assert report["errors"]["by_stage"] == {"preprocessors[0]": {"RunError": 7}}
     assert report["warnings"] == []
 
 
@@ -112,6 +136,17 @@ def test_fail_policy_names_the_first_bad_row(ray_session, corpus, tmp_path, caps
     )
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     assert report["status"] == "failed"
+
+    thin = tmp_path / "thin"
+    thin.mkdir()
+    for name in ("good.jpg", "thin.png"):
+        (thin / name).write_bytes((corpus / name).read_bytes())
+    path = spec(tmp_path, f"{{type: image_folder, path: {thin}}}", policy="fail")
+    assert main([str(path), "--overwrite"]) == ExitCode.RUN_FAILED
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"infer-run: error: row 'thin.png' failed in preprocessors[0]: RunError: {THIN_MESSAGE}"
+        " - errors.policy=skip writes bad rows aside"
+    )
 
 
 def test_parquet_null_image_and_wrong_shape_array(ray_session, corpus, tmp_path):

@@ -28,7 +28,7 @@ from plugins.vision import pixels as pixels_module
 from plugins.vision.decode import DecodeError, exif_orientation
 from plugins.vision.device_decode import apply_orientation, decode_on_device
 from plugins.vision.microbatch import MicroBatcher, choose_micro_batch, probe_largest
-from plugins.vision.pixels import resize_crop_by_size
+from plugins.vision.pixels import device_crops, resize_crop_by_size
 from plugins.vision.runtime import COMPILE_TORCHSCRIPT
 from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
 from plugins.vision.transform import TransformConfig, resize_crop
@@ -289,6 +289,25 @@ def test_decode_on_device_guards_and_passes_pixels_through():
         model({"id": np.arange(2), "image": pixels.copy()})["logits"],
         plain({"id": np.arange(2), "image": pixels.copy()})["logits"],
     )
+
+
+def test_decode_on_device_refuses_a_thin_image_before_its_resize():
+    # 1x2000 (a thin PNG and a thin JPEG) resized to 64 on the shorter side: 128,000 x 64
+    # pixels, over a limit of 1e6 that the source (2,000 pixels) is far under.
+    config = TransformConfig((64,), (56, 56), "bilinear", mean=(0.5,) * 3, std=(0.5,) * 3)
+    thin = Image.new("RGB", (1, 2000), (120, 30, 200))
+    photo = encode(Image.open(PHOTOS / "coffee.png").convert("RGB"), "JPEG")
+    for fmt in ("PNG", "JPEG"):
+        cells = column([photo, encode(thin, fmt)])
+        with pytest.raises(RunError) as caught:
+            device_crops(cells, ["ok", "thin"], CPU, config, name="torchvision", max_pixels=10**6)
+        assert str(caught.value).startswith(
+            "torchvision: image with id 'thin': 1x2000 would be resized to 64x128000 = 8192000 "
+            "pixels before the 56x56 crop, over max_pixels=1000000 (extreme aspect ratio 2000:1"
+        ), fmt
+    # Without a thin image the same call crops as usual.
+    crops = device_crops(column([photo]), ["ok"], CPU, config, name="t", max_pixels=10**6)
+    assert crops.shape == (1, 3, 56, 56)
 
 
 @pytest.mark.parametrize("chunk_bytes", [256 << 20, 3 * 60 * 80 * 2], ids=["whole", "by-two"])

@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -30,8 +31,10 @@ from plugins.vision import (
     TorchScriptClassifier,
     TorchvisionClassifier,
 )
+from plugins.vision.decode import DEFAULT_MAX_PIXELS
 from plugins.vision.model_info import model_info
 from plugins.vision.runtime import fold_batch_norms, is_conv_net
+from plugins.vision.transform import resize_problem, resized_size
 from tests.helpers import column, encode, run_cli
 
 RNG = np.random.default_rng(0)
@@ -142,6 +145,78 @@ def test_image_transform_encoded_and_decoded_inputs_agree():
     want = (decoded["image"][:1] / 255.0 - mean[:, None, None]) / std[:, None, None]
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "resize"),
+    [(1, 2000, (64,)), (2000, 1, (64,)), (7, 31, (232,)), (480, 640, (256,)), (50, 60, (20, 30))],
+)
+def test_resized_size_is_what_torchvisions_resize_makes(height, width, resize):
+    from torchvision.transforms.v2 import functional as F
+
+    image = torch.zeros((3, height, width), dtype=torch.uint8)
+    out = F.resize(image, list(resize), antialias=True)
+    assert resized_size(height, width, resize) == tuple(out.shape[-2:])
+
+
+def test_a_thin_image_is_refused_before_its_resize_allocates():
+    # 2000x1 with the shorter side resized to 64: 64 x 128,000 pixels, over the limit of 1e6.
+    thin = encode(Image.new("RGB", (2000, 1), (120, 30, 200)), "PNG")
+    photo = encode(Image.fromarray(PIXELS), "PNG")
+    transform = ImageTransform(resize_size=64, crop_size=56, max_pixels=1_000_000)
+    with pytest.raises(RunError) as caught:
+        transform({"id": np.array(["ok", "thin"]), "image": column([photo, thin])})
+    assert str(caught.value) == (
+        "image_transform: image with id 'thin': 2000x1 would be resized to 128000x64 = 8192000 "
+        "pixels before the 56x56 crop, over max_pixels=1000000 (extreme aspect ratio 2000:1; "
+        "raise max_pixels only if a worker has the memory for it)"
+    )
+    # Pixel arrays (one size per batch) go through the same guard.
+    with pytest.raises(RunError, match=r"id 'a'.*1x2000 would be resized to 64x128000"):
+        transform({"id": np.array(["a", "b"]), "image": np.zeros((2, 2000, 1, 3), np.uint8)})
+    # The QA case at the defaults: an 8000x1 PNG of 107 bytes would have become 256 x
+    # 2,048,000 pixels (4.3 GiB peak); a 5000x20 banner still passes.
+    config = ImageTransform().config
+    assert "resized to 2048000x256" in str(resize_problem(1, 8000, config, DEFAULT_MAX_PIXELS))
+    assert resize_problem(20, 5000, config, DEFAULT_MAX_PIXELS) is None
+    banner = encode(Image.new("RGB", (5000, 20), (9, 9, 9)), "PNG")
+    crops = ImageTransform()({"id": np.array([0]), "image": column([banner])})["image"]
+    assert crops.shape == (1, 3, 224, 224)
+    # No limit means no limit: max_pixels null lets it through, as it does for the source.
+    assert resize_problem(1, 8000, config, None) is None
+
+
+def test_the_guard_leaves_ordinary_photos_bit_identical():
+    """image_transform's crops (and so the model's logits) are what torchvision's resize and
+    crop give without any guard, for real photos of the usual shapes."""
+    from torchvision.io import ImageReadMode, decode_image
+    from torchvision.transforms.v2 import functional as F
+
+    node = {"type": "torchvision", "name": "resnet18", "weights": "random"}
+    transform = ImageTransform(from_model=node)
+    names = ["chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "camera.png"]
+    files = [(Path(skimage.data.__file__).parent / name).read_bytes() for name in names]
+    got = transform({"id": np.array(names), "image": column(files)})["image"]
+    config = transform.config
+    want = []
+    for data in files:
+        image = decode_image(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB
+        )
+        resized = F.resize(
+            image,
+            list(config.resize_size),
+            interpolation=F.InterpolationMode(config.interpolation),
+            antialias=True,
+        )
+        want.append(F.center_crop(resized, list(config.crop_size)))
+    np.testing.assert_array_equal(got, torch.stack(want).numpy())
+    torch.manual_seed(0)
+    model = TorchvisionClassifier(name="resnet18", weights="random", device="cpu")
+    np.testing.assert_array_equal(
+        model({"id": np.arange(5), "image": got.copy()})["logits"],
+        model({"id": np.arange(5), "image": torch.stack(want).numpy()})["logits"],
+    )
 
 
 def test_fast_decode_is_close_and_only_for_big_jpegs():

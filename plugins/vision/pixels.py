@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from framework import RunError
-from plugins.vision.decode import DecodeError
+from plugins.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, row_label
 from plugins.vision.device_decode import decode_on_device
-from plugins.vision.transform import TransformConfig, resize_crop
+from plugins.vision.transform import TransformConfig, resize_crop, resize_problem
 
 # Pixels resized in one call at most (uint8; the resize works in float32, four times this).
 RESIZE_CHUNK_BYTES = 256 << 20
@@ -72,12 +72,22 @@ def device_crops(
     preprocess: TransformConfig,
     *,
     name: str,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
-    """Encoded cells decoded, resized and cropped on ``device``: uint8 [N, 3, crop_h, crop_w]."""
+    """Encoded cells decoded, resized and cropped on ``device``: uint8 [N, 3, crop_h, crop_w].
+
+    ``max_pixels`` bounds both the decoded and the resized size (before the crop) of each
+    image, as in ``image_transform``; a row over it fails by id before its resize allocates.
+    """
     try:
-        images = decode_on_device(values, ids, device)
+        images = decode_on_device(values, ids, device, max_pixels)
     except DecodeError as exc:
         raise RunError(f"{name}: {exc}") from exc
+    for i, image in enumerate(images):
+        h, w = image.shape[-2:]
+        problem = resize_problem(h, w, preprocess, max_pixels)
+        if problem:
+            raise RunError(f"{name}: {row_label(ids, i)}: {problem}")
     if device.type == "cpu" and images:
         # On CPU one call per image measured faster than same-sized batches (0.47 against
         # 1.24 ms per image, 2-core VM): no stacked copy, and the uint8 path is per image.

@@ -15,8 +15,14 @@ import numpy as np
 import torch
 
 from framework import ID_COLUMN, Batch, Preprocessor, RunError
-from plugins.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_images
-from plugins.vision.transform import normalize, resize_crop, resolve_config, stack_hwc
+from plugins.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_images, row_label
+from plugins.vision.transform import (
+    normalize,
+    resize_crop,
+    resize_problem,
+    resolve_config,
+    stack_hwc,
+)
 
 DECODE_CHUNK = 16
 
@@ -107,6 +113,12 @@ class ImageTransform(Preprocessor):
             problems.append(str(exc))
         return problems
 
+    def _check_resize(self, image: torch.Tensor, ids: np.ndarray, i: int) -> None:
+        """Refuse, naming the row, an image whose resize alone would exceed ``max_pixels``."""
+        problem = resize_problem(image.shape[-2], image.shape[-1], self.config, self.max_pixels)
+        if problem:
+            raise RunError(f"image_transform: {row_label(ids, i)}: {problem}")
+
     def _pixels(self, values: np.ndarray, ids: np.ndarray) -> torch.Tensor:
         if values.dtype == np.uint8 and values.ndim == 4 and values.shape[-1] == 3:
             # Already-decoded RGB batch of one size: resize it as one tensor.
@@ -115,6 +127,9 @@ class ImageTransform(Preprocessor):
                 # input, so sharing the buffer beats copying a batch of full-size images.
                 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
                 images = torch.from_numpy(np.ascontiguousarray(values)).permute(0, 3, 1, 2)
+            if len(images):
+                # One size for the whole batch: its rows all fail, and one by one each is named.
+                self._check_resize(images[0], ids, 0)
             return resize_crop(images, self.config)
         crops = torch.empty((len(values), 3, *self.config.crop_size), dtype=torch.uint8)
         # Full-size pixels are decoded a few at a time and cropped at once, so a worker holds
@@ -132,6 +147,7 @@ class ImageTransform(Preprocessor):
             except DecodeError as exc:
                 raise RunError(f"image_transform: {exc}") from exc
             for offset, image in enumerate(decoded):
+                self._check_resize(image, ids, start + offset)
                 crops[start + offset] = resize_crop(image, self.config)
         return crops
 

@@ -107,6 +107,47 @@ def interpolation_mode(name: str) -> Any:
     return InterpolationMode(name)
 
 
+def resized_size(height: int, width: int, resize_size: tuple[int, ...]) -> tuple[int, int]:
+    """(h, w) that ``resize_crop``'s resize makes of an image (h, w), before the crop.
+
+    torchvision's own rule (``_compute_resized_output_size``, private, hence repeated here):
+    the shorter side becomes ``s`` and the longer one ``int(s * long / short)``.
+    """
+    if len(resize_size) == 2:
+        return resize_size[0], resize_size[1]
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = resize_size[0], int(resize_size[0] * long / short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def resize_problem(
+    height: int,
+    width: int,
+    config: TransformConfig,
+    max_pixels: int | None,
+    setting: str = "max_pixels",
+) -> str | None:
+    """Why an image (h, w) must not be resized, or None.
+
+    ``max_pixels`` guards the source size only; resizing the shorter side of a thin image
+    (8000x1, a 107-byte PNG) to 256 makes 256 x 2,048,000 pixels, gigabytes of memory,
+    before the crop throws nearly all of it away. Checked before the resize allocates.
+    ``setting`` is what the message tells the user to raise.
+    """
+    if max_pixels is None or min(height, width) < 1:  # an empty image has nothing to resize
+        return None
+    new_h, new_w = resized_size(height, width, config.resize_size)
+    if new_h * new_w <= max_pixels:
+        return None
+    crop_h, crop_w = config.crop_size
+    ratio = max(height, width) / max(1, min(height, width))
+    return (
+        f"{width}x{height} would be resized to {new_w}x{new_h} = {new_h * new_w} pixels "
+        f"before the {crop_w}x{crop_h} crop, over max_pixels={max_pixels} (extreme aspect "
+        f"ratio {ratio:.0f}:1; raise {setting} only if a worker has the memory for it)"
+    )
+
+
 def resize_crop(images: torch.Tensor, config: TransformConfig) -> torch.Tensor:
     """[..., 3, H, W] uint8 -> [..., 3, crop_h, crop_w] uint8 (zero-padded if smaller)."""
     from torchvision.transforms.v2 import functional as F
