@@ -23,8 +23,14 @@ from PIL import Image, ImageOps
 
 from framework import RunError
 from framework.testing import conformance_problems
-from plugins.vision import ImageTransform, TorchScriptClassifier, TorchvisionClassifier
+from plugins.vision import (
+    ImageTransform,
+    TimmClassifier,
+    TorchScriptClassifier,
+    TorchvisionClassifier,
+)
 from plugins.vision import pixels as pixels_module
+from plugins.vision.classifier import ImageClassifier
 from plugins.vision.decode import DecodeError, exif_orientation
 from plugins.vision.device_decode import apply_orientation, decode_on_device
 from plugins.vision.microbatch import MicroBatcher, choose_micro_batch, probe_largest
@@ -95,6 +101,7 @@ def test_each_bad_value_gets_one_message_naming_its_param():
         "decode_on_device": "yes",
         "micro_batch": 0,
         "micro_batch_max": True,
+        "max_pixels": 0,
     }
     assert TorchvisionClassifier.check(params) == [
         "compile: expected false, true or one of default, reduce-overhead, max-autotune, "
@@ -102,6 +109,7 @@ def test_each_bad_value_gets_one_message_naming_its_param():
         "decode_on_device: expected true or false, got 'yes'",
         "micro_batch: expected null (the whole batch), a number of rows >= 1 or 'auto', got 0",
         "micro_batch_max: expected a number of rows >= 1, got True",
+        "max_pixels: must be positive or null (no limit), got 0",
     ]
     good = {"name": "resnet18", "weights": "random", "decode_on_device": True}
     for compile_, micro_batch in ((True, "auto"), ("max-autotune", 64), (False, None)):
@@ -109,6 +117,61 @@ def test_each_bad_value_gets_one_message_naming_its_param():
         assert TorchvisionClassifier.check(checked) == []
     # micro_batch: true would otherwise pass as the integer 1.
     assert TorchvisionClassifier.check({**good, "micro_batch": True})[0].startswith("micro_batch: ")
+    for max_pixels in (10**9, None, 89_478_485):
+        assert TorchvisionClassifier.check({**good, "max_pixels": max_pixels}) == []
+
+
+@pytest.mark.parametrize("model_type", ["torchvision", "timm", "torchscript"])
+def test_max_pixels_is_refused_without_decode_on_device(model_type, tmp_path):
+    # The model gets pixels then: a limit set on it would do nothing, silently.
+    params = {
+        "torchvision": {"name": "resnet18", "weights": "random"},
+        "timm": {"name": "resnet18", "checkpoint": "random"},
+        "torchscript": {"path": str(scripted_convnet(tmp_path))},
+    }[model_type]
+    cls = {"torchvision": TorchvisionClassifier, "timm": TimmClassifier}.get(
+        model_type, TorchScriptClassifier
+    )
+    assert cls.check({**params, "max_pixels": 10**9}) == [
+        "max_pixels: only applies with decode_on_device: true - without it, set max_pixels "
+        "on image_transform, which decodes the images"
+    ]
+    assert cls.check({**params, "max_pixels": 10**9, "decode_on_device": True}) == []
+    assert cls.check(params) == []  # the default, unset
+    # Under what even a square image is resized to (resnet18's 232 or 235, torchscript's
+    # default 256), every row would fail: a spec problem instead.
+    (problem,) = cls.check({**params, "max_pixels": 50_000, "decode_on_device": True})
+    assert problem.startswith("max_pixels: 50000 is below the ") and "square image" in problem
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+@pytest.mark.parametrize("model_type", ["torchvision", "timm", "torchscript"])
+def test_decode_on_device_takes_the_models_max_pixels(model_type, tmp_path):
+    def model(**options) -> ImageClassifier:
+        if model_type == "torchvision":
+            return TorchvisionClassifier(name="resnet18", weights="random", **options)
+        if model_type == "timm":
+            return TimmClassifier(name="resnet18", checkpoint="random", **options)
+        return TorchScriptClassifier(path=str(scripted_convnet(tmp_path)), **options)
+
+    photo = Image.open(PHOTOS / "coffee.png").convert("RGB").resize((400, 300))  # 120,000 px
+    # Both limits are at least what a square image is resized to, as validation requires.
+    small = model(decode_on_device=True, max_pixels=100_000)
+    raised = model(decode_on_device=True, max_pixels=200_000)
+    for fmt in ("JPEG", "PNG"):  # the device decoder's path, and the CPU decoder's
+        cells = column([encode(photo, fmt)])
+        with pytest.raises(RunError) as caught:
+            small({"id": np.array(["big"]), "image": cells.copy()})
+        assert str(caught.value) == (
+            f"{model_type}: image with id 'big': 400x300 = 120000 pixels exceeds "
+            "max_pixels=100000 (decompression-bomb guard; raise the model's max_pixels if the "
+            "image is legitimate)"
+        ), fmt
+        assert raised({"id": np.array(["big"]), "image": cells.copy()})["logits"].shape[0] == 1
+    # The resize guard takes the same limit: 600x1 at the shorter side's resize is far over it.
+    thin = column([encode(Image.new("RGB", (600, 1)), "PNG")])
+    with pytest.raises(RunError, match=r"id 'thin': 600x1 would be resized to .*=100000 \(ext"):
+        small({"id": np.array(["thin"]), "image": thin})
 
 
 def test_torchscript_refuses_compile_but_export_takes_it(tmp_path):
@@ -124,6 +187,16 @@ def test_torchscript_refuses_compile_but_export_takes_it(tmp_path):
 
 
 # ---------------------------------------------------------------------------- compile
+
+
+def scripted_convnet(directory: Path) -> Path:
+    """``tiny_convnet`` traced to a TorchScript file, for the ``torchscript`` classifier."""
+    path = directory / "tiny.pt"
+    if not path.exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation notice
+            torch.jit.save(torch.jit.trace(tiny_convnet(), torch.randn(1, 3, 32, 32)), path)
+    return path
 
 
 def tiny_convnet() -> torch.nn.Module:

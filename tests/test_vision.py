@@ -184,6 +184,12 @@ def test_a_thin_image_is_refused_before_its_resize_allocates():
     assert crops.shape == (1, 3, 224, 224)
     # No limit means no limit: max_pixels null lets it through, as it does for the source.
     assert resize_problem(1, 8000, config, None) is None
+    # A limit below the resize of a square image would refuse every row: a spec problem.
+    assert ImageTransform.check({"resize_size": 64, "crop_size": 56, "max_pixels": 4000}) == [
+        "max_pixels: 4000 is below the 64x64 = 4096 pixels even a square image is resized to "
+        "before the crop, so every image would be refused"
+    ]
+    assert ImageTransform.check({"resize_size": 64, "crop_size": 56, "max_pixels": 4096}) == []
 
 
 def test_the_guard_leaves_ordinary_photos_bit_identical():

@@ -7,7 +7,7 @@ Three options move more of the work onto the GPU (all off by default):
 
 - ``compile``: ``torch.compile`` the module (after device and memory-format setup);
 - ``decode_on_device``: the column holds encoded images, decoded on the model's device
-  (nvjpeg for JPEGs on CUDA) and resized/cropped there with the model's own preprocessing;
+  (nvjpeg on CUDA), resized and cropped there with the model's preprocessing and max_pixels;
 - ``micro_batch``: the forward pass runs over slices of at most that many rows, halving on
   out-of-memory; ``auto`` probes the largest size that fits on the GPU at start-up.
 
@@ -26,9 +26,10 @@ import torch
 
 from framework import ID_COLUMN, Batch, Model, RunError
 from framework.torch_runtime import autocast, autocast_dtype, configure_cpu_threads, select_device
+from plugins.vision.decode import DEFAULT_MAX_PIXELS
 from plugins.vision.microbatch import AUTO, DEFAULT_MAX, MicroBatcher, choose_micro_batch
 from plugins.vision.model_info import ModelInfo, labels_problems, model_info
-from plugins.vision.pixels import device_crops, host_pixels
+from plugins.vision.pixels import device_crops, device_limit_problems, host_pixels
 from plugins.vision.runtime import (
     compile_mode,
     fold_batch_norms,
@@ -98,7 +99,11 @@ class ImageClassifier(Model):
             params.get("decode_on_device", False),
             params.get("micro_batch"),
             params.get("micro_batch_max", DEFAULT_MAX),
+            params.get("max_pixels", DEFAULT_MAX_PIXELS),
         )
+        if params.get("decode_on_device") is True:
+            max_pixels = params.get("max_pixels", DEFAULT_MAX_PIXELS)
+            problems += device_limit_problems(lambda: cls.model_info(params), max_pixels)
         return problems
 
     def _setup(
@@ -117,6 +122,7 @@ class ImageClassifier(Model):
         decode_on_device: bool = False,
         micro_batch: int | str | None = None,
         micro_batch_max: int = DEFAULT_MAX,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.column = column
         self.keep_image = keep_image
@@ -143,6 +149,7 @@ class ImageClassifier(Model):
         # decode_on_device resizes and crops exactly as image_transform with from_model would.
         self.preprocess = config_from_info(info)
         self.decode_on_device = decode_on_device
+        self.max_pixels = max_pixels
         self.eager_module = module
         # The probe runs _forward uncompiled: a compiled module would recompile for every
         # probed size. Compilation itself happens lazily, on the first batch.
@@ -215,7 +222,9 @@ class ImageClassifier(Model):
         )
 
     def _decoded_pixels(self, values: np.ndarray, ids: Sequence[Any]) -> torch.Tensor:
-        return device_crops(values, ids, self.device, self.preprocess, name=self.model_type)
+        return device_crops(
+            values, ids, self.device, self.preprocess, self.max_pixels, name=self.model_type
+        )
 
     def _batch_logits(self, batch: Batch) -> torch.Tensor:
         """float32 [N, num_classes] logits on the device."""

@@ -21,6 +21,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own default limit: ~0.25 GiB of RGBA pixels.
 DEFAULT_MAX_PIXELS = 89_478_485
+# What a pixel-limit message tells the user to raise: the stage's own key, or, on the
+# decode_on_device path (the records name the model's stage, models[i]), the model's.
+MAX_PIXELS = "max_pixels"
+MODEL_MAX_PIXELS = "the model's max_pixels"
 _TORCHVISION_FORMATS = ("JPEG", "PNG")
 EXIF_ORIENTATION = 0x0112
 
@@ -127,7 +131,7 @@ def _decode_with_pillow(img: Image.Image, draft: tuple[int, int] | None) -> torc
     return torch.from_numpy(np.ascontiguousarray(_pillow_to_rgb(img))).permute(2, 0, 1).contiguous()
 
 
-def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
+def open_image(data: bytes, max_pixels: int | None, setting: str = MAX_PIXELS) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
@@ -138,7 +142,7 @@ def open_image(data: bytes, max_pixels: int | None) -> Image.Image:
     if max_pixels is not None and width * height > max_pixels:
         raise DecodeError(
             f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels} "
-            "(decompression-bomb guard; raise max_pixels if the image is legitimate)"
+            f"(decompression-bomb guard; raise {setting} if the image is legitimate)"
         )
     return img
 
@@ -170,11 +174,13 @@ def decode_images(
     target: tuple[int, ...] | None = None,
     fast_decode: bool = False,
     draft_margin: float = 2.0,
+    setting: str = MAX_PIXELS,
 ) -> list[torch.Tensor]:
     """One RGB uint8 CHW tensor per cell, in order; ``DecodeError`` names the failing ``id``.
 
     With ``fast_decode`` and a resize ``target``, big JPEGs are decoded at a reduced DCT
-    scale (Pillow ``draft``) no smaller than ``draft_margin`` times the target.
+    scale (Pillow ``draft``) no smaller than ``draft_margin`` times the target. ``setting``
+    is the key a pixel-limit message names.
     """
     from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 
@@ -191,7 +197,7 @@ def decode_images(
                 if data is None:
                     out[i] = pixels_to_chw(np.asarray(value))
                     continue
-                img = open_image(data, max_pixels)
+                img = open_image(data, max_pixels, setting)
                 draft = None
                 if fast_decode and target is not None and img.format == "JPEG":
                     wanted = draft_size(img.size, target, draft_margin)

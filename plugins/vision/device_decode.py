@@ -21,6 +21,7 @@ import torch
 
 from plugins.vision.decode import (
     DEFAULT_MAX_PIXELS,
+    MODEL_MAX_PIXELS,
     DecodeError,
     chw_to_rgb,
     decode_images,
@@ -111,7 +112,7 @@ def _sort_cells(
                 on_cpu.append(i)
                 continue
             try:
-                img = open_image(data, max_pixels)
+                img = open_image(data, max_pixels, MODEL_MAX_PIXELS)
                 if img.format == "JPEG" and img.mode in _DEVICE_JPEG_MODES:
                     encoded = torch.frombuffer(data, dtype=torch.uint8)
                     jpegs.append(_Jpeg(i, encoded, exif_orientation(img)))
@@ -138,7 +139,8 @@ def decode_on_device(
             out[jpeg.index] = image
     on_cpu.sort()
     if on_cpu:
-        decoded = decode_images([values[i] for i in on_cpu], [ids[i] for i in on_cpu], max_pixels)
+        cells, cell_ids = [values[i] for i in on_cpu], [ids[i] for i in on_cpu]
+        decoded = decode_images(cells, cell_ids, max_pixels, setting=MODEL_MAX_PIXELS)
         for i, image in zip(on_cpu, decoded, strict=True):
             out[i] = image.to(device)
     # Every cell was decoded on one path or the other, or decode_images raised.

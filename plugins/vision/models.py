@@ -1,7 +1,8 @@
 """``torchvision`` and ``timm`` classifiers: uint8 or float images in, logits out.
 
-Both take ``compile``, ``decode_on_device``, ``micro_batch`` and ``micro_batch_max`` (see
-``plugins.vision.classifier``), as does ``torchscript`` (``plugins.vision.scripted``).
+Both take ``compile``, ``decode_on_device`` (with its ``max_pixels``), ``micro_batch`` and
+``micro_batch_max`` (see ``plugins.vision.classifier``), as does ``torchscript``
+(``plugins.vision.scripted``).
 
 Weights come only from the local disk (torch hub's cache for torchvision enums, which
 ``check()`` fills or explains how to fill) or are ``random``; nothing downloads in an actor.
@@ -16,6 +17,7 @@ import torch
 
 from framework import RunError
 from plugins.vision.classifier import ImageClassifier
+from plugins.vision.decode import DEFAULT_MAX_PIXELS
 from plugins.vision.microbatch import DEFAULT_MAX
 from plugins.vision.model_info import TORCHVISION_DEFAULT_WEIGHTS
 from plugins.vision.weights import (
@@ -80,6 +82,7 @@ class TorchvisionClassifier(ImageClassifier):
         decode_on_device: bool = False,
         micro_batch: int | str | None = None,
         micro_batch_max: int = DEFAULT_MAX,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         import torchvision
 
@@ -112,6 +115,7 @@ class TorchvisionClassifier(ImageClassifier):
             decode_on_device=decode_on_device,
             micro_batch=micro_batch,
             micro_batch_max=micro_batch_max,
+            max_pixels=max_pixels,
         )
 
     @classmethod
@@ -174,6 +178,7 @@ class TimmClassifier(ImageClassifier):
         decode_on_device: bool = False,
         micro_batch: int | str | None = None,
         micro_batch_max: int = DEFAULT_MAX,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         import timm
 
@@ -202,6 +207,7 @@ class TimmClassifier(ImageClassifier):
             decode_on_device=decode_on_device,
             micro_batch=micro_batch,
             micro_batch_max=micro_batch_max,
+            max_pixels=max_pixels,
         )
 
     @classmethod

@@ -9,16 +9,23 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from framework import RunError
-from plugins.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, row_label
+from plugins.vision.decode import DEFAULT_MAX_PIXELS, MODEL_MAX_PIXELS, DecodeError, row_label
 from plugins.vision.device_decode import decode_on_device
-from plugins.vision.transform import TransformConfig, resize_crop, resize_problem
+from plugins.vision.model_info import ModelInfo
+from plugins.vision.transform import (
+    TransformConfig,
+    config_from_info,
+    limit_problem,
+    resize_crop,
+    resize_problem,
+)
 
 # Pixels resized in one call at most (uint8; the resize works in float32, four times this).
 RESIZE_CHUNK_BYTES = 256 << 20
@@ -70,9 +77,9 @@ def device_crops(
     ids: Sequence[Any],
     device: torch.device,
     preprocess: TransformConfig,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     *,
     name: str,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """Encoded cells decoded, resized and cropped on ``device``: uint8 [N, 3, crop_h, crop_w].
 
@@ -85,7 +92,7 @@ def device_crops(
         raise RunError(f"{name}: {exc}") from exc
     for i, image in enumerate(images):
         h, w = image.shape[-2:]
-        problem = resize_problem(h, w, preprocess, max_pixels)
+        problem = resize_problem(h, w, preprocess, max_pixels, setting=MODEL_MAX_PIXELS)
         if problem:
             raise RunError(f"{name}: {row_label(ids, i)}: {problem}")
     if device.type == "cpu" and images:
@@ -93,6 +100,16 @@ def device_crops(
         # 1.24 ms per image, 2-core VM): no stacked copy, and the uint8 path is per image.
         return torch.stack([resize_crop(image, preprocess) for image in images])
     return resize_crop_by_size(images, preprocess, device)
+
+
+def device_limit_problems(info: Callable[[], ModelInfo], max_pixels: object) -> list[str]:
+    """A model's ``max_pixels`` that its own resize would refuse every image under."""
+    try:
+        config = config_from_info(info())
+    except (ValueError, OSError):  # a bad name or weights: their own checks say so
+        return []
+    problem = limit_problem(config, max_pixels)
+    return [problem] if problem else []
 
 
 def resize_crop_by_size(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from framework.torch_runtime import PRECISIONS, device_problem
+from plugins.vision.decode import DEFAULT_MAX_PIXELS
 
 
 def is_conv_net(module: torch.nn.Module) -> bool:
@@ -105,9 +106,13 @@ def _is_rows(value: object) -> bool:
 
 
 def gpu_option_problems(
-    compile: object, decode_on_device: object, micro_batch: object, micro_batch_max: object
+    compile: object,
+    decode_on_device: object,
+    micro_batch: object,
+    micro_batch_max: object,
+    max_pixels: object = DEFAULT_MAX_PIXELS,
 ) -> list[str]:
-    """One message per bad ``compile``/``decode_on_device``/``micro_batch(_max)`` value."""
+    """One message per bad ``compile``/``decode_on_device``/``micro_batch(_max)``/``max_pixels``."""
     problems = []
     if not isinstance(compile, bool) and compile not in COMPILE_MODES:
         problems.append(
@@ -122,4 +127,13 @@ def gpu_option_problems(
         )
     if not _is_rows(micro_batch_max):
         problems.append(f"micro_batch_max: expected a number of rows >= 1, got {micro_batch_max!r}")
+    if max_pixels is not None and not _is_rows(max_pixels):
+        problems.append(f"max_pixels: must be positive or null (no limit), got {max_pixels}")
+    elif max_pixels != DEFAULT_MAX_PIXELS and decode_on_device is not True:
+        # Without decode_on_device the model gets pixels: a limit set here would silently
+        # do nothing, while the images it was meant for pass image_transform's own.
+        problems.append(
+            "max_pixels: only applies with decode_on_device: true - without it, set "
+            "max_pixels on image_transform, which decodes the images"
+        )
     return problems

@@ -1,7 +1,8 @@
 """``torchscript``: a TorchScript file or ``torch.export`` program as an image classifier.
 
-It takes ``compile`` (``.pt2`` only), ``decode_on_device``, ``micro_batch`` and
-``micro_batch_max`` like the other classifiers (see ``plugins.vision.classifier``).
+It takes ``compile`` (``.pt2`` only), ``decode_on_device`` (with its ``max_pixels``),
+``micro_batch`` and ``micro_batch_max`` like the other classifiers (see
+``plugins.vision.classifier``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 
 from plugins.vision.classifier import ImageClassifier
+from plugins.vision.decode import DEFAULT_MAX_PIXELS
 from plugins.vision.microbatch import DEFAULT_MAX
 from plugins.vision.runtime import COMPILE_MODES, COMPILE_TORCHSCRIPT
 from plugins.vision.weights import checkpoint_facts, checkpoint_problem
@@ -62,6 +64,7 @@ class TorchScriptClassifier(ImageClassifier):
         decode_on_device: bool = False,
         micro_batch: int | str | None = None,
         micro_batch_max: int = DEFAULT_MAX,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.path = path
         info = self.model_info(
@@ -90,6 +93,7 @@ class TorchScriptClassifier(ImageClassifier):
             decode_on_device=decode_on_device,
             micro_batch=micro_batch,
             micro_batch_max=micro_batch_max,
+            max_pixels=max_pixels,
         )
 
     @classmethod

@@ -17,6 +17,7 @@ import torch
 from framework import ID_COLUMN, Batch, Preprocessor, RunError
 from plugins.vision.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_images, row_label
 from plugins.vision.transform import (
+    limit_problem,
     normalize,
     resize_crop,
     resize_problem,
@@ -101,7 +102,7 @@ class ImageTransform(Preprocessor):
     def check(cls, params: Mapping[str, Any]) -> list[str]:
         problems = _common_problems(params)
         try:
-            resolve_config(
+            config = resolve_config(
                 params.get("resize_size"),
                 params.get("crop_size"),
                 params.get("interpolation"),
@@ -110,8 +111,9 @@ class ImageTransform(Preprocessor):
                 params.get("from_model"),
             )
         except ValueError as exc:
-            problems.append(str(exc))
-        return problems
+            return [*problems, str(exc)]
+        limit = limit_problem(config, params.get("max_pixels", DEFAULT_MAX_PIXELS))
+        return [*problems, limit] if limit else problems
 
     def _check_resize(self, image: torch.Tensor, ids: np.ndarray, i: int) -> None:
         """Refuse, naming the row, an image whose resize alone would exceed ``max_pixels``."""

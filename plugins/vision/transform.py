@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from plugins.vision.decode import MAX_PIXELS
 from plugins.vision.model_info import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -125,7 +126,7 @@ def resize_problem(
     width: int,
     config: TransformConfig,
     max_pixels: int | None,
-    setting: str = "max_pixels",
+    setting: str = MAX_PIXELS,
 ) -> str | None:
     """Why an image (h, w) must not be resized, or None.
 
@@ -140,11 +141,28 @@ def resize_problem(
     if new_h * new_w <= max_pixels:
         return None
     crop_h, crop_w = config.crop_size
-    ratio = max(height, width) / max(1, min(height, width))
+    ratio = max(height, width) / min(height, width)
     return (
         f"{width}x{height} would be resized to {new_w}x{new_h} = {new_h * new_w} pixels "
         f"before the {crop_w}x{crop_h} crop, over max_pixels={max_pixels} (extreme aspect "
-        f"ratio {ratio:.0f}:1; raise {setting} only if a worker has the memory for it)"
+        f"ratio {ratio:.4g}:1; raise {setting} only if a worker has the memory for it)"
+    )
+
+
+def limit_problem(config: TransformConfig, max_pixels: object) -> str | None:
+    """A ``max_pixels`` below what even a square image is resized to: every row would fail.
+
+    The resize guard above counts the resized size too, so such a limit is a spec problem,
+    not a run of dead-lettered rows blaming their aspect ratio.
+    """
+    if not isinstance(max_pixels, int) or isinstance(max_pixels, bool) or max_pixels < 1:
+        return None  # not a limit: the type and sign checks say so
+    new_h, new_w = resized_size(1, 1, config.resize_size)
+    if max_pixels >= new_h * new_w:
+        return None
+    return (
+        f"max_pixels: {max_pixels} is below the {new_w}x{new_h} = {new_h * new_w} pixels even "
+        "a square image is resized to before the crop, so every image would be refused"
     )
 
 
