@@ -78,3 +78,23 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
     # Under policy fail, one failed try would have stopped the run: every batch was retried.
     assert stage["retries"] == stage["batches"] == len(list(markers.iterdir())) > 0
     assert report["rows_failed"] == 0
+
+
+def test_a_bad_row_logs_one_line_and_its_traceback_only_at_debug(caplog):
+    import logging
+
+    from framework.dead_letter import run_isolated
+
+    def call(row: dict) -> dict:
+        if row["id"][0] == "bad":
+            raise ValueError("cannot decode")
+        return row
+
+    batch = {"id": np.array(["a", "bad", "c"]), "x": np.arange(3.0)}
+    with caplog.at_level(logging.DEBUG, logger="infer_run"):
+        out, failures = run_isolated(call, batch, "preprocessors[0]", stop_at_first=False)
+    assert list(out["id"]) == ["a", "c"] and [f.row_id for f in failures] == ["bad"]
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.getMessage() == "row 'bad' failed in preprocessors[0]: ValueError: cannot decode"
+    assert warning.exc_info is None
+    assert any(r.exc_info for r in caplog.records if r.levelno == logging.DEBUG)
