@@ -22,7 +22,10 @@ from framework import (
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter
+from plugins.images.common import has_extension, list_relative
 from plugins.jsonl_writer import JsonlWriter
+
+JSONL_EXTENSIONS = ("jsonl", "json")
 
 
 def bad_lines(lines: list[bytes]) -> list[tuple[int, str]]:
@@ -155,16 +158,21 @@ class JsonlReader(Reader):
     def check(cls, params: Mapping[str, Any]) -> list[str]:
         paths = params["path"]
         storage = params.get("storage")
+        path = paths if isinstance(paths, str) else ", ".join(map(str, paths))
         try:
-            paths = expand_globs([paths] if isinstance(paths, str) else paths, storage)
-            for path in paths:
+            for path in expand_globs([paths] if isinstance(paths, str) else paths, storage):
                 fs, where = filesystem_for(path, storage)
-                if fs.get_file_info(where).type == pafs.FileType.NotFound:
+                kind = fs.get_file_info(where).type
+                if kind == pafs.FileType.NotFound:
                     return [f"path: no such file or directory {path}"]
+                if kind == pafs.FileType.Directory and not any(
+                    has_extension(name, JSONL_EXTENSIONS) for name in list_relative(fs, where)
+                ):
+                    return [f"path: no jsonl files ({', '.join(JSONL_EXTENSIONS)}) under {path}"]
         except SpecError as exc:
             return exc.problems
-        except OSError as exc:
-            return [f"path: cannot access {paths}: {exc}"]
+        except (OSError, pa.ArrowInvalid) as exc:  # unreachable store, refused keys, 'a//b'
+            return [f"path: cannot access {path}: {exc}"]
         return []
 
     def read(self) -> ray.data.Dataset:
@@ -177,7 +185,7 @@ class JsonlReader(Reader):
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(expanded[0]),
             filesystem=fs,
-            partition_filter=ExtensionFilter(("jsonl", "json")),  # also keeps "a?.jsonl"
+            partition_filter=ExtensionFilter(JSONL_EXTENSIONS),  # also keeps "a?.jsonl"
         )
         ds = ray.data.read_datasource(source, **self.read_args)
         if self.id_column != ID_COLUMN:

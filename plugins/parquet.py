@@ -101,10 +101,13 @@ class ParquetReader(Reader):
         except SpecError as exc:
             return exc.problems
         first = paths[0]
-        fs, where = filesystem_for(first, params.get("storage"))
         try:
+            fs, where = filesystem_for(first, params.get("storage"))
             if fs.get_file_info(where).type == pafs.FileType.NotFound:
                 return [f"path: no parquet data at {first}"]
+        except (OSError, pa.ArrowInvalid) as exc:  # as the other readers: the path's problem
+            return [f"path: cannot access {first}: {exc}"]
+        try:
             schema = parquet_schema(first, params.get("storage"))
         except (OSError, pa.ArrowException) as exc:
             # No readable file at all: an input error under either errors.policy, since

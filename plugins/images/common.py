@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from framework import SpecError, filesystem_for
@@ -55,7 +56,7 @@ def locate(
         return fs, where, fs.get_file_info(where).type
     except SpecError as exc:
         return exc.problems
-    except OSError as exc:
+    except (OSError, pa.ArrowInvalid) as exc:  # unreachable store, refused keys, 'a//b'
         return [f"path: cannot access {path}: {exc}"]
 
 
