@@ -21,8 +21,9 @@ from framework.plugins import load_registry
 from framework.ray_session import cluster_for, data_context, init_ray, read_planning
 from framework.redact import redact
 from framework.registry import Registry
-from framework.run import read_task_mb, run_spec, write_text
+from framework.run import read_task_mb, run_spec, write_extra
 from framework.spec import load_spec, validate_spec
+from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
 from framework.spec.validate import resolve
 
@@ -148,9 +149,9 @@ def _calibrate(spec: Spec, rows: int) -> int:
         prediction = predict(plan, timings)
         print(describe(timings, prediction))
         if spec.run.report:
-            write_text(
-                spec.run.report, json.dumps(as_json(plan, timings, prediction), indent=2), None
-            )
+            calibration = json.dumps(as_json(plan, timings, prediction), indent=2)
+            storage = run_files_storage(spec.reader.params, spec.writer.params)
+            write_extra(spec.run.report, calibration, "run.report", storage)
             print(f"calibration: {spec.run.report}")
     finally:
         if started and ray.is_initialized():

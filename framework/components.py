@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from framework.errors import InputError, unreadable_input
@@ -148,20 +149,23 @@ class Writer(Component, ABC):
 
     def prepare(self) -> None:
         """Runs on the driver before the pipeline starts: refuse or clear existing output."""
-        fs, where = filesystem_for(self.path, self.storage)
-        info = fs.get_file_info(where)
-        if info.type == pafs.FileType.NotFound:
-            return
-        if info.type == pafs.FileType.File or fs.get_file_info(pafs.FileSelector(where)):
-            if not self.overwrite:
+        try:
+            fs, where = filesystem_for(self.path, self.storage)
+            info = fs.get_file_info(where)
+            if info.type == pafs.FileType.NotFound:
+                return
+            exists = info.type == pafs.FileType.File or fs.get_file_info(pafs.FileSelector(where))
+            if exists and not self.overwrite:
                 raise InputError(
                     f"writer.path: output {self.path} already exists "
                     "- pass writer.overwrite=true to replace it"
                 )
-            if info.type == pafs.FileType.File:
+            if exists and info.type == pafs.FileType.File:
                 fs.delete_file(where)
-            else:
+            elif exists:
                 fs.delete_dir_contents(where)
+        except (OSError, pa.ArrowInvalid) as exc:  # unreachable store, refused keys, 'a//b'
+            raise InputError(f"writer.path: cannot reach {self.path}: {exc}") from None
 
     # The ending of the output's data files: with ``file_ids``, what ``--resume`` needs.
     output_suffix: ClassVar[str | None] = None

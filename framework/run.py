@@ -8,6 +8,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import ray
@@ -28,6 +29,7 @@ from framework.registry import Registry
 from framework.replay import plan_replay
 from framework.report import REPORT_NAME, RunReport, build_report
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
+from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
 from framework.telemetry import StageLog, stage_figures, task_timeline
@@ -178,10 +180,11 @@ def run_plan(
     ray.kill(stage_log)
     write_text(report_path, report.to_json(), writer.storage)
     write_text(f"{writer.path.rstrip('/')}/{SPEC_NAME}", resolved_yaml(spec), writer.storage)
+    extras_storage = run_files_storage(spec.reader.params, spec.writer.params)
     if spec.run.report:
-        write_extra(spec.run.report, report.to_json(), "run.report")
+        write_extra(spec.run.report, report.to_json(), "run.report", extras_storage)
     if spec.run.timeline:
-        write_extra(spec.run.timeline, json.dumps(events), "run.timeline")
+        write_extra(spec.run.timeline, json.dumps(events), "run.timeline", extras_storage)
     if failure is not None:
         raise failure
     return report
@@ -227,7 +230,11 @@ def error_policy(spec: Spec) -> ErrorPolicy:
     return ErrorPolicy(
         policy=e.policy,
         dead_letter=e.dead_letter or f"{str(writer['path']).rstrip('/')}/_dead_letter",
-        storage=writer.get("storage"),
+        # The default folder is in the output, so the writer's; a folder of the user's
+        # choosing follows the rule of the run's other files (run_files_storage).
+        storage=run_files_storage(spec.reader.params, writer)
+        if e.dead_letter
+        else writer.get("storage"),
         max_count=e.max_count,
         max_fraction=e.max_fraction,
         retries=e.retries,
@@ -248,7 +255,7 @@ def _node_descriptions() -> dict[str, dict[str, Any]]:
     }
 
 
-def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:
+def write_text(path: str, text: str, storage: Mapping[str, Any] | None) -> None:
     fs, where = filesystem_for(path, storage)
     parent = where.rsplit("/", 1)[0]
     if parent and parent != where:
@@ -257,10 +264,10 @@ def write_text(path: str, text: str, storage: dict[str, Any] | None) -> None:
         out.write(text.encode())
 
 
-def write_extra(path: str, text: str, key: str) -> None:
+def write_extra(path: str, text: str, key: str, storage: Mapping[str, Any] | None = None) -> None:
     """A file the spec asks for beside the output (checked writable before the run)."""
     try:
-        write_text(path, text, None)
+        write_text(path, text, storage)
     except OSError as exc:
         raise InputError(f"{key}: cannot write {path} ({exc}); the output is complete") from None
 

@@ -26,6 +26,7 @@ STORAGE_KEYS = (
     "session_token",
     "anonymous",
 )
+_STRING_KEYS = tuple(k for k in STORAGE_KEYS if k != "anonymous")
 
 
 # Files read at once when only their metadata or ids are wanted: each read is a round trip
@@ -127,16 +128,43 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
+def storage_problems(where: str, storage: Any) -> list[str]:
+    """A ``storage:`` node's keys and value types (``where``: its spec path).
+
+    ``${oc.env:VAR,false}`` gives the string ``'false'``, which is truthy: taken as it
+    came, it turned anonymous access on and dropped the keys given beside it.
+    """
+    if storage is None:
+        return []
+    if not isinstance(storage, Mapping):
+        return [f"{where}: expected a mapping of {', '.join(STORAGE_KEYS)}, got {storage!r}"]
+    out = [
+        f"{where}.{key}: unknown key (known: {', '.join(STORAGE_KEYS)})"
+        for key in storage
+        if key not in STORAGE_KEYS
+    ]
+    out += [
+        f"{where}.{key}: expected a string, got {type(storage[key]).__name__}"
+        for key in _STRING_KEYS
+        if storage.get(key) is not None and not isinstance(storage[key], str)
+    ]
+    anonymous = storage.get("anonymous")
+    if anonymous is not None and not isinstance(anonymous, bool):
+        out.append(
+            f"{where}.anonymous: expected true or false, got {anonymous!r} (an environment "
+            "variable gives a string: write ${oc.decode:${oc.env:VAR,false}})"
+        )
+    return out
+
+
 def filesystem_for(
     path: str, storage: Mapping[str, Any] | None = None
 ) -> tuple[pafs.FileSystem, str]:
     """The filesystem holding ``path`` and the path inside it."""
+    problems = storage_problems("storage", storage)
+    if problems:
+        raise SpecError(problems)
     storage = dict(storage or {})
-    unknown = sorted(set(storage) - set(STORAGE_KEYS))
-    if unknown:
-        raise SpecError(
-            [f"storage: unknown key {k!r} (known: {', '.join(STORAGE_KEYS)})" for k in unknown]
-        )
     if path.startswith("s3://"):
         return s3_filesystem(storage), path[len("s3://") :]
     if is_remote(path):

@@ -157,7 +157,7 @@ def test_checks_on_s3_report_missing_and_empty(s3_server, s3_bucket):
     assert ImageFolderReader.check(
         {"path": f"s3://{s3_bucket}/docs", "storage": {**storage, "secret": "x"}}
     ) == [
-        "storage: unknown key 'secret' (known: endpoint_url, region, access_key_id, "
+        "storage.secret: unknown key (known: endpoint_url, region, access_key_id, "
         "secret_access_key, session_token, anonymous)"
     ]
 

@@ -356,6 +356,24 @@ def test_writer_path_holding_or_inside_the_input_is_refused_before_anything_is_d
     assert main([str(spec), "--validate", *pattern]) == ExitCode.OK
     assert main([str(spec), "--validate", f"writer.path={tmp_path}/out"]) == ExitCode.OK
 
+    # Dead letters: --replay moves every record file of their folder aside, --resume reads
+    # the output's files, and a read of the input folder reads what lies in it.
+    out = f"writer.path={tmp_path}/out"
+    clashes = {
+        str(inputs): f"errors.dead_letter: {inputs} holds the input {inputs} (reader.path), "
+        "which --replay would move away",
+        f"{inputs}/dl": f"errors.dead_letter: {inputs}/dl is inside the input {inputs} "
+        "(reader.path): the next read of it, or --resume, would take the records for input",
+        f"{tmp_path}/out": f"errors.dead_letter: {tmp_path}/out is the output folder "
+        "(writer.path): records and predictions would mix",
+    }
+    capsys.readouterr()
+    for dead_letter, expected in clashes.items():
+        done = main([str(spec), "--validate", out, f"errors.dead_letter={dead_letter}"])
+        assert done == ExitCode.SPEC_ERROR, dead_letter
+        assert expected in capsys.readouterr().err
+    assert main([str(spec), "--validate", out, f"errors.dead_letter={tmp_path}/dl"]) == 0
+
 
 def test_nan_is_refused_wherever_it_is_written(tmp_path, data):
     path = write_spec(tmp_path, GOOD.format(root=tmp_path))

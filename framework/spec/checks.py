@@ -16,7 +16,7 @@ from framework.spec.schema import (
     Resources,
     RunSection,
 )
-from framework.storage import GLOB_CHARS, is_remote
+from framework.storage import is_remote
 
 # Ray Data runs its executor in the driver, which Ray Client does not provide
 # (ray-project/ray#42739: "Ray client does not work with Ray Data").
@@ -192,38 +192,3 @@ def unused_resources(kind: str, in_actors: bool, asked: dict[str, Any]) -> list[
         for key in asked
         if key in ACTOR_ONLY_RESOURCES
     ]
-
-
-def path_overlap_problems(reader: dict[str, Any], writer: dict[str, Any]) -> list[str]:
-    """``writer.path`` holding an input (which ``--overwrite`` deletes) or inside an input
-    directory (whose next read, or ``--resume``, reads the predictions as input)."""
-    output, inputs = writer.get("path"), reader.get("path")
-    if not isinstance(output, str) or inputs is None:
-        return []
-    out_key = _place(output)
-    problems = []
-    for path in [inputs] if isinstance(inputs, str) else inputs:
-        if not isinstance(path, str):
-            continue
-        parts = path.split("/")
-        globbed = next((i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS)), None)
-        in_key = _place("/".join(parts[:globbed]) if globbed is not None else path)
-        if in_key == out_key or in_key.startswith(out_key + "/"):
-            problems.append(
-                f"writer.path: {output} holds the input {path} (reader.path), which "
-                "--overwrite would delete - write somewhere else"
-            )
-        elif globbed is None and out_key.startswith(in_key + "/"):
-            problems.append(
-                f"writer.path: {output} is inside the input {path} (reader.path): the next "
-                "read of it, or --resume, would take the predictions for input - write "
-                "somewhere else"
-            )
-    return problems
-
-
-def _place(path: str) -> str:
-    """A path as a key to compare: a URI as given, a local path absolute, links resolved."""
-    if is_remote(path):
-        return path.rstrip("/")
-    return os.path.realpath(os.path.expanduser(path.removeprefix("file://")))

@@ -17,13 +17,13 @@ from framework.spec.checks import (
     benchmark_problems,
     error_problems,
     nan_problems,
-    path_overlap_problems,
     ray_problems,
     resource_problems,
     run_problems,
     unused_resources,
 )
 from framework.spec.params import bind_params, kind_of
+from framework.spec.places import place_problems
 from framework.spec.schema import (
     RESERVED_STAGE_KEYS,
     SECTIONS,
@@ -37,6 +37,7 @@ from framework.spec.schema import (
     StageConfig,
     runs_in_actors,
 )
+from framework.storage import storage_problems
 
 
 def validate_spec(
@@ -71,8 +72,15 @@ def validate_spec(
     problems.extend(ray_problems(ray))
     problems.extend(run_problems(run))
     problems.extend(data_context_problems(run.data_context))
-    reader = _stage(resolved.get("reader"), "reader", "reader", registry, problems)
-    writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
+    # A storage node of the wrong types would make the reader's or writer's check() fail
+    # on it (or, worse, pass with anonymous access): reported instead of checking the stage.
+    bad_storage = {key: _storage_problems(resolved.get(key), key) for key in ("reader", "writer")}
+    problems.extend(p for found in bad_storage.values() for p in found)
+    reader = writer = None
+    if not bad_storage["reader"]:
+        reader = _stage(resolved.get("reader"), "reader", "reader", registry, problems)
+    if not bad_storage["writer"]:
+        writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
     lists: dict[str, tuple[StageConfig, ...]] = {}
     for section, kind in STAGE_LISTS.items():
         nodes = resolved.get(section) or []
@@ -85,7 +93,7 @@ def validate_spec(
         ]
         lists[section] = tuple(s for s in stages if s is not None)
     if reader is not None and writer is not None:
-        problems.extend(path_overlap_problems(reader.params, writer.params))
+        problems.extend(place_problems(reader.params, writer.params, errors, run))
     if problems:
         # A NaN's own line says it all: drop what other checks then said of the same key.
         nan_keys = {p.split(":")[0] for p in nans}
@@ -191,6 +199,11 @@ def _stage(
         return None
     problems.extend(f"{path}.{p}" for p in _checked(entry.cls, bound, path, kind, str(type_name)))
     return StageConfig(path, kind, str(type_name), entry.cls, bound, resources)
+
+
+def _storage_problems(node: Any, path: str) -> list[str]:
+    storage = node.get("storage") if isinstance(node, dict) else None
+    return storage_problems(f"{path}.storage", storage)
 
 
 def _checked(cls: type, params: dict[str, Any], path: str, kind: str, name: str) -> list[str]:

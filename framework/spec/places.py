@@ -1,0 +1,124 @@
+"""Where a run reads and writes: places that clash, ``storage:`` nodes, remote outputs.
+
+Checked before Ray starts, so a mistake costs seconds instead of a run: an output that
+would delete or be read as the input, a storage value of the wrong type, a bucket the
+output, the dead letters or the report copy could not be written to.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from framework.errors import SpecError
+from framework.storage import GLOB_CHARS, filesystem_for, is_remote
+
+
+def run_files_storage(
+    reader: Mapping[str, Any], writer: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    """The ``storage:`` of the run's own files off the output (``errors.dead_letter``,
+    ``run.report``, ``run.timeline``): the writer's, else the reader's, else the environment."""
+    return writer.get("storage") or reader.get("storage") or None
+
+
+def overlap_problems(
+    reader: Mapping[str, Any], writer: Mapping[str, Any], dead_letter: str | None
+) -> list[str]:
+    """An output holding an input (``--overwrite`` or ``--replay`` would take it away) or
+    inside an input directory (the next read, or ``--resume``, takes it for input), and
+    dead letters in the output's own folder (``--resume`` would take records for output)."""
+    output = writer.get("path")
+    places = [("writer.path", output)] if isinstance(output, str) else []
+    out = []
+    if dead_letter:
+        places.append(("errors.dead_letter", dead_letter))
+        if isinstance(output, str) and _place(dead_letter) == _place(output):
+            out.append(
+                f"errors.dead_letter: {dead_letter} is the output folder (writer.path): "
+                "records and predictions would mix - use another folder"
+            )
+    return out + [p for key, path in places for p in _input_clashes(key, path, reader)]
+
+
+def _input_clashes(key: str, output: str, reader: Mapping[str, Any]) -> Iterator[str]:
+    inputs = reader.get("path")
+    out_key = _place(output)
+    for path in [inputs] if isinstance(inputs, str) else inputs or []:
+        if not isinstance(path, str):
+            continue
+        parts = path.split("/")
+        globbed = next((i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS)), None)
+        in_key = _place("/".join(parts[:globbed]) if globbed is not None else path)
+        writes = key == "writer.path"
+        if in_key == out_key or in_key.startswith(out_key + "/"):
+            loss = "--overwrite would delete" if writes else "--replay would move away"
+            yield (
+                f"{key}: {output} holds the input {path} (reader.path), which {loss} - "
+                "write somewhere else"
+            )
+        elif globbed is None and out_key.startswith(in_key + "/"):
+            what = "the predictions" if writes else "the records"
+            yield (
+                f"{key}: {output} is inside the input {path} (reader.path): the next read of "
+                f"it, or --resume, would take {what} for input - write somewhere else"
+            )
+
+
+def _place(path: str) -> str:
+    """A path as a key to compare: a URI as given, a local path absolute, links resolved."""
+    if is_remote(path):
+        return path.rstrip("/")
+    return os.path.realpath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def remote_output_problems(places: Mapping[str, tuple[Any, Any]]) -> list[str]:
+    """Whether the bucket of each remote place a run writes answers: spec path ->
+    (URI, its storage node). Local places are checked by ``checks.unwritable``."""
+    out = []
+    for key, (path, storage) in places.items():
+        if isinstance(path, str) and is_remote(path):
+            problem = _bucket_problem(path, storage)
+            if problem:
+                out.append(f"{key}: cannot write to {path}: {problem}")
+    return out
+
+
+def _bucket_problem(path: str, storage: Mapping[str, Any] | None) -> str | None:
+    try:
+        fs, where = filesystem_for(path, storage)
+        if "//" in where or not where.split("/")[0]:
+            return "a path component is empty ('//')"
+        if fs.get_file_info(where.split("/")[0]).type == pafs.FileType.NotFound:
+            return "the bucket does not exist"
+    except SpecError:
+        return None  # the storage node's own problems are reported by storage_problems
+    except (OSError, pa.ArrowInvalid) as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def place_problems(
+    reader: Mapping[str, Any], writer: Mapping[str, Any], errors: Any, run: Any
+) -> list[str]:
+    """Everything above for a spec's reader and writer params, ``errors`` and ``run``."""
+    own = run_files_storage(reader, writer)
+    remote = {
+        "writer.path": (writer.get("path"), writer.get("storage")),
+        "errors.dead_letter": (errors.dead_letter, own),
+        "run.report": (run.report, own),
+        "run.timeline": (run.timeline, own),
+    }
+    return overlap_problems(reader, writer, errors.dead_letter) + remote_output_problems(remote)
+
+
+__all__ = [
+    "overlap_problems",
+    "place_problems",
+    "remote_output_problems",
+    "run_files_storage",
+]

@@ -1,0 +1,94 @@
+"""Where a run writes besides its output, and storage mistakes, against moto's S3 server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from framework.cli import main
+from framework.errors import ExitCode
+
+pytestmark = pytest.mark.ray
+
+GOOD_LINES = [{"key": f"k{i}", "x": i} for i in range(6)]
+
+
+def spec_file(tmp_path: Path, reader: dict[str, Any], **sections: Any) -> Path:
+    spec = {
+        "reader": {"type": "jsonl", "id_column": "key", **reader},
+        "models": [{"type": "echo"}],
+        "writer": {"type": "parquet", "path": str(tmp_path / "out")},
+        **sections,
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def objects(s3_server: Any, bucket: str, prefix: str) -> dict[str, bytes]:
+    client = s3_server.client()
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {
+        o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+        for o in listed
+        if not o["Key"].endswith("/")  # the folder markers pyarrow's create_dir leaves
+    }
+
+
+def test_dead_letters_and_report_on_s3_use_the_specs_storage(
+    ray_session, s3_server, s3_bucket, tmp_path, monkeypatch
+):
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)  # only the spec's storage node says where
+    body = "\n".join(json.dumps(r) for r in GOOD_LINES) + "\nnot json\n"
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/a.jsonl", Body=body.encode())
+    reader = {"path": f"s3://{s3_bucket}/in", "storage": s3_server.storage}
+    spec = spec_file(
+        tmp_path,
+        reader,
+        errors={"policy": "skip", "dead_letter": f"s3://{s3_bucket}/dl"},
+        run={"report": f"s3://{s3_bucket}/reports/run.json"},
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    (record_file,) = objects(s3_server, s3_bucket, "dl/").values()
+    (record,) = [json.loads(line) for line in record_file.decode().splitlines()]
+    assert record["stage"] == "reader" and "line 7" in record["message"]
+    report = json.loads(objects(s3_server, s3_bucket, "reports/")["reports/run.json"])
+    assert (report["rows_written"], report["rows_failed"]) == (6, 1)
+
+
+def test_storage_mistakes_and_unreachable_places_are_one_line_each(
+    s3_server, s3_bucket, tmp_path, capsys
+):
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/a.jsonl", Body=b'{"key": "k"}\n')
+    storage = s3_server.storage
+    spec = spec_file(tmp_path, {"path": f"s3://{s3_bucket}/in", "storage": storage})
+    dead = {**storage, "endpoint_url": "http://127.0.0.1:9"}
+    cases = {
+        # ${oc.env:VAR,false} gives the string 'False', which used to turn anonymous on.
+        "reader.storage.anonymous='false'": "reader.storage.anonymous: expected true or false, got 'false'",
+        "writer.storage={session_token: 12345}": "writer.storage.session_token: expected a string, got int",
+        f"errors.dead_letter=s3://no-such-{s3_bucket}/dl": (
+            f"errors.dead_letter: cannot write to s3://no-such-{s3_bucket}/dl: "
+            "the bucket does not exist"
+        ),
+        f"run.report=s3://{s3_bucket}//r.json": (
+            f"run.report: cannot write to s3://{s3_bucket}//r.json: a path component is empty ('//')"
+        ),
+        f"writer.path=s3://{s3_bucket}/out": None,  # with the dead endpoint below
+        f"reader.path=s3://{s3_bucket}//in": f"reader.path: cannot access s3://{s3_bucket}//in",
+        f"reader.path=s3://{s3_bucket}/empty": f"reader.path: no jsonl files (jsonl, json) under s3://{s3_bucket}/empty",
+    }
+    s3_server.client().put_object(Bucket=s3_bucket, Key="empty/readme.txt", Body=b"no jsonl")
+    for override, expected in cases.items():
+        extra = [f"writer.storage={json.dumps(dead)}"] if expected is None else []
+        assert main([str(spec), "--validate", override, *extra]) == ExitCode.SPEC_ERROR, override
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 2, err  # the heading and one problem
+        if expected is None:
+            expected = f"writer.path: cannot write to s3://{s3_bucket}/out: "
+        assert err[1].strip().startswith(expected), (override, err)
