@@ -186,3 +186,18 @@ def test_a_file_named_with_a_question_mark_is_read(ray_session, tmp_path):
     assert main([str(spec)]) == ExitCode.OK
     ids = pads.dataset(tmp_path / "o", format="parquet").to_table()["id"].to_pylist()
     assert sorted(ids) == ["a", "b"]
+
+
+def test_a_folder_without_jsonl_files_is_a_spec_problem_and_leaves_no_output(tmp_path, capsys):
+    empty = tmp_path / "in"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not jsonl")
+    (empty / "_hidden.jsonl").write_text('{"id": 1}\n')  # Ray Data's listing skips it
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: jsonl, path: {empty}}}\nmodels: [{{type: echo}}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.SPEC_ERROR
+    assert f"reader.path: no jsonl files (jsonl, json) under {empty}\n" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
