@@ -74,6 +74,21 @@ def test_override_can_add_a_whole_stage(tmp_path, data):
     assert spec.preprocessors[0].params["columns"] == ["x"]
 
 
+def test_a_node_in_flow_form_replaces_the_old_node_and_a_dotted_key_sets_one_key(tmp_path, data):
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    cfg = load_spec(path, ["models.0={type: upper, column: x}", "reader.columns=[x]"])
+    # The echo node's scale is gone with it (merged, it stayed and failed validation).
+    assert dict(cfg.models[0]) == {"type": "upper", "column": "x"}
+    assert list(cfg.reader.columns) == ["x"]
+    assert cfg.reader.path == f"{tmp_path}/in.parquet"  # a dotted key sets one key only
+    cfg = load_spec(path, ["writer={type: jsonl, path: /elsewhere}", "vars.root=[a, b]"])
+    assert dict(cfg.writer) == {"type": "jsonl", "path": "/elsewhere"}
+    assert list(cfg.vars.root) == ["a", "b"]
+    cfg = load_spec(path, ["models.0.resources={actors: 2}", "models.0.resources={batch_size: 4}"])
+    assert dict(cfg.models[0].resources) == {"batch_size": 4}
+    assert cfg.models[0].scale == 2
+
+
 def test_defaults_from_plugin_are_overridden_key_by_key(tmp_path, data):
     path = write_spec(tmp_path, GOOD.format(root=tmp_path))
     overrides = ["preprocessors=[{type: upper, column: x}]", "preprocessors.0.resources.num_cpus=2"]

@@ -67,7 +67,9 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
         return f"override {item!r}: expected key=value or ~key"
     try:
         value = _parse_value(raw)
-        OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        # A whole node in flow form (`models.0={...}`) replaces the old one, as README says:
+        # merged, the old node's keys stayed (a torchvision `weights:` under a timm model).
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
     except yaml.YAMLError as exc:
         return f"override {item!r}: invalid YAML value: {getattr(exc, 'problem', None) or exc}"
     except (OmegaConfBaseException, IndexError, ValueError, TypeError) as exc:
