@@ -147,6 +147,41 @@ BAD_SPECS = [
         id="wrong-param-type",
     ),
     pytest.param(
+        # A wrong type hides none of the node's other problems, and is told in the
+        # plugin's own words where its check() has some. YAML's yes is true.
+        "reader: {type: parquet, path: @IN@}\n"
+        "models: [{type: torchvision, name: resnet18, weights: random, precision: fp64,"
+        " compile: fast, micro_batch: 0, fold_batch_norm: 1, decode_on_device: 'yes',"
+        " keep_image: yes, micro_batch_max: [2], wieghts: x}]\n"
+        "writer: {type: parquet, path: @OUT@}\n",
+        [],
+        [
+            "models[0].fold_batch_norm: expected true, false or 'auto', got 1",
+            "models[0].decode_on_device: expected true or false, got 'yes'",
+            "models[0].micro_batch_max: expected a number of rows >= 1, got [2]",
+            "models[0].wieghts: unknown parameter for model 'torchvision' - did you mean 'weights'?",
+            "models[0].precision: 'fp64' is not one of auto, fp32, fp16, bf16",
+            "models[0].compile: expected false, true or one of default, reduce-overhead, "
+            "max-autotune, max-autotune-no-cudagraphs, got 'fast'",
+            "models[0].micro_batch: expected null (the whole batch), a number of rows >= 1 or "
+            "'auto', got 0",
+        ],
+        id="a-wrong-type-hides-no-other-problem",
+    ),
+    pytest.param(
+        # check() is left out when a required parameter is missing or wrongly typed: a
+        # plugin's check may rely on it. Where its check() has no words, the type's stay.
+        "reader: {type: parquet, path: @IN@, id_column: key, columns: 5}\n"
+        "writer: {type: parquet, path: 7}\n",
+        [],
+        [
+            "reader.columns: expected list[str] | None, got int 5",
+            "reader.id_column: @IN@ has no column 'key' (columns: id, x)",
+            "writer.path: expected str, got int 7",
+        ],
+        id="wrong-types-beside-check-problems",
+    ),
+    pytest.param(
         "reader: {type: parquet, path: @IN@}\nmodels: [{type: echo}]\nwriter: {type: parquet, path: @OUT@}\n",
         ["models.0.resources.num_gpu=1", "models.0.resources.actors=[4,2]", "run.limit=ten"],
         [

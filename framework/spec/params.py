@@ -15,20 +15,7 @@ from framework.spec.schema import Resources
 
 def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
     """``params`` checked against ``cls.__init__``: (all arguments with defaults, problems)."""
-    # A class without an __init__ of its own takes nothing (object's is (*args, **kwargs)).
-    signature = inspect.signature(
-        cls.__init__ if cls.__init__ is not object.__init__ else _no_params
-    )
-    accepted = {
-        name: p
-        for name, p in signature.parameters.items()
-        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation we cannot evaluate: skip type checks, keep name checks
-        hints = {}
+    signature, accepted, takes_any, hints = _signature(cls)
     problems = []
     for key, value in params.items():
         if key not in accepted:
@@ -49,6 +36,46 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
             problems.append(f"{name}: missing required parameter for {what}")
     if problems:
         return {}, problems
+    return _bound(signature, params), []
+
+
+def checkable_params(cls: type, params: dict[str, Any]) -> tuple[dict[str, Any] | None, set[str]]:
+    """For ``check()`` when binding found problems, so that one bad key hides no other:
+    ``params`` without the unknown and wrongly typed keys, defaults applied (None when a
+    required parameter is then missing), and the wrongly typed keys."""
+    signature, accepted, takes_any, hints = _signature(cls)
+    wrong = {
+        key
+        for key, value in params.items()
+        if key in accepted and key in hints and not matches_type(value, hints[key])
+    }
+    kept = {k: v for k, v in params.items() if (k in accepted or takes_any) and k not in wrong}
+    if any(p.default is p.empty and name not in kept for name, p in accepted.items()):
+        return None, wrong
+    return _bound(signature, kept), wrong
+
+
+def _signature(cls: type) -> tuple[inspect.Signature, dict[str, Any], bool, dict[str, Any]]:
+    """``cls.__init__``'s signature, its named parameters, whether it takes ``**kwargs``,
+    and its type hints."""
+    # A class without an __init__ of its own takes nothing (object's is (*args, **kwargs)).
+    signature = inspect.signature(
+        cls.__init__ if cls.__init__ is not object.__init__ else _no_params
+    )
+    accepted = {
+        name: p
+        for name, p in signature.parameters.items()
+        if name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values())
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation we cannot evaluate: skip type checks, keep name checks
+        hints = {}
+    return signature, accepted, takes_any, hints
+
+
+def _bound(signature: inspect.Signature, params: dict[str, Any]) -> dict[str, Any]:
     bound = signature.bind_partial(**params)
     bound.apply_defaults()
     arguments = dict(bound.arguments)
@@ -58,7 +85,7 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
             arguments.update(arguments.pop(name, {}))
         elif p.kind == p.VAR_POSITIONAL:
             arguments.pop(name, None)
-    return arguments, []
+    return arguments
 
 
 def _no_params(self: object) -> None: ...

@@ -22,7 +22,7 @@ from framework.spec.checks import (
     run_problems,
     unused_resources,
 )
-from framework.spec.params import bind_params, kind_of
+from framework.spec.params import bind_params, checkable_params, kind_of
 from framework.spec.places import place_problems
 from framework.spec.schema import (
     RESERVED_STAGE_KEYS,
@@ -194,8 +194,9 @@ def _stage(
     if entry is None:
         return None
     bound, bind_problems = bind_params(entry.cls, params, f"{kind} {type_name!r}")
-    problems.extend(f"{path}.{p}" for p in bind_problems)
     if bind_problems:
+        found = _checked_anyway(entry.cls, params, bind_problems, path, kind, str(type_name))
+        problems.extend(f"{path}.{p}" for p in found)
         return None
     problems.extend(f"{path}.{p}" for p in _checked(entry.cls, bound, path, kind, str(type_name)))
     return StageConfig(path, kind, str(type_name), entry.cls, bound, resources)
@@ -204,6 +205,36 @@ def _stage(
 def _storage_problems(node: Any, path: str) -> list[str]:
     storage = node.get("storage") if isinstance(node, dict) else None
     return storage_problems(f"{path}.storage", storage)
+
+
+def _checked_anyway(
+    cls: type, params: dict[str, Any], bind_problems: list[str], path: str, kind: str, name: str
+) -> list[str]:
+    """Binding's problems, then what ``check()`` finds in the other keys: README promises
+    every problem at once. A wrongly typed key is told in the plugin's own words where its
+    ``check()`` has some for that value ("expected true, false or 'auto'", not "bool | str")."""
+    partial, wrong = checkable_params(cls, params)
+    if partial is None:  # check() may rely on every required parameter
+        return bind_problems
+    found = _checked(cls, partial, path, kind, name)
+    lines: list[str] = []
+    for line in bind_problems:
+        key = line.split(":")[0]
+        own = _own_words(cls, {**partial, key: params[key]}, key) if key in wrong else []
+        lines.extend(own or [line])
+    return lines + [p for p in found if p not in lines]
+
+
+def _own_words(cls: type, params: dict[str, Any], key: str) -> list[str]:
+    """``check()``'s lines about ``key`` given its wrongly typed value; none if it has none,
+    or cannot take such a value (a check may rely on the types the signature promises)."""
+    try:
+        found = cls.check(params)
+    except Exception:
+        return []
+    if not isinstance(found, list | tuple):
+        return []
+    return [p for p in found if isinstance(p, str) and p.startswith(f"{key}:")]
 
 
 def _checked(cls: type, params: dict[str, Any], path: str, kind: str, name: str) -> list[str]:
