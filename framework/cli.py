@@ -121,7 +121,7 @@ def main_run(argv: Sequence[str]) -> int:
             print(plan.describe())
         check_feasible(plan)
         if args.validate:
-            print(f"{args.spec}: valid ({len(spec.stages)} stages)")
+            print(f"{args.spec}: valid ({stages_counted(spec)})")
         return ExitCode.OK
     report = run_spec(spec, registry, resume=args.resume, replay=args.replay)
     print(report.summary())
@@ -182,6 +182,19 @@ def main_plugins(argv: Sequence[str]) -> int:
         source = f"{r['distribution']} {r['version']}" if r["distribution"] else r["plugin"]
         print(f"{r['kind']:<13} {r['name']:<20} {source:<24} {r['class']}")
     return ExitCode.OK
+
+
+def stages_counted(spec: Spec) -> str:
+    """``3 stages: reader, 1 model, writer``: what ``--validate`` found valid."""
+    parts = ["reader"]
+    for kind, nodes in (
+        ("preprocessor", spec.preprocessors),
+        ("model", spec.models),
+        ("postprocessor", spec.postprocessors),
+    ):
+        if nodes:
+            parts.append(f"{len(nodes)} {kind}{'s' if len(nodes) > 1 else ''}")
+    return f"{len(spec.stages) + 2} stages: {', '.join([*parts, 'writer'])}"
 
 
 def main_datagen(argv: Sequence[str]) -> int:

@@ -69,7 +69,10 @@ class Plan:
                 tasks = f" tasks<={node.max_tasks}" if node.max_tasks else ""
                 lines.append(f"{head}  num_cpus={node.num_cpus:g}{tasks}{limit}")
             elif isinstance(node, MapNode):
-                pool = f"actors={node.pool[0]}..{node.pool[1]}" if node.pool else "tasks"
+                pool = "tasks"
+                if node.pool:  # a fixed pool as the spec says it, `actors=3`, not `3..3`
+                    low, high = node.pool
+                    pool = f"actors={low}" if low == high else f"actors={low}..{high}"
                 pool += f"<={node.max_tasks}" if node.max_tasks else ""
                 args = " ".join(
                     f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"

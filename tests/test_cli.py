@@ -40,7 +40,15 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
 
 def test_validate(spec, capsys):
     assert main([str(spec), "--validate"]) == ExitCode.OK
-    assert capsys.readouterr().out == f"{spec}: valid (1 stages)\n"
+    assert capsys.readouterr().out == f"{spec}: valid (3 stages: reader, 1 model, writer)\n"
+    more = [
+        "preprocessors=[{type: select_columns, columns: [x]}]",
+        "models=[{type: echo}, {type: echo}]",
+    ]
+    assert main([str(spec), "--validate", *more]) == ExitCode.OK
+    assert capsys.readouterr().out == (
+        f"{spec}: valid (5 stages: reader, 1 preprocessor, 2 models, writer)\n"
+    )
 
 
 def test_print_spec_is_resolved_yaml_without_secrets(spec, capsys, tmp_path):

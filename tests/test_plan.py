@@ -266,6 +266,10 @@ def test_stateless_stage_with_actors_runs_as_a_pool(data):
     )
     node = plan.nodes[1]
     assert (node.compute, node.pool) == ("actors", (3, 3))
+    # A fixed pool reads as the spec says it; a range as min..max.
+    assert "select_columns  actors=3 batch_size=" in plan.describe()
+    ranged = plan_for(simple(data, resources={"actors": [1, 3]}), cluster=LAPTOP)
+    assert "echo  actors=1..3 batch_size=" in ranged.describe()
 
 
 def test_describe_lists_each_stage_with_resources_and_why(data):
@@ -277,7 +281,7 @@ def test_describe_lists_each_stage_with_resources_and_why(data):
         "1. preprocessor preprocessors[0]   select_columns  tasks<=2 batch_size=ray-default "
         "num_cpus=0.25",
         "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors; 2 at once",
-        "2. model        models[0]          echo  actors=1..1 batch_size=32 num_cpus=1.5",
+        "2. model        models[0]          echo  actors=1 batch_size=32 num_cpus=1.5",
         "   auto (actors, num_cpus, num_gpus): no GPU: 1 actor(s) of 1.5 CPUs (torch threads "
         "follow), 0.5 CPU per node kept for reading, CPU stages and writing",
         "3. writer       writer             parquet  num_cpus=0.25 -> /tmp/o",
