@@ -37,8 +37,11 @@ class RunReport:
             f"in {d['wall_time_s']:.2f}s ({d['rows_per_s']:.1f} rows/s)",
         ]
         for op in d["operators"]:
+            # Ray's Write operator puts out one row of write statistics: show what was written.
+            writes = op["name"].split("->")[-1].startswith("Write")
+            rows = f"{d['rows_written']} rows written" if writes else f"{op['rows_out']} rows out"
             lines.append(
-                f"  {op['name']}: {op['rows_out']} rows out, {op['wall_time_s']:.2f}s wall, "
+                f"  {op['name']}: {rows}, {op['wall_time_s']:.2f}s wall, "
                 f"{op['task_time_s']:.2f}s in tasks"
             )
         shares = [

@@ -97,6 +97,10 @@ def test_parquet_to_echo_to_parquet_keeps_every_id_once(ray_session, tmp_path, d
     assert report["plugins"]["echo"]["distribution"] == "infer-run"
     printed = capsys.readouterr().out
     assert f"rows read {ROWS}, written {ROWS}, failed 0" in printed
+    # The writer's operator shows the rows written, not the one row of write statistics
+    # Ray's Write operator puts out.
+    (write,) = [line for line in printed.splitlines() if line.startswith("  ") and "Write" in line]
+    assert write.split(": ", 1)[1].startswith(f"{ROWS} rows written, ")
 
 
 def test_limit_processes_only_the_first_rows(ray_session, tmp_path, dataset):
