@@ -42,6 +42,23 @@ def granted(resource: str) -> float:
         return 0.0
 
 
+def show_info_logs(cls: type) -> None:
+    """In a Ray worker, INFO lines of infer-run and of the stage's package (a model saying
+    what it chose) go to stderr, which Ray forwards to the driver's console, prefixed with
+    the pid. Only the driver configures logging: workers dropped every INFO line."""
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return  # a driver (a stage built in-process) logs through its own configuration
+    package = cls.__module__.partition(".")[0]
+    for name in {"infer_run", package} - {"builtins", "__main__"}:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        if not logger.hasHandlers():
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+
+
 def match_torch_threads() -> int | None:
     """Make torch use as many threads as CPUs granted: no oversubscription, no idle cores.
 
@@ -84,6 +101,7 @@ class StageRunner:
 
     def build(self) -> None:
         started = time.time()
+        show_info_logs(self.cls)
         self.stage = self.cls(**self.params)
         built = time.time()
         threads = match_torch_threads()

@@ -366,7 +366,9 @@ def test_folded_batch_norms_give_the_same_predictions(tmp_path):
         model = TorchvisionClassifier(name="resnet18", weights=str(path), fold_batch_norm=fold)
         logits[fold] = model({"id": np.arange(4), "image": images.copy()})["logits"]
         assert model.fold_note == (
-            "20 of 20 batch norms folded" if fold else "batch norms not folded"
+            "20 of 20 batch norms folded"
+            if fold
+            else "batch norms not folded (fold_batch_norm: false)"
         )
         norms = [m for m in model.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         assert len(norms) == (0 if fold else 20)
@@ -638,3 +640,31 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
         "Missing key(s) in state_dict: "
     )
     assert last.endswith(" more)") and len(last) < 400
+
+
+@pytest.mark.ray
+def test_the_models_setup_line_reaches_the_console(tmp_path):
+    """README: "the model's log line says which happened" - logged at INFO in the actor,
+    where only the driver had configured logging, it showed nowhere."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("astronaut", "chelsea"):
+        Image.fromarray(getattr(skimage.data, name)()).save(photos / f"{name}.jpg")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+reader: {{type: image_folder, path: {photos}}}
+preprocessors: [{{type: image_transform, crop_size: 64}}]
+models: [{{type: torchvision, name: resnet18, weights: random, fold_batch_norm: true}}]
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    done = run_cli(str(spec), timeout=240)
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    line = (
+        "INFO plugins.vision.classifier: torchvision on cpu: precision fp32, channels_last "
+        "True, 20 of 20 batch norms folded, compile off, decode_on_device False"
+    )
+    shown = [x for x in (done.stdout + done.stderr).splitlines() if line in x]
+    assert len(shown) == 1, done.stderr[-3000:]
+    assert "pid=" in shown[0].split(line)[0]  # Ray's prefix naming the model's actor
