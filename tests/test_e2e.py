@@ -103,7 +103,7 @@ def test_parquet_to_echo_to_parquet_keeps_every_id_once(ray_session, tmp_path, d
     assert write.split(": ", 1)[1].startswith(f"{ROWS} rows written, ")
 
 
-def test_limit_processes_only_the_first_rows(ray_session, tmp_path, dataset):
+def test_limit_processes_only_n_rows(ray_session, tmp_path, dataset):
     assert main([str(spec_file(tmp_path, dataset)), "--limit", "25"]) == ExitCode.OK
     out = pq.read_table(tmp_path / "out")
     assert out.num_rows == 25
