@@ -76,13 +76,16 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
                 for n in cpu_nodes
             )
             pool = max(1, fits)
+            # The pool the spec gave, if any: the reason must not name another one.
+            given = model.resources.actors
+            shown = pool if given is None else given if isinstance(given, int) else given[-1]
             out[model.path] = _fill(
                 model.resources,
                 num_gpus=0.0,
                 num_cpus=cpus_each,
                 actors=pool,
                 why=(
-                    f"no GPU: {pool} actor(s) of {cpus_each:g} CPUs (torch threads follow), "
+                    f"no GPU: {shown} actor(s) of {cpus_each:g} CPUs (torch threads follow), "
                     f"{reserve:g} CPU per node kept for reading, CPU stages and writing"
                 ),
             )

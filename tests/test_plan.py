@@ -250,6 +250,9 @@ def test_a_cpu_models_pool_from_the_spec_shares_the_cores_it_leaves_out(data):
     assert model.reason.startswith("auto (num_cpus, num_gpus): no GPU: 2 actor(s) of 3.5 CPUs")
     pool = plan_for(simple(data, resources={"actors": [1, 3]}), cluster=LAPTOP).nodes[2]
     assert pool.ray_args == {"num_cpus": 0.5}  # 1.5 CPUs for the pool's maximum of 3
+    given = simple(data, resources={"actors": 3, "num_cpus": 1})
+    fixed = plan_for(given, cluster=LAPTOP).nodes[2]
+    assert "no GPU: 3 actor(s) of 1 CPUs" in fixed.reason  # the pool asked for, not another
     assert infeasible(plan_for(simple(data, resources={"actors": 2}), cluster=LAPTOP)) == []
     idle = plan_for(simple(data, resources={"num_cpus": 0}), cluster=eight).nodes[2]
     assert (idle.pool, idle.ray_args) == ((1, 1), {"num_cpus": 0})
