@@ -82,8 +82,8 @@ def test_a_class_without_init_takes_no_parameters(tmp_path):
 @pytest.mark.parametrize(
     ("stage", "message"),
     [
-        ("check_raises", "check() raised FileNotFoundError: vocab.txt"),
-        ("check_returns_text", "check() returned str, expected a list of problem lines"),
+        ("check_raises", "raised FileNotFoundError: vocab.txt"),
+        ("check_returns_text", "returned str, expected a list of problem lines"),
     ],
 )
 def test_a_broken_check_is_a_plugin_error_naming_the_stage(tmp_path, capsys, stage, message):
@@ -92,7 +92,10 @@ def test_a_broken_check_is_a_plugin_error_naming_the_stage(tmp_path, capsys, sta
         env.setenv("INFER_PLUGINS", "tests.plugins.careless")
         assert main([str(path), "--validate"]) == ExitCode.PLUGIN_ERROR
     err = capsys.readouterr().err
-    assert err == f"infer-run: error: preprocessors[0]: the preprocessor {stage!r}'s {message}\n"
+    assert (
+        err
+        == f"infer-run: error: preprocessors[0]: check() of the preprocessor {stage!r} {message}\n"
+    )
 
 
 def test_expand_globs_takes_one_path_as_a_string(tmp_path):

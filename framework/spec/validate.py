@@ -245,11 +245,11 @@ def _checked(cls: type, params: dict[str, Any], path: str, kind: str, name: str)
         raise
     except Exception as exc:
         raise PluginError(
-            f"{path}: the {kind} {name!r}'s check() raised {type(exc).__name__}: {exc}"
+            f"{path}: check() of the {kind} {name!r} raised {type(exc).__name__}: {exc}"
         ) from exc
     if not isinstance(found, list | tuple) or not all(isinstance(p, str) for p in found):
         raise PluginError(
-            f"{path}: the {kind} {name!r}'s check() returned {type(found).__name__}, "
+            f"{path}: check() of the {kind} {name!r} returned {type(found).__name__}, "
             "expected a list of problem lines"
         )
     return list(found)
