@@ -221,7 +221,8 @@ def _accelerator_warning(spec: Spec, pods: Pods) -> str | None:
 
 def render(spec_path: str, overrides: list[str], namespace: str, pods: Pods) -> str:
     cfg = load_spec(spec_path, overrides)
-    spec = validate_spec(cfg, load_registry(), spec_path)
+    # The pods reach the outputs with their own credentials, not this machine's.
+    spec = validate_spec(cfg, load_registry(), spec_path, reach_outputs=False)
     name = job_name(spec.run.name)
     spec_text = OmegaConf.to_yaml(cfg)  # unresolved: ${oc.env:...} is read in the pod
     groups = worker_groups(spec, pods)

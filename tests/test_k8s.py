@@ -334,3 +334,17 @@ def test_worker_memory_quantities_are_kept(tmp_path, data, capsys, value):
     )
     _, job = render(capsys, str(spec), "--worker-memory", value)
     assert limits(groups(job)["cpu"])["memory"] == value
+
+
+def test_rendering_does_not_reach_the_outputs_buckets(tmp_path: Path) -> None:
+    # The test machine cannot reach AWS; the pods would, with their own credentials.
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": ["a"], "x": [1.0]}), data)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {data}}}\nmodels: [{{type: echo}}]\n"
+        "writer: {type: parquet, path: s3://no-such-bucket-for-infer-run/out}\n"
+        "errors: {dead_letter: s3://no-such-bucket-for-infer-run/dl}\n"
+    )
+    assert main(["k8s", str(spec)]) == ExitCode.OK
+    assert main([str(spec), "--validate"]) == ExitCode.SPEC_ERROR

@@ -103,9 +103,10 @@ def _bucket_problem(path: str, storage: Mapping[str, Any] | None) -> str | None:
 
 
 def place_problems(
-    reader: Mapping[str, Any], writer: Mapping[str, Any], errors: Any, run: Any
+    reader: Mapping[str, Any], writer: Mapping[str, Any], errors: Any, run: Any, reach: bool
 ) -> list[str]:
-    """Everything above for a spec's reader and writer params, ``errors`` and ``run``."""
+    """Everything above for a spec's reader and writer params, ``errors`` and ``run``;
+    remote buckets only if ``reach``."""
     own = run_files_storage(reader, writer)
     remote = {
         "writer.path": (writer.get("path"), writer.get("storage")),
@@ -113,7 +114,8 @@ def place_problems(
         "run.report": (run.report, own),
         "run.timeline": (run.timeline, own),
     }
-    return overlap_problems(reader, writer, errors.dead_letter) + remote_output_problems(remote)
+    overlaps = overlap_problems(reader, writer, errors.dead_letter)
+    return overlaps + (remote_output_problems(remote) if reach else [])
 
 
 __all__ = [

@@ -45,9 +45,12 @@ def validate_spec(
     registry: Registry,
     source: str | None = None,
     problems: list[str] | None = None,
+    reach_outputs: bool = True,
 ) -> Spec:
     """The typed spec, or one ``SpecError`` listing every problem found, after ``problems``
-    found before (overrides that could not be applied)."""
+    found before (overrides that could not be applied). ``reach_outputs``: whether remote
+    places the run writes are asked if their buckets answer (not where the spec only
+    travels elsewhere to run, as ``infer-run k8s``: there the job checks them itself)."""
     problems = list(problems or [])
     before = len(problems)
     resolved = resolve(cfg, "", problems)
@@ -93,7 +96,7 @@ def validate_spec(
         ]
         lists[section] = tuple(s for s in stages if s is not None)
     if reader is not None and writer is not None:
-        problems.extend(place_problems(reader.params, writer.params, errors, run))
+        problems.extend(place_problems(reader.params, writer.params, errors, run, reach_outputs))
     if problems:
         # A NaN's own line says it all: drop what other checks then said of the same key.
         nan_keys = {p.split(":")[0] for p in nans}
