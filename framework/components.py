@@ -154,15 +154,17 @@ class Writer(Component, ABC):
             info = fs.get_file_info(where)
             if info.type == pafs.FileType.NotFound:
                 return
-            exists = info.type == pafs.FileType.File or fs.get_file_info(pafs.FileSelector(where))
-            if exists and not self.overwrite:
+            is_file = info.type == pafs.FileType.File
+            if not is_file and not fs.get_file_info(pafs.FileSelector(where)):
+                return  # an empty folder
+            if not self.overwrite:
                 raise InputError(
                     f"writer.path: output {self.path} already exists "
                     "- pass writer.overwrite=true to replace it"
                 )
-            if exists and info.type == pafs.FileType.File:
+            if is_file:
                 fs.delete_file(where)
-            elif exists:
+            else:
                 fs.delete_dir_contents(where)
         except (OSError, pa.ArrowInvalid) as exc:  # unreachable store, refused keys, 'a//b'
             raise InputError(f"writer.path: cannot reach {self.path}: {exc}") from None
