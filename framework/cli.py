@@ -21,7 +21,8 @@ from framework.plugins import load_registry
 from framework.ray_session import cluster_for, data_context, init_ray, read_planning
 from framework.redact import redact
 from framework.registry import Registry
-from framework.run import read_task_mb, run_spec, write_extra
+from framework.run import read_task_mb, run_spec
+from framework.run_files import write_extra
 from framework.spec import load_spec, validate_spec
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec

@@ -4,35 +4,31 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import ray
 import ray.data
-from omegaconf import OmegaConf
 
 from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy, UnreadableInputs
-from framework.errors import InferError, InputError, RunError
+from framework.errors import InferError, RunError
 from framework.failures import run_failure
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
 from framework.ray_session import data_context, init_ray, read_planning
-from framework.redact import redact
 from framework.registry import Registry
 from framework.replay import plan_replay
-from framework.report import REPORT_NAME, RunReport, build_report
+from framework.report import RunReport
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
+from framework.run_files import RunRecord, bug_text, finish_run
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
-from framework.storage import filesystem_for
-from framework.telemetry import StageLog, stage_figures, task_timeline
+from framework.telemetry import StageLog
 
 log = logging.getLogger("infer_run")
 
@@ -122,15 +118,23 @@ def run_plan(
     first_stage = spec.stages[0].path if spec.stages else WRITER_PATH
     stage_log = StageLog.options(name=f"infer_run_log_{run_id}").remote(first_stage)
     errors = error_policy(spec)
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    origin = time.time()
-    start = time.perf_counter()
+    record = RunRecord(
+        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        origin=time.time(),
+        start=time.perf_counter(),
+        components=components,
+        warnings=warnings,
+        first_stage=first_stage,
+        resumed=resumed,
+        replayed=replayed,
+    )
     bad_input = UnreadableInputs(errors, stage_log, recorded_inputs)
     with data_context(spec, plan.cluster):
         with read_planning(plan.cluster, read_task_mb(plan)):
             run_context = RunContext(run_id, stage_log, errors, id_filter, bad_input)
             compiled = compile_plan(plan, run_context)
         failure: InferError | None = None
+        bug: Exception | None = None
         sampler = MemorySampler()
         try:
             with sampler:
@@ -139,54 +143,26 @@ def run_plan(
             # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
             stopped = ray.get(stage_log.stop_reason.remote())
             failure = RunError(stopped) if stopped else run_failure(exc)
-            if failure is None:
-                raise
-    wall = time.perf_counter() - start
-    events = task_timeline(origin, time.time()) if spec.run.timeline else None
-    writer = compiled.writer
-    report_path = f"{writer.path.rstrip('/')}/{REPORT_NAME}"
-    plugins = {
-        c["plugin"]: {"distribution": c["distribution"], "version": c["version"]}
-        for c in components
-        if c["plugin"]
-    }
-    failed, by_stage = ray.get(stage_log.failures.remote())
-    report = build_report(
-        spec,
-        compiled.dataset.get_stats_summary(),
-        wall,
-        started_at,
-        output=writer.path,
-        report_path=report_path,
-        plugins=plugins,
-        components=components,
-        warnings=warnings,
-        stages=stage_figures(ray.get(stage_log.snapshot.remote()), origin, _node_descriptions()),
-        first_stage=first_stage,
-        rows_failed=failed,
-        errors={
-            "policy": errors.policy,
-            "dead_letter": errors.dead_letter,
-            "by_stage": by_stage,
-            "unreadable_inputs": ray.get(stage_log.unreadable_list.remote()),
-        },
-        failure=str(failure) if failure else None,
-        resumed=resumed,
-        replayed=replayed,
-        memory=sampler.figures(),
-        clock_origin=start,
-    )
-    end_actors(stage_log)
-    ray.kill(stage_log)
-    write_text(report_path, report.to_json(), writer.storage)
-    write_text(f"{writer.path.rstrip('/')}/{SPEC_NAME}", resolved_yaml(spec), writer.storage)
-    extras_storage = run_files_storage(spec.reader.params, spec.writer.params)
-    if spec.run.report:
-        write_extra(spec.run.report, report.to_json(), "run.report", extras_storage)
-    if spec.run.timeline:
-        write_extra(spec.run.timeline, json.dumps(events), "run.timeline", extras_storage)
-    if failure is not None:
-        raise failure
+            bug = None if failure else exc
+        except InferError as exc:
+            failure = exc
+        except Exception as exc:
+            bug = exc
+    record.memory = sampler.figures()
+    stopped_by = bug or failure
+    try:
+        text = bug_text(bug) if bug else (failure and str(failure))
+        report = finish_run(spec, compiled, stage_log, errors, record, text)
+    except Exception:
+        if stopped_by is None:
+            raise
+        # What stopped the run matters more than its report: say both, raise the first.
+        log.exception("could not write the run report after the error that follows")
+    finally:
+        end_actors(stage_log)
+        ray.kill(stage_log)
+    if stopped_by is not None:
+        raise stopped_by
     return report
 
 
@@ -205,22 +181,6 @@ def end_actors(stage_log: Any) -> None:
     for actor in ray.get(stage_log.actor_handles.remote()):
         with contextlib.suppress(ray.exceptions.RayError):
             ray.kill(actor, no_restart=True)
-
-
-SPEC_NAME = "_infer_run_spec.yaml"
-
-
-def resolved_yaml(spec: Spec) -> str:
-    """The spec as this run resolved it, written beside its output: what ran, to read or
-    to run again. Secrets are masked; ``writer.overwrite`` is left out, so running the
-    copy never replaces the output it describes unless asked."""
-    resolved = redact(spec.resolved)
-    resolved.get("writer", {}).pop("overwrite", None)
-    head = (
-        f"# The resolved spec of the run that wrote this output ({spec.source}); secrets "
-        "are masked as ***.\n# Run it again: infer-run THIS_FILE --overwrite\n"
-    )
-    return head + OmegaConf.to_yaml(OmegaConf.create(resolved))
 
 
 def error_policy(spec: Spec) -> ErrorPolicy:
@@ -244,32 +204,4 @@ def error_policy(spec: Spec) -> ErrorPolicy:
     )
 
 
-def _node_descriptions() -> dict[str, dict[str, Any]]:
-    return {
-        n["NodeID"]: {
-            "address": n.get("NodeManagerAddress"),
-            "resources": {k: v for k, v in n.get("Resources", {}).items() if "node:" not in k},
-        }
-        for n in ray.nodes()
-        if n.get("Alive")
-    }
-
-
-def write_text(path: str, text: str, storage: Mapping[str, Any] | None) -> None:
-    fs, where = filesystem_for(path, storage)
-    parent = where.rsplit("/", 1)[0]
-    if parent and parent != where:
-        fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(where) as out:
-        out.write(text.encode())
-
-
-def write_extra(path: str, text: str, key: str, storage: Mapping[str, Any] | None = None) -> None:
-    """A file the spec asks for beside the output (checked writable before the run)."""
-    try:
-        write_text(path, text, storage)
-    except OSError as exc:
-        raise InputError(f"{key}: cannot write {path} ({exc}); the output is complete") from None
-
-
-__all__ = ["run_plan", "run_spec", "write_text"]
+__all__ = ["run_plan", "run_spec"]

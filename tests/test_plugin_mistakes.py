@@ -138,3 +138,18 @@ def test_reader_mistakes_and_a_stage_without_init_end_to_end(tmp_path):
         "infer-run: error: reader: list_reader.read() returned list, expected a ray.data.Dataset"
         in done.stderr.splitlines()
     )
+
+
+@pytest.mark.ray
+def test_a_run_a_bug_stops_keeps_its_traceback_and_still_writes_its_report(tmp_path):
+    path = spec_file(tmp_path, "{type: no_init}", reader="{type: buggy_reader}")
+    done = run_cli(str(path), plugins="tests.plugins.careless")
+    assert done.returncode == ExitCode.INTERNAL_ERROR, done.stderr[-3000:]
+    assert "Traceback" in done.stderr
+    assert "ZeroDivisionError" in done.stderr
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["status"] == "failed"
+    assert report["failure"].startswith("ZeroDivisionError: integer division or modulo by zero")
+    assert "a bug in infer-run or a plugin, not a problem with the data" in report["failure"]
+    assert report["rows_written"] == 0
+    assert (tmp_path / "out" / "_infer_run_spec.yaml").exists()

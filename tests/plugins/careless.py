@@ -62,6 +62,19 @@ class NoIdReader(Reader):
         return ray.data.from_items([{"x": float(i)} for i in range(5)])
 
 
+def _divide(batch: dict) -> dict:
+    batch["x"] = np.array([int(x) // 0 for x in batch["x"]])
+    return batch
+
+
+class BuggyReader(Reader):
+    """Its own dataset divides integers by zero in a Ray task: a plugin's bug."""
+
+    def read(self) -> ray.data.Dataset:
+        rows = [{"id": f"r{i}", "x": i} for i in range(5)]
+        return ray.data.from_items(rows).map_batches(_divide)
+
+
 class ListReader(Reader):
     def read(self) -> ray.data.Dataset:
         return [{"id": "a", "x": 1.0}]  # type: ignore[return-value]
@@ -79,6 +92,7 @@ def register_preprocessors(register):
 def register_readers(register):
     register("no_id_reader", NoIdReader)
     register("list_reader", ListReader)
+    register("buggy_reader", BuggyReader)
 
 
 class RaisingHook:
