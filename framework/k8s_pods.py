@@ -1,0 +1,166 @@
+"""The worker groups of a KubeRay ``RayJob``, sized from the spec's per-stage resources
+and the pod flags."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from framework import cli_args
+from framework.errors import ExitCode, InferError
+from framework.spec import Spec, StageConfig
+
+GIB = 2**30
+WORKER_CPUS = 8
+POD_MEMORY = 32 * GIB
+# KubeRay starts Ray with --memory set to the pod's limit, so a task asking more never
+# starts; Ray's object store (30% of the pod by default) and its own processes share that
+# limit, so pods sized for stages' `memory` leave room for them.
+OBJECT_STORE_SHARE = 0.3
+RAY_PROCESSES = GIB
+
+
+class FlagError(InferError):
+    """A flag the spec contradicts (a pod too small for a stage): bad flags, exit code 2."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
+@dataclass(frozen=True)
+class Pods:
+    """The worker pods the flags ask for; sizes left None follow the spec's stages."""
+
+    image: str
+    cpu_workers: int = 1
+    worker_cpus: int | None = None
+    worker_memory: str | None = None
+    gpu_node_selector: dict[str, str] = field(default_factory=dict)
+
+
+def _pod_memory(task_bytes: float) -> int:
+    """Whole GiB holding ``task_bytes`` of tasks beside the object store and Ray itself."""
+    needed = task_bytes / (1 - OBJECT_STORE_SHARE) + RAY_PROCESSES
+    return max(POD_MEMORY, math.ceil(needed / GIB) * GIB)
+
+
+def on_gpu_nodes(stage: StageConfig) -> bool:
+    """Models wanting GPUs (num_gpus unset: one per actor on Kubernetes) get GPU groups."""
+    return stage.kind == "model" and stage.resources.num_gpus != 0
+
+
+def _needs_cpu_node(stage: StageConfig) -> bool:
+    # Unset num_cpus is Ray's one CPU per task, which the head (num-cpus 0) never offers;
+    # custom resources of CPU stages are advertised by the CPU group only.
+    return stage.resources.num_cpus != 0 or bool(stage.resources.custom)
+
+
+def cpu_pod_size(spec: Spec, pods: Pods) -> tuple[int, str]:
+    """CPUs and memory of a CPU worker pod: the flags, or enough for every CPU stage."""
+    worker_cpus, worker_memory = pods.worker_cpus, pods.worker_memory
+    stages = [s for s in (spec.reader, *spec.stages, spec.writer) if not on_gpu_nodes(s)]
+    needy = [s.path for s in stages if _needs_cpu_node(s)]
+    if pods.cpu_workers == 0 and needy:
+        raise FlagError(
+            f"--cpu-workers 0: no pod for the tasks of {', '.join(needy)} "
+            "(the head runs none); give at least 1"
+        )
+    cpus = WORKER_CPUS if worker_cpus is None else worker_cpus
+    memory = POD_MEMORY if worker_memory is None else float(cli_args.quantity_value(worker_memory))
+    for s in stages:
+        asks = math.ceil(s.resources.num_cpus or 0)
+        if worker_cpus is not None and asks > worker_cpus:
+            raise FlagError(
+                f"--worker-cpus {worker_cpus}: {s.path} asks num_cpus "
+                f"{s.resources.num_cpus:g} per task, more than a pod has"
+            )
+        cpus = max(cpus, asks)
+        task_bytes = s.resources.memory or 0
+        if worker_memory is not None and task_bytes > memory:
+            raise FlagError(
+                f"--worker-memory {worker_memory}: {s.path} asks memory {task_bytes} "
+                f"({task_bytes / GIB:.3g}Gi) per task, more than a pod has"
+            )
+        if worker_memory is None:
+            memory = max(memory, _pod_memory(task_bytes))
+    return cpus, worker_memory or f"{int(memory // GIB)}Gi"
+
+
+def _group(
+    name: str,
+    image: str,
+    replicas: int,
+    cpus: float,
+    memory: str,
+    params: dict[str, str],
+    gpus: int = 0,
+    node_selector: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": f"{cpus:g}", "memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = gpus
+    pod: dict[str, Any] = {
+        "containers": [
+            {
+                "name": "ray-worker",
+                "image": image,
+                "resources": {"requests": dict(limits), "limits": limits},
+            }
+        ]
+    }
+    if node_selector:
+        pod["nodeSelector"] = node_selector
+    return {
+        "groupName": name,
+        "replicas": replicas,
+        "minReplicas": replicas,
+        "maxReplicas": replicas,
+        "rayStartParams": params,
+        "template": {"spec": pod},
+    }
+
+
+def _custom_params(custom: dict[str, float], extra: dict[str, str]) -> dict[str, str]:
+    params = dict(extra)
+    if custom:
+        # KubeRay passes this through to `ray start --resources='{...}'`.
+        params["resources"] = '"' + json.dumps(custom).replace('"', '\\"') + '"'
+    return params
+
+
+def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
+    """A CPU group for CPU stages, a GPU group per model that wants GPUs, custom resources kept."""
+    cpus, memory = cpu_pod_size(spec, pods)
+    cpu_custom: dict[str, float] = {}
+    for stage in (spec.reader, *spec.stages, spec.writer):
+        if not on_gpu_nodes(stage):
+            for key, value in stage.resources.custom.items():
+                cpu_custom[key] = max(cpu_custom.get(key, 0.0), value * cpus)
+    groups = [
+        _group("cpu", pods.image, pods.cpu_workers, cpus, memory, _custom_params(cpu_custom, {}))
+    ]
+    for i, model in enumerate(spec.models):
+        r = model.resources
+        if r.num_gpus == 0:
+            continue
+        per_actor = r.num_gpus if r.num_gpus is not None else 1.0
+        actors = r.actors if r.actors is not None else 1
+        pool = actors if isinstance(actors, int) else actors[-1]
+        gpus_per_pod = max(1, math.ceil(per_actor))
+        replicas = max(1, math.ceil(pool * per_actor / gpus_per_pod))
+        per_pod = max(1, int(gpus_per_pod / per_actor))  # actors one pod holds
+        custom = {k: v * per_pod for k, v in r.custom.items()}
+        groups.append(
+            _group(
+                f"gpu-{i}",
+                pods.image,
+                replicas,
+                max(2.0, float(r.num_cpus or 1) * per_pod + 1),
+                f"{_pod_memory(per_pod * (r.memory or 0)) // GIB}Gi",
+                _custom_params(custom, {"num-gpus": str(gpus_per_pod)}),
+                gpus_per_pod,
+                pods.gpu_node_selector,
+            )
+        )
+    return groups
