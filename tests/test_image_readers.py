@@ -21,7 +21,7 @@ from PIL import Image
 
 from framework.plugins import load_registry
 from plugins.images import ImageFolderReader, ImageParquetReader, WebDatasetReader
-from plugins.images.parquet_images import flat_to_tensor
+from plugins.images.image_columns import flat_to_tensor
 
 pytestmark = pytest.mark.ray
 
