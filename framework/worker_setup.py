@@ -1,0 +1,51 @@
+"""The Ray worker process a stage runs in: the resources Ray granted it, torch's threads
+sized to them, and its log lines reaching the driver's console."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import ray
+
+
+def granted(resource: str) -> float:
+    """How much of ``resource`` Ray granted the current task or actor (0 outside a worker)."""
+    if not ray.is_initialized():
+        return 0.0
+    try:
+        return float(ray.get_runtime_context().get_assigned_resources().get(resource, 0.0))
+    except AssertionError:  # Ray's answer in a driver, e.g. a stage run in-process by a test
+        return 0.0
+
+
+def show_info_logs(cls: type) -> None:
+    """In a Ray worker, INFO lines of infer-run and of the stage's package (a model saying
+    what it chose) go to stderr, which Ray forwards to the driver's console, prefixed with
+    the pid. Only the driver configures logging: workers dropped every INFO line."""
+    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+        return  # a driver (a stage built in-process) logs through its own configuration
+    package = cls.__module__.partition(".")[0]
+    for name in {"infer_run", package} - {"builtins", "__main__"}:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+        if not logger.hasHandlers():
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            logger.addHandler(handler)
+
+
+def match_torch_threads() -> int | None:
+    """Make torch use as many threads as CPUs granted: no oversubscription, no idle cores.
+
+    Only when the stage already imported torch: importing it costs a second per worker.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    cpus = granted("CPU")
+    wanted = max(1, round(cpus)) if cpus else torch.get_num_threads()
+    if torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
+    return wanted
