@@ -68,7 +68,9 @@ def configure_cpu_threads() -> int:
         import ray
 
         granted = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        torch.set_num_threads(max(1, int(granted)))
+        # round, as framework.worker does before every batch: with int(), num_cpus 1.5
+        # built the model with 1 thread, then its batches ran with 2.
+        torch.set_num_threads(max(1, round(granted)))
     return torch.get_num_threads()
 
 

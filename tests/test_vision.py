@@ -519,6 +519,10 @@ def test_ragged_decode_and_actor_runtime_under_ray(ray_session):
     probe = Probe.remote()
     assert ray.get(probe.runtime.remote()) == ("cpu", 1)
     ray.kill(probe)
+    # As the worker rounds before every batch: the model is not built with fewer threads.
+    wider = Probe.options(num_cpus=1.5).remote()
+    assert ray.get(wider.runtime.remote()) == ("cpu", 2)
+    ray.kill(wider)
 
 
 def test_stages_pass_the_conformance_kit(tmp_path):
