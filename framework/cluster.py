@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from dataclasses import dataclass, field
 
+import psutil
+
 ACCELERATOR_PREFIX = "accelerator_type:"
 # Ray Data's own bookkeeping tasks (file listing) each ask for one whole logical CPU for
 # a few milliseconds. A local Ray started by infer-run counts one such spare CPU on top
@@ -38,6 +40,8 @@ class Node:
 
     def describe(self) -> str:
         parts = [f"{self.cpus:g} CPUs", f"{self.gpus:g} GPUs"]
+        if self.memory:
+            parts.append(f"{self.memory / 2**30:.3g} GiB memory")
         parts += [f"{k}={v:g}" for k, v in sorted(self.custom.items())]
         return f"{self.address} ({', '.join(parts)})"
 
@@ -83,7 +87,10 @@ def local_cluster(num_cpus: float | None = None, num_gpus: float | None = None) 
     """This machine, as a local Ray started for the run would see it."""
     cpus = num_cpus if num_cpus is not None else len(os.sched_getaffinity(0))
     gpus = num_gpus if num_gpus is not None else _local_gpus()
-    node = Node("local", "localhost", float(cpus), float(gpus), spare_cpus=1.0)
+    # The whole of this machine's memory: Ray grants tasks less, so only an ask that could
+    # never fit is refused before Ray starts; the run checks again against Ray's figure.
+    memory = float(psutil.virtual_memory().total)
+    node = Node("local", "localhost", float(cpus), float(gpus), memory, spare_cpus=1.0)
     return Cluster((node,), "this machine")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from framework.cluster import Cluster, Node
+from framework.cluster import ACCELERATOR_PREFIX, Cluster, Node
 from framework.errors import ExitCode, InferError
 from framework.plan import MapNode, Plan
 
@@ -54,6 +54,8 @@ def _describe(asks: dict[str, Any]) -> str:
     for key, value in asks.items():
         if key == "resources":
             parts += [f"{k}={v:g}" for k, v in value.items()]
+        elif key == "memory" and value:
+            parts.append(f"memory={value / 2**30:.3g} GiB")
         elif value:
             parts.append(f"{key}={value:g}" if isinstance(value, float | int) else f"{key}={value}")
     return ", ".join(parts) or "nothing"
@@ -89,9 +91,16 @@ def infeasible(plan: Plan) -> list[str]:
         return problems
     held_gpus = sum(n.pool[0] * (n.ray_args.get("num_gpus") or 0) for n in actors)
     if held_gpus > cluster.gpus:
+        auto = [n.stage.path for n in actors if n.stage.resources.num_gpus is None]
+        hint = (
+            f" - {', '.join(auto)} sized automatically: give them num_gpus (0 runs a model "
+            "on CPUs) or the others fewer"
+            if auto
+            else ""
+        )
         problems.append(
             f"{', '.join(n.stage.path for n in actors)}: the actor pools' minimum sizes need "
-            f"{held_gpus:g} GPUs together, the cluster has {cluster.gpus:g}"
+            f"{held_gpus:g} GPUs together, the cluster has {cluster.gpus:g}{hint}"
         )
     held_cpus = sum(n.pool[0] * (n.ray_args.get("num_cpus") or 0) for n in actors)
     tasks = [n for n in plan.nodes if not (isinstance(n, MapNode) and n.pool)]
@@ -104,7 +113,89 @@ def infeasible(plan: Plan) -> list[str]:
             "CPU that Ray Data's read, CPU-stage and write tasks need - lower the actors' "
             "num_cpus or pool size"
         )
+    return problems or joint_problems(plan, actors)
+
+
+# Ray Data's file-listing task, which runs beside the actors.
+LISTING = ("Ray Data's file listing", {"num_cpus": 1.0})
+
+
+def joint_problems(plan: Plan, actors: list[MapNode]) -> list[str]:
+    """Ray Data starts every pool's minimum of actors first, and they keep what they hold:
+    a task stage left no room on any node (a CPU stage asking for the custom resource or
+    the GPU a pool took) waits forever, and so does the run. Checked node by node."""
+    if not actors:
+        return []
+    nodes = list(plan.cluster.nodes)
+    if not _placed(nodes, actors):
+        return [
+            f"{', '.join(n.stage.path for n in actors)}: the actor pools' minimum sizes do "
+            f"not fit on the nodes together - lower a pool's minimum or per-actor ask - "
+            f"{plan.cluster.describe()}"
+        ]
+    tasks = [
+        (n.stage.path, _asks(n)) for n in plan.nodes if not (isinstance(n, MapNode) and n.pool)
+    ]
+    problems = []
+    for path, asks in [*tasks, LISTING]:
+        # The most lenient case: this task placed first, the actors around it.
+        if not any(
+            _fits(n, asks) and _placed(nodes, actors, (i, asks)) for i, n in enumerate(nodes)
+        ):
+            pools = ", ".join(n.stage.path for n in actors)
+            problems.append(
+                f"{path}: asks for {_describe(asks)} per task, and once the actor pools of "
+                f"{pools} hold their minimum of actors no node has room for one, so the run "
+                "would wait forever - lower the actors' asks or pool minimum, or this "
+                f"stage's ask - {plan.cluster.describe()}"
+            )
     return problems
+
+
+def _capacity(node: Node) -> dict[str, float]:
+    held = {"CPU": node.cpus + node.spare_cpus, "GPU": node.gpus, **node.custom}
+    if node.memory:  # unknown (0) for this machine before Ray starts: not counted
+        held["memory"] = node.memory
+    return held
+
+
+def _demand(asks: dict[str, Any]) -> dict[str, float]:
+    wanted = {
+        "CPU": asks.get("num_cpus") or 0,
+        "GPU": asks.get("num_gpus") or 0,
+        "memory": asks.get("memory") or 0,
+        **(asks.get("resources") or {}),
+    }
+    if asks.get("accelerator_type"):
+        wanted[f"{ACCELERATOR_PREFIX}{asks['accelerator_type']}"] = 0.001  # what Ray asks
+    return {k: float(v) for k, v in wanted.items() if v}
+
+
+def _take(held: dict[str, float], wanted: dict[str, float]) -> bool:
+    counted = {k: v for k, v in wanted.items() if k != "memory" or k in held}
+    if any(held.get(k, 0) + 1e-9 < v for k, v in counted.items()):
+        return False
+    for k, v in counted.items():
+        held[k] -= v
+    return True
+
+
+def _placed(
+    nodes: list[Node], actors: list[MapNode], first: tuple[int, dict[str, Any]] | None = None
+) -> bool:
+    """Whether every pool's minimum of actors finds room, after ``first`` (node index, a
+    task's asks) if given: the pools fitting the fewest nodes first, each actor on the
+    first node with room."""
+    held = [_capacity(n) for n in nodes]
+    if first is not None and not _take(held[first[0]], _demand(first[1])):
+        return False
+    pools = sorted(actors, key=lambda a: sum(_fits(n, a.ray_args) for n in nodes))
+    for pool in pools:
+        wanted = _demand(pool.ray_args)
+        for _ in range(pool.pool[0] if pool.pool else 0):
+            if not any(_take(h, wanted) for h in held):
+                return False
+    return True
 
 
 def check_feasible(plan: Plan) -> None:

@@ -74,6 +74,8 @@ class Plan:
                     low, high = node.pool
                     pool = f"actors={low}" if low == high else f"actors={low}..{high}"
                 pool += f"<={node.max_tasks}" if node.max_tasks else ""
+                queued = node.max_tasks_in_flight_per_actor
+                pool += f" max_tasks_in_flight_per_actor={queued}" if queued else ""
                 args = " ".join(
                     f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in node.ray_args.items()
@@ -117,7 +119,8 @@ def _map_node(stage: StageConfig, sized: Sized) -> MapNode:
     if r.custom:
         ray_args["resources"] = dict(r.custom)
     batch_size = r.batch_size
-    if batch_size is None and stage.kind == "model":
+    # Ray Data refuses GPU tasks without a batch size, so a CPU stage given GPUs gets one too.
+    if batch_size is None and (stage.kind == "model" or r.num_gpus):
         batch_size = DEFAULT_MODEL_BATCH_SIZE
     return MapNode(
         stage=stage,

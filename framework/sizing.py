@@ -36,9 +36,14 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     models = [s for s in spec.stages if s.kind == "model"]
     gpus = cluster.gpus
     unset_gpu = [m for m in models if m.resources.num_gpus is None]
+    # The GPUs the spec gives some models (their pools' minimums) are not shared out again.
+    held = sum((m.resources.num_gpus or 0) * _pool_minimum(m.resources) for m in models)
+    free = max(0.0, gpus - held)
     gpu_share = 0.0
     if gpus and unset_gpu:
-        gpu_share = 1.0 if gpus >= len(unset_gpu) else math.floor(gpus / len(unset_gpu) * 100) / 100
+        basis = free or gpus  # none left: asked as if alone, and the check names the pools
+        share = math.floor(basis / len(unset_gpu) * 100) / 100
+        gpu_share = 1.0 if basis >= len(unset_gpu) else share
 
     def gpus_of(stage: StageConfig) -> float:
         r = stage.resources
@@ -56,14 +61,21 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     out: dict[str, Sized] = {}
     for model in gpu_models:
         share = gpus_of(model)
-        pool = max(1, int(gpus / len(gpu_models) / share)) if gpus else 1
-        out[model.path] = _fill(
-            model.resources,
-            num_gpus=share,
-            num_cpus=1.0,
-            actors=pool,
-            why=f"{share:g} GPU per actor, {pool} actor(s) for the cluster's {gpus:g} GPUs",
+        given = model.resources.num_gpus is not None
+        # The GPUs this model may fill: an even split for the spec's, what is free for ours.
+        room = gpus / len(gpu_models) if given else free / len(unset_gpu)
+        pool = max(1, int(room / share + 1e-6)) if gpus else 1
+        cpus = model.resources.num_cpus if model.resources.num_cpus is not None else 1.0
+        # An actor needs its CPUs too; one CPU per GPU node is left to the tasks feeding it.
+        cpu_room = sum(
+            max(1, int((n.cpus - 1) / cpus + 1e-6)) if cpus else pool
+            for n in cluster.nodes
+            if n.gpus >= share
         )
+        why = f"{share:g} GPU per actor, {pool} actor(s) for the cluster's {gpus:g} GPUs"
+        if cpu_room < pool:
+            pool, why = cpu_room, f"{why}, held to {cpu_room} by the GPU nodes' CPUs"
+        out[model.path] = _fill(model.resources, num_gpus=share, num_cpus=1.0, actors=pool, why=why)
     if cpu_models:
         avail = (node_cpus - reserve) / len(cpu_models)
         per_node = max(1, math.ceil(avail / MAX_THREADS_PER_ACTOR))
@@ -106,8 +118,15 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
             sized = _fill(stage.resources, num_cpus=task_cpus, why=f"{why_tasks}; {capped} at once")
             out[stage.path] = dataclasses.replace(sized, max_tasks=capped)
         else:
-            out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why_tasks)
+            why = why_tasks.replace("per task", "per actor") if stage.in_actors else why_tasks
+            out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why)
     return out
+
+
+def _pool_minimum(r: Resources) -> int:
+    if r.actors is None:
+        return 1
+    return r.actors if isinstance(r.actors, int) else r.actors[0]
 
 
 def _cpus_per_actor(r: Resources, avail: float, nodes: int, auto_cpus: float) -> float:

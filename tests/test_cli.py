@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -16,7 +17,7 @@ import yaml
 
 from framework.cli import main
 from framework.errors import ExitCode
-from tests.helpers import run_cli
+from tests.helpers import ROOT, run_cli
 
 
 @pytest.fixture
@@ -64,7 +65,7 @@ def test_plan_prints_stages_with_resources_and_why(spec, capsys, tmp_path, monke
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # pin the local cluster: 4 CPUs, no GPU
     assert main([str(spec), "--plan", "ray.num_cpus=4"]) == ExitCode.OK
     assert capsys.readouterr().out.splitlines() == [
-        "cluster: this machine: 1 node: localhost (4 CPUs, 0 GPUs)",
+        f"cluster: this machine: 1 node: localhost (4 CPUs, 0 GPUs, {MEMORY})",
         "0. reader       reader             parquet  num_cpus=0.25 tasks<=2",
         "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors; 2 at once",
         # The pool's 2 actors share the 3.5 CPUs (each sized for the whole, the second
@@ -83,8 +84,20 @@ def test_plan_refuses_what_the_cluster_cannot_run(spec, capsys, monkeypatch):
     assert code == ExitCode.RESOURCE_ERROR
     assert capsys.readouterr().err == (
         "infer-run: error: models[0]: asks for num_cpus=1, num_gpus=1 per actor, which no node "
-        "has - this machine: 1 node: localhost (2 CPUs, 0 GPUs)\n"
+        f"has - this machine: 1 node: localhost (2 CPUs, 0 GPUs, {MEMORY})\n"
     )
+
+
+def test_validate_refuses_memory_this_machine_could_never_grant(spec, capsys):
+    code = main([str(spec), "--validate", "models.0.resources.memory=100000000000000"])
+    assert code == ExitCode.RESOURCE_ERROR
+    err = capsys.readouterr().err
+    assert "models[0]: asks for num_cpus=" in err
+    assert "memory=9.31e+04 GiB per actor, which no node has - this machine" in err
+    assert MEMORY in err
+
+
+MEMORY = f"{psutil.virtual_memory().total / 2**30:.3g} GiB memory"
 
 
 def test_plugins_lists_kind_name_and_distribution(capsys):
@@ -217,3 +230,20 @@ def test_joining_a_cluster_that_wants_a_token_says_so(spec, tmp_path):
         f"infer-run: error: ray.address: could not join the Ray cluster at {address}"
     )
     assert "RAY_AUTH_MODE=token" in line and "Traceback" not in done.stderr
+
+
+def test_a_reader_that_leaves_early_is_not_an_error():
+    # `infer-run plugins | head -1`: here the pipe is closed before anything is written.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "framework.cli", "plugins"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == ExitCode.OK, err
+    assert "Traceback" not in err, err

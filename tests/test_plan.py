@@ -397,3 +397,79 @@ def test_inflight_budget_grows_with_the_nodes_cpus():
     assert inflight_bytes(RunSection(inflight_mb_per_cpu=0), gpu_box) == 512 * mb
     assert inflight_bytes(RunSection(inflight_mb_per_node=None), gpu_box) is None
     assert inflight_bytes(RunSection(), Cluster((), "none yet")) == 512 * mb
+
+
+def _pinned(data: str, pre: dict, model: dict) -> dict:
+    spec = simple(data, resources=model)
+    spec["preprocessors"] = [{"type": "select_columns", "resources": pre}]
+    return spec
+
+
+@pytest.mark.parametrize(("foo", "problem"), [(2, True), (3, False)])
+def test_a_task_stage_left_no_room_by_the_pools_is_refused(data, foo, problem):
+    # Ray Data starts the pool first; it held all of foo, and the preprocessing waited forever.
+    cluster = Cluster((Node("n1", "10.0.0.1", cpus=4, custom={"foo": foo}),), "test")
+    spec = _pinned(data, {"custom": {"foo": 1}}, {"custom": {"foo": 2}, "actors": 1})
+    expected = [
+        "preprocessors[0]: asks for num_cpus=0.5, foo=1 per task, and once the actor pools of "
+        "models[0] hold their minimum of actors no node has room for one, so the run would "
+        "wait forever - lower the actors' asks or pool minimum, or this stage's ask - "
+        "test: 1 node: 10.0.0.1 (4 CPUs, 0 GPUs, foo=2)"
+    ]
+    assert infeasible(plan_for(spec, cluster=cluster)) == (expected if problem else [])
+
+
+def test_a_gpu_task_before_a_pool_holding_every_gpu_is_refused(data):
+    spec = _pinned(data, {"num_gpus": 1, "batch_size": 16}, {})
+    problems = infeasible(plan_for(spec, cluster=GPU_BOX))  # the model's auto pool: 2 GPUs
+    assert [p.split(" per task")[0] for p in problems] == [
+        "preprocessors[0]: asks for num_cpus=1, num_gpus=1"
+    ]
+    spec = _pinned(data, {"num_gpus": 1, "batch_size": 16}, {"num_gpus": 1, "actors": 1})
+    assert infeasible(plan_for(spec, cluster=GPU_BOX)) == []
+
+
+def test_room_for_tasks_is_counted_node_by_node(data):
+    # 3 CPU-model actors fill the CPU node that the preprocessing is pinned to.
+    cluster = Cluster(
+        (
+            Node("c", "10.0.0.1", cpus=3, custom={"cpu_node": 3}),
+            Node("g", "10.0.0.2", cpus=2, gpus=2),
+        ),
+        "test",
+    )
+    model = {"num_gpus": 0, "num_cpus": 1, "actors": 3, "custom": {"cpu_node": 1}}
+    spec = _pinned(data, {"custom": {"cpu_node": 0.5}}, model)
+    problems = infeasible(plan_for(spec, cluster=cluster))
+    assert [p.split(":")[0] for p in problems] == ["preprocessors[0]"]
+    model["actors"] = [2, 3]
+    assert infeasible(plan_for(spec, cluster=cluster)) == []
+
+
+def test_auto_gpu_share_counts_what_the_spec_gave_other_models(data):
+    spec = simple(data, resources={"num_gpus": 0.5})
+    spec["models"].append({"type": "echo"})
+    one_gpu = Cluster((Node("g", "10.0.0.1", cpus=8, gpus=1),), "test")
+    plan = plan_for(spec, cluster=one_gpu)
+    auto = plan.nodes[3]
+    assert (auto.ray_args["num_gpus"], auto.pool) == (0.5, (1, 1))
+    assert infeasible(plan) == []
+
+
+def test_auto_gpu_pool_is_held_to_the_cpus_its_actors_need(data):
+    box = Cluster((Node("g", "10.0.0.1", cpus=4, gpus=2),), "test")
+    plan = plan_for(simple(data, resources={"num_gpus": 0.25}), cluster=box)
+    model = plan.nodes[2]
+    assert model.pool == (3, 3)  # 8 quarter-GPU actors would need 8 CPUs; 1 is left to tasks
+    assert "held to 3 by the GPU nodes' CPUs" in model.reason
+    assert infeasible(plan) == []
+
+
+def test_gpus_the_spec_gave_away_leave_none_for_an_auto_model_and_the_line_says_so(data):
+    spec = simple(data, resources={"num_gpus": 2})
+    spec["models"].append({"type": "echo"})
+    assert infeasible(plan_for(spec, cluster=GPU_BOX)) == [
+        "models[0], models[1]: the actor pools' minimum sizes need 3 GPUs together, the "
+        "cluster has 2 - models[1] sized automatically: give them num_gpus (0 runs a model "
+        "on CPUs) or the others fewer"
+    ]

@@ -149,13 +149,41 @@ def benchmark_problems(b: BenchmarkSection) -> list[str]:
     return out
 
 
+# Ray's own resources, which it refuses among custom ones.
+RAY_STANDARD_RESOURCES = {
+    "CPU": "num_cpus",
+    "GPU": "num_gpus",
+    "memory": "memory",
+    "object_store_memory": None,
+}
+
+
+def quantity_problem(name: str, value: float | None) -> str | None:
+    """Ray's rules for a resource quantity, told before the run instead of in its traceback."""
+    if value is None:
+        return None
+    if math.isinf(value):
+        return f"{name}: must be a finite number, got {value}"
+    if value < 0:
+        return f"{name}: must not be negative, got {value}"
+    if 0 < value < 1e-4:
+        return f"{name}: Ray counts resources in units of 0.0001, got {value:g}"
+    return None
+
+
 def resource_problems(r: Resources) -> list[str]:
-    out = []
-    for name in ("num_cpus", "num_gpus", "memory"):
-        value = getattr(r, name)
-        if value is not None and value < 0:
-            out.append(f"{name}: must not be negative, got {value}")
-    if r.num_gpus is not None and r.num_gpus > 1 and r.num_gpus != int(r.num_gpus):
+    asked = [(name, getattr(r, name)) for name in ("num_cpus", "num_gpus", "memory")]
+    asked += [(f"custom.{k}", v) for k, v in r.custom.items()]
+    out = [p for name, value in asked if (p := quantity_problem(name, value))]
+    for key in r.custom:
+        if key in RAY_STANDARD_RESOURCES:
+            own = RAY_STANDARD_RESOURCES[key]
+            out.append(
+                f"custom.{key}: one of Ray's own resources, not a custom one"
+                + (f" - use {own}" if own else "")
+            )
+    gpus = r.num_gpus
+    if gpus is not None and not math.isinf(gpus) and gpus > 1 and gpus != int(gpus):
         out.append(f"num_gpus: above 1 it must be a whole number, got {r.num_gpus}")
     if r.batch_size is not None and r.batch_size < 1:
         out.append(f"batch_size: must be at least 1, got {r.batch_size}")

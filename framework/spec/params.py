@@ -10,7 +10,7 @@ import typing
 from typing import Any, Literal, Union
 
 from framework.errors import did_you_mean
-from framework.spec.schema import Resources
+from framework.spec.schema import RESERVED_STAGE_KEYS, Resources
 
 
 def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
@@ -21,7 +21,7 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
         if key not in accepted:
             if not takes_any:
                 hint = (
-                    did_you_mean(key, accepted)
+                    did_you_mean(key, [*accepted, *RESERVED_STAGE_KEYS])
                     or (f" - did you mean resources.{key}?" if key in RESOURCE_KEYS else "")
                     or f" - {what} takes: {', '.join(accepted) or 'nothing'}"
                 )

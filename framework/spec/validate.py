@@ -156,6 +156,10 @@ def _section(data: Any, schema: type, path: str, problems: list[str]) -> Any:
         if key not in names:
             problems.append(f"{path}.{key}: unknown key{did_you_mean(key, names)}")
             continue
+        if isinstance(value, bool) and not {"bool", "Any"} & set(str(types_[key]).split(" | ")):
+            # OmegaConf would take `true` for a string field as the string "True".
+            problems.append(f"{path}.{key}: expected {types_[key]}, got bool {value!r}")
+            continue
         try:
             OmegaConf.merge(OmegaConf.structured(schema), {key: value})
         except OmegaConfBaseException:
@@ -183,7 +187,8 @@ def _stage(
         entry = registry.find(kind, str(type_name))
         if entry is None:
             problems.append(f"{path}.type: {registry.unknown_message(kind, type_name)}")
-    asked = node.get("resources") or {}
+    asked = node.get("resources")
+    asked = {} if asked is None else asked
     if not isinstance(asked, dict):
         problems.append(f"{path}.resources: expected a mapping, got {kind_of(asked)}")
         asked = {}
