@@ -126,7 +126,10 @@ class Bench:
         self.tmp = tempfile.mkdtemp(prefix="infer-bench-")
         try:
             self.registry = load_registry()
-            cfg = load_spec(path, [*overrides, f"writer.path={self.tmp}/output"])
+            # Dead letters too go under the round's output: a folder the spec names would
+            # hold round 1's records, which the next round refuses to add to.
+            moved = [f"writer.path={self.tmp}/output", "errors.dead_letter=null"]
+            cfg = load_spec(path, [*overrides, *moved])
             self.spec = validate_spec(cfg, self.registry, str(path))
         except BaseException:
             self.close()

@@ -122,6 +122,28 @@ class ErrorPolicy:
         with fs.open_output_stream(f"{root}/{name}") as out:
             out.write(text.encode())
 
+    def earlier_files(self) -> list[str]:
+        """What earlier runs left in the folder: record files and replayed-* archives."""
+        if self.dead_letter is None:
+            return []
+        fs, root = filesystem_for(self.dead_letter, self.storage)
+        found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        return sorted(
+            info.path
+            for info in found
+            if (info.type == pafs.FileType.File and info.path.endswith(".jsonl"))
+            or (info.type == pafs.FileType.Directory and "/replayed-" in f"/{info.base_name}")
+        )
+
+    def clear_earlier(self) -> None:
+        """Remove ``earlier_files``: only what infer-run writes there, nothing else."""
+        fs, _ = filesystem_for(str(self.dead_letter), self.storage)
+        for path in self.earlier_files():
+            if fs.get_file_info(path).type == pafs.FileType.Directory:
+                fs.delete_dir(path)
+            else:
+                fs.delete_file(path)
+
     def read_records(self) -> list[tuple[str, bytes]]:
         """The files ``write`` made (its folder's ``.jsonl``, not those of sub-folders),
         each with its content, read ``FILE_READS_AT_ONCE`` at a time."""

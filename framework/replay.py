@@ -5,7 +5,8 @@
 join the same output, the ones that fail again get new records. A whole input file that
 could not be read has no row ids, so its record stays where it was; the reader checks
 the file again as on every run. Moving the records first keeps every id accounted for:
-a replay that is interrupted is finished by ``--resume`` like any other run.
+a replay that is killed is finished by ``--resume`` like any other run; one that stops
+(a row failing under ``errors.policy: fail``, Ctrl-C) puts the records back.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ REPLAYED_PREFIX = "replayed-"
 ROW_LEVEL = "BadInput"  # reader records of single rows; other reader records are whole files
 
 
-def _is_whole_file(record: dict[str, Any]) -> bool:
+def is_whole_file(record: dict[str, Any]) -> bool:
     return record.get("stage") == "reader" and record.get("error_type") != ROW_LEVEL
 
 
@@ -42,8 +43,9 @@ class Replay:
         must not record them a second time."""
         return frozenset(str(record["id"]) for record in self.kept)
 
-    def move_records_aside(self) -> None:
-        """Just before the rows run: a record either stays or its row is in flight."""
+    def move_records_aside(self) -> str:
+        """Just before the rows run: a record either stays or its row is in flight.
+        Returns the stamp that ``put_records_back`` takes."""
         fs, root = filesystem_for(str(self.errors.dead_letter), self.errors.storage)
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
@@ -54,6 +56,20 @@ class Replay:
             text = "".join(json.dumps(record) + "\n" for record in self.kept)
             with fs.open_output_stream(f"{root}/unreadable-inputs-{stamp}.jsonl") as out:
                 out.write(text.encode())
+        return stamp
+
+    def put_records_back(self, stamp: str) -> None:
+        """After a replay that stopped: its rows are in the output or in flight no more,
+        and a row it did not finish must keep its record (``errors.policy: fail`` writes
+        none for the row that stopped it). Rows it wrote keep theirs too: the next replay
+        leaves out ids already in the output."""
+        fs, root = filesystem_for(str(self.errors.dead_letter), self.errors.storage)
+        archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
+        for path in self.files:
+            fs.move(f"{archive}/{path.rsplit('/', 1)[-1]}", path)
+        fs.delete_dir(archive)
+        if self.kept:
+            fs.delete_file(f"{root}/unreadable-inputs-{stamp}.jsonl")
 
 
 def plan_replay(errors: ErrorPolicy) -> Replay:
@@ -68,7 +84,7 @@ def plan_replay(errors: ErrorPolicy) -> Replay:
                 row_id = record["id"]
             except (ValueError, KeyError, TypeError):
                 continue  # cut short when a run was killed: that row was never skipped
-            if _is_whole_file(record):
+            if is_whole_file(record):
                 kept.append(record)
             else:
                 ids.append(row_id)

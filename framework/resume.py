@@ -20,6 +20,7 @@ from framework.components import ID_COLUMN, Writer
 from framework.dead_letter import ErrorPolicy, jsonl_ids
 from framework.errors import InputError
 from framework.redact import redact
+from framework.replay import is_whole_file
 from framework.storage import filesystem_for
 
 MANIFEST_NAME = "_infer_run_manifest.json"
@@ -97,8 +98,11 @@ def write_manifest(writer: Writer, content: dict[str, Any]) -> None:
     fs, root = filesystem_for(writer.path, writer.storage)
     try:
         fs.create_dir(root, recursive=True)
-        with fs.open_output_stream(f"{root}/{MANIFEST_NAME}") as out:
+        # Written aside, then moved: a kill mid-write must not leave a manifest cut short,
+        # which would make the output impossible to resume.
+        with fs.open_output_stream(f"{root}/{MANIFEST_NAME}.partial") as out:
             out.write(json.dumps(content, indent=2, default=str).encode())
+        fs.move(f"{root}/{MANIFEST_NAME}.partial", f"{root}/{MANIFEST_NAME}")
     except OSError as exc:  # no such parent, permission denied, S3 access denied
         raise InputError(f"writer.path: cannot write to {writer.path}: {exc}") from exc
 
@@ -115,6 +119,14 @@ def check_resumable(
         raise InputError(
             f"{flag}: {writer.path} holds no earlier run (no {MANIFEST_NAME}) - run without {flag}"
         ) from None
+    except ValueError as exc:  # empty or cut short: not JSON
+        found = f"not JSON ({exc})"
+    if not isinstance(found, dict):
+        raise InputError(
+            f"{flag}: the {MANIFEST_NAME} in {writer.path} is damaged: "
+            f"{found if isinstance(found, str) else 'not a JSON object'} - pass --overwrite "
+            "to start over"
+        )
     if same_spec and found.get("fingerprint") != expected["fingerprint"]:
         raise InputError(
             f"{flag}: the spec changed since the run that wrote {writer.path}"
@@ -129,14 +141,30 @@ def check_resumable(
         )
 
 
-def committed_ids(writer: Writer, errors: ErrorPolicy) -> list[Any]:
-    """Ids already written (the writer's committed files) or dead-lettered."""
+def committed_ids(writer: Writer, errors: ErrorPolicy) -> tuple[list[Any], int]:
+    """Ids already written (the writer's committed files) or dead-lettered, and how many
+    rows they are: the records of whole unreadable files name a file, not a row."""
     ids = list(writer.committed_ids())
+    files: set[Any] = set()
     for _, data in errors.read_records():
         # A record cut short when the run was killed is not counted: its row is redone. A
         # record without an id marks no row done (the row is checked again).
         ids.extend(i for i in jsonl_ids(data)[0] if i is not None)
-    return ids
+        files.update(whole_file_ids(data))
+    return ids, len(set(ids) - files)
+
+
+def whole_file_ids(data: bytes) -> list[Any]:
+    """The ids (input paths) of a record file's records of whole unreadable files."""
+    found = []
+    for line in data.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and is_whole_file(record):
+            found.append(record.get("id"))
+    return found
 
 
 _IDS: dict[Any, frozenset[Any]] = {}

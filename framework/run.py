@@ -15,7 +15,7 @@ import ray.data
 from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy, UnreadableInputs
-from framework.errors import InferError, RunError
+from framework.errors import InferError, InputError, RunError
 from framework.failures import run_failure
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
@@ -25,7 +25,7 @@ from framework.registry import Registry
 from framework.replay import plan_replay
 from framework.report import RunReport
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
-from framework.run_files import RunRecord, bug_text, finish_run
+from framework.run_files import RunRecord, bug_text, finish_run, remove_report
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
 from framework.telemetry import StageLog
@@ -62,18 +62,22 @@ def run_spec(
     writer = spec.writer.cls(**spec.writer.params)
     errors = error_policy(spec)
     done: list[Any] = []
+    resumed = 0
     if resume:
         check_resumable(writer, expected)
-        done = committed_ids(writer, errors)
+        done, resumed = committed_ids(writer, errors)
     elif replay:
         # A replay usually runs with a fix in the spec (a larger max_pixels); not new weights.
         check_resumable(writer, expected, flag="--replay", same_spec=False)
         # Refuses a writer that cannot add to its output, and removes files a killed run cut
-        # short; it reads every output file's ids to do so, which the replay then drops.
-        writer.committed_ids()
+        # short. Rows already in the output (a record of an earlier, overwritten run, or
+        # of a replay that stopped) are not run again.
+        written = set(writer.committed_ids())
         replaying = plan_replay(errors)
-    elif not writer.overwrite:
-        writer.prepare()  # refuse an existing output before paying for Ray's start-up
+    else:
+        earlier_dead_letters(spec, errors, writer.overwrite)
+        if not writer.overwrite:
+            writer.prepare()  # refuse an existing output before paying for Ray's start-up
     init_ray(spec)
     plan = build_plan(spec, ray_cluster(spec.ray.address or "the local Ray"))
     check_feasible(plan)
@@ -82,21 +86,45 @@ def run_spec(
         # fit must not cost the last good output (--overwrite) or leave a manifest behind
         # that makes the next run refuse an output nothing was written to.
         writer.prepare()
+        if spec.errors.dead_letter:
+            errors.clear_earlier()
         write_manifest(writer, expected)
+    else:
+        # The earlier run's report would say `ok` about an output this run may not finish.
+        remove_report(writer)
     if replay:
-        replaying.move_records_aside()
+        stamp = replaying.move_records_aside()
         write_manifest(writer, expected)  # so --resume finishes a replay with its own spec
-        ids = replaying.ids
-        return run_plan(
-            plan,
-            registry,
-            facts=facts,
-            id_filter=(put_ids(ids), True),
-            replayed=len(ids),
-            recorded_inputs=replaying.unreadable_inputs,
-        )
+        ids = [i for i in replaying.ids if i not in written]
+        try:
+            return run_plan(
+                plan,
+                registry,
+                facts=facts,
+                id_filter=(put_ids(ids), True),
+                replayed=len(ids),
+                recorded_inputs=replaying.unreadable_inputs,
+            )
+        except BaseException:
+            replaying.put_records_back(stamp)
+            raise
     id_filter = (put_ids(done), False) if resume else None
-    return run_plan(plan, registry, facts=facts, id_filter=id_filter, resumed=len(done))
+    return run_plan(plan, registry, facts=facts, id_filter=id_filter, resumed=resumed)
+
+
+def earlier_dead_letters(spec: Spec, errors: ErrorPolicy, overwrite: bool) -> None:
+    """A dead-letter folder of the user's naming outlives ``--overwrite`` of the output:
+    its earlier records would make ``--resume`` skip rows and ``--replay`` redo written
+    ones. A new run refuses them, and ``--overwrite`` clears them with the output."""
+    if not spec.errors.dead_letter or overwrite:
+        return
+    found = errors.earlier_files()
+    if found:
+        raise InputError(
+            f"errors.dead_letter: {spec.errors.dead_letter} holds {len(found)} file(s) of an "
+            "earlier run's dead letters - pass --overwrite to clear them with the output, "
+            "--resume or --replay to go on with that run, or name another folder"
+        )
 
 
 def run_plan(

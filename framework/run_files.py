@@ -3,6 +3,7 @@ the resolved spec, and the report and timeline copies the spec asks for."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -14,6 +15,7 @@ import ray
 from omegaconf import OmegaConf
 
 from framework.compile import Compiled
+from framework.components import Writer
 from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError
 from framework.redact import redact
@@ -139,6 +141,12 @@ def _node_descriptions() -> dict[str, dict[str, Any]]:
     }
 
 
+def remove_report(writer: Writer) -> None:
+    fs, root = filesystem_for(writer.path, writer.storage)
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(f"{root}/{REPORT_NAME}")
+
+
 def write_text(path: str, text: str, storage: Mapping[str, Any] | None) -> None:
     fs, where = filesystem_for(path, storage)
     parent = where.rsplit("/", 1)[0]
@@ -156,4 +164,4 @@ def write_extra(path: str, text: str, key: str, storage: Mapping[str, Any] | Non
         raise InputError(f"{key}: cannot write {path} ({exc}); the output is complete") from None
 
 
-__all__ = ["RunRecord", "bug_text", "finish_run", "write_extra", "write_text"]
+__all__ = ["RunRecord", "bug_text", "finish_run", "remove_report", "write_extra", "write_text"]

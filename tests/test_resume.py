@@ -296,3 +296,124 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
     assert figures() == (1, 0, 1, 4)
     assert records() == [("short", "BadInput"), (None, "MissingId"), (None, "MissingId")]
     assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]
+
+
+def flagged_spec(tmp_path: Path, dead_letter: Path | None = None, broken: bool = False) -> Path:
+    """Five rows read by image_parquet: 'short' is dead-lettered, one has no id."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "in"
+    data.mkdir(exist_ok=True)
+    good = list(range(12))
+    pixels = pa.array([good, good, good[:5], good, good], pa.list_(pa.uint8()))
+    ids = pa.array(["a", "b", "short", None, "e"])
+    pq.write_table(pa.table({"id": ids, "image": pixels}), data / "in.parquet")
+    if broken:
+        (data / "broken.parquet").write_bytes(b"not parquet")
+    errors = f"{{policy: skip, dead_letter: {dead_letter}}}" if dead_letter else "{policy: skip}"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+errors: {errors}
+reader: {{type: image_parquet, path: {data}, shape: [2, 2, 3]}}
+preprocessors: [{{type: select_columns, drop: [image]}}]
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    return spec
+
+
+def record_ids(folder: Path) -> list[str | None]:
+    found = [json.loads(line) for f in folder.glob("*.jsonl") for line in f.open()]
+    return sorted((r["id"] for r in found), key=str)
+
+
+def test_a_dead_letter_folder_of_an_earlier_run_is_refused_or_cleared(
+    ray_session, tmp_path, capsys
+):
+    dead = tmp_path / "dl"
+    spec = flagged_spec(tmp_path, dead_letter=dead)
+    assert main([str(spec)]) == ExitCode.OK
+    assert record_ids(dead) == [None, "short"]
+    capsys.readouterr()
+    # Another output, the same folder: its records would be taken for this run's.
+    other = f"writer.path={tmp_path / 'other'}"
+    assert main([str(spec), other]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err == (
+        f"infer-run: error: errors.dead_letter: {dead} holds 1 file(s) of an earlier run's "
+        "dead letters - pass --overwrite to clear them with the output, --resume or --replay "
+        "to go on with that run, or name another folder\n"
+    )
+    assert not (tmp_path / "other").exists()
+    (dead / "replayed-20240101T000000000000Z").mkdir()
+    (dead / "notes.txt").write_text("the user's own file")
+    assert main([str(spec), "--overwrite"]) == ExitCode.OK
+    assert record_ids(dead) == [None, "short"]  # this run's, not twice
+    assert sorted(p.name for p in dead.iterdir() if not p.name.endswith(".jsonl")) == ["notes.txt"]
+
+
+def test_replay_leaves_out_rows_already_written_and_counts_resumed_rows_not_files(
+    ray_session, tmp_path
+):
+    spec = flagged_spec(tmp_path, broken=True)
+    out = tmp_path / "out"
+    assert main([str(spec)]) == ExitCode.OK
+    # A stale record of a row the output holds (an earlier, overwritten run's).
+    stale = {"id": "a", "stage": "preprocessors[0]", "error_type": "ValueError", "error": "x"}
+    (out / "_dead_letter" / "stale.jsonl").write_text(json.dumps(stale) + "\n")
+    assert main([str(spec), "--replay"]) == ExitCode.OK
+    assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]  # 'a' not written again
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert report["replayed_rows"] == 1  # 'short'; the row without an id is read anyway
+    assert main([str(spec), "--resume"]) == ExitCode.OK
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    # a, b, e written and 'short' recorded; the broken file's record names no row.
+    assert report["resumed_rows"] == 4
+
+
+def test_a_replay_that_stops_puts_its_records_back(ray_session, tmp_path, capsys):
+    spec = flagged_spec(tmp_path)
+    dead = tmp_path / "out" / "_dead_letter"
+    assert main([str(spec)]) == ExitCode.OK
+    before = record_ids(dead)
+    assert before == [None, "short"]
+    assert main([str(spec), "--replay", "errors.policy=fail"]) == ExitCode.RUN_FAILED
+    assert record_ids(dead) == before  # not moved aside into an archive nobody replays
+    assert not list(dead.glob("replayed-*"))
+    capsys.readouterr()
+    assert main([str(spec), "--replay"]) == ExitCode.OK, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(b"", "not JSON"), (b'{"fingerprint": "x", "sett', "not JSON"), (b"[1, 2]", "not a JSON")],
+)
+def test_a_damaged_manifest_is_one_line(tmp_path, capsys, content, why):
+    spec = make_spec(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "_infer_run_manifest.json").write_bytes(content)
+    for flag in ("--resume", "--replay"):
+        assert main([str(spec), flag]) == ExitCode.INPUT_ERROR
+        err = capsys.readouterr().err
+        assert err.startswith(
+            f"infer-run: error: {flag}: the _infer_run_manifest.json in {tmp_path / 'out'} "
+            f"is damaged: {why}"
+        )
+        assert err.endswith(" - pass --overwrite to start over\n")
+
+
+def test_an_interrupted_resume_leaves_no_report_saying_ok(tmp_path):
+    spec = make_spec(tmp_path)
+    out = tmp_path / "out"
+    done = finish(cli(str(spec), "--limit", "20"))
+    assert done.code == ExitCode.OK, done.text[-3000:]
+    assert json.loads((out / "_infer_run_report.json").read_text())["status"] == "ok"
+    run = cli(str(spec), "--resume")  # 580 rows at 0.1 s a batch of 10: a minute
+    deadline = time.monotonic() + 120
+    while (out / "_infer_run_report.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(run.pid, signal.SIGTERM)
+    stopped = finish(run)
+    assert stopped.code == ExitCode.TERMINATED, stopped.text[-3000:]
+    assert not (out / "_infer_run_report.json").exists()
