@@ -31,7 +31,7 @@ from framework.errors import InputError, RunError
 from framework.failures import user_cause
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
 from framework.report import operator_figures
-from framework.worker import StageRunner
+from framework.worker import SKIP_HINT, StageRunner
 
 # The best of a few timed passes over the sample, after one untimed warm-up pass.
 TIMED_PASSES = 2
@@ -157,6 +157,8 @@ def time_stage(node: MapNode, sample: Batch) -> tuple[StageTiming, Batch]:
             reason = f"{node.stage.path} failed on the sample: {type(cause).__name__}: {cause}"
         if reason is None:
             raise
+        if reason.endswith(SKIP_HINT):  # calibration times every row, whatever the policy
+            reason = reason.removesuffix(SKIP_HINT) + " - calibrate on rows every stage accepts"
         raise RunError(f"--calibrate: {reason}") from None
     finally:
         ray.kill(probe)

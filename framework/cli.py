@@ -43,7 +43,8 @@ def run_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="infer-run",
         description="Run a batch-inference spec on Ray Data. "
-        "Other commands: 'infer-run plugins', 'infer-run datagen', 'infer-run k8s'.",
+        "Other commands: 'infer-run plugins', 'infer-run datagen', 'infer-run k8s', "
+        "'infer-run bench'.",
     )
     p.add_argument("spec", help="the YAML spec file")
     p.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")

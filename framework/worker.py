@@ -30,6 +30,7 @@ from framework.worker_setup import granted, match_torch_threads, show_info_logs
 
 log = logging.getLogger("infer_run.worker")
 
+SKIP_HINT = " - errors.policy=skip writes bad rows aside"
 GPU_PUSH_S = 1.0  # how often a worker sends its GPU figures to the run's log, at most
 
 
@@ -217,7 +218,7 @@ class StageRunner:
         """Apply the error policy to a batch's failures and count the batch in the run's log;
         ``key`` (``batch_key``) makes a batch that runs again count and record once."""
         if failures and self.errors.policy == "fail":
-            self.stop(failures[0].line() + " - errors.policy=skip writes bad rows aside")
+            self.stop(failures[0].line() + SKIP_HINT)
         self.errors.write(failures, key)
         if self.log is None:
             return

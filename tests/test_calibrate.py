@@ -184,6 +184,9 @@ def test_a_row_the_sample_breaks_or_a_stage_that_cannot_be_built_is_one_line(tmp
     assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
     last = done.stderr.splitlines()[-1]
     assert last.startswith("infer-run: error: --calibrate: row 'bad' failed in preprocessors[0]")
+    # errors.policy does not apply to a calibration: its hint would not help.
+    assert last.endswith(" - calibrate on rows every stage accepts")
+    assert "errors.policy" not in last
 
     done = helpers.run_cli(
         str(spec),
