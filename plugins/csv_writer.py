@@ -43,6 +43,7 @@ from ray.data.extensions import (
 )
 
 from framework import ID_COLUMN, RunError, Writer, filesystem_for, hookimpl
+from plugins.id_types import CSV_IDS, check_id_type
 
 FIXED_TENSOR_TYPES = (ArrowTensorType, ArrowTensorTypeV2, pa.FixedShapeTensorType)
 # Arrow types whose values have parts; the CSV writer cannot format them.
@@ -102,7 +103,7 @@ def _csv_ids(text: str) -> list | None:
     """The ids of a written file (its first column), or None if it ends mid-row.
 
     Arrow quotes every string cell and no number, so a record whose first line starts
-    with a quote has a string id, and any other a number.
+    with a quote has a string id, and any other a number or a boolean.
     """
     if not text.endswith("\n"):
         return None
@@ -132,7 +133,9 @@ def _csv_ids(text: str) -> list | None:
         return None
 
 
-def _number(text: str) -> int | float:
+def _number(text: str) -> int | float | bool:
+    if text in ("true", "false"):  # Arrow's unquoted booleans
+        return text == "true"
     try:
         return int(text)
     except ValueError:
@@ -141,6 +144,7 @@ def _number(text: str) -> int | float:
 
 def csv_table(table: pa.Table) -> pa.Table:
     """``table`` with every column turned into CSV-ready ones, ``id`` first."""
+    check_id_type(table, CSV_IDS, "a CSV file")
     names = table.column_names
     if ID_COLUMN in names:
         names = [ID_COLUMN, *(n for n in names if n != ID_COLUMN)]

@@ -17,6 +17,7 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import BlockBasedFileDatasink
 
 from framework import Writer, filesystem_for, jsonl_ids
+from plugins.id_types import JSON_IDS, check_id_type
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 MILLISECOND = datetime.timedelta(milliseconds=1)
@@ -71,6 +72,7 @@ def json_lines(table: pa.Table) -> bytes:
     the same float; pandas' ``to_json`` kept 10 significant digits, so a float id written
     by it was not found by ``--resume`` and its row was written again.
     """
+    check_id_type(table, JSON_IDS, "a JSON-lines file")
     names = table.column_names
     columns = [plain_column(column) for column in table.columns]
     # allow_nan=False: a non-finite float that slipped past plain() fails the write

@@ -197,3 +197,31 @@ def test_committed_ids_keep_their_type_and_cut_files_go(tmp_path) -> None:
     # Numbers stay numbers and quoted ids stay strings, so a resumed run skips exactly them.
     assert len(ids) == 4 and set(ids) == {1, 2, "0003", 'say "4"'}
     assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv"]
+
+
+def test_boolean_ids_read_back_as_booleans(tmp_path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    pcsv.write_csv(pa.table({"id": [True, False]}), out / "a.csv")
+    assert sorted(CsvWriter(str(out)).committed_ids()) == [False, True]
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pa.array([0], pa.timestamp("us")),
+        pa.array([0], pa.date32()),
+        pa.array([0.1], pa.float32()),
+        pa.array([b"x"], pa.binary()),
+    ],
+)
+def test_ids_a_csv_file_cannot_give_back_stop_the_run(ids: pa.Array) -> None:
+    from framework import RunError
+
+    with pytest.raises(RunError) as stopped:
+        csv_table(pa.table({"id": ids, "x": [1]}))
+    assert str(stopped.value) == (
+        f"writer: the 'id' column is {ids.type}, which a CSV file cannot give back as the "
+        "same values, so --resume and --replay would miss or repeat rows - give the rows "
+        "string or integer ids, or write parquet"
+    )

@@ -201,3 +201,25 @@ def test_a_folder_without_jsonl_files_is_a_spec_problem_and_leaves_no_output(tmp
     assert main([str(spec)]) == ExitCode.SPEC_ERROR
     assert f"reader.path: no jsonl files (jsonl, json) under {empty}\n" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_timestamp_ids_stop_the_run_before_a_resume_could_repeat_them(
+    ray_session, tmp_path, capsys
+):
+    # Written as epoch milliseconds, they came back as ints: every --resume wrote them again.
+    data = tmp_path / "in.parquet"
+    ids = pa.array([0, 60_000_000], pa.timestamp("us"))
+    pq.write_table(pa.table({"id": ids, "x": [1.0, 2.0]}), data)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {data}}}\n"
+        "models: [{type: echo}]\n"
+        f"writer: {{type: jsonl, path: {tmp_path / 'out'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.RUN_FAILED
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "infer-run: error: writer: the 'id' column is timestamp[us], which a JSON-lines file "
+        "cannot give back as the same values, so --resume and --replay would miss or repeat "
+        "rows - give the rows string or integer ids, or write parquet"
+    )
+    assert main([str(spec), "writer.type=parquet", "--overwrite"]) == ExitCode.OK

@@ -1,0 +1,37 @@
+"""Id types a text writer reads back as the same values, as ``--resume`` and ``--replay``
+need: a timestamp id went into JSON as epoch milliseconds and came back an int, so every
+resume wrote its rows again; in CSV it made every file look cut short."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pyarrow as pa
+
+from framework import ID_COLUMN, RunError
+
+JSON_IDS: tuple[Callable[[pa.DataType], bool], ...] = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_boolean,
+    pa.types.is_null,
+)
+# CSV writes a float32 in its own shortest form, which reads back as another float64.
+CSV_IDS = (*JSON_IDS[:3], pa.types.is_float64, pa.types.is_boolean, pa.types.is_null)
+
+
+def check_id_type(
+    table: pa.Table, kinds: tuple[Callable[[pa.DataType], bool], ...], what: str
+) -> None:
+    """Stop the run, before a file is written, when ``what`` cannot give the ids back."""
+    if ID_COLUMN not in table.column_names:
+        return
+    found = table.schema.field(ID_COLUMN).type
+    if not any(kind(found) for kind in kinds):
+        raise RunError(
+            f"writer: the 'id' column is {found}, which {what} cannot give back as the same "
+            "values, so --resume and --replay would miss or repeat rows - give the rows "
+            "string or integer ids, or write parquet"
+        )
