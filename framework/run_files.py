@@ -58,6 +58,13 @@ def bug_text(exc: BaseException) -> str:
     )
 
 
+LOG_RESTARTED = (
+    "the run's log (its StageLog actor) died and Ray restarted it empty: rows and figures "
+    "counted before then are missing from this report, and the error budget started over; "
+    "the output and dead letters hold every row, a row may be dead-lettered twice"
+)
+
+
 def finish_run(
     spec: Spec,
     compiled: Compiled,
@@ -78,6 +85,9 @@ def finish_run(
         if c["plugin"]
     }
     failed, by_stage = ray.get(stage_log.failures.remote())
+    warnings = list(record.warnings)
+    if ray.get(stage_log.was_restarted.remote()):
+        warnings.append(LOG_RESTARTED)
     figures = ray.get(stage_log.snapshot.remote())
     report = build_report(
         spec,
@@ -88,7 +98,7 @@ def finish_run(
         report_path=report_path,
         plugins=plugins,
         components=record.components,
-        warnings=record.warnings,
+        warnings=warnings,
         stages=stage_figures(figures, record.origin, _node_descriptions()),
         first_stage=record.first_stage,
         rows_failed=failed,

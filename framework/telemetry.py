@@ -36,6 +36,8 @@ class StageLog:
         self.actors: list[Any] = []  # the stage actors' handles, ended with the run
         self.unreadable_inputs: list[str] = []  # inputs a reader could not read at all
         self.stopped: str | None = None  # the first reason a worker stopped the run
+        # Ray restarts this actor if its process dies, empty: what it held is gone.
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
 
     def actor(self, handle: Any) -> None:
         self.actors.append(handle)
@@ -183,6 +185,9 @@ class StageLog:
 
     def unreadable_list(self) -> list[str]:
         return self.unreadable_inputs
+
+    def was_restarted(self) -> bool:
+        return self.restarted
 
     def failures(self) -> tuple[int, dict[str, dict[str, int]]]:
         """Rows failed in all, and their counts by stage and error type."""

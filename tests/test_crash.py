@@ -34,3 +34,45 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
     assert sorted(out["id"]) == ids  # every id, exactly once
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     assert (report["rows_read"], report["rows_written"], report["rows_failed"]) == (400, 400, 0)
+
+
+def test_a_run_whose_log_actor_died_says_so_in_its_report(ray_session, tmp_path):
+    import threading
+    import time
+
+    import ray
+
+    from framework.plugins import load_registry
+    from framework.run import run_spec
+    from framework.run_files import LOG_RESTARTED
+    from framework.spec import load_spec, validate_spec
+
+    ids = [f"r{i:04d}" for i in range(300)]
+    data = write_id_parts(tmp_path / "in", ids)
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"""
+run: {{block_mb: 0.001}}
+reader: {{type: parquet, path: {data}}}
+models: [{{type: echo, delay_s: 0.1, resources: {{batch_size: 10}}}}]
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    registry = load_registry()
+    spec = validate_spec(load_spec(path), registry, str(path))
+    reports: list = []
+    run = threading.Thread(target=lambda: reports.append(run_spec(spec, registry)))
+    run.start()
+    deadline = time.monotonic() + 120
+    names: list[str] = []
+    while time.monotonic() < deadline and not (
+        names and list((tmp_path / "out").glob("*.parquet"))
+    ):
+        names = [n for n in ray.util.list_named_actors() if n.startswith("infer_run_log_")]
+        time.sleep(0.2)
+    assert names, "the run's log actor never appeared"
+    ray.kill(ray.get_actor(names[0]), no_restart=False)  # its process dies; Ray restarts it
+    run.join(timeout=240)
+    assert reports, "the run did not finish"
+    assert LOG_RESTARTED in reports[0].data["warnings"]
+    assert sorted(pq.read_table(tmp_path / "out").to_pydict()["id"]) == ids
