@@ -16,16 +16,19 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from framework.dead_letter import ErrorPolicy
+from framework.dead_letter import MISSING_ID, ErrorPolicy
 from framework.errors import InputError
 from framework.storage import filesystem_for
 
 REPLAYED_PREFIX = "replayed-"
-ROW_LEVEL = "BadInput"  # reader records of single rows; other reader records are whole files
+# Reader records of single rows (a row flagged bad, a row without an id); the reader's
+# other records are of whole files. A MissingId record taken for a file stayed, and the
+# row was recorded again beside it on every replay.
+ROW_LEVEL = ("BadInput", MISSING_ID)
 
 
 def is_whole_file(record: dict[str, Any]) -> bool:
-    return record.get("stage") == "reader" and record.get("error_type") != ROW_LEVEL
+    return record.get("stage") == "reader" and record.get("error_type") not in ROW_LEVEL
 
 
 @dataclass(frozen=True)

@@ -365,7 +365,7 @@ def test_replay_leaves_out_rows_already_written_and_counts_resumed_rows_not_file
     assert main([str(spec), "--replay"]) == ExitCode.OK
     assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]  # 'a' not written again
     report = json.loads((out / "_infer_run_report.json").read_text())
-    assert report["replayed_rows"] == 1  # 'short'; the row without an id is read anyway
+    assert report["replayed_rows"] == 2  # 'short' and the row without an id, not 'a'
     assert main([str(spec), "--resume"]) == ExitCode.OK
     report = json.loads((out / "_infer_run_report.json").read_text())
     # a, b, e written and 'short' recorded; the broken file's record names no row.
@@ -417,3 +417,16 @@ def test_an_interrupted_resume_leaves_no_report_saying_ok(tmp_path):
     stopped = finish(run)
     assert stopped.code == ExitCode.TERMINATED, stopped.text[-3000:]
     assert not (out / "_infer_run_report.json").exists()
+
+
+def test_a_replay_records_a_row_without_an_id_once(ray_session, tmp_path):
+    spec = flagged_spec(tmp_path)
+    out = tmp_path / "out"
+    dead = out / "_dead_letter"
+    assert main([str(spec)]) == ExitCode.OK
+    for _ in range(2):
+        assert main([str(spec), "--replay"]) == ExitCode.OK
+        assert record_ids(dead) == [None, "short"]  # one record each, not one more a replay
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert report["errors"]["unreadable_inputs"] == []
+    assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]
