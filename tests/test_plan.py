@@ -473,3 +473,12 @@ def test_gpus_the_spec_gave_away_leave_none_for_an_auto_model_and_the_line_says_
         "cluster has 2 - models[1] sized automatically: give them num_gpus (0 runs a model "
         "on CPUs) or the others fewer"
     ]
+
+
+def test_pools_that_cannot_run_at_once_are_a_warning_not_a_refusal(data, caplog):
+    # Ray Data ran the second pool after the first let go: slow, but it finishes.
+    cluster = Cluster((Node("n1", "10.0.0.1", cpus=4, custom={"foo": 2}),), "test")
+    spec = simple(data, resources={"custom": {"foo": 2}, "actors": 1})
+    spec["models"].append({"type": "echo", "resources": {"custom": {"foo": 2}, "actors": 1}})
+    assert infeasible(plan_for(spec, cluster=cluster)) == []
+    assert "models[0], models[1]: the actor pools' minimum sizes do not fit" in caplog.text
