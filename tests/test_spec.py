@@ -292,12 +292,15 @@ BAD_SPECS = [
             "models.x.type=echo",
             "reader.path=: x",
             "~models.x.type",
+            "models.0.resources.actors=[1, ${run.limit}]",
         ],
         [
             "override '~nosuch': no such key in the spec",
             "override 'models.x.type=echo': Index 'x' (str) is not an int",
             "override 'reader.path=: x': invalid YAML value: did not find expected key",
             "override '~models.x.type': no such key in the spec",
+            "override 'models.0.resources.actors=[1, ${run.limit}]': invalid YAML value: did "
+            "not find expected ',' or ']' - quote an interpolation inside [...] or {...}: \"${...}\"",
             "run.limt: unknown key - did you mean 'limit'?",
             "models[0].resources.batch_size: expected int | None, got str 'abc'",
         ],

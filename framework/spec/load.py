@@ -71,7 +71,13 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
         # merged, the old node's keys stayed (a torchvision `weights:` under a timm model).
         OmegaConf.update(cfg, key, value, merge=False, force_add=True)
     except yaml.YAMLError as exc:
-        return f"override {item!r}: invalid YAML value: {getattr(exc, 'problem', None) or exc}"
+        hint = (
+            ' - quote an interpolation inside [...] or {...}: "${...}"'
+            if "${" in raw and raw.lstrip()[:1] in "[{"
+            else ""
+        )
+        why = getattr(exc, "problem", None) or exc
+        return f"override {item!r}: invalid YAML value: {why}{hint}"
     except (OmegaConfBaseException, IndexError, ValueError, TypeError) as exc:
         return f"override {item!r}: {_first_line(exc)}"
     return None
