@@ -59,6 +59,16 @@ def test_dead_letters_and_report_on_s3_use_the_specs_storage(
     assert record["stage"] == "reader" and "line 7" in record["message"]
     report = json.loads(objects(s3_server, s3_bucket, "reports/")["reports/run.json"])
     assert (report["rows_written"], report["rows_failed"]) == (6, 1)
+    # The folder outlives the output: a new run refuses its records, --overwrite clears
+    # them (archives of replays included) with the output.
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="dl/replayed-20240101T000000Z/old.jsonl", Body=b"")
+    client.put_object(Bucket=s3_bucket, Key="dl/notes.txt", Body=b"the user's")
+    assert main([str(spec), f"writer.path={tmp_path / 'other'}"]) == ExitCode.INPUT_ERROR
+    assert main([str(spec), "--overwrite"]) == ExitCode.OK
+    left = objects(s3_server, s3_bucket, "dl/")
+    assert sorted(k for k in left if not k.endswith(".jsonl")) == ["dl/notes.txt"]
+    assert len([k for k in left if k.endswith(".jsonl")]) == 1  # this run's record only
 
 
 def test_storage_mistakes_and_unreachable_places_are_one_line_each(
