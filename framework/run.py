@@ -181,11 +181,14 @@ def run_plan(
     try:
         text = bug_text(bug) if bug else (failure and str(failure))
         report = finish_run(spec, compiled, stage_log, errors, record, text)
-    except Exception:
+    except Exception as exc:
         if stopped_by is None:
             raise
         # What stopped the run matters more than its report: say both, raise the first.
-        log.exception("could not write the run report after the error that follows")
+        if bug is None:  # the user's problem, likely the same one (an output not writable)
+            log.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
+        else:
+            log.exception("could not write the run report after the error that follows")
     finally:
         end_actors(stage_log)
         ray.kill(stage_log)
