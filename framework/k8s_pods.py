@@ -46,8 +46,10 @@ def _pod_memory(task_bytes: float) -> int:
 
 
 def on_gpu_nodes(stage: StageConfig) -> bool:
-    """Models wanting GPUs (num_gpus unset: one per actor on Kubernetes) get GPU groups."""
-    return stage.kind == "model" and stage.resources.num_gpus != 0
+    """Stages asking GPUs get GPU groups: models unless num_gpus is 0 (unset: one per actor
+    on Kubernetes), and any other stage that sets num_gpus (a CPU group has none)."""
+    gpus = stage.resources.num_gpus
+    return bool(gpus) if stage.kind != "model" else gpus != 0
 
 
 def _needs_cpu_node(stage: StageConfig) -> bool:
@@ -129,8 +131,15 @@ def _custom_params(custom: dict[str, float], extra: dict[str, str]) -> dict[str,
     return params
 
 
+def group_name(path: str) -> str:
+    """``models[0]`` -> ``gpu-0``, ``preprocessors[1]`` -> ``gpu-preprocessors-1``."""
+    kind, _, index = path.rstrip("]").partition("[")
+    return f"gpu-{index}" if kind == "models" else f"gpu-{kind}-{index}"
+
+
 def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
-    """A CPU group for CPU stages, a GPU group per model that wants GPUs, custom resources kept."""
+    """A CPU group for CPU stages, a GPU group per stage that wants GPUs (models, and
+    others asking num_gpus), custom resources kept."""
     cpus, memory = cpu_pod_size(spec, pods)
     cpu_custom: dict[str, float] = {}
     for stage in (spec.reader, *spec.stages, spec.writer):
@@ -140,10 +149,8 @@ def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
     groups = [
         _group("cpu", pods.image, pods.cpu_workers, cpus, memory, _custom_params(cpu_custom, {}))
     ]
-    for i, model in enumerate(spec.models):
-        r = model.resources
-        if r.num_gpus == 0:
-            continue
+    for stage in (s for s in spec.stages if on_gpu_nodes(s)):
+        r = stage.resources
         per_actor = r.num_gpus if r.num_gpus is not None else 1.0
         actors = r.actors if r.actors is not None else 1
         pool = actors if isinstance(actors, int) else actors[-1]
@@ -153,7 +160,7 @@ def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
         custom = {k: v * per_pod for k, v in r.custom.items()}
         groups.append(
             _group(
-                f"gpu-{i}",
+                group_name(stage.path),
                 pods.image,
                 replicas,
                 max(2.0, float(r.num_cpus or 1) * per_pod + 1),

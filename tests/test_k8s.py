@@ -102,6 +102,30 @@ writer: {{type: parquet, path: /out}}
     assert groups[0]["rayStartParams"] == {}
 
 
+def test_a_cpu_stage_asking_gpus_gets_a_gpu_group(tmp_path, data, capsys):
+    # On the CPU group, which has no GPU, its tasks would never start.
+    spec = write(
+        tmp_path,
+        f"""
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: select_columns, resources: {{num_gpus: 1, num_cpus: 2}}}}
+models:
+  - {{type: echo, resources: {{num_gpus: 0, num_cpus: 4}}}}
+writer: {{type: parquet, path: /out}}
+""",
+    )
+    _, job = render(capsys, str(spec))
+    cpu, gpu = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert (cpu["groupName"], gpu["groupName"], gpu["replicas"]) == (
+        "cpu",
+        "gpu-preprocessors-0",
+        1,
+    )
+    assert gpu["rayStartParams"]["num-gpus"] == "1"
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
 def test_resnet50_spec_manifest(capsys, tmp_path):
     data = tmp_path / "imagenet-like"
     from framework.datagen import generate
