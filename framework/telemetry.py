@@ -17,6 +17,13 @@ from framework.dead_letter import READER_PATH
 from framework.watchdog import CRASHED, TIMED_OUT
 
 
+def _reconstructed() -> bool:
+    try:
+        return ray.get_runtime_context().was_current_actor_reconstructed
+    except AssertionError:  # not in an actor: the class used in-process, by tests
+        return False
+
+
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class StageLog:
     """One per run: every stage's batches report here with their node and wall interval."""
@@ -37,7 +44,7 @@ class StageLog:
         self.unreadable_inputs: list[str] = []  # inputs a reader could not read at all
         self.stopped: str | None = None  # the first reason a worker stopped the run
         # Ray restarts this actor if its process dies, empty: what it held is gone.
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
+        self.restarted = _reconstructed()
 
     def actor(self, handle: Any) -> None:
         self.actors.append(handle)
