@@ -29,7 +29,7 @@ from framework.components import ID_COLUMN, Batch
 from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError, RunError
 from framework.failures import user_cause
-from framework.plan import MapNode, Plan, ReadNode, WriteNode
+from framework.plan import MapNode, Plan, ReadNode
 from framework.report import operator_figures
 from framework.worker import SKIP_HINT, StageRunner
 
@@ -197,116 +197,4 @@ def calibrate(plan: Plan, rows: int) -> list[StageTiming]:
     return timings
 
 
-@dataclasses.dataclass(frozen=True)
-class Prediction:
-    """Rows/s each stage can do with all the workers the plan gives it, and the slowest."""
-
-    capacity: dict[str, float]  # stage path → rows/s
-    workers: dict[str, float]  # stage path → workers at once (task stages: CPUs' worth)
-    task_cpus: float  # CPUs the actor pools leave to task stages
-    bottleneck: str
-    rows_per_s: float
-
-
-def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
-    """Actor pools run at their maximum size; task stages share the CPUs the pools leave
-    (fused, one task runs them one after another), each task on ``min(1, cpus)`` of a core."""
-    maps = {n.stage.path: n for n in plan.nodes if isinstance(n, MapNode)}
-    caps = {n.stage.path: n.max_tasks for n in plan.nodes if not isinstance(n, WriteNode)}
-    held = sum(
-        float(n.ray_args.get("num_cpus", 1)) * n.pool[1]
-        for n in maps.values()
-        if n.compute == "actors" and n.pool
-    )
-    task_cpus = max(plan.cluster.cpus - held, 0.0)
-    capacity: dict[str, float] = {}
-    workers: dict[str, float] = {}
-    tasks = [t for t in timings if t.compute == "tasks"]
-    for t in timings:
-        if t.compute == "actors":
-            pool = maps[t.path].pool
-            workers[t.path] = float(pool[1] if pool else 1)
-        else:
-            slots = task_cpus / t.cpus if t.cpus else task_cpus
-            if caps[t.path]:
-                slots = min(slots, caps[t.path])
-            # A task granted part of a core runs one thread on that part of it.
-            workers[t.path] = slots * min(1.0, t.cpus) if t.cpus else slots
-        capacity[t.path] = workers[t.path] * t.rows_per_s
-    if len(tasks) > 1:  # one task runs them in turn: their seconds per row add up
-        cores = min(workers[t.path] for t in tasks)
-        together = cores / sum(1 / t.rows_per_s for t in tasks)
-        for t in tasks:
-            capacity[t.path] = together
-    # Task stages sharing their CPUs tie: the one taking the most time per row is named.
-    rates = {t.path: t.rows_per_s for t in timings}
-    bottleneck = min(capacity, key=lambda p: (capacity[p], rates[p]))
-    return Prediction(capacity, workers, task_cpus, bottleneck, capacity[bottleneck])
-
-
-def as_json(plan: Plan, timings: Sequence[StageTiming], prediction: Prediction) -> dict[str, Any]:
-    """The figures ``--calibrate --report PATH`` writes: per stage and the prediction."""
-    nodes = {n.node_id: n.describe() for n in plan.cluster.nodes}
-    stages = [
-        {
-            **dataclasses.asdict(t),
-            "node": nodes.get(t.node_id, t.node_id),
-            "rows_per_s": round(t.rows_per_s, 3),
-            "workers": prediction.workers[t.path],
-            "capacity_rows_per_s": round(prediction.capacity[t.path], 3),
-        }
-        for t in timings
-    ]
-    return {
-        "sample_rows": _sample_rows(timings),
-        "stages": stages,
-        "task_cpus": prediction.task_cpus,
-        "bottleneck": prediction.bottleneck,
-        "rows_per_s": round(prediction.rows_per_s, 3),
-    }
-
-
-def _sample_rows(timings: Sequence[StageTiming]) -> int:
-    """Rows the stages were timed on (reading reports what its tasks read, often more)."""
-    return next((t.rows for t in timings if t.node_id), 0)
-
-
-def describe(timings: Sequence[StageTiming], prediction: Prediction) -> str:
-    """The table ``--calibrate`` prints under the plan."""
-    rows = _sample_rows(timings)
-    lines = [f"calibration: {rows} sample rows, each stage timed alone with its own resources"]
-    for t in timings:
-        threads = f", {t.torch_threads} torch threads" if t.torch_threads else ""
-        gpus = f", {t.gpus:g} GPU" if t.gpus else ""
-        how = (
-            f"built in {t.build_s:.2f}s"
-            if t.node_id
-            else f"Ray Data read {t.rows} rows in {t.tasks} task{'' if t.tasks == 1 else 's'}"
-        )
-        lines.append(
-            f"  {t.path:<18} {t.type:<16} {t.rows_per_s:10.1f} rows/s per worker "
-            f"({t.cpus:g} CPU{gpus}{threads}; {how}) "
-            f"x {prediction.workers[t.path]:g} -> {prediction.capacity[t.path]:.1f} rows/s"
-        )
-    shared = [t.path for t in timings if t.compute == "tasks"]
-    if len(shared) > 1:
-        lines.append(
-            f"  {', '.join(shared)} run as tasks in turn on the "
-            f"{prediction.task_cpus:g} CPUs the actor pools leave: their rows/s is shared"
-        )
-    lines.append(
-        f"expected: at most {prediction.rows_per_s:.1f} rows/s, bound by "
-        f"{prediction.bottleneck} (writing not timed; stages sharing cores slow each other)"
-    )
-    return "\n".join(lines)
-
-
-__all__ = [
-    "Prediction",
-    "StageTiming",
-    "as_json",
-    "calibrate",
-    "describe",
-    "predict",
-    "read_sample",
-]
+__all__ = ["StageTiming", "calibrate", "read_sample", "time_stage"]

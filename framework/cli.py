@@ -135,7 +135,8 @@ def main_run(argv: Sequence[str]) -> int:
 
 def _calibrate(spec: Spec, rows: int) -> int:
     """``--calibrate``: the plan, then each stage timed on the cluster and the prediction."""
-    from framework.calibrate import as_json, calibrate, describe, predict
+    from framework.calibrate import calibrate
+    from framework.prediction import as_json, describe, predict
 
     started = not ray.is_initialized()
     init_ray(spec)

@@ -12,11 +12,12 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from framework.calibrate import StageTiming, predict
+from framework.calibrate import StageTiming
 from framework.cluster import Cluster, Node
 from framework.errors import ExitCode
 from framework.plan import MapNode, Plan, build_plan
 from framework.plugins import load_registry
+from framework.prediction import predict
 from framework.spec import validate_spec
 from tests import helpers
 
