@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,14 @@ from framework.storage import filesystem_for, read_files
 # A reader that cannot produce a row keeps it, with the reason in this column; the read
 # tasks move it to the dead-letter output.
 ERROR_COLUMN = "_error"
+# The names ``ErrorPolicy.write`` gives record files (a stage path, then a batch key or a
+# process's own name), those ``--replay`` writes and archives in: nothing else in the
+# folder is taken for a record, counted as done, or cleared.
+RECORD_FILE = re.compile(
+    r"((reader|writer|(preprocessors|models|postprocessors)_\d+)-[\w-]+"
+    r"|unreadable-inputs-\d{8}T\d+Z)\.jsonl"
+)
+ARCHIVE = re.compile(r"replayed-\d{8}T\d+Z")
 POLICIES = ("fail", "skip")
 log = logging.getLogger("infer_run.dead_letter")
 
@@ -123,7 +132,8 @@ class ErrorPolicy:
             out.write(text.encode())
 
     def earlier_files(self) -> list[str]:
-        """What earlier runs left in the folder: record files and replayed-* archives."""
+        """What earlier runs left in the folder: record files and replayed-* archives, by
+        the names infer-run gives them; a file of the user's is never one of them."""
         if self.dead_letter is None:
             return []
         fs, root = filesystem_for(self.dead_letter, self.storage)
@@ -131,8 +141,18 @@ class ErrorPolicy:
         return sorted(
             info.path
             for info in found
-            if (info.type == pafs.FileType.File and info.path.endswith(".jsonl"))
-            or (info.type == pafs.FileType.Directory and "/replayed-" in f"/{info.base_name}")
+            if (info.type == pafs.FileType.File and RECORD_FILE.fullmatch(info.base_name))
+            or (info.type == pafs.FileType.Directory and self._archive(fs, info))
+        )
+
+    @staticmethod
+    def _archive(fs: pafs.FileSystem, info: pafs.FileInfo) -> bool:
+        """A replay's archive: named as ``--replay`` names it, holding only record files."""
+        if not ARCHIVE.fullmatch(info.base_name):
+            return False
+        inside = fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
+        return all(
+            i.type == pafs.FileType.File and RECORD_FILE.fullmatch(i.base_name) for i in inside
         )
 
     def clear_earlier(self) -> None:
@@ -154,7 +174,7 @@ class ErrorPolicy:
         paths = sorted(
             info.path
             for info in fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and info.path.endswith(".jsonl")
+            if info.type == pafs.FileType.File and RECORD_FILE.fullmatch(info.base_name)
         )
         return list(zip(paths, read_files(fs, paths), strict=True))
 

@@ -63,6 +63,14 @@ def user_cause(exc: BaseException) -> str | None:
     return str(error) if error is not None else None
 
 
+# How an InferError raised in a Ray Data map function reads in Ray's text: the error
+# itself does not survive Ray Data's UserCodeException, only its traceback's last line.
+REMOTE_INFER_ERROR = re.compile(
+    r"^framework\.errors\.(InferError|InputError|RunError|SpecError|PluginError): (.+)$",
+    re.MULTILINE,
+)
+
+
 def user_failure(exc: BaseException) -> InferError | None:
     """``user_cause`` as the error to raise: an input a read task could not read stays an
     ``InputError`` (exit code 5, as when the driver finds one); anything else stops the
@@ -72,6 +80,11 @@ def user_failure(exc: BaseException) -> InferError | None:
             message = without_retry_note(str(current.args[0])) if current.args else ""
             message = message or type(current).__name__
             return InputError(message) if isinstance(current, InputError) else RunError(message)
+    for current in _chain(exc):
+        found = REMOTE_INFER_ERROR.search(str(current))
+        if found:
+            kind, message = found.groups()
+            return InputError(message) if kind == "InputError" else RunError(message)
     return None
 
 

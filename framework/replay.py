@@ -65,9 +65,13 @@ class Replay:
         """After a replay that stopped: its rows are in the output or in flight no more,
         and a row it did not finish must keep its record (``errors.policy: fail`` writes
         none for the row that stopped it). Rows it wrote keep theirs too: the next replay
-        leaves out ids already in the output."""
+        leaves out ids already in the output. The records it wrote go: each is of a row
+        whose old record comes back."""
         fs, root = filesystem_for(str(self.errors.dead_letter), self.errors.storage)
         archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
+        # Records the replay wrote are of rows whose old records come back: not twice.
+        for path, _ in self.errors.read_records():
+            fs.delete_file(path)
         for path in self.files:
             fs.move(f"{archive}/{path.rsplit('/', 1)[-1]}", path)
         fs.delete_dir(archive)

@@ -35,14 +35,26 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     """Resources per stage path (reader, stages, writer) with every unset key decided."""
     models = [s for s in spec.stages if s.kind == "model"]
     gpus = cluster.gpus
-    unset_gpu = [m for m in models if m.resources.num_gpus is None]
-    # The GPUs the spec gives some models (their pools' minimums) are not shared out again.
-    held = sum((m.resources.num_gpus or 0) * _pool_minimum(m.resources) for m in models)
+    given = [m for m in models if (m.resources.num_gpus or 0) > 0]
+    unset_gpu = [m for m in models if m.resources.num_gpus is None] if gpus else []
+    sharing = max(1, len(given) + len(unset_gpu))
+
+    def even_pool(share: float) -> int:
+        """Actors of ``share`` GPU each in an even split of the GPUs among GPU models."""
+        return max(1, int(gpus / sharing / share + 1e-6)) if gpus else 1
+
+    # The GPUs the spec's models hold (their pools' minimums, or the pools given them
+    # below) are not shared out again among the models left to us.
+    held = sum(
+        m.resources.num_gpus
+        * (_pool_minimum(m.resources) if m.resources.actors else even_pool(m.resources.num_gpus))
+        for m in given
+    )
     free = max(0.0, gpus - held)
     gpu_share = 0.0
-    if gpus and unset_gpu:
+    if unset_gpu:
         basis = free or gpus  # none left: asked as if alone, and the check names the pools
-        share = math.floor(basis / len(unset_gpu) * 100) / 100
+        share = max(0.01, math.floor(basis / len(unset_gpu) * 100) / 100)
         gpu_share = 1.0 if basis >= len(unset_gpu) else share
 
     def gpus_of(stage: StageConfig) -> float:
@@ -59,19 +71,17 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     task_cpus = reserve / 2 if cpu_models else 1.0
 
     out: dict[str, Sized] = {}
+    # An actor needs its CPUs too: the GPU nodes' CPUs, less one for the tasks feeding
+    # them, are shared among the GPU models.
+    gpu_node_cpus = sum(max(1.0, n.cpus - 1) for n in cluster.nodes if n.gpus)
     for model in gpu_models:
         share = gpus_of(model)
-        given = model.resources.num_gpus is not None
-        # The GPUs this model may fill: an even split for the spec's, what is free for ours.
-        room = gpus / len(gpu_models) if given else free / len(unset_gpu)
-        pool = max(1, int(room / share + 1e-6)) if gpus else 1
+        if model.resources.num_gpus is not None:
+            pool = even_pool(share)
+        else:
+            pool = max(1, int(free / len(unset_gpu) / share + 1e-6))
         cpus = model.resources.num_cpus if model.resources.num_cpus is not None else 1.0
-        # An actor needs its CPUs too; one CPU per GPU node is left to the tasks feeding it.
-        cpu_room = sum(
-            max(1, int((n.cpus - 1) / cpus + 1e-6)) if cpus else pool
-            for n in cluster.nodes
-            if n.gpus >= share
-        )
+        cpu_room = max(1, int(gpu_node_cpus / len(gpu_models) / cpus + 1e-6)) if cpus else pool
         why = f"{share:g} GPU per actor, {pool} actor(s) for the cluster's {gpus:g} GPUs"
         if cpu_room < pool:
             pool, why = cpu_room, f"{why}, held to {cpu_room} by the GPU nodes' CPUs"

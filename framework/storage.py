@@ -202,6 +202,42 @@ def s3_filesystem(storage: Mapping[str, Any]) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def symlink_loop(fs: pafs.FileSystem, root: str) -> str | None:
+    """A symlinked folder under a local ``root`` that leads back to a folder above it, as
+    ``link -> target``; None if there is none. pyarrow's recursive listing follows such a
+    link until the OS stops it: one multiplied the rows, two made the listing run for ever.
+    """
+    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(root):
+        return None
+    root = root.rstrip(os.sep) or os.sep
+    seen: set[str] = set()
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(dirpath))
+        for name in list(dirnames):
+            full = os.path.join(dirpath, name)
+            target = os.path.realpath(full)
+            if os.path.islink(full) and target in _chain(dirpath, root):
+                return f"{full} -> {target}"
+            if target in seen:  # a folder a link leads to again: looked into once
+                dirnames.remove(name)
+    return None
+
+
+def _chain(dirpath: str, root: str) -> set[str]:
+    """The real paths of ``dirpath`` and of its folders up to ``root``."""
+    found = set()
+    while True:
+        found.add(os.path.realpath(dirpath))
+        if len(dirpath) <= len(root):
+            return found
+        dirpath = os.path.dirname(dirpath)
+
+
+def loop_error(fs: pafs.FileSystem, root: str) -> OSError | None:
+    loop = symlink_loop(fs, root)
+    return None if loop is None else OSError(f"a symlink loop ({loop}): remove the link")
+
+
 def parquet_files(
     paths: list[str], storage: Mapping[str, Any] | None
 ) -> tuple[pafs.FileSystem, list[str], list[tuple[str, Exception]]]:
@@ -218,6 +254,8 @@ def parquet_files(
         _, where = filesystem_for(path, storage)
         info = fs.get_file_info(where)
         if info.type == pafs.FileType.Directory:
+            if error := loop_error(fs, where):
+                raise error
             selector = pafs.FileSelector(where, recursive=True)
             files += sorted(
                 i.path

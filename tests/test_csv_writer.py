@@ -225,3 +225,26 @@ def test_ids_a_csv_file_cannot_give_back_stop_the_run(ids: pa.Array) -> None:
         "same values, so --resume and --replay would miss or repeat rows - give the rows "
         "string or integer ids, or write parquet"
     )
+
+
+def test_an_id_type_csv_cannot_give_back_stops_the_run_in_one_line(ray_session, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from framework.cli import main
+    from framework.errors import ExitCode
+
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": pa.array([0, 1], pa.timestamp("us")), "x": [1.0, 2.0]}), data)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {data}}}\n"
+        "models: [{type: echo}]\n"
+        f"writer: {{type: csv, path: {tmp_path / 'out'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.RUN_FAILED
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        "infer-run: error: writer: the 'id' column is timestamp[us], which a CSV file cannot "
+        "give back as the same values, so --resume and --replay would miss or repeat rows - "
+        "give the rows string or integer ids, or write parquet"
+    )

@@ -563,3 +563,37 @@ def test_folder_reads_images_with_a_question_mark_in_their_name(ray_session, tmp
     written, dead, unreadable = run_outcome(tmp_path / "out")
     assert written == images
     assert (dead, unreadable) == ({}, [])
+
+
+def test_a_shard_ray_cannot_group_is_an_unreadable_input_not_a_bug(
+    ray_session, tmp_path, photos, capsys
+):
+    from framework.errors import ExitCode
+
+    image = encode(next(iter(photos.values())), "JPEG")
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    make_shard(shards / "good.tar", [("g0.jpg", image), ("g1.jpg", image)])
+    # k1's members are not contiguous: Ray's grouping raises ValueError.
+    members = [("k1.jpg", image), ("k2.jpg", image), ("k1.cls", b"3"), ("k3.jpg", image)]
+    make_shard(shards / "unsorted.tar", members)
+    assert run_spec(tmp_path, f"{{type: webdataset, path: {shards}}}", "skip") == ExitCode.OK
+    written, dead, unreadable = run_outcome(tmp_path / "out")
+    assert set(written) == {"g0", "g1", "k1", "k2"}  # the samples before the problem go on
+    assert unreadable == [str(shards / "unsorted.tar")]
+    assert "not contiguous" in dead[str(shards / "unsorted.tar")]["message"]
+
+
+def test_a_symlink_loop_is_one_line_instead_of_a_listing_that_never_ends(tmp_path, photos):
+    root = tmp_path / "images"
+    (root / "x").mkdir(parents=True)
+    (root / "x" / "a.png").write_bytes(encode(next(iter(photos.values())), "PNG"))
+    (root / "x" / "up").symlink_to("..")
+    (root / "x" / "up2").symlink_to("..")  # two of them: pyarrow's listing never returned
+    (root / "same").symlink_to(root / "x")  # a link to a folder, not a loop, is fine
+    assert ImageFolderReader.check({"path": str(root)}) == [
+        f"path: cannot list {root}: a symlink loop ({root / 'x' / 'up'} -> {root}): remove the link"
+    ]
+    (root / "x" / "up").unlink()
+    (root / "x" / "up2").unlink()
+    assert ImageFolderReader.check({"path": str(root)}) == []

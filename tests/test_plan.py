@@ -482,3 +482,22 @@ def test_pools_that_cannot_run_at_once_are_a_warning_not_a_refusal(data, caplog)
     spec["models"].append({"type": "echo", "resources": {"custom": {"foo": 2}, "actors": 1}})
     assert infeasible(plan_for(spec, cluster=cluster)) == []
     assert "models[0], models[1]: the actor pools' minimum sizes do not fit" in caplog.text
+
+
+def test_a_model_given_gpus_and_an_auto_model_share_the_gpus_without_overbooking(data):
+    four = Cluster((Node("g", "10.0.0.1", cpus=16, gpus=4),), "test")
+    spec = simple(data, resources={"num_gpus": 1})
+    spec["models"].append({"type": "echo"})
+    plan = plan_for(spec, cluster=four)
+    pools = [(n.ray_args["num_gpus"], n.pool) for n in plan.nodes[2:4]]
+    assert pools == [(1, (2, 2)), (1.0, (2, 2))]  # 4 GPUs, not 5
+    assert infeasible(plan) == []
+
+
+def test_the_gpu_nodes_cpus_are_shared_among_the_gpu_models(data):
+    box = Cluster((Node("g", "10.0.0.1", cpus=4, gpus=2),), "test")
+    spec = simple(data, resources={"num_gpus": 0.25})
+    spec["models"].append({"type": "echo", "resources": {"num_gpus": 0.25}})
+    plan = plan_for(spec, cluster=box)
+    assert [n.pool for n in plan.nodes[2:4]] == [(1, 1), (1, 1)]  # 3 spare CPUs, 2 models
+    assert infeasible(plan) == []

@@ -62,7 +62,9 @@ def test_dead_letters_and_report_on_s3_use_the_specs_storage(
     # The folder outlives the output: a new run refuses its records, --overwrite clears
     # them (archives of replays included) with the output.
     client = s3_server.client()
-    client.put_object(Bucket=s3_bucket, Key="dl/replayed-20240101T000000Z/old.jsonl", Body=b"")
+    client.put_object(
+        Bucket=s3_bucket, Key="dl/replayed-20240101T000000Z/reader-old.jsonl", Body=b""
+    )
     client.put_object(Bucket=s3_bucket, Key="dl/notes.txt", Body=b"the user's")
     assert main([str(spec), f"writer.path={tmp_path / 'other'}"]) == ExitCode.INPUT_ERROR
     assert main([str(spec), "--overwrite"]) == ExitCode.OK

@@ -8,7 +8,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from framework import SpecError, filesystem_for
+from framework import SpecError, filesystem_for, loop_error
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
 
@@ -63,6 +63,8 @@ def locate(
 def list_relative(fs: pafs.FileSystem, root: str) -> list[str]:
     """Every file under ``root`` as a posix path relative to it, as Ray's listing keeps them."""
     root = root.rstrip("/")
+    if error := loop_error(fs, root):
+        raise error
     found = []
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
         if not info.is_file or not info.path.startswith(root + "/"):

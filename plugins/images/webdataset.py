@@ -109,7 +109,9 @@ class WebDatasetReader(Reader):
 
 # What reading a damaged shard raises: tarfile's errors, and gzip's for .tar.gz
 # (BadGzipFile is an OSError; a file cut short, EOFError; bad data, zlib.error).
-SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+# Ray's grouping of members into samples raises ValueError for a shard whose samples'
+# members are not contiguous or that repeats a member: the shard's problem, not a bug.
+SHARD_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, ValueError)
 TAR_BLOCK = 512
 TAR_END = 2 * TAR_BLOCK  # the end-of-archive marker: two zero blocks
 CHUNK_SAMPLES = 512  # rows per block, as Ray Data's WebDataset reader makes them
