@@ -347,10 +347,22 @@ def test_a_dead_letter_folder_of_an_earlier_run_is_refused_or_cleared(
     )
     assert not (tmp_path / "other").exists()
     (dead / "replayed-20240101T000000000000Z").mkdir()
+    (dead / "replayed-20240101T000000000000Z" / "reader-1.jsonl").write_text("")
+    # The user's own files, even .jsonl ones and a folder named like an archive, are kept.
     (dead / "notes.txt").write_text("the user's own file")
+    (dead / "annotations.jsonl").write_text('{"id": "a"}\n')
+    (dead / "replayed-photos").mkdir()
+    (dead / "replayed-photos" / "keep.txt").write_text("kept")
     assert main([str(spec), "--overwrite"]) == ExitCode.OK
-    assert record_ids(dead) == [None, "short"]  # this run's, not twice
-    assert sorted(p.name for p in dead.iterdir() if not p.name.endswith(".jsonl")) == ["notes.txt"]
+    assert record_ids(dead) == [None, "a", "short"]  # this run's once, and the user's file
+    kept = sorted(p.name for p in dead.iterdir() if not p.name.startswith("reader-"))
+    assert kept == ["annotations.jsonl", "notes.txt", "replayed-photos"]
+    capsys.readouterr()
+    # Nor is the user's file taken for records by --resume: 'a' is not an input id anyway,
+    # but its record would count as a resumed row.
+    assert main([str(spec), "--resume"]) == ExitCode.OK
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["resumed_rows"] == 4  # a, b, e written, 'short' recorded
 
 
 def test_replay_leaves_out_rows_already_written_and_counts_resumed_rows_not_files(
@@ -361,7 +373,7 @@ def test_replay_leaves_out_rows_already_written_and_counts_resumed_rows_not_file
     assert main([str(spec)]) == ExitCode.OK
     # A stale record of a row the output holds (an earlier, overwritten run's).
     stale = {"id": "a", "stage": "preprocessors[0]", "error_type": "ValueError", "error": "x"}
-    (out / "_dead_letter" / "stale.jsonl").write_text(json.dumps(stale) + "\n")
+    (out / "_dead_letter" / "preprocessors_0-stale.jsonl").write_text(json.dumps(stale) + "\n")
     assert main([str(spec), "--replay"]) == ExitCode.OK
     assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]  # 'a' not written again
     report = json.loads((out / "_infer_run_report.json").read_text())
