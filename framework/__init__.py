@@ -22,15 +22,13 @@ from framework.components import (
 from framework.dead_letter import ERROR_COLUMN, jsonl_ids
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
 from framework.hookspecs import hookimpl
+from framework.listing import loop_error, parquet_files, parquet_schema, unsuffixed_parquet
 from framework.plugins import component_class
 from framework.storage import (
     expand_globs,
     file_sha256,
     filesystem_for,
     is_remote,
-    loop_error,
-    parquet_files,
-    parquet_schema,
     scheme_of,
 )
 
@@ -66,4 +64,5 @@ __all__ = [
     "parquet_files",
     "parquet_schema",
     "scheme_of",
+    "unsuffixed_parquet",
 ]

@@ -185,12 +185,18 @@ class JsonlReader(Reader):
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(expanded[0]),
             filesystem=fs,
-            partition_filter=ExtensionFilter(JSONL_EXTENSIONS),  # also keeps "a?.jsonl"
+            # Also keeps "a?.jsonl"; a file the spec names is read whatever its suffix.
+            partition_filter=ExtensionFilter(JSONL_EXTENSIONS, named=named_files(fs, paths)),
         )
         ds = ray.data.read_datasource(source, **self.read_args)
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})
         return ds
+
+
+def named_files(fs: pafs.FileSystem, paths: list[str]) -> list[str]:
+    """The ``paths`` that are files, not folders."""
+    return [info.path for info in fs.get_file_info(paths) if info.type == pafs.FileType.File]
 
 
 @hookimpl

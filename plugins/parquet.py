@@ -22,19 +22,9 @@ from framework import (
     parquet_files,
     parquet_schema,
     scheme_of,
+    unsuffixed_parquet,
 )
-
-
-def readable_parquet(
-    reader: Reader, paths: list[str], storage: Mapping[str, Any] | None
-) -> tuple[pafs.FileSystem, list[str] | None]:
-    """The filesystem of ``paths`` (globs expanded), and the files under them that Ray Data
-    must skip: each parquet file whose footer cannot be read, reported first through
-    ``reader.report_bad_input`` by the name the spec gives it (``s3://bucket/...``)."""
-    fs, _, unreadable = parquet_files(paths, storage)
-    for path, error in unreadable:
-        reader.report_bad_input(scheme_of(paths[0]) + path, error)
-    return fs, [path for path, _ in unreadable] or None
+from framework.file_filter import ListedFilter
 
 
 def read_parquet_files(
@@ -43,18 +33,38 @@ def read_parquet_files(
     storage: Mapping[str, Any] | None,
     **kwargs: Any,
 ) -> ray.data.Dataset:
-    """``ray.data.read_parquet`` of ``paths`` (globs expanded) without the unreadable files
-    (``readable_parquet``), and files whose schemas cannot be merged named in one line."""
-    fs, skip_paths = readable_parquet(reader, paths, storage)
+    """``ray.data.read_parquet`` of the parquet files under ``paths`` (globs expanded) whose
+    footers read; the others reported through ``reader.report_bad_input`` by the name the
+    spec gives them (``s3://bucket/...``); files whose schemas cannot be merged named in
+    one line."""
+    fs, good, unreadable = parquet_files(paths, storage)
+    for path, error in unreadable:
+        reader.report_bad_input(scheme_of(paths[0]) + path, error)
     try:
         return ray.data.read_parquet(
             [filesystem_for(p, storage)[1] for p in paths],
             filesystem=fs,
-            skip_paths=skip_paths,
+            # Exactly the files whose footers were read: Ray's own listing differs.
+            file_extensions=None,
+            partition_filter=ListedFilter(good),
             **kwargs,
         )
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
         raise InputError(f"reader.path: {schema_clash(paths, storage) or exc}") from None
+
+
+def unsuffixed_problems(paths: list[str], storage: Mapping[str, Any] | None) -> list[str]:
+    """A folder holding parquet files not named ``.parquet`` (Hive's ``000000_0``), which
+    the read would leave out without a word: one line naming the first."""
+    for path in paths:
+        bare = unsuffixed_parquet(path, storage)
+        if bare:
+            more = f" and {len(bare) - 1} more" if len(bare) > 1 else ""
+            return [
+                f"path: {scheme_of(path)}{bare[0]}{more} hold parquet but are not named "
+                "*.parquet, so Ray Data would leave them out - rename them to end in .parquet"
+            ]
+    return []
 
 
 def schema_clash(paths: list[str], storage: Mapping[str, Any] | None) -> str | None:
@@ -107,6 +117,8 @@ class ParquetReader(Reader):
                 return [f"path: no parquet data at {first}"]
         except (OSError, pa.ArrowInvalid) as exc:  # as the other readers: the path's problem
             return [f"path: cannot access {first}: {exc}"]
+        if bare := unsuffixed_problems(paths, params.get("storage")):
+            return bare
         try:
             schema = parquet_schema(first, params.get("storage"))
         except (OSError, pa.ArrowException) as exc:

@@ -597,3 +597,36 @@ def test_a_symlink_loop_is_one_line_instead_of_a_listing_that_never_ends(tmp_pat
     (root / "x" / "up").unlink()
     (root / "x" / "up2").unlink()
     assert ImageFolderReader.check({"path": str(root)}) == []
+
+
+def test_image_parquet_reads_exactly_the_files_its_check_looked_at(ray_session, tmp_path, photos):
+    image = encode(next(iter(photos.values())), "PNG")
+
+    def part(path: Path, ids: list[str]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": ids, "image": [image] * len(ids)}), path)
+
+    data = tmp_path / "data"
+    part(data / "year=2024" / "a.parquet", ["a"])
+    part(data / "year=2024" / "B.PARQUET", ["upper"])  # any case, as Ray Data takes it
+    (data / "year=2024" / "README").write_text("no suffix, not parquet: not data")
+    # Never read: what macOS leaves beside each file, a job's unfinished output. Ray's own
+    # listing read both (it skips such names at the top only), and the footer check did not.
+    (data / "year=2024" / "._a.parquet").write_bytes(b"\x00\x05\x16\x07 Mac OS X")
+    part(data / "year=2024" / "_temporary" / "0" / "part-9.parquet", ["half"])
+    reader = f"{{type: image_parquet, path: {data}}}"
+    assert run_spec(tmp_path, reader, "fail") == 0
+    written, dead, unreadable = run_outcome(tmp_path / "out")
+    assert sorted(written) == ["a", "upper"]
+    assert (dead, unreadable) == ({}, [])
+    # Hive's names: parquet without the suffix, which the read would silently leave out.
+    part(data / "year=2024" / "000000_0", ["hive"])
+    part(data / "year=2024" / "000001_0", ["hive2"])
+    expected = (
+        f"path: {data / 'year=2024' / '000000_0'} and 1 more hold parquet but are not named "
+        "*.parquet, so Ray Data would leave them out - rename them to end in .parquet"
+    )
+    assert ImageParquetReader.check({"path": str(data)}) == [expected]
+    from plugins.parquet import ParquetReader
+
+    assert ParquetReader.check({"path": str(data)}) == [expected]

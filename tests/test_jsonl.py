@@ -223,3 +223,20 @@ def test_timestamp_ids_stop_the_run_before_a_resume_could_repeat_them(
         "rows - give the rows string or integer ids, or write parquet"
     )
     assert main([str(spec), "writer.type=parquet", "--overwrite"]) == ExitCode.OK
+
+
+def test_hidden_files_in_a_folder_are_not_data_and_a_named_file_is_read(ray_session, tmp_path):
+    data = tmp_path / "in" / "year=2024"
+    data.mkdir(parents=True)
+    (data / "part-0.jsonl").write_text('{"id": "a", "x": 1}\n')
+    # macOS's companion of every file copied to a shared drive: it was a bad line.
+    (data / "._part-0.jsonl").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X")
+    spec = jsonl_spec(tmp_path, tmp_path / "in")  # errors.policy fail: any bad line stops
+    assert main([str(spec)]) == ExitCode.OK
+    assert pq.read_table(tmp_path / "o")["id"].to_pylist() == ["a"]
+    # A file the spec names is read whatever its suffix (it was a traceback after check).
+    named = tmp_path / "export.ndjson"
+    named.write_text('{"id": "n", "x": 2}\n')
+    spec = jsonl_spec(tmp_path, named)
+    assert main([str(spec), "--overwrite"]) == ExitCode.OK
+    assert pq.read_table(tmp_path / "o")["id"].to_pylist() == ["n"]

@@ -13,8 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import framework.components
+import framework.listing
 import framework.storage
-from framework.storage import FILE_READS_AT_ONCE, parquet_files
+from framework.listing import parquet_files
+from framework.storage import FILE_READS_AT_ONCE
 from plugins.parquet import ParquetWriter
 
 
@@ -95,7 +97,7 @@ class RoundTripHandler(pafs.FileSystemHandler):
 def store(monkeypatch) -> RoundTripHandler:
     handler = RoundTripHandler(wait_s=0.02)
     fs = pafs.PyFileSystem(handler)
-    for module in (framework.storage, framework.components):
+    for module in (framework.storage, framework.listing, framework.components):
         monkeypatch.setattr(module, "filesystem_for", lambda path, storage: (fs, path))
     return handler
 

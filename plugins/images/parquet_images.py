@@ -31,7 +31,7 @@ from framework import (
 )
 from plugins.images.common import as_paths, locate, path_list_problems
 from plugins.images.image_columns import flat_to_tensor, layout_of, shape_problems, struct_to_bytes
-from plugins.parquet import read_parquet_files
+from plugins.parquet import read_parquet_files, unsuffixed_problems
 
 IMAGE_COLUMN = "image"
 
@@ -86,6 +86,8 @@ class ImageParquetReader(Reader):
                 problems.append(f"path: no such file or directory {path}")
         if problems:
             return problems
+        if bare := unsuffixed_problems(paths, params.get("storage")):
+            return bare
         shape = params.get("shape")
         reader = cls(
             paths,

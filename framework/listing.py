@@ -1,0 +1,141 @@
+"""What a reader's folder holds: symlink loops refused, and its parquet files listed as
+Ray Data reads them (footers read ahead, files without the suffix named)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from framework.storage import filesystem_for, map_files
+
+
+def symlink_loop(fs: pafs.FileSystem, root: str) -> str | None:
+    """A symlinked folder under a local ``root`` that leads back to a folder above it, as
+    ``link -> target``; None if there is none. pyarrow's recursive listing follows such a
+    link until the OS stops it: one multiplied the rows, two made the listing run for ever.
+    """
+    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(root):
+        return None
+    root = root.rstrip(os.sep) or os.sep
+    seen: set[str] = set()
+    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
+        seen.add(os.path.realpath(dirpath))
+        for name in list(dirnames):
+            full = os.path.join(dirpath, name)
+            target = os.path.realpath(full)
+            if os.path.islink(full) and target in _chain(dirpath, root):
+                return f"{full} -> {target}"
+            if target in seen:  # a folder a link leads to again: looked into once
+                dirnames.remove(name)
+    return None
+
+
+def _chain(dirpath: str, root: str) -> set[str]:
+    """The real paths of ``dirpath`` and of its folders up to ``root``."""
+    found = set()
+    while True:
+        found.add(os.path.realpath(dirpath))
+        if len(dirpath) <= len(root):
+            return found
+        dirpath = os.path.dirname(dirpath)
+
+
+def loop_error(fs: pafs.FileSystem, root: str) -> OSError | None:
+    loop = symlink_loop(fs, root)
+    return None if loop is None else OSError(f"a symlink loop ({loop}): remove the link")
+
+
+PARQUET_MAGIC = b"PAR1"
+
+
+def _data_files(fs: pafs.FileSystem, where: str) -> list[str]:
+    """The files under the folder ``where``, but none below a ``_`` or ``.`` name (a job's
+    ``_temporary``, ``_SUCCESS``, macOS's ``._`` files), at any depth."""
+    return [
+        i.path
+        for i in fs.get_file_info(pafs.FileSelector(where, recursive=True))
+        if i.type == pafs.FileType.File
+        and not any(part.startswith(("_", ".")) for part in i.path[len(where) :].split("/"))
+    ]
+
+
+def unsuffixed_parquet(path: str, storage: Mapping[str, Any] | None) -> list[str]:
+    """Files under the folder ``path`` that hold parquet but are named without the
+    ``.parquet`` suffix (Hive's ``000000_0``): Ray Data's parquet reading leaves them out."""
+    fs, where = filesystem_for(path, storage)
+    if fs.get_file_info(where).type != pafs.FileType.Directory:
+        return []
+    bare = [f for f in _data_files(fs, where) if "." not in f.rsplit("/", 1)[-1]]
+
+    def is_parquet(file: str) -> bool:
+        try:
+            with fs.open_input_file(file) as f:
+                return f.read(len(PARQUET_MAGIC)) == PARQUET_MAGIC
+        except OSError:
+            return False
+
+    return sorted(f for f, yes in zip(bare, map_files(is_parquet, bare), strict=True) if yes)
+
+
+def parquet_files(
+    paths: list[str], storage: Mapping[str, Any] | None
+) -> tuple[pafs.FileSystem, list[str], list[tuple[str, Exception]]]:
+    """Every parquet file under ``paths``: (filesystem, readable ones, unreadable ones).
+    Under a folder: files named ``.parquet`` (any case, as Ray Data takes them), but none
+    below a ``_`` or ``.`` name; ``read_parquet_files`` reads exactly these.
+
+    Reading each footer costs one small read per file (``FILE_READS_AT_ONCE`` at a time),
+    and spares the run a read task that would fail on a corrupt file after hours of work.
+    """
+    import pyarrow.parquet as pq
+
+    fs, _ = filesystem_for(paths[0], storage)
+    files: list[str] = []
+    for path in paths:
+        _, where = filesystem_for(path, storage)
+        info = fs.get_file_info(where)
+        if info.type == pafs.FileType.Directory:
+            if error := loop_error(fs, where):
+                raise error
+            found = _data_files(fs, where)
+            files += sorted(f for f in found if f.lower().endswith(".parquet"))
+        else:
+            files.append(where)
+
+    def footer_error(file: str) -> Exception | None:
+        try:
+            pq.read_metadata(file, filesystem=fs)
+            return None
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            return exc
+
+    good, bad = [], []
+    for file, error in zip(files, map_files(footer_error, files), strict=True):
+        if error is None:
+            good.append(file)
+        else:
+            bad.append((file, error))
+    return fs, good, bad
+
+
+def parquet_schema(path: str, storage: Mapping[str, Any] | None) -> pa.Schema:
+    """The schema of the parquet data at ``path`` (partition columns included).
+
+    When a corrupt file would make the dataset's schema unreadable, the schema comes from
+    the first readable file: corrupt files are the run's to set aside (``errors.policy``),
+    not a reason to refuse the spec. ``OSError`` when no file is readable.
+    """
+    import pyarrow.parquet as pq
+
+    fs, where = filesystem_for(path, storage)
+    try:
+        return pq.ParquetDataset(where, filesystem=fs).schema
+    except (OSError, ValueError) as exc:
+        _, good, _ = parquet_files([path], storage)
+        if not good:
+            raise OSError(str(exc)) from exc
+        return pq.read_schema(good[0], filesystem=fs)
