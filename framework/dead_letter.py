@@ -95,6 +95,17 @@ class Failure:
         }
 
 
+def _is_record(info: pafs.FileInfo) -> bool:
+    return info.type == pafs.FileType.File and bool(RECORD_FILE.fullmatch(info.base_name))
+
+
+def _is_archive(fs: pafs.FileSystem, info: pafs.FileInfo) -> bool:
+    """A replay's archive: named as ``--replay`` names it, holding only record files."""
+    if info.type != pafs.FileType.Directory or not ARCHIVE.fullmatch(info.base_name):
+        return False
+    return all(map(_is_record, fs.get_file_info(pafs.FileSelector(info.path, recursive=True))))
+
+
 @dataclass(frozen=True)
 class ErrorPolicy:
     """What a run does with a bad row; ``dead_letter`` is a directory (local or s3://)."""
@@ -131,51 +142,46 @@ class ErrorPolicy:
         with fs.open_output_stream(f"{root}/{name}") as out:
             out.write(text.encode())
 
+    def _listing(self) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
+        """The folder's own entries (none if it is not there yet)."""
+        fs, root = filesystem_for(str(self.dead_letter), self.storage)
+        return fs, fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+
+    def record_paths(self) -> list[str]:
+        """The files ``write`` made (its folder's record files, not those of sub-folders)."""
+        if self.dead_letter is None:
+            return []
+        _, found = self._listing()
+        return sorted(info.path for info in found if _is_record(info))
+
+    def _earlier(self) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
+        fs, found = self._listing()
+        return fs, [i for i in found if _is_record(i) or _is_archive(fs, i)]
+
     def earlier_files(self) -> list[str]:
         """What earlier runs left in the folder: record files and replayed-* archives, by
         the names infer-run gives them; a file of the user's is never one of them."""
         if self.dead_letter is None:
             return []
-        fs, root = filesystem_for(self.dead_letter, self.storage)
-        found = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        return sorted(
-            info.path
-            for info in found
-            if (info.type == pafs.FileType.File and RECORD_FILE.fullmatch(info.base_name))
-            or (info.type == pafs.FileType.Directory and self._archive(fs, info))
-        )
-
-    @staticmethod
-    def _archive(fs: pafs.FileSystem, info: pafs.FileInfo) -> bool:
-        """A replay's archive: named as ``--replay`` names it, holding only record files."""
-        if not ARCHIVE.fullmatch(info.base_name):
-            return False
-        inside = fs.get_file_info(pafs.FileSelector(info.path, recursive=True))
-        return all(
-            i.type == pafs.FileType.File and RECORD_FILE.fullmatch(i.base_name) for i in inside
-        )
+        return sorted(info.path for info in self._earlier()[1])
 
     def clear_earlier(self) -> None:
         """Remove ``earlier_files``: only what infer-run writes there, nothing else."""
-        fs, _ = filesystem_for(str(self.dead_letter), self.storage)
-        for path in self.earlier_files():
-            if fs.get_file_info(path).type == pafs.FileType.Directory:
-                fs.delete_dir(path)
+        if self.dead_letter is None:
+            return
+        fs, found = self._earlier()
+        for info in found:
+            if info.type == pafs.FileType.Directory:
+                fs.delete_dir(info.path)
             else:
-                fs.delete_file(path)
+                fs.delete_file(info.path)
 
     def read_records(self) -> list[tuple[str, bytes]]:
-        """The files ``write`` made (its folder's ``.jsonl``, not those of sub-folders),
-        each with its content, read ``FILE_READS_AT_ONCE`` at a time."""
-        if self.dead_letter is None:
+        """``record_paths``, each with its content, read ``FILE_READS_AT_ONCE`` at a time."""
+        paths = self.record_paths()
+        if not paths:
             return []
-        fs, root = filesystem_for(self.dead_letter, self.storage)
-        selector = pafs.FileSelector(root, allow_not_found=True)
-        paths = sorted(
-            info.path
-            for info in fs.get_file_info(selector)
-            if info.type == pafs.FileType.File and RECORD_FILE.fullmatch(info.base_name)
-        )
+        fs, _ = filesystem_for(str(self.dead_letter), self.storage)
         return list(zip(paths, read_files(fs, paths), strict=True))
 
     def over_budget(self, seen: int, failed: int) -> str | None:

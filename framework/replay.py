@@ -70,7 +70,7 @@ class Replay:
         fs, root = filesystem_for(str(self.errors.dead_letter), self.errors.storage)
         archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
         # Records the replay wrote are of rows whose old records come back: not twice.
-        for path, _ in self.errors.read_records():
+        for path in self.errors.record_paths():
             fs.delete_file(path)
         for path in self.files:
             fs.move(f"{archive}/{path.rsplit('/', 1)[-1]}", path)
