@@ -54,7 +54,10 @@ PARQUET_MAGIC = b"PAR1"
 
 def _data_files(fs: pafs.FileSystem, where: str) -> list[str]:
     """The files under the folder ``where``, but none below a ``_`` or ``.`` name (a job's
-    ``_temporary``, ``_SUCCESS``, macOS's ``._`` files), at any depth."""
+    ``_temporary``, ``_SUCCESS``, macOS's ``._`` files), at any depth. ``OSError`` for a
+    symlink loop, which pyarrow's recursive listing would follow for ever."""
+    if error := loop_error(fs, where):
+        raise error
     return [
         i.path
         for i in fs.get_file_info(pafs.FileSelector(where, recursive=True))
@@ -99,8 +102,6 @@ def parquet_files(
         _, where = filesystem_for(path, storage)
         info = fs.get_file_info(where)
         if info.type == pafs.FileType.Directory:
-            if error := loop_error(fs, where):
-                raise error
             found = _data_files(fs, where)
             files += sorted(f for f in found if f.lower().endswith(".parquet"))
         else:

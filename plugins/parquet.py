@@ -57,7 +57,10 @@ def unsuffixed_problems(paths: list[str], storage: Mapping[str, Any] | None) -> 
     """A folder holding parquet files not named ``.parquet`` (Hive's ``000000_0``), which
     the read would leave out without a word: one line naming the first."""
     for path in paths:
-        bare = unsuffixed_parquet(path, storage)
+        try:
+            bare = unsuffixed_parquet(path, storage)
+        except OSError as exc:  # a symlink loop, a store that does not answer
+            return [f"path: cannot list {path}: {exc}"]
         if bare:
             more = f" and {len(bare) - 1} more" if len(bare) > 1 else ""
             return [

@@ -599,6 +599,21 @@ def test_a_symlink_loop_is_one_line_instead_of_a_listing_that_never_ends(tmp_pat
     assert ImageFolderReader.check({"path": str(root)}) == []
 
 
+def test_a_symlink_loop_in_a_parquet_folder_is_one_line(tmp_path):
+    from plugins.parquet import ParquetReader
+
+    data = tmp_path / "data"
+    (data / "x").mkdir(parents=True)
+    pq.write_table(pa.table({"id": ["a"]}), data / "x" / "a.parquet")
+    (data / "x" / "up").symlink_to("..")
+    (data / "x" / "up2").symlink_to("..")
+    line = (
+        f"path: cannot list {data}: a symlink loop ({data / 'x' / 'up'} -> {data}): remove the link"
+    )
+    assert ParquetReader.check({"path": str(data)}) == [line]
+    assert ImageParquetReader.check({"path": str(data)}) == [line]
+
+
 def test_image_parquet_reads_exactly_the_files_its_check_looked_at(ray_session, tmp_path, photos):
     image = encode(next(iter(photos.values())), "PNG")
 
