@@ -152,8 +152,7 @@ def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
     for stage in (s for s in spec.stages if on_gpu_nodes(s)):
         r = stage.resources
         per_actor = r.num_gpus if r.num_gpus is not None else 1.0
-        actors = r.actors if r.actors is not None else 1
-        pool = actors if isinstance(actors, int) else actors[-1]
+        pool = r.pool_sizes()[1]
         gpus_per_pod = max(1, math.ceil(per_actor))
         replicas = max(1, math.ceil(pool * per_actor / gpus_per_pod))
         per_pod = max(1, int(gpus_per_pod / per_actor))  # actors one pod holds

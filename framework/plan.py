@@ -106,9 +106,7 @@ def _map_node(stage: StageConfig, sized: Sized) -> MapNode:
     r = sized.resources
     pool = None
     if stage.in_actors:
-        sizes = r.actors if r.actors is not None else 1
-        sizes = [sizes] if isinstance(sizes, int) else list(sizes)
-        pool = (int(sizes[0]), int(sizes[-1]))
+        pool = r.pool_sizes()
     ray_args: dict[str, Any] = {"num_cpus": r.num_cpus if r.num_cpus is not None else 1}
     if r.num_gpus:
         ray_args["num_gpus"] = r.num_gpus

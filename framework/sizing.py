@@ -47,7 +47,7 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     # below) are not shared out again among the models left to us.
     held = sum(
         m.resources.num_gpus
-        * (_pool_minimum(m.resources) if m.resources.actors else even_pool(m.resources.num_gpus))
+        * (m.resources.pool_sizes()[0] if m.resources.actors else even_pool(m.resources.num_gpus))
         for m in given
     )
     free = max(0.0, gpus - held)
@@ -99,8 +99,7 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
             )
             pool = max(1, fits)
             # The pool the spec gave, if any: the reason must not name another one.
-            given = model.resources.actors
-            shown = pool if given is None else given if isinstance(given, int) else given[-1]
+            shown = pool if model.resources.actors is None else model.resources.pool_sizes()[1]
             out[model.path] = _fill(
                 model.resources,
                 num_gpus=0.0,
@@ -133,12 +132,6 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     return out
 
 
-def _pool_minimum(r: Resources) -> int:
-    if r.actors is None:
-        return 1
-    return r.actors if isinstance(r.actors, int) else r.actors[0]
-
-
 def _cpus_per_actor(r: Resources, avail: float, nodes: int, auto_cpus: float) -> float:
     """CPUs for each actor of a CPU model: the spec's, else a share of a node's ``avail``
     for as many actors as the spec's pool (its maximum) puts on a node, else ``auto_cpus``."""
@@ -146,8 +139,7 @@ def _cpus_per_actor(r: Resources, avail: float, nodes: int, auto_cpus: float) ->
         return r.num_cpus
     if r.actors is None:
         return auto_cpus
-    wanted = r.actors if isinstance(r.actors, int) else r.actors[-1]
-    per_node = math.ceil(wanted / max(1, nodes))
+    per_node = math.ceil(r.pool_sizes()[1] / max(1, nodes))
     return max(0.25, math.floor(avail / per_node * 4) / 4)
 
 

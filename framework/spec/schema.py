@@ -41,6 +41,12 @@ class Resources:
     actors: Any = None  # an int (fixed pool) or [min, max]
     max_tasks_in_flight_per_actor: int | None = None
 
+    def pool_sizes(self) -> tuple[int, int]:
+        """``actors`` as (min, max): ``n`` is ``(n, n)``, unset one actor."""
+        sizes = self.actors if self.actors is not None else 1
+        sizes = [sizes] if isinstance(sizes, int) else list(sizes)
+        return int(sizes[0]), int(sizes[-1])
+
 
 @dataclass
 class RaySection:
