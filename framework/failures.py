@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 import pyarrow as pa
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
 from framework.errors import InferError, InputError, RunError, without_retry_note
 
@@ -86,6 +86,25 @@ def user_failure(exc: BaseException) -> InferError | None:
             kind, message = found.groups()
             return InputError(message) if kind == "InputError" else RunError(message)
     return None
+
+
+# A bug's error, in the text of Ray's wrapping: the first line that reads as
+# ``Type: message`` and is not one of Ray's own.
+REMOTE_ERROR = re.compile(r"^(?!ray\.)([A-Za-z_][\w.]*): (.*)$", re.MULTILINE)
+
+
+def bug_text(exc: BaseException) -> str:
+    """The report's ``failure`` for a run a bug stopped, with where its traceback is. The
+    error a Ray task raised is only in the text of Ray's wrapping (its cause does not
+    survive the trip), as the first ``Type: message`` line of the remote traceback."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    what = f"{type(exc).__name__}: {line}"
+    if isinstance(exc, RayError) and (found := REMOTE_ERROR.search(str(exc))):
+        what = found.group(0)
+    return (
+        f"{what} - a bug in infer-run or a plugin, not a problem with the data; its "
+        "traceback was printed on the console"
+    )
 
 
 def type_clash(exc: BaseException) -> InputError | None:

@@ -16,7 +16,7 @@ from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy, UnreadableInputs
 from framework.errors import InferError, InputError, RunError
-from framework.failures import run_failure
+from framework.failures import bug_text, run_failure
 from framework.feasibility import check_feasible
 from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
@@ -25,7 +25,7 @@ from framework.registry import Registry
 from framework.replay import plan_replay
 from framework.report import RunReport
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
-from framework.run_files import RunRecord, bug_text, finish_run, remove_report
+from framework.run_files import RunRecord, finish_run, remove_report
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
 from framework.telemetry import StageLog

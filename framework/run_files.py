@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -39,23 +38,6 @@ class RunRecord:
     resumed: int
     replayed: int
     memory: dict[str, int] = field(default_factory=dict)
-
-
-REMOTE_ERROR = re.compile(r"^(?!ray\.)([A-Za-z_][\w.]*): (.*)$", re.MULTILINE)
-
-
-def bug_text(exc: BaseException) -> str:
-    """The report's ``failure`` for a run a bug stopped, with where its traceback is. The
-    error a Ray task raised is only in the text of Ray's wrapping (its cause does not
-    survive the trip), as the first ``Type: message`` line of the remote traceback."""
-    line = (str(exc).strip().splitlines() or [""])[0]
-    what = f"{type(exc).__name__}: {line}"
-    if isinstance(exc, ray.exceptions.RayError) and (found := REMOTE_ERROR.search(str(exc))):
-        what = found.group(0)
-    return (
-        f"{what} - a bug in infer-run or a plugin, not a problem with the data; its "
-        "traceback was printed on the console"
-    )
 
 
 LOG_RESTARTED = (
@@ -174,4 +156,4 @@ def write_extra(path: str, text: str, key: str, storage: Mapping[str, Any] | Non
         raise InputError(f"{key}: cannot write {path} ({exc}); the output is complete") from None
 
 
-__all__ = ["RunRecord", "bug_text", "finish_run", "remove_report", "write_extra", "write_text"]
+__all__ = ["RunRecord", "finish_run", "remove_report", "write_extra", "write_text"]
