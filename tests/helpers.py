@@ -58,3 +58,17 @@ def run_cli(
         env=env,
         timeout=timeout,
     )
+
+
+def timestamp_id_spec(tmp_path: Path, writer: str) -> Path:
+    """A spec reading two rows with timestamp ids through ``echo`` into ``writer``."""
+    data = tmp_path / "in.parquet"
+    ids = pa.array([0, 60_000_000], pa.timestamp("us"))
+    pq.write_table(pa.table({"id": ids, "x": [1.0, 2.0]}), data)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {data}}}\n"
+        "models: [{type: echo}]\n"
+        f"writer: {{type: {writer}, path: {tmp_path / 'out'}}}\n"
+    )
+    return spec

@@ -228,19 +228,11 @@ def test_ids_a_csv_file_cannot_give_back_stop_the_run(ids: pa.Array) -> None:
 
 
 def test_an_id_type_csv_cannot_give_back_stops_the_run_in_one_line(ray_session, tmp_path, capsys):
-    import pyarrow.parquet as pq
-
     from framework.cli import main
     from framework.errors import ExitCode
+    from tests.helpers import timestamp_id_spec
 
-    data = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"id": pa.array([0, 1], pa.timestamp("us")), "x": [1.0, 2.0]}), data)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"reader: {{type: parquet, path: {data}}}\n"
-        "models: [{type: echo}]\n"
-        f"writer: {{type: csv, path: {tmp_path / 'out'}}}\n"
-    )
+    spec = timestamp_id_spec(tmp_path, "csv")
     assert main([str(spec)]) == ExitCode.RUN_FAILED
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == (

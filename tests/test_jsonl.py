@@ -14,6 +14,7 @@ import pytest
 
 from framework.cli import main
 from framework.errors import ExitCode
+from tests.helpers import timestamp_id_spec
 
 pytestmark = pytest.mark.ray
 
@@ -207,15 +208,7 @@ def test_timestamp_ids_stop_the_run_before_a_resume_could_repeat_them(
     ray_session, tmp_path, capsys
 ):
     # Written as epoch milliseconds, they came back as ints: every --resume wrote them again.
-    data = tmp_path / "in.parquet"
-    ids = pa.array([0, 60_000_000], pa.timestamp("us"))
-    pq.write_table(pa.table({"id": ids, "x": [1.0, 2.0]}), data)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"reader: {{type: parquet, path: {data}}}\n"
-        "models: [{type: echo}]\n"
-        f"writer: {{type: jsonl, path: {tmp_path / 'out'}}}\n"
-    )
+    spec = timestamp_id_spec(tmp_path, "jsonl")
     assert main([str(spec)]) == ExitCode.RUN_FAILED
     assert capsys.readouterr().err.splitlines()[-1] == (
         "infer-run: error: writer: the 'id' column is timestamp[us], which a JSON-lines file "
