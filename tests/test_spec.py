@@ -134,6 +134,18 @@ BAD_SPECS = [
         id="resource-key-beside-type",
     ),
     pytest.param(
+        "reader: {type: parquet, path: @IN@}\n"
+        "models: [{type: torchscript, path: m.pt, batch_size: 4, num_cpus: 2}]\n"
+        "writer: {type: parquet, path: @OUT@}\n",
+        [],
+        [
+            "models[0].batch_size: unknown parameter for model 'torchscript' - did you mean resources.batch_size?",
+            "models[0].num_cpus: unknown parameter for model 'torchscript' - did you mean resources.num_cpus?",
+            "models[0].path: file m.pt does not exist",
+        ],
+        id="resource-key-close-to-a-parameter",
+    ),
+    pytest.param(
         "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet}\n",
         [],
         ["writer.path: missing required parameter for writer 'parquet'"],

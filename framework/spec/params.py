@@ -20,9 +20,11 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
     for key, value in params.items():
         if key not in accepted:
             if not takes_any:
+                # A resource key is a known mistake, checked first: `batch_size` beside a
+                # model's `crop_size` is not a misspelling of it.
                 hint = (
-                    did_you_mean(key, [*accepted, *RESERVED_STAGE_KEYS])
-                    or (f" - did you mean resources.{key}?" if key in RESOURCE_KEYS else "")
+                    (f" - did you mean resources.{key}?" if key in RESOURCE_KEYS else "")
+                    or did_you_mean(key, [*accepted, *RESERVED_STAGE_KEYS])
                     or f" - {what} takes: {', '.join(accepted) or 'nothing'}"
                 )
                 problems.append(f"{key}: unknown parameter for {what}{hint}")
