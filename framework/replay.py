@@ -46,11 +46,10 @@ class Replay:
         must not record them a second time."""
         return frozenset(str(record["id"]) for record in self.kept)
 
-    def move_records_aside(self) -> str:
+    def move_records_aside(self, stamp: str) -> None:
         """Just before the rows run: a record either stays or its row is in flight.
-        Returns the stamp that ``put_records_back`` takes."""
+        ``stamp`` (``new_stamp``) names the archive; ``put_records_back`` takes it too."""
         fs, root = filesystem_for(str(self.errors.dead_letter), self.errors.storage)
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
         fs.create_dir(archive, recursive=True)
         for path in self.files:
@@ -59,7 +58,6 @@ class Replay:
             text = "".join(json.dumps(record) + "\n" for record in self.kept)
             with fs.open_output_stream(f"{root}/unreadable-inputs-{stamp}.jsonl") as out:
                 out.write(text.encode())
-        return stamp
 
     def put_records_back(self, stamp: str) -> None:
         """After a replay that stopped: its rows are in the output or in flight no more,
@@ -77,6 +75,16 @@ class Replay:
         fs.delete_dir(archive)
         if self.kept:
             fs.delete_file(f"{root}/unreadable-inputs-{stamp}.jsonl")
+
+
+def new_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def replay_manifest(expected: dict[str, Any], stamp: str) -> dict[str, Any]:
+    """The manifest a replay writes: its spec, and that a replay wrote it (a --resume given
+    another spec is then told to use the replay's, not to start over)."""
+    return {**expected, "replay": {"archive": f"{REPLAYED_PREFIX}{stamp}"}}
 
 
 def plan_replay(errors: ErrorPolicy) -> Replay:

@@ -24,6 +24,8 @@ from framework.replay import is_whole_file
 from framework.storage import filesystem_for
 
 MANIFEST_NAME = "_infer_run_manifest.json"
+# The resolved spec beside the output: what --resume needs when the spec given differs.
+SPEC_NAME = "_infer_run_spec.yaml"
 DEAD_LETTER_DIR = "_dead_letter"
 
 
@@ -109,8 +111,9 @@ def write_manifest(writer: Writer, content: dict[str, Any]) -> None:
 
 def check_resumable(
     writer: Writer, expected: dict[str, Any], flag: str = "--resume", same_spec: bool = True
-) -> None:
-    """Refuse to add to an output whose model weights (and, if ``same_spec``, spec) differ."""
+) -> dict[str, Any]:
+    """Refuse to add to an output whose model weights (and, if ``same_spec``, spec) differ;
+    returns the manifest found."""
     fs, root = filesystem_for(writer.path, writer.storage)
     try:
         with fs.open_input_stream(f"{root}/{MANIFEST_NAME}") as f:
@@ -128,10 +131,18 @@ def check_resumable(
             "to start over"
         )
     if same_spec and found.get("fingerprint") != expected["fingerprint"]:
+        changes = _changes(found.get("settings"), expected["settings"])
+        if found.get("replay"):
+            # The replay ran with a fix in its spec, and its rows are in the output:
+            # --overwrite would throw them away with the rest.
+            raise InputError(
+                f"{flag}: the spec changed since the --replay that last wrote {writer.path}"
+                f"{changes} - resume with the spec that replay ran (its resolved copy: "
+                f"{writer.path.rstrip('/')}/{SPEC_NAME})"
+            )
         raise InputError(
-            f"{flag}: the spec changed since the run that wrote {writer.path}"
-            f"{_changes(found.get('settings'), expected['settings'])} - pass --overwrite to "
-            "start over"
+            f"{flag}: the spec changed since the run that wrote {writer.path}{changes} - pass "
+            "--overwrite to start over"
         )
     if found.get("components") != expected["components"]:
         changed = _changes(_by_path(found.get("components")), _by_path(expected["components"]))
@@ -139,6 +150,7 @@ def check_resumable(
             f"{flag}: a component (model weights, plugin version) changed since the run that "
             f"wrote {writer.path}{changed} - pass --overwrite to start over"
         )
+    return found
 
 
 def committed_ids(writer: Writer, errors: ErrorPolicy) -> tuple[list[Any], int]:

@@ -22,10 +22,10 @@ from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
 from framework.ray_session import data_context, init_ray, read_planning
 from framework.registry import Registry
-from framework.replay import plan_replay
+from framework.replay import new_stamp, plan_replay, replay_manifest
 from framework.report import RunReport
 from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
-from framework.run_files import RunRecord, finish_run, remove_report
+from framework.run_files import RunRecord, finish_run, remove_report, write_spec_copy
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
 from framework.telemetry import StageLog
@@ -89,12 +89,16 @@ def run_spec(
         if spec.errors.dead_letter:
             errors.clear_earlier()
         write_manifest(writer, expected)
+        write_spec_copy(spec, writer)
     else:
         # The earlier run's report would say `ok` about an output this run may not finish.
         remove_report(writer)
     if replay:
-        stamp = replaying.move_records_aside()
-        write_manifest(writer, expected)  # so --resume finishes a replay with its own spec
+        stamp = new_stamp()
+        # Before any record moves: --resume finishes a killed replay with the replay's spec.
+        write_manifest(writer, replay_manifest(expected, stamp))
+        write_spec_copy(spec, writer)
+        replaying.move_records_aside(stamp)
         ids = [i for i in replaying.ids if i not in written]
         try:
             return run_plan(

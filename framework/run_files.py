@@ -1,5 +1,6 @@
 """What a run leaves beside its output once it ends, however it ends: the run report,
-the resolved spec, and the report and timeline copies the spec asks for."""
+the resolved spec (also written as a run starts), and the report and timeline copies the
+spec asks for."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError
 from framework.redact import redact
 from framework.report import REPORT_NAME, RunReport, build_report
+from framework.resume import SPEC_NAME
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
@@ -97,7 +99,7 @@ def finish_run(
         clock_origin=record.start,
     )
     write_text(report_path, report.to_json(), writer.storage)
-    write_text(f"{writer.path.rstrip('/')}/{SPEC_NAME}", resolved_yaml(spec), writer.storage)
+    write_spec_copy(spec, writer)
     extras_storage = run_files_storage(spec.reader.params, spec.writer.params)
     if spec.run.report:
         write_extra(spec.run.report, report.to_json(), "run.report", extras_storage)
@@ -106,7 +108,10 @@ def finish_run(
     return report
 
 
-SPEC_NAME = "_infer_run_spec.yaml"
+def write_spec_copy(spec: Spec, writer: Writer) -> None:
+    """Also written as a run that writes a manifest starts: a killed replay leaves the spec
+    it ran, which is the one its --resume must be given."""
+    write_text(f"{writer.path.rstrip('/')}/{SPEC_NAME}", resolved_yaml(spec), writer.storage)
 
 
 def resolved_yaml(spec: Spec) -> str:
@@ -156,4 +161,11 @@ def write_extra(path: str, text: str, key: str, storage: Mapping[str, Any] | Non
         raise InputError(f"{key}: cannot write {path} ({exc}); the output is complete") from None
 
 
-__all__ = ["RunRecord", "finish_run", "remove_report", "write_extra", "write_text"]
+__all__ = [
+    "RunRecord",
+    "finish_run",
+    "remove_report",
+    "write_extra",
+    "write_spec_copy",
+    "write_text",
+]

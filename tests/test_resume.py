@@ -442,3 +442,24 @@ def test_a_replay_records_a_row_without_an_id_once(ray_session, tmp_path):
     report = json.loads((out / "_infer_run_report.json").read_text())
     assert report["errors"]["unreadable_inputs"] == []
     assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]
+
+
+def test_a_resume_after_a_replay_with_another_spec_points_to_the_replays_spec(
+    ray_session, tmp_path, capsys
+):
+    spec = flagged_spec(tmp_path)
+    out = tmp_path / "out"
+    assert main([str(spec)]) == ExitCode.OK
+    # The replay's spec carries a fix; its rows join the output under it.
+    assert main([str(spec), "--replay", "preprocessors.0.columns=[id]"]) == ExitCode.OK
+    capsys.readouterr()
+    assert main([str(spec), "--resume"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err == (
+        f"infer-run: error: --resume: the spec changed since the --replay that last wrote {out} "
+        "(preprocessors[0].columns[0]: id -> (unset)) - resume with the spec that replay ran "
+        f"(its resolved copy: {out / '_infer_run_spec.yaml'})\n"
+    )
+    # What the line points to is what resumes: nothing was thrown away.
+    assert main([str(out / "_infer_run_spec.yaml"), "--resume"]) == ExitCode.OK
+    assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]
+    assert json.loads((out / "_infer_run_report.json").read_text())["resumed_rows"] == 4
