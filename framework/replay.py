@@ -5,8 +5,9 @@
 join the same output, the ones that fail again get new records. A whole input file that
 could not be read has no row ids, so its record stays where it was; the reader checks
 the file again as on every run. Moving the records first keeps every id accounted for:
-a replay that is killed is finished by ``--resume`` like any other run; one that stops
-(a row failing under ``errors.policy: fail``, Ctrl-C) puts the records back.
+a replay that is killed is finished by ``--resume`` like any other run (the next
+``--replay`` says so: the manifest says a replay is running until it ends); one that
+stops (a row failing under ``errors.policy: fail``, Ctrl-C) puts the records back.
 """
 
 from __future__ import annotations
@@ -81,10 +82,13 @@ def new_stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def replay_manifest(expected: dict[str, Any], stamp: str) -> dict[str, Any]:
+def replay_manifest(expected: dict[str, Any], stamp: str, running: bool) -> dict[str, Any]:
     """The manifest a replay writes: its spec, and that a replay wrote it (a --resume given
-    another spec is then told to use the replay's, not to start over)."""
-    return {**expected, "replay": {"archive": f"{REPLAYED_PREFIX}{stamp}"}}
+    another spec is then told to use the replay's, not to start over). ``running`` until
+    the replay ends with every row written or recorded again, or its records put back: a
+    replay killed outright leaves it, for the next one to find."""
+    replay = {"archive": f"{REPLAYED_PREFIX}{stamp}", "running": running}
+    return {**expected, "replay": replay}
 
 
 def plan_replay(errors: ErrorPolicy) -> Replay:

@@ -14,14 +14,15 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import ray
 
 from framework.components import ID_COLUMN, Writer
-from framework.dead_letter import ErrorPolicy, jsonl_ids
+from framework.dead_letter import ARCHIVE, ErrorPolicy, jsonl_ids
 from framework.errors import InputError
 from framework.redact import redact
 from framework.replay import is_whole_file
-from framework.storage import filesystem_for
+from framework.storage import filesystem_for, read_files
 
 MANIFEST_NAME = "_infer_run_manifest.json"
 # The resolved spec beside the output: what --resume needs when the spec given differs.
@@ -151,6 +152,48 @@ def check_resumable(
             f"wrote {writer.path}{changed} - pass --overwrite to start over"
         )
     return found
+
+
+def check_replay_finished(
+    found: dict[str, Any], errors: ErrorPolicy, written: set[Any], output: str
+) -> None:
+    """Refuse a --replay while a killed one has rows in neither the output nor the records.
+
+    Their records are in the killed replay's archive, which no later replay reads, and a
+    second archive on top would leave them there for good. --resume runs exactly the rows
+    neither written nor recorded, which is what finishing that replay means.
+    """
+    replay = found.get("replay")
+    if not isinstance(replay, dict) or not replay.get("running"):
+        return
+    name = str(replay.get("archive"))
+    if not ARCHIVE.fullmatch(name):  # a manifest edited by hand names no archive of ours
+        return
+    fs, root = filesystem_for(str(errors.dead_letter), errors.storage)
+    listing = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
+    archived = [info.path for info in listing if info.type == pafs.FileType.File]
+    recorded = {i for _, data in errors.read_records() for i in jsonl_ids(data)[0]}
+    left = {
+        i
+        for data in read_files(fs, archived)
+        for i in jsonl_ids(data)[0]
+        if i not in written and i not in recorded
+    }
+    if left:
+        output = output.rstrip("/")
+        raise InputError(
+            f"--replay: the replay whose records are in {str(errors.dead_letter).rstrip('/')}/"
+            f"{name} was interrupted: {len(left)} of its rows are neither in {output} nor "
+            "dead-lettered - finish it with --resume and the spec it ran (its resolved copy: "
+            f"{output}/{SPEC_NAME}), then --replay what fails again"
+        )
+
+
+def close_replay(writer: Writer, found: dict[str, Any]) -> None:
+    """After a --resume that ran every row not yet done: a killed replay's rows are done."""
+    replay = found.get("replay")
+    if isinstance(replay, dict) and replay.get("running"):
+        write_manifest(writer, {**found, "replay": {**replay, "running": False}})
 
 
 def committed_ids(writer: Writer, errors: ErrorPolicy) -> tuple[list[Any], int]:

@@ -24,7 +24,15 @@ from framework.ray_session import data_context, init_ray, read_planning
 from framework.registry import Registry
 from framework.replay import new_stamp, plan_replay, replay_manifest
 from framework.report import RunReport
-from framework.resume import check_resumable, committed_ids, manifest, put_ids, write_manifest
+from framework.resume import (
+    check_replay_finished,
+    check_resumable,
+    close_replay,
+    committed_ids,
+    manifest,
+    put_ids,
+    write_manifest,
+)
 from framework.run_files import RunRecord, finish_run, remove_report, write_spec_copy
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
@@ -63,16 +71,18 @@ def run_spec(
     errors = error_policy(spec)
     done: list[Any] = []
     resumed = 0
+    found: dict[str, Any] = {}  # the manifest of the run before
     if resume:
-        check_resumable(writer, expected)
+        found = check_resumable(writer, expected)
         done, resumed = committed_ids(writer, errors)
     elif replay:
         # A replay usually runs with a fix in the spec (a larger max_pixels); not new weights.
-        check_resumable(writer, expected, flag="--replay", same_spec=False)
+        found = check_resumable(writer, expected, flag="--replay", same_spec=False)
         # Refuses a writer that cannot add to its output, and removes files a killed run cut
         # short. Rows already in the output (a record of an earlier, overwritten run, or
         # of a replay that stopped) are not run again.
         written = set(writer.committed_ids())
+        check_replay_finished(found, errors, written, writer.path)
         replaying = plan_replay(errors)
     else:
         earlier_dead_letters(spec, errors, writer.overwrite)
@@ -96,12 +106,12 @@ def run_spec(
     if replay:
         stamp = new_stamp()
         # Before any record moves: --resume finishes a killed replay with the replay's spec.
-        write_manifest(writer, replay_manifest(expected, stamp))
+        write_manifest(writer, replay_manifest(expected, stamp, running=True))
         write_spec_copy(spec, writer)
         replaying.move_records_aside(stamp)
         ids = [i for i in replaying.ids if i not in written]
         try:
-            return run_plan(
+            report = run_plan(
                 plan,
                 registry,
                 facts=facts,
@@ -111,9 +121,15 @@ def run_spec(
             )
         except BaseException:
             replaying.put_records_back(stamp)
+            write_manifest(writer, replay_manifest(expected, stamp, running=False))
             raise
+        write_manifest(writer, replay_manifest(expected, stamp, running=False))
+        return report
     id_filter = (put_ids(done), False) if resume else None
-    return run_plan(plan, registry, facts=facts, id_filter=id_filter, resumed=resumed)
+    report = run_plan(plan, registry, facts=facts, id_filter=id_filter, resumed=resumed)
+    if resume and spec.run.limit is None:  # a slice may leave a killed replay's rows undone
+        close_replay(writer, found)
+    return report
 
 
 def earlier_dead_letters(spec: Spec, errors: ErrorPolicy, overwrite: bool) -> None:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -463,3 +464,71 @@ def test_a_resume_after_a_replay_with_another_spec_points_to_the_replays_spec(
     assert main([str(out / "_infer_run_spec.yaml"), "--resume"]) == ExitCode.OK
     assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]
     assert json.loads((out / "_infer_run_report.json").read_text())["resumed_rows"] == 4
+
+
+def test_a_killed_replay_is_named_by_the_next_replay_and_finished_by_resume(tmp_path):
+    ids = IDS[:300]
+    data = write_id_parts(tmp_path / "in", ids)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "out"
+    spec = tmp_path / "spec.yaml"
+    # flaky_once dead-letters 9 rows of every 10 on the first run and none on the replay,
+    # whose 270 rows take the slow model half a second a batch of 10: time to kill it.
+    spec.write_text(
+        f"""
+run: {{block_mb: 0.001}}
+errors: {{policy: skip}}
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: flaky_once, markers: {markers}, error: ValueError, resources: {{batch_size: 10}}}}
+models:
+  - {{type: echo, delay_s: 0.5, resources: {{batch_size: 10}}}}
+writer: {{type: parquet, path: {out}}}
+"""
+    )
+    env = {"INFER_PLUGINS": "tests.plugins.flaky"}
+    first = finish(cli(str(spec), env=env))
+    assert first.code == ExitCode.OK, first.text[-3000:]
+    before = len(written_files(out, "parquet"))
+    failed = json.loads((out / "_infer_run_report.json").read_text())["rows_failed"]
+    assert failed > 200
+
+    run = cli(str(spec), "--replay", env=env)
+    deadline = time.time() + 180
+    while len(written_files(out, "parquet")) < before + 3 and time.time() < deadline:
+        if run.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert run.poll() is None, "the replay finished before it could be killed"
+    os.killpg(run.pid, signal.SIGKILL)  # nothing of ours runs: no records are put back
+    run.wait()
+
+    again = finish(cli(str(spec), "--replay", env=env))
+    assert again.code == ExitCode.INPUT_ERROR, again.text[-3000:]
+    [archive] = (out / "_dead_letter").glob("replayed-*")
+    line = again.text.splitlines()[-1]
+    left = re.fullmatch(
+        rf"infer-run: error: --replay: the replay whose records are in {re.escape(str(archive))} "
+        rf"was interrupted: (\d+) of its rows are neither in {re.escape(str(out))} nor "
+        "dead-lettered - finish it with --resume and the spec it ran \\(its resolved copy: "
+        rf"{re.escape(str(out / '_infer_run_spec.yaml'))}\), then --replay what fails again",
+        line,
+    )
+    assert left, again.text[-3000:]
+    assert "Traceback" not in again.text
+    assert 0 < int(left[1]) < failed
+
+    resumed = finish(cli(str(spec), "--resume", env=env))
+    assert resumed.code == ExitCode.OK, resumed.text[-3000:]
+    assert sorted(written_ids(out, "parquet")) == ids  # every id exactly once
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert report["rows_read"] == int(left[1]) and report["rows_failed"] == 0
+    manifest_now = json.loads((out / "_infer_run_manifest.json").read_text())
+    assert manifest_now["replay"] == {"archive": archive.name, "running": False}
+    # Finished: the replay's rows are all written, no record is left to replay.
+    done = finish(cli(str(spec), "--replay", env=env))
+    assert done.code == ExitCode.INPUT_ERROR
+    assert done.text.splitlines()[-1] == (
+        f"infer-run: error: --replay: no dead-lettered rows to replay in {out / '_dead_letter'}"
+    )
