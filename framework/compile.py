@@ -161,38 +161,67 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
 WRITER_PATH = "writer"
 
 
+def unnamed_keys(rows: pa.Table) -> list[str | None]:
+    """For each row without an id, a name for its record that every run reading the row
+    gives it: from the rest of the row, identical rows of a block told apart by their
+    order. ``None`` for the others, whose records go in their batch's file."""
+    no_id = pc.is_null(rows[ID_COLUMN], nan_is_null=True)
+    if not pc.any(no_id).as_py():
+        return [None] * rows.num_rows
+    contents = iter(rows.filter(no_id).to_pylist())
+    seen: dict[str, int] = {}
+    keys: list[str | None] = []
+    for unnamed in no_id.to_pylist():
+        if not unnamed:
+            keys.append(None)
+            continue
+        text = repr(sorted(next(contents).items()))
+        seen[text] = seen.get(text, -1) + 1
+        keys.append(batch_key(MISSING_ID, [text, seen[text]]))
+    return keys
+
+
 def _reader_flags(run: RunContext) -> Callable[[pa.Table], pa.Table]:
     """Sets aside rows a reader flagged in ``_error`` and rows without an id, in Arrow and
     fused into the read tasks: a null in an integer id column would turn a numpy batch's
-    ids into floats, and the good rows beside it would be written with float ids."""
+    ids into floats, and the good rows beside it would be written with float ids.
+
+    A row without an id is checked again by every --resume (no record can mark it done):
+    its record has a file of its own, named from the row, which each run rewrites."""
     runner = StageRunner(READER_PATH, object, {}, run.log, run.errors)
 
     def reader_flags(table: pa.Table) -> pa.Table:
-        start, failures, reasons = time.time(), [], []
+        start, failures, told = time.time(), [], []
         if table.num_rows and ID_COLUMN not in table.column_names:
             names = ", ".join(table.column_names)
             runner.stop(f"reader: plugin bug: its rows have no {ID_COLUMN!r} column ({names})")
         if ERROR_COLUMN in table.column_names:
             flags = pc.fill_null(table[ERROR_COLUMN], "")
-            table = table.drop_columns([ERROR_COLUMN])
             bad = pc.not_equal(flags, "")
             if pc.any(bad).as_py():
+                flagged = table.filter(bad)  # the reason in _error is part of its rows' names
                 reasons = pc.filter(flags, bad).to_pylist()
-                bad_ids = pc.filter(table[ID_COLUMN], bad).to_pylist()
+                bad_ids = flagged[ID_COLUMN].to_pylist()
                 failures = [
-                    Failure(i, READER_PATH, "BadInput", r)
-                    for i, r in zip(bad_ids, reasons, strict=True)
+                    Failure(i, READER_PATH, "BadInput", r, file_key=k)
+                    for i, r, k in zip(bad_ids, reasons, unnamed_keys(flagged), strict=True)
                 ]
+                told += reasons
                 table = table.filter(pc.invert(bad))
+            table = table.drop_columns([ERROR_COLUMN])
         if ID_COLUMN in table.column_names:
             missing = pc.is_null(table[ID_COLUMN], nan_is_null=True)
             if pc.any(missing).as_py():
-                count = pc.sum(missing).as_py()
-                failures += [Failure(None, READER_PATH, MISSING_ID, MISSING_ID_MESSAGE)] * count
+                keys = unnamed_keys(table.filter(missing))
+                failures += [
+                    Failure(None, READER_PATH, MISSING_ID, MISSING_ID_MESSAGE, file_key=k)
+                    for k in keys
+                ]
+                told += keys
                 table = table.filter(pc.invert(missing))
         if failures:
             ids = table[ID_COLUMN].to_pylist() if ID_COLUMN in table.column_names else []
-            key = batch_key(READER_PATH, [*ids, *reasons]) if ids or reasons else None
+            key = batch_key(READER_PATH, [*ids, *told]) if ids or told else None
             runner.settle(start, time.time(), len(failures), 0, failures, key)
         return table
 

@@ -82,6 +82,9 @@ class Failure:
     stage: str
     error_type: str
     message: str
+    # A record file of its own, named the same by every run: a row without an id, which
+    # every --resume checks again, replaces its record instead of adding one.
+    file_key: str | None = None
 
     def line(self) -> str:
         return f"row {self.row_id!r} failed in {self.stage}: {self.error_type}: {self.message}"
@@ -128,7 +131,8 @@ class ErrorPolicy:
         )
 
     def write(self, failures: Sequence[Failure], key: str | None = None) -> None:
-        """One JSON Lines file per batch with failures: no two workers share a file.
+        """One JSON Lines file per batch with failures (and per failure with a ``file_key``):
+        no two workers share a file.
 
         With a ``batch_key``, a batch run again replaces its own file instead of adding one.
         """
@@ -137,10 +141,14 @@ class ErrorPolicy:
         fs, root = filesystem_for(self.dead_letter, self.storage)
         fs.create_dir(root, recursive=True)
         stage = failures[0].stage.replace("[", "_").replace("]", "")
-        name = f"{stage}-{key or f'{os.getpid()}-{uuid.uuid4().hex[:12]}'}.jsonl"
-        text = "".join(json.dumps(f.record(), default=str) + "\n" for f in failures)
-        with fs.open_output_stream(f"{root}/{name}") as out:
-            out.write(text.encode())
+        batch = key or f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        files: dict[str, list[Failure]] = {}
+        for f in failures:
+            files.setdefault(f.file_key or batch, []).append(f)
+        for name, group in files.items():
+            text = "".join(json.dumps(f.record(), default=str) + "\n" for f in group)
+            with fs.open_output_stream(f"{root}/{stage}-{name}.jsonl") as out:
+                out.write(text.encode())
 
     def _listing(self) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
         """The folder's own entries (none if it is not there yet)."""

@@ -258,7 +258,8 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
 
 def test_resume_keeps_flagged_rows_done_and_checks_rows_without_an_id_again(ray_session, tmp_path):
     """A row a reader flagged is done once recorded: resuming a finished run reads nothing
-    again but the row without an id, which no record can mark done."""
+    again but the row without an id, which no record can mark done. Its record is known by
+    the row's content, so each resume rewrites it instead of adding one."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -293,9 +294,10 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
     assert main([str(spec)]) == ExitCode.OK
     assert figures() == (5, 3, 2, 0)
     assert records() == [("short", "BadInput"), (None, "MissingId")]
-    assert main([str(spec), "--resume"]) == ExitCode.OK
-    assert figures() == (1, 0, 1, 4)
-    assert records() == [("short", "BadInput"), (None, "MissingId"), (None, "MissingId")]
+    for _ in range(2):  # checked again on every resume, and recorded once, not once more
+        assert main([str(spec), "--resume"]) == ExitCode.OK
+        assert figures() == (1, 0, 1, 4)
+        assert records() == [("short", "BadInput"), (None, "MissingId")]
     assert sorted(written_ids(out, "parquet")) == ["a", "b", "e"]
 
 
@@ -341,8 +343,9 @@ def test_a_dead_letter_folder_of_an_earlier_run_is_refused_or_cleared(
     # Another output, the same folder: its records would be taken for this run's.
     other = f"writer.path={tmp_path / 'other'}"
     assert main([str(spec), other]) == ExitCode.INPUT_ERROR
+    # Two files: the batch's record of 'short', and the row without an id's own.
     assert capsys.readouterr().err == (
-        f"infer-run: error: errors.dead_letter: {dead} holds 1 file(s) of an earlier run's "
+        f"infer-run: error: errors.dead_letter: {dead} holds 2 file(s) of an earlier run's "
         "dead letters - pass --overwrite to clear them with the output, --resume or --replay "
         "to go on with that run, or name another folder\n"
     )
@@ -532,3 +535,42 @@ writer: {{type: parquet, path: {out}}}
     assert done.text.splitlines()[-1] == (
         f"infer-run: error: --replay: no dead-lettered rows to replay in {out / '_dead_letter'}"
     )
+
+
+def test_repeated_resumes_keep_one_record_per_row_without_an_id(ray_session, tmp_path):
+    """Rows without an id beside rows with one: flagged by the reader, or only missing the
+    id, two of them alike in every column. Each resume checks them again and rewrites
+    their records: one each, however many resumes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    good = list(range(12))
+    pixels = pa.array([good, good, good[:5], good, good], pa.list_(pa.uint8()))
+    ids = pa.array(["a", None, None, None, "e"])
+    pq.write_table(pa.table({"id": ids, "image": pixels}), tmp_path / "in.parquet")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+errors: {{policy: skip}}
+reader: {{type: image_parquet, path: {tmp_path / "in.parquet"}, shape: [2, 2, 3]}}
+preprocessors: [{{type: select_columns, drop: [image]}}]
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    out = tmp_path / "out"
+    expected = [("BadInput", None), ("MissingId", None), ("MissingId", None)]
+
+    def records() -> list[tuple[str, str | None]]:
+        found = [
+            json.loads(line) for f in (out / "_dead_letter").glob("*.jsonl") for line in f.open()
+        ]
+        return sorted((r["error_type"], r["id"]) for r in found)
+
+    assert main([str(spec)]) == ExitCode.OK
+    assert records() == expected
+    for _ in range(2):
+        assert main([str(spec), "--resume"]) == ExitCode.OK
+        report = json.loads((out / "_infer_run_report.json").read_text())
+        assert (report["rows_read"], report["rows_failed"], report["resumed_rows"]) == (3, 3, 2)
+        assert records() == expected
+    assert sorted(written_ids(out, "parquet")) == ["a", "e"]
