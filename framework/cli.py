@@ -28,6 +28,7 @@ from framework.spec import load_spec, validate_spec
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
 from framework.spec.validate import resolve
+from framework.stopping import quiet_second_stop
 
 OVERRIDE_HINT = "spec values are set as key=value (e.g. run.limit=10) and removed as ~key"
 
@@ -238,25 +239,30 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``argv`` None: the command line's, and the process ends when this returns."""
+    process_ends = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     command = COMMANDS.get(argv[0]) if argv else None
-    try:
-        return command(argv[1:]) if command else main_run(argv)
-    except InferError as exc:
-        print(f"infer-run: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except Terminated:
-        print("infer-run: terminated (SIGTERM)", file=sys.stderr)
-        return ExitCode.TERMINATED
-    except KeyboardInterrupt:
-        print("infer-run: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
-    except BrokenPipeError:
-        # The reader of our output left (`infer-run plugins | head`): not an error. Python
-        # would flush stdout again at exit and print a traceback; point it at nothing.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return ExitCode.OK
+    # Outside the handlers: what stopped the run is said before Ray shuts down.
+    with quiet_second_stop(process_ends):
+        try:
+            return command(argv[1:]) if command else main_run(argv)
+        except InferError as exc:
+            print(f"infer-run: error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except Terminated:
+            print("infer-run: terminated (SIGTERM)", file=sys.stderr)
+            return ExitCode.TERMINATED
+        except KeyboardInterrupt:
+            print("infer-run: interrupted", file=sys.stderr)
+            return ExitCode.INTERRUPTED
+        except BrokenPipeError:
+            # The reader of our output left (`infer-run plugins | head`): not an error.
+            # Python would flush stdout again at exit and print a traceback; point it at
+            # nothing.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ import ray.data
 
 from framework.allocator import worker_env
 from framework.cluster import SPARE_CPU, Cluster, local_cluster, ray_cluster
-from framework.errors import InputError, Terminated
+from framework.errors import InputError
 from framework.sizing import inflight_bytes
 from framework.spec.schema import Spec
+from framework.stopping import stop_on_sigterm
 
 # Ray Data reads parquet footers on a pool of actors it makes for every listing, 32 by
 # default: each a new process importing Ray and Arrow (~1 CPU-second apiece), for two
@@ -163,19 +164,6 @@ def _reply_to_http2_preface(conn: socket.socket, timeout_s: float = 1.0) -> byte
         return conn.recv(16)
     except OSError:
         return b""
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-def stop_on_sigterm() -> None:
-    """Let SIGTERM (a scheduler's preemption, ``timeout``, ``kill``) stop the run as Ctrl-C does.
-
-    Ray's own handler, set by ``ray.init``, dumps a native stack and aborts the driver.
-    """
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminated)
 
 
 def runtime_env(spec: Spec) -> dict[str, Any]:

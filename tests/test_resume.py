@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -21,6 +22,7 @@ from framework import jsonl_ids
 from framework.cli import main
 from framework.errors import ExitCode, InputError
 from framework.resume import check_resumable, manifest, write_manifest
+from framework.stopping import quiet_second_stop
 from tests.helpers import write_id_parts
 
 pytestmark = pytest.mark.ray
@@ -140,6 +142,81 @@ def test_sigterm_stops_the_run_cleanly_and_resume_finishes_it(tmp_path):
     resumed = finish(cli(str(spec), "--resume"))
     assert resumed.code == ExitCode.OK, resumed.text[-3000:]
     assert sorted(written_ids(out, "parquet")) == IDS
+
+
+def live_processes_in_group(pgid: int) -> list[str]:
+    """The processes of a process group that have not exited (zombies left out), by name."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().rsplit(")", 1)
+        except OSError:  # gone meanwhile
+            continue
+        state, _, group = rest.split()[:3]
+        if int(group) == pgid and state != "Z":
+            found.append(name.split("(", 1)[1])
+    return found
+
+
+def test_ctrl_c_while_stopping_is_one_line_and_the_local_ray_still_goes(tmp_path):
+    spec = make_spec(tmp_path)
+    out = tmp_path / "out"
+    log = tmp_path / "output.txt"
+    with log.open("wb") as sink:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "framework.cli", str(spec)],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.time() + 180
+    while len(written_files(out, "parquet")) < 3 and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    assert run.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    deadline = time.time() + 60
+    while b"infer-run: interrupted\n" not in log.read_bytes() and time.time() < deadline:
+        if run.poll() is not None:
+            break
+        time.sleep(0.02)
+    # Ctrl-C again and again while it stops: the local Ray shuts down after that line, for
+    # a second or more, and the presses land in its shutdown.
+    pressed = 0
+    while run.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGINT)
+            pressed += 1
+        time.sleep(0.05)
+    text = log.read_text()
+    assert pressed >= 3, text[-3000:]
+    assert run.returncode == ExitCode.INTERRUPTED, (run.returncode, text[-3000:])
+    assert "Traceback" not in text and "Exception ignored" not in text, text[-3000:]
+    # One line for all the presses after the first, and it says a press landed meanwhile.
+    after = text.split("infer-run: interrupted\n", 1)[1]
+    assert after == "infer-run: already stopping - shutting Ray down, please wait\n", text[-3000:]
+    deadline = time.time() + 30
+    while live_processes_in_group(run.pid) and time.time() < deadline:
+        time.sleep(0.5)
+    assert live_processes_in_group(run.pid) == []  # raylet, GCS, Ray's agents: all gone
+
+
+def test_in_process_a_stop_signal_while_stopping_is_told_once_and_handling_comes_back(capfd):
+    """What ``main`` called from a program does (no process end): quiet while it stops,
+    then the caller's own Ctrl-C handling again."""
+    before = signal.getsignal(signal.SIGINT)
+    with quiet_second_stop():
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+        for _ in range(3):  # pressed again and again while the run cleans up: not raised
+            signal.raise_signal(signal.SIGINT)
+    assert capfd.readouterr().err == (
+        "infer-run: already stopping - shutting Ray down, please wait\n"
+    )
+    assert signal.getsignal(signal.SIGINT) is before
+    with quiet_second_stop(), pytest.raises(KeyboardInterrupt):  # a next run: stopped again
+        signal.raise_signal(signal.SIGINT)
 
 
 def test_resume_refused_after_a_spec_change_unless_overwrite(ray_session, tmp_path, capsys):
