@@ -22,7 +22,13 @@ from framework.components import (
 from framework.dead_letter import ERROR_COLUMN, jsonl_ids
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
 from framework.hookspecs import hookimpl
-from framework.listing import loop_error, parquet_files, parquet_schema, unsuffixed_parquet
+from framework.listing import (
+    dangling_links,
+    loop_error,
+    parquet_files,
+    parquet_schema,
+    unsuffixed_parquet,
+)
 from framework.plugins import component_class
 from framework.storage import (
     expand_globs,
@@ -54,6 +60,7 @@ __all__ = [
     "Writer",
     "__version__",
     "component_class",
+    "dangling_links",
     "expand_globs",
     "file_sha256",
     "filesystem_for",

@@ -49,6 +49,36 @@ def loop_error(fs: pafs.FileSystem, root: str) -> OSError | None:
     return None if loop is None else OSError(f"a symlink loop ({loop}): remove the link")
 
 
+def dangling_links(fs: pafs.FileSystem, root: str) -> list[tuple[str, FileNotFoundError]]:
+    """The symlinks under a local folder ``root`` whose target does not exist, sorted, each
+    with the error that says so; [] elsewhere. pyarrow's listing, and so Ray Data's, leaves
+    them out without a word: a file the user meant to be read would vanish from the run.
+    Folders are walked as pyarrow walks them, through symlinked folders, each real folder
+    once (``symlink_loop`` refuses a loop before a read lists the folder)."""
+    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(root):
+        return []
+    found = []
+    waiting, seen = [root], set()
+    while waiting:
+        folder = waiting.pop()
+        if (real := os.path.realpath(folder)) in seen:
+            continue
+        seen.add(real)
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:  # unreadable: pyarrow's listing of it fails with its own message
+            continue
+        for entry in entries:
+            # is_dir() follows a link, and costs no system call for a plain file or folder.
+            if entry.is_dir():
+                waiting.append(entry.path)
+            elif entry.is_symlink() and not os.path.exists(entry.path):
+                target = os.path.normpath(os.path.join(folder, os.readlink(entry.path)))
+                error = FileNotFoundError(f"a symlink to {target}, which does not exist")
+                found.append((entry.path, error))
+    return sorted(found, key=lambda pair: pair[0])
+
+
 PARQUET_MAGIC = b"PAR1"
 
 
@@ -61,9 +91,12 @@ def _data_files(fs: pafs.FileSystem, where: str) -> list[str]:
     return [
         i.path
         for i in fs.get_file_info(pafs.FileSelector(where, recursive=True))
-        if i.type == pafs.FileType.File
-        and not any(part.startswith(("_", ".")) for part in i.path[len(where) :].split("/"))
+        if i.type == pafs.FileType.File and _is_data(i.path, where)
     ]
+
+
+def _is_data(path: str, where: str) -> bool:
+    return not any(part.startswith(("_", ".")) for part in path[len(where) :].split("/"))
 
 
 def unsuffixed_parquet(path: str, storage: Mapping[str, Any] | None) -> list[str]:
@@ -89,7 +122,8 @@ def parquet_files(
 ) -> tuple[pafs.FileSystem, list[str], list[tuple[str, Exception]]]:
     """Every parquet file under ``paths``: (filesystem, readable ones, unreadable ones).
     Under a folder: files named ``.parquet`` (any case, as Ray Data takes them), but none
-    below a ``_`` or ``.`` name; ``read_parquet_files`` reads exactly these.
+    below a ``_`` or ``.`` name; ``read_parquet_files`` reads exactly these. A symlink
+    among them whose target is missing is an unreadable one.
 
     Reading each footer costs one small read per file (``FILE_READS_AT_ONCE`` at a time),
     and spares the run a read task that would fail on a corrupt file after hours of work.
@@ -98,12 +132,18 @@ def parquet_files(
 
     fs, _ = filesystem_for(paths[0], storage)
     files: list[str] = []
+    dangling: list[tuple[str, Exception]] = []
     for path in paths:
         _, where = filesystem_for(path, storage)
         info = fs.get_file_info(where)
         if info.type == pafs.FileType.Directory:
             found = _data_files(fs, where)
             files += sorted(f for f in found if f.lower().endswith(".parquet"))
+            dangling += [
+                (link, error)
+                for link, error in dangling_links(fs, where)
+                if link.lower().endswith(".parquet") and _is_data(link, where)
+            ]
         else:
             files.append(where)
 
@@ -120,7 +160,7 @@ def parquet_files(
             good.append(file)
         else:
             bad.append((file, error))
-    return fs, good, bad
+    return fs, good, bad + dangling
 
 
 def parquet_schema(path: str, storage: Mapping[str, Any] | None) -> pa.Schema:

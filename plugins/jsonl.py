@@ -22,7 +22,7 @@ from framework import (
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter
-from plugins.images.common import has_extension, list_relative
+from plugins.images.common import dangling_inputs, has_extension, list_relative
 from plugins.jsonl_writer import JsonlWriter
 
 JSONL_EXTENSIONS = ("jsonl", "json")
@@ -179,6 +179,10 @@ class JsonlReader(Reader):
         expanded = expand_globs(self.paths, self.storage)
         fs, _ = filesystem_for(expanded[0], self.storage)
         paths = [filesystem_for(p, self.storage)[1] for p in expanded]
+        in_folders = ExtensionFilter(JSONL_EXTENSIONS)
+        for path in paths:
+            for link, error in dangling_inputs(fs, path, in_folders.apply):
+                self.report_bad_input(link, error)
         source = JsonLinesDatasource(
             paths,
             id_column=self.id_column,

@@ -203,6 +203,41 @@ def test_unreadable_parquet_file_is_set_aside(ray_session, corpus, tmp_path, cap
     )
 
 
+@pytest.mark.parametrize("reader", ["image_parquet", "parquet"])
+def test_a_dangling_symlink_among_parquet_files_is_set_aside(
+    ray_session, corpus, tmp_path, capsys, reader
+):
+    data = tmp_path / "data"
+    data.mkdir()
+    jpeg = (corpus / "good.jpg").read_bytes()
+    pq.write_table(pa.table({"id": ["a", "b"], "image": [jpeg] * 2}), data / "p.parquet")
+    # pyarrow's listing, and so the footer check and Ray Data's read, left it out unrecorded.
+    (data / "gone.parquet").symlink_to(tmp_path / "moved.parquet")
+    (data / "_temporary.parquet").symlink_to(tmp_path / "t.parquet")  # never data: no record
+    path = spec(tmp_path, f"{{type: {reader}, path: {data}}}")
+    assert main([str(path)]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    assert sorted(written) == ["a", "b"]
+    assert list(dead) == [str(data / "gone.parquet")]
+    assert (
+        dead[str(data / "gone.parquet")]["error_type"],
+        dead[str(data / "gone.parquet")]["message"],
+    ) == (
+        "FileNotFoundError",
+        f"a symlink to {tmp_path / 'moved.parquet'}, which does not exist",
+    )
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["errors"]["unreadable_inputs"] == [str(data / "gone.parquet")]
+
+    capsys.readouterr()
+    failing = spec(tmp_path, f"{{type: {reader}, path: {data}}}", policy="fail")
+    assert main([str(failing), "--overwrite"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"infer-run: error: reader: cannot read {data / 'gone.parquet'}: FileNotFoundError: "
+        f"a symlink to {tmp_path / 'moved.parquet'}, which does not exist"
+    )
+
+
 def tar_bytes(samples: list[str], jpeg: bytes) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:

@@ -645,3 +645,61 @@ def test_image_parquet_reads_exactly_the_files_its_check_looked_at(ray_session, 
     from plugins.parquet import ParquetReader
 
     assert ParquetReader.check({"path": str(data)}) == [expected]
+
+
+def test_a_dangling_symlink_is_an_unreadable_input_not_a_vanished_image(
+    ray_session, tmp_path, photos, capsys
+):
+    from framework.errors import ExitCode
+
+    image = encode(photos["rocket"], "JPEG")
+    root = tmp_path / "images"
+    write_tree(root, {"a.jpg": image, "sub/b.jpg": image})
+    (root / "gone.jpg").symlink_to(tmp_path / "moved.jpg")  # pyarrow's listing left it out
+    (root / "sub" / "up.png").symlink_to("../missing/c.png")
+    # Links the read would not have taken anyway, had they led somewhere: no records.
+    (root / "sub" / "notes.txt").symlink_to(tmp_path / "notes.txt")
+    (root / "sub" / "._d.jpg").symlink_to(tmp_path / "d.jpg")
+    (root / "_e.jpg").symlink_to(tmp_path / "e.jpg")
+    reader = f"{{type: image_folder, path: {root}}}"
+
+    assert run_spec(tmp_path, reader, "skip") == ExitCode.OK
+    written, dead, unreadable = run_outcome(tmp_path / "out")
+    assert sorted(written) == ["a.jpg", "sub/b.jpg"]
+    links = [str(root / "gone.jpg"), str(root / "sub" / "up.png")]
+    assert unreadable == links
+    assert {link: (r["stage"], r["error_type"], r["message"]) for link, r in dead.items()} == {
+        links[0]: (
+            "reader",
+            "FileNotFoundError",
+            f"a symlink to {tmp_path / 'moved.jpg'}, which does not exist",
+        ),
+        links[1]: (
+            "reader",
+            "FileNotFoundError",
+            f"a symlink to {root / 'missing' / 'c.png'}, which does not exist",
+        ),
+    }
+
+    capsys.readouterr()
+    assert run_spec(tmp_path, reader, "fail", out="out2") == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"infer-run: error: reader: cannot read {links[0]}: FileNotFoundError: a symlink to "
+        f"{tmp_path / 'moved.jpg'}, which does not exist"
+    )
+    assert "Traceback" not in err
+
+
+def test_a_dangling_symlink_among_shards_is_an_unreadable_input(ray_session, tmp_path, photos):
+    from framework.errors import ExitCode
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    make_shard(shards / "good.tar", [("g0.jpg", encode(photos["rocket"], "JPEG"))])
+    (shards / "gone.tar").symlink_to(tmp_path / "elsewhere" / "gone.tar")
+    assert run_spec(tmp_path, f"{{type: webdataset, path: {shards}}}", "skip") == ExitCode.OK
+    written, dead, unreadable = run_outcome(tmp_path / "out")
+    assert list(written) == ["g0"]
+    assert unreadable == list(dead) == [str(shards / "gone.tar")]
+    assert dead[str(shards / "gone.tar")]["error_type"] == "FileNotFoundError"

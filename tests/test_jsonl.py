@@ -233,3 +233,36 @@ def test_hidden_files_in_a_folder_are_not_data_and_a_named_file_is_read(ray_sess
     spec = jsonl_spec(tmp_path, named)
     assert main([str(spec), "--overwrite"]) == ExitCode.OK
     assert pq.read_table(tmp_path / "o")["id"].to_pylist() == ["n"]
+
+
+def test_a_dangling_symlink_in_a_folder_is_an_unreadable_input(ray_session, tmp_path, capsys):
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"id": "a", "x": 1}\n')
+    # pyarrow's listing, and so Ray Data's read, left it out without a record.
+    (data / "b.jsonl").symlink_to(tmp_path / "moved.jsonl")
+    spec = jsonl_spec(tmp_path, data, "errors: {policy: skip}\n")
+    assert main([str(spec)]) == ExitCode.OK
+    assert pq.read_table(tmp_path / "o")["id"].to_pylist() == ["a"]
+    records = [
+        json.loads(line)
+        for file in (tmp_path / "o" / "_dead_letter").glob("*.jsonl")
+        for line in file.read_text().splitlines()
+    ]
+    assert [(r["id"], r["stage"], r["error_type"], r["message"]) for r in records] == [
+        (
+            str(data / "b.jsonl"),
+            "reader",
+            "FileNotFoundError",
+            f"a symlink to {tmp_path / 'moved.jsonl'}, which does not exist",
+        )
+    ]
+    assert report_of(tmp_path / "o")["errors"]["unreadable_inputs"] == [str(data / "b.jsonl")]
+
+    capsys.readouterr()
+    spec = jsonl_spec(tmp_path, data)  # errors.policy fail
+    assert main([str(spec), "--overwrite"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"infer-run: error: reader: cannot read {data / 'b.jsonl'}: FileNotFoundError: "
+        f"a symlink to {tmp_path / 'moved.jsonl'}, which does not exist"
+    )

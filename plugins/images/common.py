@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from framework import SpecError, filesystem_for, loop_error
+from framework import SpecError, dangling_links, filesystem_for, loop_error
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "bmp", "webp", "tif", "tiff", "gif")
 
@@ -73,6 +73,21 @@ def list_relative(fs: pafs.FileSystem, root: str) -> list[str]:
         if not relative.startswith(RAY_SKIPPED_PREFIXES):
             found.append(relative)
     return found
+
+
+def dangling_inputs(
+    fs: pafs.FileSystem, root: str, wanted: Callable[[str], bool]
+) -> list[tuple[str, FileNotFoundError]]:
+    """The symlinks under a local folder ``root`` whose targets are missing and that the
+    read would have taken, had they led somewhere: their path relative to ``root`` is not
+    one Ray's listing skips and passes ``wanted``. Each with the error to report for it."""
+    root = root.rstrip("/")
+    return [
+        (link, error)
+        for link, error in dangling_links(fs, root)
+        if not (relative := link[len(root) + 1 :]).startswith(RAY_SKIPPED_PREFIXES)
+        and wanted(relative)
+    ]
 
 
 def has_extension(name: str, extensions: tuple[str, ...]) -> bool:

@@ -15,6 +15,7 @@ from framework import ID_COLUMN, Reader, filesystem_for
 from framework.file_filter import ExtensionFilter
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
+    dangling_inputs,
     extension_problems,
     has_extension,
     list_relative,
@@ -82,6 +83,8 @@ class ImageFolderReader(Reader):
 
     def read(self) -> ray.data.Dataset:
         fs, root = filesystem_for(self.path, self.storage)
+        for link, error in dangling_inputs(fs, root, self.wanted):
+            self.report_bad_input(link, error)
         ds = ray.data.read_binary_files(
             root,
             include_paths=True,
@@ -99,6 +102,10 @@ class ImageFolderReader(Reader):
             fn_kwargs={"root": root.rstrip("/")},
             **self.map_args,
         )
+
+    def wanted(self, relative: str) -> bool:
+        """Whether the read takes the file at ``relative`` (to ``path``)."""
+        return has_extension(relative, self.extensions) and not is_hidden(relative)
 
 
 def relative_ids(table: pa.Table, root: str) -> pa.Table:

@@ -25,6 +25,7 @@ from framework.file_filter import ExtensionFilter
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
     as_paths,
+    dangling_inputs,
     extension_problems,
     has_extension,
     list_relative,
@@ -94,13 +95,19 @@ class WebDatasetReader(Reader):
     def read(self) -> ray.data.Dataset:
         paths = expand_globs(self.paths, self.storage)
         fs, _ = filesystem_for(paths[0], self.storage)
+        shards = ExtensionFilter(SHARD_EXTENSIONS)
+        for path in paths:
+            for link, error in dangling_inputs(
+                fs, filesystem_for(path, self.storage)[1], shards.apply
+            ):
+                self.report_bad_input(link, error)
         source = ShardDatasource(
             [filesystem_for(p, self.storage)[1] for p in paths],
             extensions=self.extensions,
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(paths[0]),
             filesystem=fs,
-            partition_filter=ExtensionFilter(SHARD_EXTENSIONS),  # also keeps "a?.tar"
+            partition_filter=shards,  # also keeps "a?.tar"
         )
         return ray.data.read_datasource(
             source, override_num_blocks=self.num_blocks, **self.read_args
