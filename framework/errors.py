@@ -77,7 +77,10 @@ class InputError(InferError):
 def unreadable_input(where: str, error: Exception, detail: str = "") -> tuple[str, InputError]:
     """An input a reader cannot read (to its end, ``detail`` says how far): the message its
     dead-letter record keeps, and the error that stops a run under ``errors.policy: fail``."""
-    message = without_retry_note(str(error)) + (f" ({detail})" if detail else "")
+    # Arrow's messages run over lines ("...: Invalid data\nDeserializing page header
+    # failed."): a record and the line that stops a run keep them on one.
+    lines = (line.strip() for line in without_retry_note(str(error)).splitlines())
+    message = " ".join(filter(None, lines)) + (f" ({detail})" if detail else "")
     stop = InputError(f"reader: cannot read {where}: {type(error).__name__}: {message}")
     return message, stop
 

@@ -34,9 +34,10 @@ READ_FRAGMENT = re.compile(r"Failed to read fragment (\S+)")
 
 
 def read_failure(exc: BaseException) -> InputError | None:
-    """A read task that failed on the data itself: a parquet file whose footer is whole
-    (so it passed the check before the run) but whose pages are damaged, or storage that
-    kept failing. The file is named only in the text of Ray Data's retry note."""
+    """A read task that failed outside what its reader sets aside: storage that kept
+    failing, or a file that changed after the check before the run (a parquet file whose
+    pages are damaged is the parquet readers' unreadable input, from the read task). The
+    file is named only in the text of Ray Data's retry note."""
     for current in _chain(exc):
         cause = getattr(current, "cause", None)
         # Ray names the task only in the text: "ray::ReadFilesParquetV2->MapBatches(...)".
@@ -47,8 +48,8 @@ def read_failure(exc: BaseException) -> InputError | None:
             where = f"cannot read {file.group(1)}" if file else "a read task failed"
             return InputError(
                 f"reader: {where}: {type(cause).__name__}: {text.strip().splitlines()[0]} - "
-                "damaged past its footer, or storage kept failing; the run stops whatever "
-                "errors.policy says"
+                "storage kept failing, or the file changed after it was checked; the run "
+                "stops whatever errors.policy says"
             )
     return None
 

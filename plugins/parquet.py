@@ -24,7 +24,7 @@ from framework import (
     scheme_of,
     unsuffixed_parquet,
 )
-from framework.file_filter import ListedFilter
+from plugins.parquet_source import read_listed_parquet
 
 
 def read_parquet_files(
@@ -33,20 +33,23 @@ def read_parquet_files(
     storage: Mapping[str, Any] | None,
     **kwargs: Any,
 ) -> ray.data.Dataset:
-    """``ray.data.read_parquet`` of the parquet files under ``paths`` (globs expanded) whose
-    footers read; the others reported through ``reader.report_bad_input`` by the name the
-    spec gives them (``s3://bucket/...``); files whose schemas cannot be merged named in
-    one line."""
+    """Ray Data's parquet read of the files under ``paths`` (globs expanded) whose footers
+    read; the others, and any whose pages fail to read, reported through
+    ``reader.report_bad_input`` by the name the spec gives them (``s3://bucket/...``);
+    files whose schemas cannot be merged named in one line."""
     fs, good, unreadable = parquet_files(paths, storage)
+    scheme = scheme_of(paths[0])
     for path, error in unreadable:
-        reader.report_bad_input(scheme_of(paths[0]) + path, error)
+        reader.report_bad_input(scheme + path, error)
     try:
-        return ray.data.read_parquet(
+        # Exactly the files whose footers were read (Ray's own listing differs); one whose
+        # pages turn out damaged is reported from its read task, the others read on.
+        return read_listed_parquet(
             [filesystem_for(p, storage)[1] for p in paths],
-            filesystem=fs,
-            # Exactly the files whose footers were read: Ray's own listing differs.
-            file_extensions=None,
-            partition_filter=ListedFilter(good),
+            good,
+            fs,
+            report_bad_input=reader.report_bad_input,
+            scheme=scheme,
             **kwargs,
         )
     except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:

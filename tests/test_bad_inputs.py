@@ -343,21 +343,67 @@ def test_files_whose_column_types_clash_are_named_in_one_line(ray_session, tmp_p
     )
 
 
-@pytest.mark.parametrize("policy", ["skip", "fail"])
-def test_a_file_damaged_past_its_footer_stops_the_run_naming_it(
-    ray_session, tmp_path, capsys, policy
-):
-    # Its footer is whole, so the check before the run passes; the read task finds it.
-    data = tmp_path / "data"
+def damaged_past_the_footer(data: Path) -> Path:
+    """``a.parquet``, ``c.parquet`` and between them ``b.parquet``, whose footer is whole (so
+    the check before the run passes) but whose first data page is zeros."""
     data.mkdir()
     pq.write_table(pa.table({"id": ["a", "b"], "x": [1.0, 2.0]}), data / "a.parquet")
     table = pa.table({"id": [f"r{i}" for i in range(20)], "x": [float(i) for i in range(20)]})
     pq.write_table(table, data / "b.parquet")
     raw = (data / "b.parquet").read_bytes()
     (data / "b.parquet").write_bytes(raw[:100] + b"\0" * 200 + raw[300:])
-    assert main([str(table_spec(tmp_path, data, policy))]) == ExitCode.INPUT_ERROR
+    pq.write_table(pa.table({"id": ["c"], "x": [3.0]}), data / "c.parquet")
+    return data / "b.parquet"
+
+
+def test_a_file_damaged_past_its_footer_is_set_aside_and_the_run_goes_on(ray_session, tmp_path):
+    # Found by the read task, which reads all three files: it stopped the run, skip or not.
+    damaged = damaged_past_the_footer(tmp_path / "data")
+    assert main([str(table_spec(tmp_path, tmp_path / "data", "skip"))]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    assert sorted(written) == ["a", "b", "c"]
+    assert list(dead) == [str(damaged)]
+    record = dead[str(damaged)]
+    assert (record["stage"], record["error_type"]) == ("reader", "OSError")
+    assert record["message"].endswith(" (0 rows read before it)")
+    assert "\n" not in record["message"]  # Arrow's message runs over two lines
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert report["errors"]["unreadable_inputs"] == [str(damaged)]
+    assert (report["status"], report["rows_read"], report["rows_written"]) == ("ok", 3, 3)
+
+
+def test_a_large_damaged_file_is_set_aside_by_the_part_that_broke(ray_session, tmp_path):
+    # Ray Data packs a large file's row groups into several read tasks (one each here, at
+    # a run.block_mb of 1 kB): the others' rows go on, and the record says which broke.
+    data = tmp_path / "data"
+    data.mkdir()
+    ids = [f"r{i}" for i in range(4000)]
+    table = pa.table({"id": ids, "x": [float(i) for i in range(4000)]})
+    path = data / "big.parquet"
+    pq.write_table(table, path, row_group_size=1000, use_dictionary=False, compression="none")
+    start = pq.read_metadata(path).row_group(2).column(0).data_page_offset
+    raw = path.read_bytes()
+    path.write_bytes(raw[:start] + b"\0" * 40 + raw[start + 40 :])
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"errors: {{policy: skip}}\nreader: {{type: parquet, path: {data}}}\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\nrun: {{block_mb: 0.001}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    assert sorted(written) == sorted(ids[:2000] + ids[3000:])
+    assert list(dead) == [str(path)]
+    assert dead[str(path)]["message"].endswith(" (0 rows of row group 2 read before it)")
+
+
+def test_a_file_damaged_past_its_footer_stops_the_run_naming_it_under_fail(
+    ray_session, tmp_path, capsys
+):
+    damaged = damaged_past_the_footer(tmp_path / "data")
+    assert main([str(table_spec(tmp_path, tmp_path / "data", "fail"))]) == ExitCode.INPUT_ERROR
     err = capsys.readouterr().err
-    assert err.startswith(f"infer-run: error: reader: cannot read {data / 'b.parquet'}: OSError: ")
+    assert err.startswith(f"infer-run: error: reader: cannot read {damaged}: OSError: ")
+    assert err.splitlines()[0].endswith(" (0 rows read before it)")  # all on one line
     assert "Traceback" not in err
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     assert report["status"] == "failed"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import urllib.parse
 
@@ -201,3 +202,29 @@ def test_parquet_readers_name_an_unreadable_file_on_s3_by_its_uri(
     reader.bad_input = lambda where, error, detail="": seen.append(where)
     reader.read()
     assert seen == [f"s3://{s3_bucket}/mixed/cut.parquet"]
+
+
+def note_bad_input(notes: str, where: str, error: Exception, detail: str = "") -> None:
+    """A reader's ``bad_input`` that a read task can call: a line per input in ``notes``."""
+    with open(notes, "a") as out:
+        out.write(f"{where}\t{type(error).__name__}\t{detail}\n")
+
+
+def test_a_parquet_file_damaged_past_its_footer_on_s3_is_set_aside_by_its_uri(
+    ray_session, s3_server, s3_bucket, tmp_path
+):
+    """Found by the read task, which goes on with the other file of its task."""
+    client = s3_server.client()
+    for key, ids in (("good", ["a"]), ("damaged", [f"r{i}" for i in range(20)])):
+        out = io.BytesIO()
+        pq.write_table(pa.table({"id": ids, "x": [float(i) for i in range(len(ids))]}), out)
+        body = out.getvalue()
+        if key == "damaged":  # the footer whole, the first data page zeros
+            body = body[:100] + b"\0" * 200 + body[300:]
+        client.put_object(Bucket=s3_bucket, Key=f"paged/{key}.parquet", Body=body)
+    reader = ParquetReader(path=f"s3://{s3_bucket}/paged", storage=s3_server.storage)
+    reader.bad_input = functools.partial(note_bad_input, str(tmp_path / "notes.tsv"))
+    assert [row["id"] for row in reader.read().take_all()] == ["a"]
+    assert (tmp_path / "notes.tsv").read_text().splitlines() == [
+        f"s3://{s3_bucket}/paged/damaged.parquet\tOSError\t0 rows read before it"
+    ]
