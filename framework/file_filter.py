@@ -5,9 +5,19 @@ Imported on its own (it imports Ray Data), as ``framework.torch_runtime`` is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.fs as pafs
 from ray.data.datasource import Partitioning, PathPartitionFilter, PathPartitionParser
+
+# Ray's own path resolution (pyproject keeps Ray below 2.64): what it keeps of a path is
+# what its read lists.
+from ray.data.datasource.path_util import _resolve_paths_and_filesystem
+
+from framework.errors import SpecError
+from framework.storage import filesystem_for
 
 
 class ExtensionFilter(PathPartitionFilter):
@@ -56,4 +66,49 @@ class ListedFilter(ExtensionFilter):
         return path in self.files
 
 
-__all__ = ["ExtensionFilter", "ListedFilter"]
+def path_for_ray(path: str, fs: pafs.FileSystem, folder: bool) -> str | None:
+    """``path`` (inside ``fs``) written so that a Ray Data read takes that path and no
+    other, or None where no writing does.
+
+    Ray reads a path as a URL, and a "?" or ";" at its end as an empty query or
+    parameters, which it drops: a folder "photos?" was read as "photos" (a
+    FileNotFoundError, or the files of another folder). A "/" after a folder's name
+    keeps the name whole. Ray's own resolution says which writing it keeps.
+    """
+    for candidate in (path, path.rstrip("/") + "/") if folder else (path,):
+        resolved, _ = _resolve_paths_and_filesystem([candidate], fs)
+        if resolved and resolved[0].rstrip("/") == path.rstrip("/"):
+            return candidate
+    return None
+
+
+def paths_for_ray(fs: pafs.FileSystem, paths: list[str]) -> list[str]:
+    """``path_for_ray`` of each of ``paths``, files and folders; one that has no such
+    writing (a reader's ``check`` refuses it) as it is."""
+    infos = fs.get_file_info(paths)
+    return [
+        path_for_ray(path, fs, info.type == pafs.FileType.Directory) or path
+        for path, info in zip(paths, infos, strict=True)
+    ]
+
+
+def misread_problems(paths: list[str], storage: Mapping[str, Any] | None) -> list[str]:
+    """A spec problem for each of ``paths`` that Ray Data would read as another path,
+    however it is written (see ``path_for_ray``: a file named ``data.jsonl?``)."""
+    problems = []
+    for path in paths:
+        try:
+            fs, where = filesystem_for(path, storage)
+            kind = fs.get_file_info(where).type
+        except (SpecError, OSError, pa.ArrowInvalid):
+            continue  # the reader's own check says what is wrong with it
+        folder = kind == pafs.FileType.Directory
+        if kind != pafs.FileType.NotFound and path_for_ray(where, fs, folder) is None:
+            problems.append(
+                f"path: Ray Data cannot read {path} by its name: it reads a path as a URL, "
+                "and drops a '?' or ';' at its end - rename it"
+            )
+    return problems
+
+
+__all__ = ["ExtensionFilter", "ListedFilter", "misread_problems", "path_for_ray", "paths_for_ray"]

@@ -83,9 +83,11 @@ def _matches(parts: list[str], pattern: list[str]) -> bool:
 def expand_globs(paths: str | Iterable[str], storage: Mapping[str, Any] | None = None) -> list[str]:
     """Each path with ``*``, ``?``, ``[...]`` or ``**`` replaced by the files it matches,
     sorted, local or ``s3://``; other paths as they are. Names starting with ``_`` or
-    ``.`` are left out, as Ray Data's directory listing leaves them out.
+    ``.`` are left out, as Ray Data's directory listing leaves them out. A pattern that
+    matches no file but names a file or folder as it is written (a folder ``photos?``)
+    is that path, as a shell takes it.
 
-    Raises ``SpecError`` naming a pattern that matches no file.
+    Raises ``SpecError`` naming a pattern that matches nothing.
     """
     out: list[str] = []
     for path in [paths] if isinstance(paths, str) else paths:
@@ -111,10 +113,20 @@ def expand_globs(paths: str | Iterable[str], storage: Mapping[str, Any] | None =
             and not info.base_name.startswith(("_", "."))
             and _matches(info.path[len(base) :].strip("/").split("/"), pattern)
         )
+        if not found and _exists(fs, inner):
+            out.append(path)  # a name holding a pattern's characters, as written: "photos?"
+            continue
         if not found:
             raise SpecError([f"path: no file matches {path}"])
         out.extend(scheme + f if scheme != "file://" else f for f in found)
     return out
+
+
+def _exists(fs: pafs.FileSystem, path: str) -> bool:
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError:
+        return False
 
 
 def scheme_of(path: str) -> str:

@@ -21,7 +21,7 @@ from framework import (
     hookimpl,
     scheme_of,
 )
-from framework.file_filter import ExtensionFilter
+from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
 from plugins.images.common import dangling_inputs, has_extension, list_relative
 from plugins.jsonl_writer import JsonlWriter
 
@@ -160,7 +160,8 @@ class JsonlReader(Reader):
         storage = params.get("storage")
         path = paths if isinstance(paths, str) else ", ".join(map(str, paths))
         try:
-            for path in expand_globs([paths] if isinstance(paths, str) else paths, storage):
+            expanded = expand_globs([paths] if isinstance(paths, str) else paths, storage)
+            for path in expanded:
                 fs, where = filesystem_for(path, storage)
                 kind = fs.get_file_info(where).type
                 if kind == pafs.FileType.NotFound:
@@ -173,7 +174,7 @@ class JsonlReader(Reader):
             return exc.problems
         except (OSError, pa.ArrowInvalid) as exc:  # unreachable store, refused keys, 'a//b'
             return [f"path: cannot access {path}: {exc}"]
-        return []
+        return misread_problems(expanded, storage)
 
     def read(self) -> ray.data.Dataset:
         expanded = expand_globs(self.paths, self.storage)
@@ -184,7 +185,7 @@ class JsonlReader(Reader):
             for link, error in dangling_inputs(fs, path, in_folders.apply):
                 self.report_bad_input(link, error)
         source = JsonLinesDatasource(
-            paths,
+            paths_for_ray(fs, paths),  # a folder "in?" was read as "in"
             id_column=self.id_column,
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(expanded[0]),

@@ -24,6 +24,7 @@ from framework import (
     scheme_of,
     unsuffixed_parquet,
 )
+from framework.file_filter import misread_problems, paths_for_ray
 from plugins.parquet_source import read_listed_parquet
 
 
@@ -45,7 +46,7 @@ def read_parquet_files(
         # Exactly the files whose footers were read (Ray's own listing differs); one whose
         # pages turn out damaged is reported from its read task, the others read on.
         return read_listed_parquet(
-            [filesystem_for(p, storage)[1] for p in paths],
+            paths_for_ray(fs, [filesystem_for(p, storage)[1] for p in paths]),
             good,
             fs,
             report_bad_input=reader.report_bad_input,
@@ -125,6 +126,8 @@ class ParquetReader(Reader):
             return [f"path: cannot access {first}: {exc}"]
         if bare := unsuffixed_problems(paths, params.get("storage")):
             return bare
+        if misread := misread_problems(paths, params.get("storage")):
+            return misread
         try:
             schema = parquet_schema(first, params.get("storage"))
         except (OSError, pa.ArrowException) as exc:

@@ -565,6 +565,67 @@ def test_folder_reads_images_with_a_question_mark_in_their_name(ray_session, tmp
     assert (dead, unreadable) == ({}, [])
 
 
+# Ray Data reads a path as a URL, and a glob pattern is a path with *, ? or [ in it.
+SPECIAL_NAMES = ["photos?", "photos;", "a*b", "c[1]", "d#e", "f%41", "g?h"]
+
+
+def test_folders_named_with_url_and_glob_characters_are_read_as_named(
+    ray_session, tmp_path, photos
+):
+    # "photos?" and "photos;" passed the check and were read as "photos": a
+    # FileNotFoundError traceback, or, with a folder "photos" beside them, its images.
+    image = encode(photos["rocket"], "JPEG")
+    write_tree(tmp_path / "photos", {"decoy.jpg": image})
+    for number, name in enumerate(SPECIAL_NAMES):
+        root = tmp_path / name
+        write_tree(root, {f"img{number}.jpg": image, f"sub?/deep{number}.png": image})
+        assert ImageFolderReader.check({"path": str(root)}) == [], name
+        got = rows(ImageFolderReader(path=str(root)).read())
+        assert sorted(got) == [f"img{number}.jpg", f"sub?/deep{number}.png"], name
+
+
+@pytest.mark.parametrize("reader", ["webdataset", "image_parquet", "parquet", "jsonl"])
+def test_other_readers_read_folders_named_with_url_and_glob_characters(
+    ray_session, tmp_path, photos, reader
+):
+    reader_class = load_registry().find("reader", reader).cls
+    # A path with "?", "*" or "[" is a glob pattern, which matched no file: a spec problem.
+    # As written, "photos?" was read as "photos".
+    image = encode(photos["rocket"], "JPEG")
+    (tmp_path / "photos").mkdir()
+    make_shard(tmp_path / "photos" / "decoy.tar", [("decoy.jpg", image)])
+    pq.write_table(pa.table({"id": ["decoy"], "image": [image]}), tmp_path / "photos" / "d.parquet")
+    (tmp_path / "photos" / "d.jsonl").write_text('{"id": "decoy"}\n')
+    for number, name in enumerate(SPECIAL_NAMES):
+        root = tmp_path / name
+        (root / "sub?").mkdir(parents=True)
+        # Below a folder "sub?", Ray Data's parquet read left the files out unrecorded.
+        for where, key in ((root, f"top{number}"), (root / "sub?", f"deep{number}")):
+            make_shard(where / f"{key}.tar", [(f"{key}.jpg", image)])
+            pq.write_table(pa.table({"id": [key], "image": [image]}), where / f"{key}.parquet")
+            (where / f"{key}.jsonl").write_text(json.dumps({"id": key}) + "\n")
+        assert reader_class.check({"path": str(root)}) == [], name
+        got = rows(reader_class(path=str(root)).read())
+        assert sorted(got) == [f"deep{number}", f"top{number}"], name
+
+
+def test_a_file_ray_data_would_read_under_another_name_is_a_spec_problem(tmp_path, photos):
+    from plugins.jsonl import JsonlReader
+    from plugins.parquet import ParquetReader
+
+    named = tmp_path / "data.jsonl?"
+    named.write_text('{"id": "a"}\n')
+    problem = (
+        f"path: Ray Data cannot read {named} by its name: it reads a path as a URL, and "
+        "drops a '?' or ';' at its end - rename it"
+    )
+    assert JsonlReader.check({"path": str(named)}) == [problem]
+    pq.write_table(pa.table({"id": ["a"]}), tmp_path / "data.parquet;")
+    assert ParquetReader.check({"path": str(tmp_path / "data.parquet;")}) == [
+        problem.replace(str(named), str(tmp_path / "data.parquet;"))
+    ]
+
+
 def test_a_shard_ray_cannot_group_is_an_unreadable_input_not_a_bug(
     ray_session, tmp_path, photos, capsys
 ):

@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import ray.data
 
 from framework import ID_COLUMN, Reader, filesystem_for
-from framework.file_filter import ExtensionFilter
+from framework.file_filter import ExtensionFilter, misread_problems, path_for_ray
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
     dangling_inputs,
@@ -72,6 +72,8 @@ class ImageFolderReader(Reader):
             return [f"path: no such directory {path}"]
         if kind == pafs.FileType.File:
             return [f"path: {path} is a file, not a directory"]
+        if problems := misread_problems([path], params.get("storage")):
+            return problems
         wanted = normalize_extensions(extensions)
         try:
             names = list_relative(fs, where)
@@ -86,7 +88,7 @@ class ImageFolderReader(Reader):
         for link, error in dangling_inputs(fs, root, self.wanted):
             self.report_bad_input(link, error)
         ds = ray.data.read_binary_files(
-            root,
+            path_for_ray(root, fs, folder=True) or root,  # "photos?" was read as "photos"
             include_paths=True,
             filesystem=fs,
             partition_filter=ExtensionFilter(self.extensions),  # also keeps "q?.jpg"

@@ -29,6 +29,7 @@ from framework import (
     expand_globs,
     parquet_schema,
 )
+from framework.file_filter import misread_problems
 from plugins.images.common import as_paths, locate, path_list_problems
 from plugins.images.image_columns import flat_to_tensor, layout_of, shape_problems, struct_to_bytes
 from plugins.parquet import read_parquet_files, unsuffixed_problems
@@ -86,7 +87,9 @@ class ImageParquetReader(Reader):
                 problems.append(f"path: no such file or directory {path}")
         if problems:
             return problems
-        if bare := unsuffixed_problems(paths, params.get("storage")):
+        if bare := unsuffixed_problems(paths, params.get("storage")) or misread_problems(
+            paths, params.get("storage")
+        ):
             return bare
         shape = params.get("shape")
         reader = cls(

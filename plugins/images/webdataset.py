@@ -21,7 +21,7 @@ from ray.data._internal.datasource.webdataset_datasource import (
 from ray.data._internal.util import iterate_with_retry
 
 from framework import ID_COLUMN, Reader, SpecError, expand_globs, filesystem_for, scheme_of
-from framework.file_filter import ExtensionFilter
+from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
     as_paths,
@@ -90,7 +90,7 @@ class WebDatasetReader(Reader):
             return exc.problems
         for path in paths:
             problems += shard_problems(path, params.get("storage"))
-        return problems
+        return problems or misread_problems(paths, params.get("storage"))
 
     def read(self) -> ray.data.Dataset:
         paths = expand_globs(self.paths, self.storage)
@@ -102,7 +102,7 @@ class WebDatasetReader(Reader):
             ):
                 self.report_bad_input(link, error)
         source = ShardDatasource(
-            [filesystem_for(p, self.storage)[1] for p in paths],
+            paths_for_ray(fs, [filesystem_for(p, self.storage)[1] for p in paths]),
             extensions=self.extensions,
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(paths[0]),
