@@ -35,6 +35,7 @@ from framework.storage import (
     file_sha256,
     filesystem_for,
     is_remote,
+    map_files,
     scheme_of,
 )
 
@@ -68,6 +69,7 @@ __all__ = [
     "is_remote",
     "jsonl_ids",
     "loop_error",
+    "map_files",
     "parquet_files",
     "parquet_schema",
     "scheme_of",

@@ -97,6 +97,13 @@ class Reader(Component, ABC):
     @abstractmethod
     def read(self) -> ray.data.Dataset: ...
 
+    def type_clash(self, column: str, types: tuple[str, str]) -> str | None:
+        """Which inputs hold ``column`` as each of ``types`` (Arrow's names), for the line
+        that stops a run whose rows Ray Data could not join: ``"a.jsonl (x: int64) and
+        b.jsonl (x: string)"``; None where the reader cannot tell (the default). Asked on
+        the driver once such a run has stopped, so it may read the input to find out."""
+        return None
+
 
 class Stage(Component, ABC):
     """A batch transform run by ``map_batches``.

@@ -4,16 +4,24 @@ the traceback Ray Data raises (a stage's own error, a damaged input, clashing ty
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from ray.exceptions import RayError, RayTaskError
 
 from framework.errors import InferError, InputError, RunError, without_retry_note
 
+if TYPE_CHECKING:
+    from framework.components import Reader
 
-def run_failure(exc: BaseException) -> InferError | None:
-    """The user's problem behind a failed execution, or None for a bug (kept whole)."""
-    return user_failure(exc) or read_failure(exc) or type_clash(exc)
+
+def run_failure(
+    exc: BaseException, make_reader: Callable[[], Reader] | None = None
+) -> InferError | None:
+    """The user's problem behind a failed execution, or None for a bug (kept whole);
+    ``make_reader`` builds the run's reader, asked which inputs clash (``type_clash``)."""
+    return user_failure(exc) or read_failure(exc) or type_clash(exc, make_reader)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -108,10 +116,17 @@ def bug_text(exc: BaseException) -> str:
     )
 
 
-def type_clash(exc: BaseException) -> InputError | None:
+# Arrow's words for it, after "Unable to merge: ".
+FIELD_CLASH = re.compile(r"Field (.+?) has incompatible types: (.+?) vs (.+)$")
+
+
+def type_clash(
+    exc: BaseException, make_reader: Callable[[], Reader] | None = None
+) -> InputError | None:
     """Blocks whose column types Ray Data cannot merge: input files that disagree (two
     jsonl files, one with ``"x": 3``, the other ``"x": "four"``), met only once a stage
-    joins their rows into one batch."""
+    joins their rows into one batch, where no block says which file it came from: the
+    reader is asked (``Reader.type_clash``)."""
     for current in _chain(exc):
         # Arrow's own error, or Ray Data's ArrowConversionError around it (a cause does not
         # survive the trip from the worker: only the wrapper's text has it).
@@ -119,8 +134,25 @@ def type_clash(exc: BaseException) -> InputError | None:
         if arrow and not isinstance(current, RayTaskError) and "Unable to merge" in str(current):
             line = str(current).strip().splitlines()[0]
             line = line[line.index("Unable to merge") :]
+            found = FIELD_CLASH.search(line)
+            who = None
+            if found and make_reader is not None:
+                column, *types = found.groups()
+                who = clashing_inputs(make_reader, column, (types[0], types[1]))
+            who = who or "the input's files"
             return InputError(
-                f"reader: the input's files disagree on a column's type ({line}) - give the "
-                "column one type in every file"
+                f"reader: {who} disagree on a column's type ({line}) - give the column one "
+                "type in every file"
             )
     return None
+
+
+def clashing_inputs(
+    make_reader: Callable[[], Reader], column: str, types: tuple[str, str]
+) -> str | None:
+    """The reader's answer; None where finding out met the user's problem (storage that
+    fails, input that changed), which the line without it still states."""
+    try:
+        return make_reader().type_clash(column, types)
+    except (InferError, OSError, pa.ArrowException):
+        return None

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import ray
@@ -190,7 +191,9 @@ def run_plan(
         except ray.exceptions.RayError as exc:
             # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
             stopped = ray.get(stage_log.stop_reason.remote())
-            failure = RunError(stopped) if stopped else run_failure(exc)
+            # The reader is built again only to ask which of its inputs clash.
+            make_reader = partial(spec.reader.cls, **spec.reader.params)
+            failure = RunError(stopped) if stopped else run_failure(exc, make_reader)
             bug = None if failure else exc
         except InferError as exc:
             failure = exc

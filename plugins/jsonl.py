@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ from framework import (
     expand_globs,
     filesystem_for,
     hookimpl,
+    map_files,
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
@@ -26,6 +28,8 @@ from plugins.images.common import dangling_inputs, has_extension, list_relative
 from plugins.jsonl_writer import JsonlWriter
 
 JSONL_EXTENSIONS = ("jsonl", "json")
+# Files read at once while looking for two whose types clash, after a run stopped on it.
+CLASH_READS = 32
 
 
 def bad_lines(lines: list[bytes]) -> list[tuple[int, str]]:
@@ -109,35 +113,39 @@ class JsonLinesDatasource(FileBasedDatasource):
         self.scheme = scheme  # the records name the file as the spec would: s3://bucket/...
 
     def _read_stream(self, f: pa.NativeFile, path: str) -> Iterator[pa.Table]:
-        import pyarrow.json as pajson
-
         buffer = f.read_buffer()
         if buffer.size == 0:
             return
-        # One block for the whole file: no object straddles two blocks.
-        options = pajson.ReadOptions(use_threads=False, block_size=min(buffer.size, 1 << 30))
-        # Arrow does not check that strings are UTF-8: a file that is not goes the way of
-        # one with a malformed line (a newline byte is never part of a multi-byte UTF-8
-        # character, so some line of it is not UTF-8 on its own and bad_lines finds it).
-        if is_utf8(buffer):
-            try:
-                yield read_lines(buffer, options)
-                return
-            except pa.ArrowInvalid as exc:
-                lines = buffer.to_pybytes().split(b"\n")
-                bad = bad_lines(lines)
-                if not bad:  # every line is an object: a file-wide problem (types that clash)
-                    self.report_bad_input(self.scheme + path, exc)
-                    return
-        else:
-            lines = buffer.to_pybytes().split(b"\n")
-            bad = bad_lines(lines)
         try:
-            table = with_bad_lines(lines, bad, self.scheme + path, self.id_column, options)
-        except pa.ArrowInvalid as exc:  # types that clash among the good lines
+            table = file_table(buffer, self.scheme + path, self.id_column)
+        except pa.ArrowInvalid as exc:  # every line an object, but their types clash
             self.report_bad_input(self.scheme + path, exc)
             return
         yield table
+
+
+def file_table(buffer: pa.Buffer, where: str, id_column: str) -> pa.Table:
+    """A whole JSON-lines file as one table, its bad lines flagged (``with_bad_lines``);
+    ``ArrowInvalid`` for a file whose lines no one table can hold."""
+    import pyarrow.json as pajson
+
+    # One block for the whole file: no object straddles two blocks.
+    options = pajson.ReadOptions(use_threads=False, block_size=min(buffer.size, 1 << 30))
+    # Arrow does not check that strings are UTF-8: a file that is not goes the way of
+    # one with a malformed line (a newline byte is never part of a multi-byte UTF-8
+    # character, so some line of it is not UTF-8 on its own and bad_lines finds it).
+    if is_utf8(buffer):
+        try:
+            return read_lines(buffer, options)
+        except pa.ArrowInvalid:
+            lines = buffer.to_pybytes().split(b"\n")
+            bad = bad_lines(lines)
+            if not bad:  # every line is an object: a file-wide problem (types that clash)
+                raise
+    else:
+        lines = buffer.to_pybytes().split(b"\n")
+        bad = bad_lines(lines)
+    return with_bad_lines(lines, bad, where, id_column, options)
 
 
 class JsonlReader(Reader):
@@ -197,6 +205,55 @@ class JsonlReader(Reader):
         if self.id_column != ID_COLUMN:
             ds = ds.rename_columns({self.id_column: ID_COLUMN})
         return ds
+
+    def type_clash(self, column: str, types: tuple[str, str]) -> str | None:
+        """The first file, in the read's order, holding ``column`` as each of ``types``:
+        Ray Data joins blocks without saying which file each came from. Files are read
+        ``CLASH_READS`` at a time, until both are found."""
+        name = self.id_column if column == ID_COLUMN else column  # renamed by read()
+        expanded = expand_globs(self.paths, self.storage)
+        fs, _ = filesystem_for(expanded[0], self.storage)
+        files = listed_files(fs, [filesystem_for(p, self.storage)[1] for p in expanded])
+        first: dict[str, str] = {}
+        for start in range(0, len(files), CLASH_READS):
+            chunk = files[start : start + CLASH_READS]
+            kinds = map_files(partial(column_type, fs, self.id_column, name), chunk)
+            for file, kind in zip(chunk, kinds, strict=True):
+                if kind in types:
+                    first.setdefault(kind, file)
+            if len(first) == 2:
+                scheme = scheme_of(expanded[0])
+                found = sorted(first.items(), key=lambda pair: files.index(pair[1]))
+                return " and ".join(f"{scheme}{file} ({name}: {kind})" for kind, file in found)
+        return None
+
+
+def listed_files(fs: pafs.FileSystem, paths: list[str]) -> list[str]:
+    """The files a read of ``paths`` takes, in the order Ray Data lists them: a named file,
+    and the files its listing keeps under a folder."""
+    keep = ExtensionFilter(JSONL_EXTENSIONS)
+    files = []
+    for path, info in zip(paths, fs.get_file_info(paths), strict=True):
+        if info.type != pafs.FileType.Directory:
+            files.append(path)
+            continue
+        root = path.rstrip("/")
+        files += sorted(f"{root}/{name}" for name in list_relative(fs, root) if keep.apply(name))
+    return files
+
+
+def column_type(fs: pafs.FileSystem, id_column: str, column: str, file: str) -> str | None:
+    """The type a read gives ``column`` of the JSON-lines ``file``, by Arrow's name; None
+    where it has none (no such column, only nulls, a file no table can hold)."""
+    with fs.open_input_file(file) as f:
+        buffer = f.read_buffer()
+    try:
+        table = file_table(buffer, file, id_column) if buffer.size else pa.table({})
+    except pa.ArrowInvalid:
+        return None
+    if column not in table.column_names or pa.types.is_null(table.schema.field(column).type):
+        return None
+    return str(table.schema.field(column).type)
 
 
 def named_files(fs: pafs.FileSystem, paths: list[str]) -> list[str]:

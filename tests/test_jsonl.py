@@ -170,11 +170,38 @@ def test_files_whose_types_clash_stop_the_run_in_one_line(ray_session, tmp_path,
     assert main([str(spec)]) == ExitCode.INPUT_ERROR
     err = capsys.readouterr().err
     assert err.startswith(
-        "infer-run: error: reader: the input's files disagree on a column's type (Unable to "
-        "merge: Field x has incompatible types: "
+        f"infer-run: error: reader: {data / 'a.jsonl'} (x: int64) and {data / 'b.jsonl'} "
+        "(x: string) disagree on a column's type (Unable to merge: Field x has incompatible "
+        "types: "
     )  # int64 vs string, or the other way round: whichever file's block came first
     assert "string" in err and "int64" in err and ") - give the column one type" in err
-    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_files_whose_id_types_clash_are_named_with_their_types(ray_session, tmp_path, capsys):
+    # Ray Data's message names the column and the types, not the files; the reader reads
+    # them again, in order, until it has found a file of each type.
+    data = tmp_path / "in"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"key": "k1"}\n{"key": "k2"}\n')
+    (data / "b.jsonl").write_text('{"key": null}\n{"key": "k3"}\n')
+    (data / "c.jsonl").write_text('{"key": 4}\n')
+    (data / "d.jsonl").write_text('{"key": 5}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"errors: {{policy: skip}}\nreader: {{type: jsonl, path: {data}, id_column: key}}\n"
+        "models: [{type: echo, resources: {batch_size: 8}}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'o'}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"infer-run: error: reader: {data / 'a.jsonl'} (key: string) and {data / 'c.jsonl'} "
+        "(key: int64) disagree on a column's type (Unable to merge: Field id has "
+        "incompatible types: "
+    )
+    assert err.endswith(") - give the column one type in every file\n")
+    assert len(err.splitlines()) == 1
 
 
 def test_a_file_named_with_a_question_mark_is_read(ray_session, tmp_path):
