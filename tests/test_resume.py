@@ -333,17 +333,15 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
     assert sorted(written_ids(tmp_path / "out", "parquet")) == IDS[:300]
 
 
-def test_resume_keeps_flagged_rows_done_and_checks_rows_without_an_id_again(ray_session, tmp_path):
-    """A row a reader flagged is done once recorded: resuming a finished run reads nothing
-    again but the row without an id, which no record can mark done. Its record is known by
-    the row's content, so each resume rewrites it instead of adding one."""
+def flagged_rows_spec(tmp_path: Path, ids: list[str | None]) -> Path:
+    """Five 2x2 images read from parquet, the third cut short (flagged by the reader),
+    with these ``ids``; the spec runs them under ``skip`` without a model."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     good = list(range(12))
     pixels = pa.array([good, good, good[:5], good, good], pa.list_(pa.uint8()))
-    ids = pa.array(["a", "b", "short", None, "e"])
-    pq.write_table(pa.table({"id": ids, "image": pixels}), tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": pa.array(ids), "image": pixels}), tmp_path / "in.parquet")
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         f"""
@@ -353,6 +351,14 @@ preprocessors: [{{type: select_columns, drop: [image]}}]
 writer: {{type: parquet, path: {tmp_path / "out"}}}
 """
     )
+    return spec
+
+
+def test_resume_keeps_flagged_rows_done_and_checks_rows_without_an_id_again(ray_session, tmp_path):
+    """A row a reader flagged is done once recorded: resuming a finished run reads nothing
+    again but the row without an id, which no record can mark done. Its record is known by
+    the row's content, so each resume rewrites it instead of adding one."""
+    spec = flagged_rows_spec(tmp_path, ["a", "b", "short", None, "e"])
     out = tmp_path / "out"
 
     def figures() -> tuple[int, int, int, int]:
@@ -618,22 +624,7 @@ def test_repeated_resumes_keep_one_record_per_row_without_an_id(ray_session, tmp
     """Rows without an id beside rows with one: flagged by the reader, or only missing the
     id, two of them alike in every column. Each resume checks them again and rewrites
     their records: one each, however many resumes."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    good = list(range(12))
-    pixels = pa.array([good, good, good[:5], good, good], pa.list_(pa.uint8()))
-    ids = pa.array(["a", None, None, None, "e"])
-    pq.write_table(pa.table({"id": ids, "image": pixels}), tmp_path / "in.parquet")
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"""
-errors: {{policy: skip}}
-reader: {{type: image_parquet, path: {tmp_path / "in.parquet"}, shape: [2, 2, 3]}}
-preprocessors: [{{type: select_columns, drop: [image]}}]
-writer: {{type: parquet, path: {tmp_path / "out"}}}
-"""
-    )
+    spec = flagged_rows_spec(tmp_path, ["a", None, None, None, "e"])
     out = tmp_path / "out"
     expected = [("BadInput", None), ("MissingId", None), ("MissingId", None)]
 
