@@ -12,71 +12,70 @@ import pyarrow.fs as pafs
 
 from framework.storage import filesystem_for, map_files
 
+Dangling = list[tuple[str, FileNotFoundError]]
 
-def symlink_loop(fs: pafs.FileSystem, root: str) -> str | None:
-    """A symlinked folder under a local ``root`` that leads back to a folder above it, as
-    ``link -> target``; None if there is none. pyarrow's recursive listing follows such a
-    link until the OS stops it: one multiplied the rows, two made the listing run for ever.
+
+def scan_links(fs: pafs.FileSystem, root: str) -> tuple[str | None, Dangling]:
+    """The symlinks under a local folder ``root`` that a recursive listing trips on, in one
+    walk: a symlinked folder leading back to a folder above it (``link -> target``, or
+    None), and the symlinks whose target does not exist, sorted, each with the error that
+    says so. (None, []) elsewhere.
+
+    pyarrow's recursive listing follows a looping link until the OS stops it (one
+    multiplied the rows, two made the listing run for ever), and leaves a dangling link
+    out without a word: a file the user meant to be read would vanish from the run.
+    Folders are walked as pyarrow walks them, through symlinked folders, each real folder
+    once, never down a loop.
     """
     if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(root):
-        return None
-    root = root.rstrip(os.sep) or os.sep
+        return None, []
+    loop: str | None = None
+    dangling: Dangling = []
+    # Each folder with the real paths of the folders above it, up to root.
+    waiting: list[tuple[str, frozenset[str]]] = [(root.rstrip(os.sep) or os.sep, frozenset())]
     seen: set[str] = set()
-    for dirpath, dirnames, _ in os.walk(root, followlinks=True):
-        seen.add(os.path.realpath(dirpath))
-        for name in list(dirnames):
-            full = os.path.join(dirpath, name)
-            target = os.path.realpath(full)
-            if os.path.islink(full) and target in _chain(dirpath, root):
-                return f"{full} -> {target}"
-            if target in seen:  # a folder a link leads to again: looked into once
-                dirnames.remove(name)
-    return None
-
-
-def _chain(dirpath: str, root: str) -> set[str]:
-    """The real paths of ``dirpath`` and of its folders up to ``root``."""
-    found = set()
-    while True:
-        found.add(os.path.realpath(dirpath))
-        if len(dirpath) <= len(root):
-            return found
-        dirpath = os.path.dirname(dirpath)
-
-
-def loop_error(fs: pafs.FileSystem, root: str) -> OSError | None:
-    loop = symlink_loop(fs, root)
-    return None if loop is None else OSError(f"a symlink loop ({loop}): remove the link")
-
-
-def dangling_links(fs: pafs.FileSystem, root: str) -> list[tuple[str, FileNotFoundError]]:
-    """The symlinks under a local folder ``root`` whose target does not exist, sorted, each
-    with the error that says so; [] elsewhere. pyarrow's listing, and so Ray Data's, leaves
-    them out without a word: a file the user meant to be read would vanish from the run.
-    Folders are walked as pyarrow walks them, through symlinked folders, each real folder
-    once (``symlink_loop`` refuses a loop before a read lists the folder)."""
-    if not isinstance(fs, pafs.LocalFileSystem) or not os.path.isdir(root):
-        return []
-    found = []
-    waiting, seen = [root], set()
     while waiting:
-        folder = waiting.pop()
+        folder, above = waiting.pop()
         if (real := os.path.realpath(folder)) in seen:
             continue
         seen.add(real)
+        chain = above | {real}
         try:
             entries = list(os.scandir(folder))
         except OSError:  # unreadable: pyarrow's listing of it fails with its own message
             continue
+        folders = []
         for entry in entries:
             # is_dir() follows a link, and costs no system call for a plain file or folder.
             if entry.is_dir():
-                waiting.append(entry.path)
+                target = os.path.realpath(entry.path)
+                if entry.is_symlink() and target in chain:
+                    loop = loop or f"{entry.path} -> {target}"
+                else:
+                    folders.append((entry.path, chain))
             elif entry.is_symlink() and not os.path.exists(entry.path):
                 target = os.path.normpath(os.path.join(folder, os.readlink(entry.path)))
                 error = FileNotFoundError(f"a symlink to {target}, which does not exist")
-                found.append((entry.path, error))
-    return sorted(found, key=lambda pair: pair[0])
+                dangling.append((entry.path, error))
+        # Visited in listing order, as os.walk visits them: of a loop reached two ways (a
+        # folder and a link to it), the message names the way met first.
+        waiting.extend(reversed(folders))
+    return loop, sorted(dangling, key=lambda pair: pair[0])
+
+
+def _loop_error(loop: str | None) -> OSError | None:
+    return None if loop is None else OSError(f"a symlink loop ({loop}): remove the link")
+
+
+def loop_error(fs: pafs.FileSystem, root: str) -> OSError | None:
+    """The error for a symlinked folder under ``root`` leading back above it (``scan_links``)."""
+    return _loop_error(scan_links(fs, root)[0])
+
+
+def dangling_links(fs: pafs.FileSystem, root: str) -> Dangling:
+    """The symlinks under a local folder ``root`` whose target does not exist, sorted, each
+    with the error that says so; [] elsewhere (``scan_links``)."""
+    return scan_links(fs, root)[1]
 
 
 PARQUET_MAGIC = b"PAR1"
@@ -88,6 +87,11 @@ def _data_files(fs: pafs.FileSystem, where: str) -> list[str]:
     symlink loop, which pyarrow's recursive listing would follow for ever."""
     if error := loop_error(fs, where):
         raise error
+    return _listed(fs, where)
+
+
+def _listed(fs: pafs.FileSystem, where: str) -> list[str]:
+    """``_data_files`` of a folder known to hold no symlink loop."""
     return [
         i.path
         for i in fs.get_file_info(pafs.FileSelector(where, recursive=True))
@@ -137,11 +141,13 @@ def parquet_files(
         _, where = filesystem_for(path, storage)
         info = fs.get_file_info(where)
         if info.type == pafs.FileType.Directory:
-            found = _data_files(fs, where)
-            files += sorted(f for f in found if f.lower().endswith(".parquet"))
+            loop, links = scan_links(fs, where)  # one walk for both
+            if error := _loop_error(loop):
+                raise error
+            files += sorted(f for f in _listed(fs, where) if f.lower().endswith(".parquet"))
             dangling += [
                 (link, error)
-                for link, error in dangling_links(fs, where)
+                for link, error in links
                 if link.lower().endswith(".parquet") and _is_data(link, where)
             ]
         else:
