@@ -270,24 +270,30 @@ def test_jsonl_ids_tell_a_file_cut_short_from_a_whole_one():
     assert jsonl_ids(b"") == ([], True)
 
 
-def test_replay_runs_the_dead_lettered_rows_again_and_keeps_every_id_once(tmp_path):
-    data = write_id_parts(tmp_path / "in", IDS[:40])
-    (data / "broken.parquet").write_bytes(b"not parquet")  # a whole file: no row ids
+def flaky_spec(tmp_path: Path, data: Path, rest: str) -> Path:
+    """A spec under ``skip`` reading the parquet ``data`` through ``flaky_once`` (batches
+    of 10; its markers in ``tmp_path``), then ``rest`` (the writer, any models)."""
     markers = tmp_path / "markers"
     markers.mkdir()
-    out = tmp_path / "out"
     spec = tmp_path / "spec.yaml"
-    # flaky_once fails the first try at every row with ValueError (not retried): alone,
-    # every row but each batch's first is dead-lettered; on the second try each succeeds.
     spec.write_text(
-        f"""
-errors: {{policy: skip}}
+        f"""errors: {{policy: skip}}
 reader: {{type: parquet, path: {data}}}
 preprocessors:
   - {{type: flaky_once, markers: {markers}, error: ValueError, resources: {{batch_size: 10}}}}
-writer: {{type: jsonl, path: {out}}}
+{rest}
 """
     )
+    return spec
+
+
+def test_replay_runs_the_dead_lettered_rows_again_and_keeps_every_id_once(tmp_path):
+    data = write_id_parts(tmp_path / "in", IDS[:40])
+    (data / "broken.parquet").write_bytes(b"not parquet")  # a whole file: no row ids
+    out = tmp_path / "out"
+    # flaky_once fails the first try at every row with ValueError (not retried): alone,
+    # every row but each batch's first is dead-lettered; on the second try each succeeds.
+    spec = flaky_spec(tmp_path, data, f"writer: {{type: jsonl, path: {out}}}")
     env = {"INFER_PLUGINS": "tests.plugins.flaky"}
     output = finish(cli(str(spec), env=env))
     assert output.code == ExitCode.OK, output.text[-3000:]
@@ -555,23 +561,15 @@ def test_a_resume_after_a_replay_with_another_spec_points_to_the_replays_spec(
 def test_a_killed_replay_is_named_by_the_next_replay_and_finished_by_resume(tmp_path):
     ids = IDS[:300]
     data = write_id_parts(tmp_path / "in", ids)
-    markers = tmp_path / "markers"
-    markers.mkdir()
     out = tmp_path / "out"
-    spec = tmp_path / "spec.yaml"
     # flaky_once dead-letters 9 rows of every 10 on the first run and none on the replay,
     # whose 270 rows take the slow model half a second a batch of 10: time to kill it.
-    spec.write_text(
-        f"""
-run: {{block_mb: 0.001}}
-errors: {{policy: skip}}
-reader: {{type: parquet, path: {data}}}
-preprocessors:
-  - {{type: flaky_once, markers: {markers}, error: ValueError, resources: {{batch_size: 10}}}}
-models:
-  - {{type: echo, delay_s: 0.5, resources: {{batch_size: 10}}}}
-writer: {{type: parquet, path: {out}}}
-"""
+    spec = flaky_spec(
+        tmp_path,
+        data,
+        "run: {block_mb: 0.001}\n"
+        "models: [{type: echo, delay_s: 0.5, resources: {batch_size: 10}}]\n"
+        f"writer: {{type: parquet, path: {out}}}",
     )
     env = {"INFER_PLUGINS": "tests.plugins.flaky"}
     first = finish(cli(str(spec), env=env))
