@@ -12,7 +12,7 @@ task goes on with its other files.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -23,8 +23,8 @@ from framework.file_filter import ListedFilter
 
 # Ray Data's own parquet pieces (tested with Ray 2.60; pyproject keeps Ray below 2.64): its
 # public read_parquet offers no way in to the read task, and no way to keep files out of
-# its extension check. Older Rays (the V2 datasource is not in 2.50) read through the
-# public read_parquet, where a damaged page stops the run, naming the file.
+# its extension check. A Ray whose pieces are missing or lack the methods overridden below
+# reads through the public read_parquet, where a damaged page stops the run, naming the file.
 try:
     from ray.data._internal.datasource_v2.formats.parquet.parquet_datasource_v2 import (
         ParquetDatasourceV2,
@@ -36,11 +36,23 @@ try:
         ParquetScanner,
     )
     from ray.data.read_api import _read_datasource_v2
-
-    SETS_ASIDE = True
 except ImportError:  # pragma: no cover - depends on the installed Ray
     ParquetDatasourceV2 = ParquetFileReader = ParquetScanner = object  # type: ignore[misc,assignment]
-    SETS_ASIDE = False
+
+
+def pieces_fit(source: type, scanner: type, reader: type) -> bool:
+    """Whether Ray's datasource, scanner and reader classes have what the subclasses below
+    override or copy: checked at import, so that a Ray that reshaped them falls back to
+    the public read instead of failing in the first read task."""
+    return (
+        callable(getattr(source, "create_scanner", None))
+        and callable(getattr(scanner, "create_reader", None))
+        and is_dataclass(scanner)
+        and callable(getattr(reader, "_read_fragments_sequential", None))
+    )
+
+
+SETS_ASIDE = pieces_fit(ParquetDatasourceV2, ParquetScanner, ParquetFileReader)
 
 ReportBadInput = Callable[[str, Exception, str], None]
 

@@ -400,8 +400,9 @@ def test_a_large_damaged_file_is_set_aside_by_the_part_that_broke(ray_session, t
 def test_a_ray_without_the_v2_parquet_source_reads_through_read_parquet(
     ray_session, tmp_path, monkeypatch
 ):
-    # Ray 2.50 has no V2 datasource to subclass: the readers fall back to the public
-    # read_parquet, which reads exactly the checked files too (a hidden one is left out).
+    # A Ray without the V2 datasource's pieces (or with them reshaped) gives nothing to
+    # subclass: the readers fall back to the public read_parquet, which reads exactly the
+    # checked files too (a hidden one is left out).
     monkeypatch.setattr(parquet_source, "SETS_ASIDE", False)
     data = tmp_path / "data"
     data.mkdir()
@@ -411,6 +412,20 @@ def test_a_ray_without_the_v2_parquet_source_reads_through_read_parquet(
     assert main([str(table_spec(tmp_path, data, "skip"))]) == ExitCode.OK
     written, dead = outcome(tmp_path / "out")
     assert (sorted(written), dead) == (["a", "b", "c"], {})
+
+
+def test_a_ray_whose_parquet_pieces_were_reshaped_is_not_subclassed():
+    # Checked at import: a Ray 2.6x that renamed the overridden read method must fall back
+    # to the public read_parquet, not fail in every read task.
+    source, scanner, reader = (
+        parquet_source.ParquetDatasourceV2,
+        parquet_source.ParquetScanner,
+        parquet_source.ParquetFileReader,
+    )
+    assert parquet_source.pieces_fit(source, scanner, reader)
+    reshaped = type("Reader", (), {"_read_fragments": lambda self: None})
+    assert not parquet_source.pieces_fit(source, scanner, reshaped)
+    assert not parquet_source.pieces_fit(source, object, reader)  # no create_reader
 
 
 def test_a_file_damaged_past_its_footer_stops_the_run_naming_it_under_fail(
