@@ -91,9 +91,9 @@ def replay_manifest(expected: dict[str, Any], stamp: str, running: bool) -> dict
     return {**expected, "replay": replay}
 
 
-def plan_replay(errors: ErrorPolicy) -> Replay:
-    """The ids recorded in the dead-letter folder; an ``InputError`` when there are none."""
-    records = errors.read_records()
+def plan_replay(errors: ErrorPolicy, records: list[tuple[str, bytes]]) -> Replay:
+    """The ids recorded in the dead-letter folder (``records``: ``errors.read_records()``);
+    an ``InputError`` when there are none."""
     ids: list[Any] = []
     kept: list[dict[str, Any]] = []
     for _, data in records:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -155,7 +156,11 @@ def check_resumable(
 
 
 def check_replay_finished(
-    found: dict[str, Any], errors: ErrorPolicy, written: set[Any], output: str
+    found: dict[str, Any],
+    errors: ErrorPolicy,
+    records: list[tuple[str, bytes]],
+    written: set[Any],
+    output: str,
 ) -> None:
     """Refuse a --replay while a killed one has rows in neither the output nor the records.
 
@@ -172,7 +177,7 @@ def check_replay_finished(
     fs, root = filesystem_for(str(errors.dead_letter), errors.storage)
     listing = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
     archived = [info.path for info in listing if info.type == pafs.FileType.File]
-    recorded = {i for _, data in errors.read_records() for i in jsonl_ids(data)[0]}
+    recorded = {i for _, data in records for i in jsonl_ids(data)[0]}
     left = {
         i
         for data in read_files(fs, archived)
@@ -202,24 +207,27 @@ def committed_ids(writer: Writer, errors: ErrorPolicy) -> tuple[list[Any], int]:
     ids = list(writer.committed_ids())
     files: set[Any] = set()
     for _, data in errors.read_records():
-        # A record cut short when the run was killed is not counted: its row is redone. A
-        # record without an id marks no row done (the row is checked again).
-        ids.extend(i for i in jsonl_ids(data)[0] if i is not None)
-        files.update(whole_file_ids(data))
+        # A record cut short when the run was killed (the last line, without its newline)
+        # is not counted: its row is redone. A record without an id marks no row done (the
+        # row is checked again).
+        *lines, _ = data.split(b"\n")
+        for record in json_records(lines):
+            if record.get("id") is not None:
+                ids.append(record["id"])
+                if is_whole_file(record):
+                    files.add(record["id"])
     return ids, len(set(ids) - files)
 
 
-def whole_file_ids(data: bytes) -> list[Any]:
-    """The ids (input paths) of a record file's records of whole unreadable files."""
-    found = []
-    for line in data.splitlines():
+def json_records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
+    """The lines that are JSON objects, parsed."""
+    for line in lines:
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and is_whole_file(record):
-            found.append(record.get("id"))
-    return found
+        if isinstance(record, dict):
+            yield record
 
 
 _IDS: dict[Any, frozenset[Any]] = {}

@@ -83,8 +83,9 @@ def run_spec(
         # short. Rows already in the output (a record of an earlier, overwritten run, or
         # of a replay that stopped) are not run again.
         written = set(writer.committed_ids())
-        check_replay_finished(found, errors, written, writer.path)
-        replaying = plan_replay(errors)
+        records = errors.read_records()  # once: on S3, one request per record file
+        check_replay_finished(found, errors, records, written, writer.path)
+        replaying = plan_replay(errors, records)
     else:
         earlier_dead_letters(spec, errors, writer.overwrite)
         if not writer.overwrite:
