@@ -103,7 +103,9 @@ def _csv_ids(text: str) -> list | None:
     """The ids of a written file (its first column), or None if it ends mid-row.
 
     Arrow quotes every string cell and no number, so a record whose first line starts
-    with a quote has a string id, and any other a number or a boolean.
+    with a quote has a string id, and any other a number or a boolean. A file cut just
+    after a newline inside a quoted cell ends in a newline too: ``strict`` makes its open
+    quote an error, and a row with fewer cells than the header is cut short as well.
     """
     if not text.endswith("\n"):
         return None
@@ -116,7 +118,7 @@ def _csv_ids(text: str) -> list | None:
             consumed += 1
             yield lines[consumed - 1]
 
-    reader = csv.reader(feed())
+    reader = csv.reader(feed(), strict=True)
     try:
         header = next(reader, None)
         if not header or header[0] != ID_COLUMN:
@@ -127,6 +129,8 @@ def _csv_ids(text: str) -> list | None:
             row = next(reader, None)
             if row is None:
                 return ids
+            if len(row) != len(header):
+                return None
             quoted = lines[first_line].startswith('"')
             ids.append(row[0] if quoted else _number(row[0]))
     except (csv.Error, ValueError, IndexError):

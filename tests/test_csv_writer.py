@@ -199,6 +199,19 @@ def test_committed_ids_keep_their_type_and_cut_files_go(tmp_path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["a.csv", "b.csv"]
 
 
+def test_a_file_cut_inside_a_quoted_cell_after_its_newline_goes(tmp_path: Path) -> None:
+    """A kill that cuts a file just after a newline inside a quoted cell leaves a file
+    ending in a newline: its last row is still cut short, and must be redone, not kept."""
+    out = tmp_path / "out"
+    out.mkdir()
+    table = pa.table({"id": ["a", "b"], "caption": ["one line", "two\nlines"], "n": [1, 2]})
+    pcsv.write_csv(table, out / "whole.csv")
+    whole = (out / "whole.csv").read_bytes()
+    (out / "cut.csv").write_bytes(whole[: whole.index(b"two\n") + 4])
+    assert CsvWriter(str(out)).committed_ids() == ["a", "b"]
+    assert sorted(p.name for p in out.iterdir()) == ["whole.csv"]
+
+
 def test_boolean_ids_read_back_as_booleans(tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()
