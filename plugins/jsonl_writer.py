@@ -16,7 +16,7 @@ import ray.data
 from ray.data.block import BlockAccessor
 from ray.data.datasource import BlockBasedFileDatasink
 
-from framework import Writer, filesystem_for, jsonl_ids
+from framework import ID_COLUMN, RunError, Writer, filesystem_for, jsonl_ids
 from plugins.id_types import JSON_IDS, check_id_type
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
@@ -74,13 +74,34 @@ def json_lines(table: pa.Table) -> bytes:
     """
     check_id_type(table, JSON_IDS, "a JSON-lines file")
     names = table.column_names
-    columns = [plain_column(column) for column in table.columns]
+    try:
+        columns = [plain_column(column) for column in table.columns]
+    except UnicodeDecodeError:
+        raise RunError(not_text(table)) from None
     # allow_nan=False: a non-finite float that slipped past plain() fails the write
     # instead of writing a NaN no JSON reader takes.
     encode = json.JSONEncoder(allow_nan=False, separators=(",", ":")).encode
     return "".join(
         encode(dict(zip(names, row, strict=True))) + "\n" for row in zip(*columns, strict=True)
     ).encode()
+
+
+def not_text(table: pa.Table) -> str:
+    """The line that stops a run at a bytes cell that is not UTF-8 text (an image kept with
+    its predictions): JSON has no bytes, and the writer must not guess an encoding."""
+    ids = table[ID_COLUMN].to_pylist() if ID_COLUMN in table.column_names else None
+    for name in table.column_names:
+        for row, value in enumerate(table[name].to_pylist()):
+            try:
+                plain(value)
+            except UnicodeDecodeError:
+                where = f"row {ids[row]!r}" if ids else f"row {row} of a block"
+                return (
+                    f"writer: column {name!r} holds bytes that are not UTF-8 text ({where}), "
+                    "and JSON has no bytes - write parquet (or csv, which writes bytes as "
+                    f"base64), or drop the column first (select_columns with drop: [{name}])"
+                )
+    return "writer: a column holds bytes that are not UTF-8 text, and JSON has no bytes"
 
 
 class JsonLinesDatasink(BlockBasedFileDatasink):

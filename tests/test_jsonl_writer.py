@@ -1,0 +1,40 @@
+"""The JSON-lines writer's encoding of one block, without Ray."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from framework import RunError
+from plugins.jsonl_writer import json_lines
+
+
+def test_bytes_that_are_utf8_text_are_written_as_text() -> None:
+    table = pa.table({"id": ["a", "b"], "raw": pa.array([b"caf\xc3\xa9", None], pa.binary())})
+    rows = [json.loads(line) for line in json_lines(table).splitlines()]
+    assert rows == [{"id": "a", "raw": "café"}, {"id": "b", "raw": None}]
+
+
+@pytest.mark.parametrize(
+    "column",
+    [
+        pa.array([b"ok", b"\xff\xd8\xff\xe0JFIF"], pa.binary()),
+        pa.array([b"ok", b"\xff\xd8"], pa.large_binary()),
+        pa.array([[b"ok"], [b"ok", b"\xff"]], pa.list_(pa.binary())),
+    ],
+)
+def test_bytes_that_are_not_text_stop_the_run_in_one_line_naming_column_and_row(
+    column: pa.Array,
+) -> None:
+    # A JPEG kept beside its predictions (keep_image: true) crashed the write with a
+    # UnicodeDecodeError traceback, called a bug in infer-run.
+    table = pa.table({"id": ["good.jpg", "photo.jpg"], "image": column})
+    with pytest.raises(RunError) as stopped:
+        json_lines(table)
+    assert str(stopped.value) == (
+        "writer: column 'image' holds bytes that are not UTF-8 text (row 'photo.jpg'), and "
+        "JSON has no bytes - write parquet (or csv, which writes bytes as base64), or drop "
+        "the column first (select_columns with drop: [image])"
+    )
