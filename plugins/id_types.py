@@ -29,7 +29,9 @@ def check_id_type(
     if ID_COLUMN not in table.column_names:
         return
     found = table.schema.field(ID_COLUMN).type
-    if not any(kind(found) for kind in kinds):
+    # Dictionary-encoded (a pandas categorical read from parquet): written as its values.
+    written = found.value_type if pa.types.is_dictionary(found) else found
+    if not any(kind(written) for kind in kinds):
         raise RunError(
             f"writer: the 'id' column is {found}, which {what} cannot give back as the same "
             "values, so --resume and --replay would miss or repeat rows - give the rows "

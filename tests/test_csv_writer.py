@@ -212,6 +212,15 @@ def test_a_file_cut_inside_a_quoted_cell_after_its_newline_goes(tmp_path: Path) 
     assert sorted(p.name for p in out.iterdir()) == ["whole.csv"]
 
 
+def test_dictionary_encoded_string_ids_read_back_as_strings(tmp_path: Path) -> None:
+    # A pandas categorical column read from parquet, written by a spec without stages.
+    out = tmp_path / "out"
+    out.mkdir()
+    ids = pa.array(["0003", "b"]).dictionary_encode()
+    pcsv.write_csv(csv_table(pa.table({"id": ids, "x": [1, 2]})), out / "a.csv")
+    assert CsvWriter(str(out)).committed_ids() == ["0003", "b"]
+
+
 def test_boolean_ids_read_back_as_booleans(tmp_path) -> None:
     out = tmp_path / "out"
     out.mkdir()

@@ -38,3 +38,11 @@ def test_bytes_that_are_not_text_stop_the_run_in_one_line_naming_column_and_row(
         "JSON has no bytes - write parquet (or csv, which writes bytes as base64), or drop "
         "the column first (select_columns with drop: [image])"
     )
+
+
+def test_dictionary_encoded_string_ids_are_written_as_their_strings() -> None:
+    # A pandas categorical column read from parquet: the ids are strings, and a resume
+    # reads them back as such; they were refused as a type JSON cannot give back.
+    ids = pa.array(["a", "b", "a2"]).dictionary_encode()
+    rows = [json.loads(line) for line in json_lines(pa.table({"id": ids})).splitlines()]
+    assert [row["id"] for row in rows] == ["a", "b", "a2"]
