@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import ray.data
 
 from framework import (
+    ERROR_COLUMN,
     ID_COLUMN,
     InputError,
     Reader,
@@ -90,6 +91,21 @@ def schema_clash(paths: list[str], storage: Mapping[str, Any] | None) -> str | N
     return None
 
 
+def error_column_problems(
+    first: str, names: list[str], id_column: str, columns: list[str] | None
+) -> list[str]:
+    """The data's own ``_error`` column, read: the read tasks would take it for the rows
+    a reader flags, dead-letter its rows and drop it (and crash on one not of strings)."""
+    if ERROR_COLUMN not in (names if columns is None else columns):
+        return []
+    others = [n for n in names if n not in (id_column, ERROR_COLUMN)]
+    return [
+        f"path: {first} has a column {ERROR_COLUMN!r}, where readers flag the rows they "
+        "cannot produce: its rows would be dead-lettered and the column dropped - leave it "
+        f"out (columns: [{', '.join(others)}]) or rename it in the data"
+    ]
+
+
 class ParquetReader(Reader):
     """Rows of one or more parquet files, directories or glob patterns (``data/*.parquet``,
     ``s3://bucket/2024-*/**/*.parquet``); ``id_column`` becomes ``id``."""
@@ -141,7 +157,7 @@ class ParquetReader(Reader):
             return [
                 f"id_column: {first} has no column {id_column!r} (columns: {', '.join(schema.names)})"
             ]
-        return []
+        return error_column_problems(first, schema.names, id_column, params.get("columns"))
 
     def read(self) -> ray.data.Dataset:
         columns = None

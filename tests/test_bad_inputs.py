@@ -450,6 +450,28 @@ def test_missing_column_is_named_before_anything_runs(corpus, tmp_path, capsys):
     assert "reader.image_column:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags", [[0, 1], ["", "timeout upstream"]], ids=["int", "string"])
+def test_a_column_named_error_in_the_data_is_a_spec_problem(tmp_path, capsys, flags):
+    """``_error`` is where readers flag rows they cannot produce: the data's own column of
+    that name had its rows dead-lettered and its values dropped, or (not strings) crashed
+    the read tasks as a bug."""
+    from plugins.parquet import ParquetReader
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "_error": flags, "x": [1, 2]}), data / "p.parquet")
+    problem = (
+        f"path: {data} has a column '_error', where readers flag the rows they cannot "
+        "produce: its rows would be dead-lettered and the column dropped - leave it out "
+        "(columns: [x]) or rename it in the data"
+    )
+    assert ParquetReader.check({"path": str(data)}) == [problem]
+    assert ParquetReader.check({"path": str(data), "columns": ["x"]}) == []
+    path = spec(tmp_path, f"{{type: parquet, path: {data}}}")
+    assert main([str(path)]) == ExitCode.SPEC_ERROR
+    assert f"reader.{problem}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("stages", ["models: [{type: echo}]", ""], ids=["stage", "no-stage"])
 def test_a_row_without_an_id_is_dead_lettered_not_written(ray_session, tmp_path, stages, capsys):
     data = tmp_path / "data"
