@@ -81,7 +81,9 @@ class CsvWriter(Writer):
 
     def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
         with fs.open_input_stream(path) as f:
-            return _csv_ids(f.read().decode())
+            # Written as UTF-8, so only a cut inside a character (at the end) fails to
+            # decode: replaced, the text then ends mid-row, as the cut file does.
+            return _csv_ids(f.read().decode(errors="replace"))
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)

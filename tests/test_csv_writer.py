@@ -212,6 +212,18 @@ def test_a_file_cut_inside_a_quoted_cell_after_its_newline_goes(tmp_path: Path) 
     assert sorted(p.name for p in out.iterdir()) == ["whole.csv"]
 
 
+def test_a_file_cut_inside_a_character_goes(tmp_path: Path) -> None:
+    # A kill cuts at any byte: inside a label's UTF-8 character, the resume crashed on it
+    # with a UnicodeDecodeError traceback instead of redoing the file's rows.
+    out = tmp_path / "out"
+    out.mkdir()
+    pcsv.write_csv(pa.table({"id": ["a", "b"], "label": ["café", "漢字"]}), out / "whole.csv")
+    whole = (out / "whole.csv").read_bytes()
+    (out / "cut.csv").write_bytes(whole[: whole.index("漢".encode()) + 1])
+    assert CsvWriter(str(out)).committed_ids() == ["a", "b"]
+    assert sorted(p.name for p in out.iterdir()) == ["whole.csv"]
+
+
 def test_dictionary_encoded_string_ids_read_back_as_strings(tmp_path: Path) -> None:
     # A pandas categorical column read from parquet, written by a spec without stages.
     out = tmp_path / "out"
