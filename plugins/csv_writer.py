@@ -44,6 +44,7 @@ from ray.data.extensions import (
 
 from framework import ID_COLUMN, RunError, Writer, filesystem_for, hookimpl
 from plugins.id_types import CSV_IDS, check_id_type
+from plugins.output_files import not_written_here
 
 FIXED_TENSOR_TYPES = (ArrowTensorType, ArrowTensorTypeV2, pa.FixedShapeTensorType)
 # Arrow types whose values have parts; the CSV writer cannot format them.
@@ -83,7 +84,13 @@ class CsvWriter(Writer):
         with fs.open_input_stream(path) as f:
             # Written as UTF-8, so only a cut inside a character (at the end) fails to
             # decode: replaced, the text then ends mid-row, as the cut file does.
-            return _csv_ids(f.read().decode(errors="replace"))
+            text = f.read().decode(errors="replace")
+        ids = _csv_ids(text)
+        first = _first_cell(text)
+        if ids is None and first is not None and first != ID_COLUMN:
+            why = f"its first column is {first!r}, not {ID_COLUMN!r}"
+            raise not_written_here(self, "csv", path, why)
+        return ids
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)
@@ -137,6 +144,18 @@ def _csv_ids(text: str) -> list | None:
             ids.append(row[0] if quoted else _number(row[0]))
     except (csv.Error, ValueError, IndexError):
         return None
+
+
+def _first_cell(text: str) -> str | None:
+    """The header's first cell, or None while the header is cut short (no newline yet):
+    a whole header is what tells a file of ours, cut anywhere after it, from another."""
+    header, newline, _ = text.partition("\n")
+    if not newline:
+        return None
+    try:
+        return next(csv.reader([header]), [""])[0]
+    except (csv.Error, IndexError):
+        return ""
 
 
 def _number(text: str) -> int | float | bool:

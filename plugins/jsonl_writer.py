@@ -18,6 +18,7 @@ from ray.data.datasource import BlockBasedFileDatasink
 
 from framework import ID_COLUMN, RunError, Writer, filesystem_for, jsonl_ids
 from plugins.id_types import JSON_IDS, check_id_type
+from plugins.output_files import not_written_here
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 MILLISECOND = datetime.timedelta(milliseconds=1)
@@ -104,6 +105,27 @@ def not_text(table: pa.Table) -> str:
     return "writer: a column holds bytes that are not UTF-8 text, and JSON has no bytes"
 
 
+def has_id(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:  # UnicodeDecodeError included
+        return False
+    return isinstance(record, dict) and ID_COLUMN in record
+
+
+def cut_short(data: bytes) -> bool:
+    """Whether ``data`` is the start of a file this writer writes: whole lines that are
+    objects with an id, then a line cut before its newline (a kill cuts only the end)."""
+    *lines, tail = data.split(b"\n")
+    if not all(has_id(line) for line in lines):
+        return False
+    try:
+        json.loads(tail)
+    except ValueError:
+        return True  # cut mid-line
+    return has_id(tail)  # cut just before its newline: a line of ours, whole
+
+
 class JsonLinesDatasink(BlockBasedFileDatasink):
     """Ray Data's block-per-file writer, each block written by ``json_lines``."""
 
@@ -119,8 +141,15 @@ class JsonlWriter(Writer):
 
     def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
         with fs.open_input_stream(path) as f:
-            found, whole = jsonl_ids(f.read())
-        return found if whole and found else None  # cut mid-line, or before a byte
+            data = f.read()
+        found, whole = jsonl_ids(data)
+        if whole and found:
+            return found
+        if not data or cut_short(data):
+            return None  # cut mid-line, or before a byte
+        line = next(i for i, text in enumerate(data.split(b"\n"), 1) if not has_id(text))
+        why = f"line {line} is not a JSON object with an {ID_COLUMN!r}"
+        raise not_written_here(self, "jsonl", path, why)
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)

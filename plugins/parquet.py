@@ -26,6 +26,7 @@ from framework import (
     unsuffixed_parquet,
 )
 from framework.file_filter import misread_problems, paths_for_ray
+from plugins.output_files import not_written_here
 from plugins.parquet_source import read_listed_parquet
 
 
@@ -194,9 +195,15 @@ class ParquetWriter(Writer):
 
     def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
         try:
-            return pq.read_table(path, columns=[ID_COLUMN], filesystem=fs)[ID_COLUMN].to_pylist()
+            names = pq.read_schema(path, filesystem=fs).names
         except (pa.ArrowInvalid, OSError):
             return None  # no footer: cut short
+        if ID_COLUMN not in names:
+            raise not_written_here(self, "parquet", path, f"it has no {ID_COLUMN!r} column")
+        try:
+            return pq.read_table(path, columns=[ID_COLUMN], filesystem=fs)[ID_COLUMN].to_pylist()
+        except (pa.ArrowInvalid, OSError):
+            return None
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)
