@@ -65,10 +65,24 @@ def is_utf8(data: pa.Buffer) -> bool:
     return True
 
 
+class OwnErrorKey(ValueError):
+    """The data's own ``_error`` key: the framework would take its values for the rows the
+    reader flags, dead-letter those rows and drop the key (and crash on one not a string)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"a line has a key {ERROR_COLUMN!r}, the column where readers flag the rows they "
+            "cannot produce - rename the key in the data"
+        )
+
+
 def read_lines(data: bytes | pa.Buffer, options: Any) -> pa.Table:
     import pyarrow.json as pajson
 
-    return pajson.read_json(pa.BufferReader(data), read_options=options)
+    table = pajson.read_json(pa.BufferReader(data), read_options=options)
+    if ERROR_COLUMN in table.column_names:
+        raise OwnErrorKey()
+    return table
 
 
 def with_bad_lines(
@@ -118,7 +132,7 @@ class JsonLinesDatasource(FileBasedDatasource):
             return
         try:
             table = file_table(buffer, self.scheme + path, self.id_column)
-        except pa.ArrowInvalid as exc:  # every line an object, but their types clash
+        except (pa.ArrowInvalid, OwnErrorKey) as exc:  # e.g. types that clash across lines
             self.report_bad_input(self.scheme + path, exc)
             return
         yield table

@@ -293,3 +293,29 @@ def test_a_dangling_symlink_in_a_folder_is_an_unreadable_input(ray_session, tmp_
         f"infer-run: error: reader: cannot read {data / 'b.jsonl'}: FileNotFoundError: "
         f"a symlink to {tmp_path / 'moved.jsonl'}, which does not exist"
     )
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        b'{"id": "a", "_error": "late"}\n{"id": "b"}\n',  # taken for flags: b dead-lettered
+        b'{"id": "a", "_error": 3}\n',  # not a string: every read task crashed
+        b'{"id": "a", "_error": ""}\nnot json\n',  # beside a bad line: two _error columns
+    ],
+)
+def test_a_file_with_a_key_of_its_own_named_error_is_an_unreadable_input(tmp_path, lines):
+    from plugins.jsonl import JsonLinesDatasource
+
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(lines)
+    reported: list[tuple[str, Exception]] = []
+    source = JsonLinesDatasource(
+        [str(data)],
+        id_column="id",
+        report_bad_input=lambda where, error: reported.append((where, error)),
+        scheme="",
+    )
+    assert list(source._read_stream(pa.BufferReader(lines), str(data))) == []
+    [(where, error)] = reported
+    assert where == str(data)
+    assert str(error).startswith("a line has a key '_error', the column where readers flag")
