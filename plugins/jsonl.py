@@ -263,7 +263,7 @@ def column_type(fs: pafs.FileSystem, id_column: str, column: str, file: str) -> 
         buffer = f.read_buffer()
     try:
         table = file_table(buffer, file, id_column) if buffer.size else pa.table({})
-    except pa.ArrowInvalid:
+    except (pa.ArrowInvalid, OwnErrorKey):  # set aside by the read, as no table can hold
         return None
     if column not in table.column_names or pa.types.is_null(table.schema.field(column).type):
         return None

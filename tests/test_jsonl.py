@@ -319,3 +319,14 @@ def test_a_file_with_a_key_of_its_own_named_error_is_an_unreadable_input(tmp_pat
     [(where, error)] = reported
     assert where == str(data)
     assert str(error).startswith("a line has a key '_error', the column where readers flag")
+
+
+def test_a_type_clash_is_named_past_a_file_with_its_own_error_key(tmp_path):
+    # That file was set aside by the read; naming the clash must not stop on it.
+    from plugins.jsonl import JsonlReader
+
+    (tmp_path / "a.jsonl").write_text('{"id": "a", "x": 1}\n')
+    (tmp_path / "b.jsonl").write_text('{"id": "b", "_error": "x"}\n')
+    (tmp_path / "c.jsonl").write_text('{"id": "c", "x": "three"}\n')
+    clash = JsonlReader(str(tmp_path)).type_clash("x", ("int64", "string"))
+    assert clash == f"{tmp_path}/a.jsonl (x: int64) and {tmp_path}/c.jsonl (x: string)"
