@@ -4,7 +4,7 @@ Ray Data reads them (footers read ahead, files without the suffix named)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -122,7 +122,9 @@ def unsuffixed_parquet(path: str, storage: Mapping[str, Any] | None) -> list[str
 
 
 def parquet_files(
-    paths: list[str], storage: Mapping[str, Any] | None
+    paths: list[str],
+    storage: Mapping[str, Any] | None,
+    footer_check: Callable[[Any], Exception | None] | None = None,
 ) -> tuple[pafs.FileSystem, list[str], list[tuple[str, Exception]]]:
     """Every parquet file under ``paths``: (filesystem, readable ones, unreadable ones).
     Under a folder: files named ``.parquet`` (any case, as Ray Data takes them), but none
@@ -131,6 +133,8 @@ def parquet_files(
 
     Reading each footer costs one small read per file (``FILE_READS_AT_ONCE`` at a time),
     and spares the run a read task that would fail on a corrupt file after hours of work.
+    ``footer_check`` (given the footer's ``FileMetaData``) may find more reasons not to read
+    a file: those are unreadable ones too.
     """
     import pyarrow.parquet as pq
 
@@ -155,10 +159,10 @@ def parquet_files(
 
     def footer_error(file: str) -> Exception | None:
         try:
-            pq.read_metadata(file, filesystem=fs)
-            return None
+            metadata = pq.read_metadata(file, filesystem=fs)
         except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             return exc
+        return footer_check(metadata) if footer_check else None
 
     good, bad = [], []
     for file, error in zip(files, map_files(footer_error, files), strict=True):

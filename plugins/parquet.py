@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -34,13 +34,14 @@ def read_parquet_files(
     reader: Reader,
     paths: list[str],
     storage: Mapping[str, Any] | None,
+    footer_check: Callable[[Any], Exception | None] | None = None,
     **kwargs: Any,
 ) -> ray.data.Dataset:
     """Ray Data's parquet read of the files under ``paths`` (globs expanded) whose footers
-    read; the others, and any whose pages fail to read, reported through
-    ``reader.report_bad_input`` by the name the spec gives them (``s3://bucket/...``);
-    files whose schemas cannot be merged named in one line."""
-    fs, good, unreadable = parquet_files(paths, storage)
+    read (and pass ``footer_check``); the others, and any whose pages fail to read,
+    reported through ``reader.report_bad_input`` by the name the spec gives them
+    (``s3://bucket/...``); files whose schemas cannot be merged named in one line."""
+    fs, good, unreadable = parquet_files(paths, storage, footer_check)
     scheme = scheme_of(paths[0])
     for path, error in unreadable:
         reader.report_bad_input(scheme + path, error)
@@ -107,6 +108,20 @@ def error_column_problems(
     ]
 
 
+class OwnErrorColumn(ValueError):
+    """A file's own ``_error`` column, past the first file (which validation checks)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"it has a column {ERROR_COLUMN!r}, where readers flag the rows they cannot "
+            "produce - leave it out (reader.columns) or rename it in the data"
+        )
+
+
+def own_error_column(metadata: Any) -> Exception | None:
+    return OwnErrorColumn() if ERROR_COLUMN in metadata.schema.names else None
+
+
 class ParquetReader(Reader):
     """Rows of one or more parquet files, directories or glob patterns (``data/*.parquet``,
     ``s3://bucket/2024-*/**/*.parquet``); ``id_column`` becomes ``id``."""
@@ -169,6 +184,7 @@ class ParquetReader(Reader):
             self,
             expand_globs(self.paths, self.storage),
             self.storage,
+            footer_check=own_error_column if columns is None else None,
             columns=columns,
             override_num_blocks=self.num_blocks,
             **self.read_args,

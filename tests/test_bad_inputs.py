@@ -472,6 +472,21 @@ def test_a_column_named_error_in_the_data_is_a_spec_problem(tmp_path, capsys, fl
     assert f"reader.{problem}" in capsys.readouterr().err
 
 
+def test_a_later_file_with_its_own_error_column_is_an_unreadable_input(ray_session, tmp_path):
+    # Validation reads the first file's schema only: a later file's _error was taken for
+    # reader flags (row c dead-lettered as "oops", the column dropped from d).
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a", "b"], "x": [1.0, 2.0]}), data / "a.parquet")
+    later = pa.table({"id": ["c", "d"], "x": [3.0, 4.0], "_error": ["oops", None]})
+    pq.write_table(later, data / "b.parquet")
+    assert main([str(table_spec(tmp_path, data, "skip"))]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    assert sorted(written) == ["a", "b"]
+    assert list(dead) == [str(data / "b.parquet")]
+    assert dead[str(data / "b.parquet")]["message"].startswith("it has a column '_error'")
+
+
 @pytest.mark.parametrize("stages", ["models: [{type: echo}]", ""], ids=["stage", "no-stage"])
 def test_a_row_without_an_id_is_dead_lettered_not_written(ray_session, tmp_path, stages, capsys):
     data = tmp_path / "data"
