@@ -50,6 +50,11 @@ def not_empty(text: str) -> str:
     return text
 
 
+def place(text: str) -> str:
+    """A folder to write: pyarrow takes an empty one (or ``file://``) for the current folder."""
+    return not_empty(text.removeprefix("file://")) and text
+
+
 # Kubernetes quantities (k8s.io/apimachinery resource.Quantity): a decimal number and an
 # optional binary (Ki..Ei), decimal (m, k..E) or exponent (e3) suffix; "32GB" is not one.
 QUANTITY = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+|[KMGTPE]i|[mkMGTPE])?$")

@@ -156,6 +156,9 @@ class Writer(Component, ABC):
 
     def prepare(self) -> None:
         """Runs on the driver before the pipeline starts: refuse or clear existing output."""
+        if not self.path.removeprefix("file://").strip():
+            # pyarrow takes it for the current folder, which overwrite would empty.
+            raise InputError(f"writer.path: {self.path!r} is empty - name the output folder")
         try:
             fs, where = filesystem_for(self.path, self.storage)
             info = fs.get_file_info(where)

@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from framework.cli_args import at_least
+from framework.cli_args import at_least, place
 from framework.datagen_photos import SOURCES, render_all, source_paths
 from framework.datagen_sinks import make_sink
 from framework.errors import InputError, did_you_mean
@@ -83,6 +83,9 @@ def generate(
         raise InputError(f"datagen: seed must be zero or positive, got {seed}")
     if workers is not None and workers < 1:
         raise InputError(f"datagen: workers must be at least 1, got {workers}")
+    if not str(out).removeprefix("file://").strip():
+        # pyarrow would take it for the current folder, which overwrite would empty.
+        raise InputError(f"datagen: OUT is empty ({str(out)!r}) - name the output folder")
     source_paths()  # fail on missing packages before touching the output
     fs, root = filesystem_for(str(out), storage)
     root = root.rstrip("/") or root  # "s3://bucket/prefix/" must not give "prefix//part-..."
@@ -120,7 +123,7 @@ def generate(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``infer-run datagen OUT --rows N [--format F] [--seed S] [--overwrite]``."""
-    parser.add_argument("out", help="output directory or s3:// prefix")
+    parser.add_argument("out", type=place, help="output directory or s3:// prefix")
     parser.add_argument("--rows", type=at_least(1), required=True, help="number of images")
     parser.add_argument("--format", choices=FORMATS, default="parquet", help="output layout")
     parser.add_argument("--seed", type=at_least(0), default=0, help="same seed, same bytes")

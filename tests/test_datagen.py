@@ -15,9 +15,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from framework import InputError, datagen, filesystem_for
+from framework import InputError, cli, datagen, filesystem_for
 from framework.datagen import generate
 from framework.datagen_photos import source_paths
+from framework.errors import ExitCode
 from tests.s3fixture import S3Server
 
 
@@ -184,6 +185,23 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         generate(tmp_path / "out", **arguments)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("out", ["", " ", "file://"])
+def test_an_empty_output_is_refused_not_taken_for_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    # An unset variable (`infer-run datagen "$OUT" ... --overwrite`) emptied the folder
+    # infer-run was started from: pyarrow takes an empty path for it.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(InputError, match="OUT is empty"):
+        generate(out, 2, overwrite=True)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["datagen", out, "--rows", "2", "--overwrite"])
+    assert exited.value.code == ExitCode.USAGE_ERROR
+    assert "argument out: must not be empty" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious.txt"]
 
 
 def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

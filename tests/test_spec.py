@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from framework.cli import main
-from framework.errors import ExitCode, SpecError
+from framework.errors import ExitCode, InputError, SpecError
 from framework.plugins import load_registry
 from framework.spec import load_spec, validate_spec
 from tests.plugins import upper
@@ -461,3 +461,33 @@ def test_nan_is_refused_wherever_it_is_written(tmp_path, data):
             "models[0].scale",
         )
     )
+
+
+@pytest.mark.parametrize("blank", ["''", "' '", "file://"])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+    tmp_path, data, capsys, monkeypatch, blank
+):
+    # An empty path is the current folder to pyarrow: --overwrite emptied it.
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "precious.txt").write_text("keep me")
+    monkeypatch.chdir(here)
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    shown = blank.strip("'")
+    for key in ("writer.path", "reader.path", "reader.path=[x, {}]"):
+        override = key.format(blank) if "=" in key else f"{key}={blank}"
+        assert main([str(path), "--validate", "--overwrite", override]) == ExitCode.SPEC_ERROR
+        err = capsys.readouterr().err
+        where = key.split("=")[0] + ("[1]" if "=" in key else "")
+        assert f"  {where}: {shown!r} is empty - name " in err, err
+    assert (here / "precious.txt").exists()
+
+
+def test_a_writer_given_an_empty_path_deletes_nothing(tmp_path, monkeypatch):
+    from plugins.parquet import ParquetWriter
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "precious.txt").write_text("keep me")
+    with pytest.raises(InputError, match=r"writer\.path: '' is empty"):
+        ParquetWriter(path="", overwrite=True).prepare()
+    assert (tmp_path / "precious.txt").exists()

@@ -26,6 +26,21 @@ def run_files_storage(
     return writer.get("storage") or reader.get("storage") or None
 
 
+def blank_path_problems(node: Any, key: str) -> list[str]:
+    """A ``path`` (or an item of a list of them) that names nothing: pyarrow takes an empty
+    local path for the current folder, which ``--overwrite`` would empty."""
+    paths = node.get("path") if isinstance(node, Mapping) else None
+    items = [(key, paths)] if isinstance(paths, str) else []
+    if isinstance(paths, list):
+        items = [(f"{key}[{i}]", p) for i, p in enumerate(paths) if isinstance(p, str)]
+    return [
+        f"{where}: {path!r} is empty - name a folder or file (an empty path is the "
+        "current folder, which --overwrite would empty)"
+        for where, path in items
+        if not path.removeprefix("file://").strip()
+    ]
+
+
 def overlap_problems(
     reader: Mapping[str, Any], writer: Mapping[str, Any], dead_letter: str | None
 ) -> list[str]:
@@ -119,6 +134,7 @@ def place_problems(
 
 
 __all__ = [
+    "blank_path_problems",
     "overlap_problems",
     "place_problems",
     "remote_output_problems",

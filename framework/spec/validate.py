@@ -23,7 +23,7 @@ from framework.spec.checks import (
     unused_resources,
 )
 from framework.spec.params import bind_params, checkable_params, kind_of
-from framework.spec.places import place_problems
+from framework.spec.places import blank_path_problems, place_problems
 from framework.spec.schema import (
     RESERVED_STAGE_KEYS,
     SECTIONS,
@@ -76,13 +76,14 @@ def validate_spec(
     problems.extend(run_problems(run))
     problems.extend(data_context_problems(run.data_context))
     # A storage node of the wrong types would make the reader's or writer's check() fail
-    # on it (or, worse, pass with anonymous access): reported instead of checking the stage.
-    bad_storage = {key: _storage_problems(resolved.get(key), key) for key in ("reader", "writer")}
-    problems.extend(p for found in bad_storage.values() for p in found)
+    # on it (or, worse, pass with anonymous access), and an empty path be read as the
+    # current folder: reported instead of checking the stage.
+    bad_places = {key: _place_problems(resolved.get(key), key) for key in ("reader", "writer")}
+    problems.extend(p for found in bad_places.values() for p in found)
     reader = writer = None
-    if not bad_storage["reader"]:
+    if not bad_places["reader"]:
         reader = _stage(resolved.get("reader"), "reader", "reader", registry, problems)
-    if not bad_storage["writer"]:
+    if not bad_places["writer"]:
         writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
     lists: dict[str, tuple[StageConfig, ...]] = {}
     for section, kind in STAGE_LISTS.items():
@@ -210,9 +211,9 @@ def _stage(
     return StageConfig(path, kind, str(type_name), entry.cls, bound, resources)
 
 
-def _storage_problems(node: Any, path: str) -> list[str]:
+def _place_problems(node: Any, path: str) -> list[str]:
     storage = node.get("storage") if isinstance(node, dict) else None
-    return storage_problems(f"{path}.storage", storage)
+    return storage_problems(f"{path}.storage", storage) + blank_path_problems(node, f"{path}.path")
 
 
 def _checked_anyway(
