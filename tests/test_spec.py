@@ -357,6 +357,32 @@ BAD_SPECS = [
 ]
 
 
+SHAPE = "the spec must be a mapping of sections (reader, models, writer, ...)"
+BAD_SPECS += [
+    # A YAML document that is one number or boolean broke OmegaConf with an assertion (a
+    # traceback, exit code 1); one string became a section of that name.
+    pytest.param("42\n", [], [f"{SHAPE}, got int 42"], id="a-number"),
+    pytest.param("true\n", [], [f"{SHAPE}, got bool True"], id="a-boolean"),
+    pytest.param("reader parquet\n", [], [f"{SHAPE}, got str 'reader parquet'"], id="a-string"),
+    pytest.param("- reader\n- writer\n", [], [f"{SHAPE}, got a list"], id="a-list"),
+    pytest.param(
+        # Every broken interpolation by its key, on one line each: OmegaConf told only the
+        # first, over three lines ("full_key: ...").
+        "vars: {a: [1, '${oc.env:X,${}']}\nreader: {type: parquet, path: '${vars.x'}\n"
+        "writer: {type: parquet, path: '@OUT@/${'}\n",
+        [],
+        [
+            "vars.a[1]: invalid interpolation '${oc.env:X,${}': no viable alternative at "
+            "input '${}'",
+            "reader.path: invalid interpolation '${vars.x': no viable alternative at input "
+            "'${vars.x'",
+            "writer.path: invalid interpolation '@OUT@/${': no viable alternative at input '${'",
+        ],
+        id="interpolation-syntax",
+    ),
+]
+
+
 @pytest.mark.parametrize(("text", "overrides", "expected"), BAD_SPECS)
 def test_bad_spec_reports_every_problem_and_exits_with_spec_code(
     tmp_path, data, capsys, text, overrides, expected
@@ -368,7 +394,10 @@ def test_bad_spec_reports_every_problem_and_exits_with_spec_code(
     err = capsys.readouterr().err
     count = len(expected)
     head = f"infer-run: error: spec {path}: {count} problem{'s' if count > 1 else ''}"
-    expected = [line.replace("@IN@", str(data)) for line in expected]
+    places = {"@IN@": str(data), "@OUT@": str(tmp_path / "out")}
+    expected = [
+        line.replace("@IN@", str(data)).replace("@OUT@", places["@OUT@"]) for line in expected
+    ]
     assert err.splitlines() == [head, *(f"  {line}" for line in expected)]
     assert code == ExitCode.SPEC_ERROR
     assert "Traceback" not in err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.errors import InputError, SpecError
+from framework.spec.params import kind_of
+
+# The one OmegaConf parses with, so that a syntax error reads the same from either.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SHAPE = "the spec must be a mapping of sections (reader, models, writer, ...)"
 
 
 def load_spec(
@@ -32,20 +37,7 @@ def load_spec(
         ) from None
     except OSError as exc:
         raise InputError(f"cannot read spec file {source}: {exc.strerror}") from None
-    try:
-        # OmegaConf's loader is a yaml.SafeLoader: no tags that build Python objects.
-        cfg = OmegaConf.create(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([f"{where}invalid YAML: {problem}"], source) from None
-    except OmegaConfBaseException as exc:
-        raise SpecError([f"invalid spec: {exc}"], source) from None
-    if cfg is None or not isinstance(cfg, DictConfig):
-        raise SpecError(
-            ["the spec must be a mapping of sections (reader, models, writer, ...)"], source
-        )
+    cfg = _parse(text, source)
     problems: list[str] = []
     for item in overrides:
         problem = apply_override(cfg, item)
@@ -56,6 +48,54 @@ def load_spec(
     elif problems:
         raise SpecError(problems, source)
     return cfg
+
+
+def _parse(text: str, source: str) -> DictConfig:
+    try:
+        shape = _shape_problem(text)
+        if shape:
+            raise SpecError([shape], source)
+        # OmegaConf's loader is a yaml.SafeLoader: no tags that build Python objects.
+        cfg = OmegaConf.create(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"{where}invalid YAML: {problem}"], source) from None
+    except OmegaConfBaseException as exc:
+        found = list(_bad_interpolations(yaml.load(text, Loader=SAFE_LOADER), ""))
+        raise SpecError(found or [f"invalid spec: {_first_line(exc)}"], source) from None
+    assert isinstance(cfg, DictConfig)  # _shape_problem let nothing else through
+    return cfg
+
+
+def _shape_problem(text: str) -> str | None:
+    """Why the document is no mapping; None for a mapping or nothing (an empty spec).
+    OmegaConf took a lone string for a section of that name, and failed an assertion on
+    a number or a boolean."""
+    root = yaml.compose(text, Loader=SAFE_LOADER)
+    if root is None or isinstance(root, yaml.MappingNode):
+        return None
+    data = yaml.load(text, Loader=SAFE_LOADER)
+    if data is None:  # `null` or `~`: as empty as an empty file
+        return None
+    shown = "" if isinstance(data, list) else f" {data!r}"
+    return f"{SHAPE}, got {kind_of(data)}{shown}"
+
+
+def _bad_interpolations(node: Any, path: str) -> Iterator[str]:
+    """Each string OmegaConf cannot parse as an interpolation, by its key: OmegaConf stops
+    at the first, over several lines."""
+    if isinstance(node, dict | list):
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            sub = f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}".lstrip(".")
+            yield from _bad_interpolations(value, sub)
+    elif isinstance(node, str) and "${" in node:
+        try:
+            OmegaConf.create({"value": node})
+        except OmegaConfBaseException as exc:
+            yield f"{path}: invalid interpolation {node!r}: {_first_line(exc)}"
 
 
 def apply_override(cfg: DictConfig, item: str) -> str | None:
