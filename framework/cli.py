@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import ray
 from omegaconf import OmegaConf
@@ -34,15 +36,35 @@ OVERRIDE_HINT = "spec values are set as key=value (e.g. run.limit=10) and remove
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse, exiting with our code; an unknown flag gets a "did you mean", or, where
+    the command takes ``key=value`` (``overrides``), the hint at that form."""
+
+    def __init__(self, *args: Any, overrides: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.overrides = overrides
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        if "unrecognized arguments" in message:
-            message = f"{message} - {OVERRIDE_HINT}"
+        _, _, unknown = message.partition("unrecognized arguments: ")
+        if unknown:
+            message += self._unknown_hint(unknown.split(" "))
         self.exit(ExitCode.USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+    def _unknown_hint(self, unknown: list[str]) -> str:
+        # Compared without the dashes every flag shares, and closer than a spec key's "did
+        # you mean": else --model was close to --help, --json to --version, --resources
+        # to --resume.
+        names = {o.lstrip("-"): o for o in self._option_string_actions if o.startswith("--")}
+        for flag in (a.partition("=")[0] for a in unknown if a.startswith("--")):
+            close = difflib.get_close_matches(flag.lstrip("-"), names, n=1, cutoff=0.75)
+            if close:
+                return f" - did you mean {names[close[0]]!r}?"
+        return f" - {OVERRIDE_HINT}" if self.overrides else ""
 
 
 def run_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="infer-run",
+        overrides=True,
         description="Run a batch-inference spec on Ray Data. "
         "Other commands: 'infer-run plugins', 'infer-run datagen', 'infer-run k8s', "
         "'infer-run bench'.",
@@ -213,7 +235,11 @@ def main_datagen(argv: Sequence[str]) -> int:
 def main_k8s(argv: Sequence[str]) -> int:
     from framework import k8s
 
-    p = _Parser(prog="infer-run k8s", description="Print a KubeRay RayJob manifest for a spec.")
+    p = _Parser(
+        prog="infer-run k8s",
+        overrides=True,
+        description="Print a KubeRay RayJob manifest for a spec.",
+    )
     k8s.add_arguments(p)
     return k8s.main(p.parse_intermixed_args(argv))
 
@@ -223,6 +249,7 @@ def main_bench(argv: Sequence[str]) -> int:
 
     p = _Parser(
         prog="infer-run bench",
+        overrides=True,
         description="Run a spec's benchmark: block and check its expectations.",
     )
     bench.add_arguments(p)

@@ -117,6 +117,48 @@ def test_plugins_lists_kind_name_and_distribution(capsys):
     } in rows
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["@SPEC@", "--valdiate"],
+            "infer-run: error: unrecognized arguments: --valdiate - did you mean '--validate'?",
+        ),
+        (
+            ["@SPEC@", "--overwite"],
+            "infer-run: error: unrecognized arguments: --overwite - did you mean '--overwrite'?",
+        ),
+        (
+            ["@SPEC@", "--print_spec=1"],
+            "infer-run: error: unrecognized arguments: --print_spec=1 - did you mean '--print-spec'?",
+        ),
+        (
+            ["k8s", "@SPEC@", "--imgae=x"],
+            "infer-run k8s: error: unrecognized arguments: --imgae=x - did you mean '--image'?",
+        ),
+        # No spec, no key=value: the hint that spec values are set as key=value is nonsense.
+        (
+            ["plugins", "--jsn"],
+            "infer-run plugins: error: unrecognized arguments: --jsn - did you mean '--json'?",
+        ),
+        (["plugins", "extra"], "infer-run plugins: error: unrecognized arguments: extra"),
+        (
+            ["datagen", "@OUT@", "--rows", "2", "--zzz"],
+            "infer-run datagen: error: unrecognized arguments: --zzz",
+        ),
+    ],
+)
+def test_an_unknown_flag_gets_a_did_you_mean_and_only_fitting_hints(
+    spec, tmp_path, capsys, argv, expected
+):
+    argv = [a.replace("@SPEC@", str(spec)).replace("@OUT@", str(tmp_path / "gen")) for a in argv]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == ExitCode.USAGE_ERROR
+    assert capsys.readouterr().err == expected + "\n"
+    assert not (tmp_path / "gen").exists()
+
+
 def test_console_script_exit_codes_and_no_traceback(spec, tmp_path):
     exe = str(Path(sys.executable).parent / "infer-run")  # the installed console script
     ok = subprocess.run([exe, str(spec), "--validate"], capture_output=True, text=True)
