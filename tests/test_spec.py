@@ -63,6 +63,10 @@ def test_tilde_deletes_keys_and_list_items(tmp_path, data):
     assert "vars" not in cfg
     cfg = load_spec(path, ["~models.0"])
     assert len(cfg.models) == 0
+    # Problems name list items as models[0]: that form, copied back, works for ~ as for =.
+    cfg = load_spec(path, ["models[0].scale=4", "~models[0].scale"])
+    assert "scale" not in cfg.models[0]
+    assert len(load_spec(path, ["~models[0]"]).models) == 0
 
 
 def test_override_can_add_a_whole_stage(tmp_path, data):
@@ -357,6 +361,35 @@ BAD_SPECS = [
 ]
 
 
+BAD_SPECS.append(
+    pytest.param(
+        # A key with an empty part made a key '' (under vars, silently; elsewhere an
+        # "unknown key" named `run.`).
+        "reader: {type: parquet, path: @IN@}\nmodels: [{type: echo}]\nwriter: {type: parquet, path: @OUT@}\n",
+        [
+            "vars..root=x",
+            "run.=x",
+            ".run.limit=3",
+            "models.0..scale=2",
+            "~models[3]",
+            "~run..limit",
+        ],
+        [
+            "override 'vars..root=x': a key part is empty - keys are dotted names, e.g. "
+            "models.0.resources.batch_size",
+            "override 'run.=x': a key part is empty - keys are dotted names, e.g. "
+            "models.0.resources.batch_size",
+            "override '.run.limit=3': a key part is empty - keys are dotted names, e.g. "
+            "models.0.resources.batch_size",
+            "override 'models.0..scale=2': a key part is empty - keys are dotted names, e.g. "
+            "models.0.resources.batch_size",
+            "override '~models[3]': no such key in the spec",
+            "override '~run..limit': a key part is empty - keys are dotted names, e.g. "
+            "models.0.resources.batch_size",
+        ],
+        id="empty-key-parts",
+    )
+)
 SHAPE = "the spec must be a mapping of sections (reader, models, writer, ...)"
 BAD_SPECS += [
     # A YAML document that is one number or boolean broke OmegaConf with an assertion (a

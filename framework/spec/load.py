@@ -15,6 +15,7 @@ from framework.spec.params import kind_of
 
 # The one OmegaConf parses with, so that a syntax error reads the same from either.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+EXAMPLE = "models.0.resources.batch_size"
 SHAPE = "the spec must be a mapping of sections (reader, models, writer, ...)"
 
 
@@ -100,11 +101,15 @@ def _bad_interpolations(node: Any, path: str) -> Iterator[str]:
 
 def apply_override(cfg: DictConfig, item: str) -> str | None:
     """Apply one ``key=value`` or ``~key``; the problem as a line, or None."""
-    if item.startswith("~"):
-        return _delete(cfg, item[1:])
     key, sep, raw = item.partition("=")
+    if item.startswith("~"):
+        key, sep = item[1:], "~"
     if not sep or not key:
         return f"override {item!r}: expected key=value or ~key"
+    if "" in key.split("."):  # OmegaConf made a key '' of it: silent under vars
+        return f"override {item!r}: a key part is empty - keys are dotted names, e.g. {EXAMPLE}"
+    if sep == "~":
+        return _delete(cfg, key)
     try:
         value = _parse_value(raw)
         # A whole node in flow form (`models.0={...}`) replaces the old one, as README says:
@@ -130,6 +135,8 @@ def _parse_value(raw: str) -> Any:
 
 def _delete(cfg: DictConfig, key: str) -> str | None:
     parent_key, _, last = key.rpartition(".")
+    if key.endswith("]"):  # models[0], the form problems name list items in
+        parent_key, _, last = key[:-1].rpartition("[")
     try:
         parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
         if isinstance(parent, ListConfig):
