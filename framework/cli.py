@@ -37,10 +37,11 @@ OVERRIDE_HINT = "spec values are set as key=value (e.g. run.limit=10) and remove
 
 class _Parser(argparse.ArgumentParser):
     """argparse, exiting with our code; an unknown flag gets a "did you mean", or, where
-    the command takes ``key=value`` (``overrides``), the hint at that form."""
+    the command takes ``key=value`` (``overrides``), the hint at that form. No flag is
+    taken from its first letters: ``--over`` ran as ``--overwrite``, which deletes output."""
 
     def __init__(self, *args: Any, overrides: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, allow_abbrev=False, **kwargs)
         self.overrides = overrides
 
     def error(self, message: str) -> None:  # type: ignore[override]
@@ -55,9 +56,10 @@ class _Parser(argparse.ArgumentParser):
         # to --resume.
         names = {o.lstrip("-"): o for o in self._option_string_actions if o.startswith("--")}
         for flag in (a.partition("=")[0] for a in unknown if a.startswith("--")):
+            started = [name for name in names if name.startswith(flag.lstrip("-"))]
             close = difflib.get_close_matches(flag.lstrip("-"), names, n=1, cutoff=0.75)
-            if close:
-                return f" - did you mean {names[close[0]]!r}?"
+            if len(started) == 1 or close:
+                return f" - did you mean {names[(started if len(started) == 1 else close)[0]]!r}?"
         return f" - {OVERRIDE_HINT}" if self.overrides else ""
 
 

@@ -136,6 +136,15 @@ def test_plugins_lists_kind_name_and_distribution(capsys):
             ["k8s", "@SPEC@", "--imgae=x"],
             "infer-run k8s: error: unrecognized arguments: --imgae=x - did you mean '--image'?",
         ),
+        # A flag's first letters no longer run it: --over ran as --overwrite.
+        (
+            ["@SPEC@", "--over"],
+            "infer-run: error: unrecognized arguments: --over - did you mean '--overwrite'?",
+        ),
+        (
+            ["datagen", "@OUT@", "--rows", "2", "--over"],
+            "infer-run datagen: error: unrecognized arguments: --over - did you mean '--overwrite'?",
+        ),
         # No spec, no key=value: the hint that spec values are set as key=value is nonsense.
         (
             ["plugins", "--jsn"],
