@@ -78,6 +78,30 @@ def test_decode_edge_cases_match_pillow(label, data, expected):
     np.testing.assert_array_equal(out[0], want, err_msg=label)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_dark_sixteen_bit_images_keep_their_high_byte_whatever_the_decoder(fmt):
+    # Values under 256 in a 16-bit image are near black: torchvision (PNG) gives 0s, and
+    # Pillow's path (TIFF) kept the low byte as if it were 8-bit, a bright image instead.
+    dark = PIXELS[:, :, 1].astype(np.uint16)
+    out = DecodeImage()(
+        {"id": np.array([7]), "image": column([encode(Image.fromarray(dark), fmt)])}
+    )
+    np.testing.assert_array_equal(out["image"][0], np.zeros_like(PIXELS))
+
+
+def test_a_torchvision_without_sixteen_bit_png_decodes_them_through_pillow(monkeypatch):
+    # torchvision before 0.20 (inside the pinned range) refuses 16-bit PNGs.
+    import torchvision.io
+
+    def before_0_20(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("At most 8-bit PNG images are supported currently.")
+
+    monkeypatch.setattr(torchvision.io, "decode_png", before_0_20)
+    data = encode(Image.fromarray(SIXTEEN_BIT), "PNG")
+    out = DecodeImage()({"id": np.array([7]), "image": column([data])})["image"]
+    np.testing.assert_array_equal(out[0], PIXELS[:, :, [0, 0, 0]])
+
+
 def test_exif_orientation_is_applied():
     out = DecodeImage()({"id": np.array([0]), "image": column([rotated_jpeg()])})["image"]
     assert out.shape == (1, 40, 30, 3)  # 30x40 stored, shown rotated

@@ -112,7 +112,9 @@ def chw_to_rgb(tensor: torch.Tensor) -> torch.Tensor:
 def _pillow_to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode.startswith("I"):  # 16/32-bit gray (TIFF, some PNG paths): keep the high byte
         wide = np.asarray(img).astype(np.int64).clip(0, 65535)
-        gray = (wide >> 8 if wide.max(initial=0) > 255 else wide).astype(np.uint8)
+        # 16 bits by their mode: the high byte, as torchvision's decoders keep, however dark.
+        sixteen = img.mode.startswith("I;16") or wide.max(initial=0) > 255
+        gray = (wide >> 8 if sixteen else wide).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode == "F":
         gray = np.asarray(img).clip(0, 255).round().astype(np.uint8)
@@ -121,6 +123,19 @@ def _pillow_to_rgb(img: Image.Image) -> np.ndarray:
         # Palette transparency must go through RGBA, or Pillow warns and may mis-map it.
         img = img.convert("RGBA")
     return np.array(img.convert("RGB"))
+
+
+def _decode_png(decode_png: Any, encoded: torch.Tensor, img: Image.Image) -> torch.Tensor:
+    from torchvision.io import ImageReadMode
+
+    try:
+        # RGB mode expands gray, palette and alpha; 16-bit stays uint16.
+        return chw_to_rgb(decode_png(encoded, ImageReadMode.RGB, apply_exif_orientation=True))
+    except RuntimeError as exc:
+        # torchvision before 0.20 refuses 16-bit PNGs; Pillow keeps their high byte too.
+        if "8-bit" not in str(exc):
+            raise
+        return _decode_with_pillow(img, None)
 
 
 def _decode_with_pillow(img: Image.Image, draft: tuple[int, int] | None) -> torch.Tensor:
@@ -209,9 +224,7 @@ def decode_images(
                 if img.format == "JPEG":
                     jpegs.append((i, encoded))
                 else:
-                    # RGB mode expands gray, palette and alpha; 16-bit stays uint16.
-                    png = decode_png(encoded, ImageReadMode.RGB, apply_exif_orientation=True)
-                    out[i] = chw_to_rgb(png)
+                    out[i] = _decode_png(decode_png, encoded, img)
             except (DecodeError, OSError, RuntimeError, ValueError, SyntaxError) as exc:
                 raise DecodeError(f"{row_label(ids, i)}: {_plain(exc)}") from exc
     if jpegs:
