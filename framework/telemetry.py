@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from typing import Any
 
 import ray
@@ -19,7 +20,11 @@ from framework.watchdog import CRASHED, TIMED_OUT
 
 def _reconstructed() -> bool:
     try:
-        return ray.get_runtime_context().was_current_actor_reconstructed
+        with warnings.catch_warnings():
+            # Ray's property reads its own deprecated actor_id: every run printed that
+            # warning, from the log actor, among the run's own lines.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return ray.get_runtime_context().was_current_actor_reconstructed
     except AssertionError:  # not in an actor: the class used in-process, by tests
         return False
 
