@@ -56,10 +56,12 @@ class _Parser(argparse.ArgumentParser):
         # to --resume.
         names = {o.lstrip("-"): o for o in self._option_string_actions if o.startswith("--")}
         for flag in (a.partition("=")[0] for a in unknown if a.startswith("--")):
-            started = [name for name in names if name.startswith(flag.lstrip("-"))]
-            close = difflib.get_close_matches(flag.lstrip("-"), names, n=1, cutoff=0.75)
-            if len(started) == 1 or close:
-                return f" - did you mean {names[(started if len(started) == 1 else close)[0]]!r}?"
+            bare = flag.lstrip("-")
+            started = [name for name in names if name.startswith(bare)]
+            close = difflib.get_close_matches(bare, names, n=1, cutoff=0.75)
+            guess = started if len(started) == 1 else close
+            if guess:
+                return f" - did you mean {names[guess[0]]!r}?"
         return f" - {OVERRIDE_HINT}" if self.overrides else ""
 
 
