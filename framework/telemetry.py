@@ -145,10 +145,17 @@ class StageLog:
         """A row run alone finished (its batch is recorded, and so ended, as a whole)."""
         self.in_flight.pop((stage, key), None)
 
-    def timed_out(self, stage: str, ids: list[Any], key: str | None = None) -> None:
+    def timed_out(
+        self, stage: str, ids: list[Any], key: str | None = None, worker: str | None = None
+    ) -> None:
         """A worker is about to exit: these rows outlived ``errors.batch_timeout_s`` together."""
         self._stage(stage)["timeouts"] += 1
         self.in_flight.pop((stage, key), None)  # ended on purpose: no crash to find
+        if worker is not None:
+            # Nor in the batch it was running row by row when one of its rows hung: the
+            # retry would take that batch for one its worker died on, and count a crash.
+            for begun in [k for k, (_, w) in self.in_flight.items() if w == worker]:
+                del self.in_flight[begun]
         self._suspect(stage, ids, TIMED_OUT)
 
     def _suspect(self, stage: str, ids: list[Any], why: str) -> None:

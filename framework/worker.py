@@ -196,7 +196,7 @@ class StageRunner:
             os.getpid(),
             ", ".join(repr(i) for i in ids[:5]) + (", ..." if len(ids) > 5 else ""),
         )
-        ray.get(self.log.timed_out.remote(self.path, ids, key), timeout=60)
+        ray.get(self.log.timed_out.remote(self.path, ids, key, self.worker_name), timeout=60)
 
     def _begin(self, key: str | None, batch: Batch) -> dict[Any, tuple[bool, str]]:
         """Tell the run's log this worker starts ``batch``; the rows of it that a worker of

@@ -7,6 +7,7 @@ import numpy as np
 from framework.dead_letter import batch_key
 from framework.report import RunReport, gpu_busy
 from framework.telemetry import StageLog, stage_figures
+from framework.watchdog import TIMED_OUT
 
 
 def test_a_batch_run_again_is_counted_once_with_its_latest_figures():
@@ -98,3 +99,20 @@ def test_the_log_actor_learns_of_its_restarts_without_a_deprecation_warning(ray_
             return [str(w.message) for w in seen]
 
     assert ray.get(Probe.remote().warnings_seen.remote()) == []
+
+
+def test_a_worker_ended_by_the_timeout_is_not_counted_as_a_crash():
+    log = StageLog.__ray_actor_class__("preprocessors[0]")
+    stage, ids = "preprocessors[0]", ["a", "b", "c"]
+    batch = batch_key(stage, ids)
+    log.begin(stage, batch, ids, "w1")
+    log.timed_out(stage, ids, batch, "w1")  # the batch as a whole hung
+    # The retry runs it row by row; "b" hangs alone and ends that worker too.
+    assert log.begin(stage, batch, ids, "w2") == dict.fromkeys(ids, (False, TIMED_OUT))
+    row = batch_key(stage, ["b"])
+    log.begin(stage, row, ["b"], "w2")
+    log.timed_out(stage, ["b"], row, "w2")
+    assert log.begin(stage, batch, ids, "w3")["b"] == (True, TIMED_OUT)
+    assert log.snapshot()[stage]["timeouts"] == 2 and log.snapshot()[stage]["crashes"] == 0
+    log.begin(stage, batch, ids, "w4")  # w3 never recorded the batch: it died on it
+    assert log.snapshot()[stage]["crashes"] == 1
