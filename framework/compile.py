@@ -222,7 +222,7 @@ def _reader_flags(run: RunContext) -> Callable[[pa.Table], pa.Table]:
         if failures:
             ids = table[ID_COLUMN].to_pylist() if ID_COLUMN in table.column_names else []
             key = batch_key(READER_PATH, [*ids, *told]) if ids or told else None
-            runner.settle(start, time.time(), len(failures), 0, failures, key)
+            runner.settle(start, time.time(), len(failures), 0, failures, key, table.num_rows)
         return table
 
     return reader_flags

@@ -36,7 +36,7 @@ class StageLog:
     def __init__(self, first_stage: str | None = None) -> None:
         self.stages: dict[str, dict[str, Any]] = {}
         self.first_stage = first_stage
-        self.seen = 0  # rows into the first stage: what the error fraction is of
+        self.entered = self.set_aside = self.read_beside = 0  # rows, for seen()
         self.failed = 0
         self.errors: dict[str, dict[str, int]] = {}
         # stage -> row id -> (whether alone, why): rows whose worker timed out or died on them
@@ -69,12 +69,14 @@ class StageLog:
         retries: int = 0,
         key: str | None = None,
         worker: tuple[int, int] | None = None,
+        beside: int = 0,
     ) -> tuple[int, int]:
         """Count one batch; returns (rows seen, rows failed) so far, for the error budget.
 
         A batch recorded before under the same ``key`` (``dead_letter.batch_key``: its task
         was retried) replaces its earlier counts; the time spent on it adds up. ``worker``
-        is the process's (pid, peak resident bytes so far).
+        is the process's (pid, peak resident bytes so far). ``beside``: the reader's rows
+        read with those it set aside, on their way to the first stage.
         """
         s = self._stage(stage)
         if key is not None:
@@ -83,7 +85,7 @@ class StageLog:
             figures = s["workers"].get(f"{node_id}:{worker[0]}")
             if figures is not None:  # a process that built the stage
                 figures["peak_rss_bytes"] = max(figures.get("peak_rss_bytes", 0), worker[1])
-        counts = (node_id, rows_in, rows_out, failures or {})
+        counts = (node_id, rows_in, rows_out, failures or {}, beside)
         earlier = self.batches.get((stage, key)) if key is not None else None
         if key is not None:
             self.batches[(stage, key)] = counts
@@ -99,7 +101,13 @@ class StageLog:
         n = s["nodes"][node_id]
         n["batches"] += 1
         n["busy_s"] += end - start
-        return self.seen, self.failed
+        return self.seen(), self.failed
+
+    def seen(self) -> int:
+        """What the error fraction is of: rows into the first stage, and those the reader
+        set aside with the rows read beside them, which reach the first stage later (behind
+        a model still loading): counted alone, one bad row of the first block was 100%."""
+        return self.set_aside + max(self.entered, self.read_beside)
 
     def _count(
         self,
@@ -108,10 +116,14 @@ class StageLog:
         rows_in: int,
         rows_out: int,
         failures: dict[str, dict[str, int]],
+        beside: int,
         sign: int,
     ) -> None:
-        if stage in (self.first_stage, READER_PATH):  # READER_PATH: rows a reader set aside
-            self.seen += sign * rows_in
+        if stage == READER_PATH:  # rows a reader set aside
+            self.set_aside += sign * rows_in
+            self.read_beside += sign * beside
+        elif stage == self.first_stage:
+            self.entered += sign * rows_in
         for where, kinds in failures.items():
             counts = self.errors.setdefault(where, {})
             for kind, count in kinds.items():
@@ -152,8 +164,7 @@ class StageLog:
         self._stage(stage)["timeouts"] += 1
         self.in_flight.pop((stage, key), None)  # ended on purpose: no crash to find
         if worker is not None:
-            # Nor in the batch it was running row by row when one of its rows hung: the
-            # retry would take that batch for one its worker died on, and count a crash.
+            # Nor in a batch it ran row by row: its retry would take it for a crash.
             for begun in [k for k, (_, w) in self.in_flight.items() if w == worker]:
                 del self.in_flight[begun]
         self._suspect(stage, ids, TIMED_OUT)

@@ -214,9 +214,11 @@ class StageRunner:
         rows_out: int,
         failures: list[Failure],
         key: str | None = None,
+        beside: int = 0,
     ) -> None:
         """Apply the error policy to a batch's failures and count the batch in the run's log;
-        ``key`` (``batch_key``) makes a batch that runs again count and record once."""
+        ``key`` (``batch_key``) makes a batch that runs again count and record once.
+        ``beside``: the reader's good rows read with the rows it set aside (``StageLog.seen``)."""
         if failures and self.errors.policy == "fail":
             self.stop(failures[0].line() + SKIP_HINT)
         self.errors.write(failures, key)
@@ -232,7 +234,17 @@ class StageRunner:
         # Waited on so that every batch is counted before the driver reads the log.
         refs = [
             self.log.record.remote(
-                self.path, node, start, end, rows_in, rows_out, kinds, self.retries, key, worker
+                self.path,
+                node,
+                start,
+                end,
+                rows_in,
+                rows_out,
+                kinds,
+                self.retries,
+                key,
+                worker,
+                beside,
             )
         ]
         refs += self._push_gpu(node)

@@ -116,3 +116,15 @@ def test_a_worker_ended_by_the_timeout_is_not_counted_as_a_crash():
     assert log.snapshot()[stage]["timeouts"] == 2 and log.snapshot()[stage]["crashes"] == 0
     log.begin(stage, batch, ids, "w4")  # w3 never recorded the batch: it died on it
     assert log.snapshot()[stage]["crashes"] == 1
+
+
+def test_the_error_fraction_counts_the_rows_read_beside_those_the_reader_set_aside():
+    log = StageLog.__ray_actor_class__("models[0]")
+    flagged = {"reader": {"MissingId": 1}}
+    # A block of 40 rows, one without an id, read while the model still loads: 1 of 40.
+    key = batch_key("reader", ["r1", "r2"])
+    assert log.record("reader", "n1", 0.0, 1.0, 1, 0, flagged, key=key, beside=39) == (40, 1)
+    assert log.record("reader", "n1", 0.0, 1.0, 1, 0, flagged, key=key, beside=39) == (40, 1)
+    assert log.record("models[0]", "n1", 1.0, 2.0, 8, 8) == (40, 1)  # of those 39
+    assert log.record("models[0]", "n1", 2.0, 3.0, 40, 40) == (49, 1)  # and of other blocks
+    assert log.snapshot()["reader"]["rows_in"] == 1  # rows_read counts each row once
