@@ -107,25 +107,6 @@ def operator_figures(summary: Any, origin: float | None = None) -> list[dict[str
     return ops
 
 
-def rows_read(ops: list[dict[str, Any]]) -> int:
-    """Rows that entered the pipeline: out of ``limit`` if set, else into the first row consumer."""
-    for op in ops:
-        first = op["name"].split("->")[0]
-        if first.lower().startswith("limit"):
-            return op["rows_out"]
-        if first.startswith(("MapBatches(", "Write")):
-            return op["rows_in"]
-        if "->" in op["name"] and "MapBatches(" in op["name"]:
-            # The read fused with the first stages; stages keep the row count.
-            return op["rows_out"]
-    return 0
-
-
-def rows_written(ops: list[dict[str, Any]]) -> int:
-    writes = [op for op in ops if op["name"].split("->")[-1].startswith("Write")]
-    return writes[-1]["rows_in"] if writes else 0
-
-
 def gpu_busy(stages: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Adds ``gpu_busy_pct`` to each stage whose workers sampled a GPU: the mean of their
     figures, each worker once however long it ran, so a starved worker pulls it down; and
@@ -163,20 +144,14 @@ def build_report(
     """``clock_origin``: ``time.perf_counter()`` at the run's start (see operator_figures)."""
     ops = operator_figures(summary, clock_origin)
     stages = gpu_busy(stages or {})
-    # The framework's own count in front of the writer; Ray's operator counts blur when
-    # the write is fused with the stages before it. No count from the writer but others
-    # from the framework: no row reached it.
-    if "writer" in stages:
-        written = stages["writer"]["rows_out"]
-    else:
-        written = 0 if stages else rows_written(ops)
-    # The first stage's own count is exact; Ray's operator counts blur under fusion. Rows
-    # the reader set aside (READER_PATH) never reach the first stage.
+    # The framework's own counts, in front of the first stage and of the writer: a stage
+    # without any is one no row reached. Ray's operator counts blur under fusion, and when
+    # the write is fused with the read they count the rows read before the --resume
+    # filter, and the write's statistics row as written. Rows the reader set aside
+    # (READER_PATH) never reach the first stage.
+    written = stages["writer"]["rows_out"] if "writer" in stages else 0
     set_aside = stages[READER_PATH]["rows_in"] if READER_PATH in stages else 0
-    if first_stage in stages:
-        read = stages[first_stage]["rows_in"] + set_aside
-    else:
-        read = set_aside or rows_read(ops)
+    read = (stages[first_stage]["rows_in"] if first_stage in stages else 0) + set_aside
     if read != written + rows_failed:
         warnings = [
             *warnings,

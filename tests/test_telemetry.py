@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from framework.dead_letter import batch_key
-from framework.report import RunReport, gpu_busy
+from framework.report import RunReport, build_report, gpu_busy
 from framework.telemetry import StageLog, stage_figures
 from framework.watchdog import TIMED_OUT
 
@@ -128,3 +130,32 @@ def test_the_error_fraction_counts_the_rows_read_beside_those_the_reader_set_asi
     assert log.record("models[0]", "n1", 1.0, 2.0, 8, 8) == (40, 1)  # of those 39
     assert log.record("models[0]", "n1", 2.0, 3.0, 40, 40) == (49, 1)  # and of other blocks
     assert log.snapshot()["reader"]["rows_in"] == 1  # rows_read counts each row once
+
+
+def fused_run_summary(rows_in: int) -> SimpleNamespace:
+    """Ray Data's stats of one operator, from the read to the write: ``rows_in`` rows read,
+    one row of write statistics out."""
+    figure = SimpleNamespace(sum=1.0, count=1)
+    op = SimpleNamespace(
+        operator_name="ReadFilesParquetV2->MapBatches(filter_ids)->MapBatches(reader_flags)"
+        "->MapBatches(count_rows)->Write",
+        wall_time=figure,
+        output_num_rows=figure,
+        total_input_num_rows=rows_in,
+        earliest_start_time=1.0,
+        latest_end_time=2.0,
+        cpu_time=figure,
+        task_rows=figure,
+        node_count=figure,
+    )
+    return SimpleNamespace(parents=[], operators_stats=[op])
+
+
+def test_a_run_no_row_went_through_reports_none_read_or_written():
+    # A --resume of a finished run: the id filter kept none of the 40 rows read, and the
+    # framework counted no batch. Ray's operator counts, fused up to the write, said 40.
+    spec = SimpleNamespace(run=SimpleNamespace(name="x"), source="spec.yaml", resolved={})
+    args = ("2024-01-01T00:00:00+00:00", "out", "out/_infer_run_report.json", {}, [], [])
+    report = build_report(spec, fused_run_summary(40), 2.0, *args, stages={}).data
+    assert (report["rows_read"], report["rows_written"], report["warnings"]) == (0, 0, [])
+    assert "rows read 0, written 0, failed 0" in RunReport(report).summary()
