@@ -82,12 +82,17 @@ def new_stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
 
-def replay_manifest(expected: dict[str, Any], stamp: str, running: bool) -> dict[str, Any]:
+def replay_manifest(
+    expected: dict[str, Any], stamp: str, running: bool, limit: int | None = None
+) -> dict[str, Any]:
     """The manifest a replay writes: its spec, and that a replay wrote it (a --resume given
     another spec is then told to use the replay's, not to start over). ``running`` until
     the replay ends with every row written or recorded again, or its records put back: a
-    replay killed outright leaves it, for the next one to find."""
-    replay = {"archive": f"{REPLAYED_PREFIX}{stamp}", "running": running}
+    replay killed outright leaves it, for the next one to find, and so does one whose
+    ``run.limit`` (``limit``) left rows unrun."""
+    replay: dict[str, Any] = {"archive": f"{REPLAYED_PREFIX}{stamp}", "running": running}
+    if limit is not None:
+        replay["limit"] = limit
     return {**expected, "replay": replay}
 
 

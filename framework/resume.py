@@ -186,9 +186,11 @@ def check_replay_finished(
     }
     if left:
         output = output.rstrip("/")
+        limit = replay.get("limit")
+        ended = f"stopped at run.limit={limit}" if limit is not None else "was interrupted"
         raise InputError(
             f"--replay: the replay whose records are in {str(errors.dead_letter).rstrip('/')}/"
-            f"{name} was interrupted: {len(left)} of its rows are neither in {output} nor "
+            f"{name} {ended}: {len(left)} of its rows are neither in {output} nor "
             "dead-lettered - finish it with --resume and the spec it ran (its resolved copy: "
             f"{output}/{SPEC_NAME}), then --replay what fails again"
         )

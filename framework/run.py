@@ -23,7 +23,7 @@ from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
 from framework.ray_session import data_context, init_ray, read_planning
 from framework.registry import Registry
-from framework.replay import new_stamp, plan_replay, replay_manifest
+from framework.replay import REPLAYED_PREFIX, new_stamp, plan_replay, replay_manifest
 from framework.report import RunReport
 from framework.resume import (
     check_replay_finished,
@@ -112,11 +112,14 @@ def run_spec(
         write_spec_copy(spec, writer)
         replaying.move_records_aside(stamp)
         ids = [i for i in replaying.ids if i not in written]
+        left = limit_leaves(
+            spec, len(ids), f"{str(errors.dead_letter).rstrip('/')}/{REPLAYED_PREFIX}{stamp}"
+        )
         try:
             report = run_plan(
                 plan,
                 registry,
-                facts=facts,
+                facts=(facts[0], facts[1] + left),
                 id_filter=(put_ids(ids), True),
                 replayed=len(ids),
                 recorded_inputs=replaying.unreadable_inputs,
@@ -125,13 +128,27 @@ def run_spec(
             replaying.put_records_back(stamp)
             write_manifest(writer, replay_manifest(expected, stamp, running=False))
             raise
-        write_manifest(writer, replay_manifest(expected, stamp, running=False))
+        # Rows past run.limit are in neither the output nor the records: the next --replay
+        # must refuse as after a kill, until a --resume has run them.
+        limit = spec.run.limit if left else None
+        write_manifest(writer, replay_manifest(expected, stamp, running=bool(left), limit=limit))
         return report
     id_filter = (put_ids(done), False) if resume else None
     report = run_plan(plan, registry, facts=facts, id_filter=id_filter, resumed=resumed)
     if resume and spec.run.limit is None:  # a slice may leave a killed replay's rows undone
         close_replay(writer, found)
     return report
+
+
+def limit_leaves(spec: Spec, replayed: int, archive: str) -> list[str]:
+    """The warning of a --replay whose ``run.limit`` leaves replayed rows unrun, if it does."""
+    limit = spec.run.limit
+    if limit is None or replayed <= limit:
+        return []
+    return [
+        f"--replay: run.limit={limit} leaves {replayed - limit} of the {replayed} replayed rows "
+        f"to run; their records are in {archive}, and a --resume with this spec runs them"
+    ]
 
 
 def earlier_dead_letters(spec: Spec, errors: ErrorPolicy, overwrite: bool) -> None:

@@ -641,3 +641,34 @@ def test_repeated_resumes_keep_one_record_per_row_without_an_id(ray_session, tmp
         assert (report["rows_read"], report["rows_failed"], report["resumed_rows"]) == (3, 3, 2)
         assert records() == expected
     assert sorted(written_ids(out, "parquet")) == ["a", "e"]
+
+
+def test_a_replay_cut_short_by_run_limit_leaves_its_other_rows_to_resume(
+    ray_session, tmp_path, capsys
+):
+    data = write_id_parts(tmp_path / "in", IDS[:6])
+    out = tmp_path / "out"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(  # echo fails on every row: it has no column 'nope'
+        f"errors: {{policy: skip}}\nreader: {{type: parquet, path: {data}}}\n"
+        f"models: [{{type: echo, columns: [nope]}}]\nwriter: {{type: parquet, path: {out}}}\n"
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    fixed = "models[0].columns=[x]"
+    assert main([str(spec), "--replay", "--limit", "2", fixed]) == ExitCode.OK
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert (report["replayed_rows"], report["rows_read"], report["rows_written"]) == (6, 2, 2)
+    [archive] = (out / "_dead_letter").glob("replayed-*")
+    assert report["warnings"] == [
+        f"--replay: run.limit=2 leaves 4 of the 6 replayed rows to run; their records are in "
+        f"{archive}, and a --resume with this spec runs them"
+    ]
+    capsys.readouterr()
+    # Its other 4 rows are neither written nor dead-lettered: a replay would lose them.
+    assert main([str(spec), "--replay", fixed]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err == (
+        f"infer-run: error: --replay: the replay whose records are in {archive} stopped at "
+        f"run.limit=2: 4 of its rows are neither in {out} nor dead-lettered - finish it with "
+        f"--resume and the spec it ran (its resolved copy: {out / '_infer_run_spec.yaml'}), "
+        "then --replay what fails again\n"
+    )
