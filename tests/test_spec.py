@@ -582,3 +582,16 @@ def test_a_writer_given_an_empty_path_deletes_nothing(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"writer\.path: '' is empty"):
         ParquetWriter(path="", overwrite=True).prepare()
     assert (tmp_path / "precious.txt").exists()
+
+
+def test_a_type_reads_the_same_on_python_3_10():
+    # 3.10's type hints made a parameter defaulting to None Optional[list[str]], and the
+    # spec problem said so ("expected Optional[list[str]]") where 3.11 said list[str] | None.
+    import typing
+
+    from framework.spec.params import type_name
+
+    assert type_name(typing.Optional[list[str]]) == "list[str] | None"  # noqa: UP045
+    assert type_name(list[str] | None) == "list[str] | None"
+    assert type_name(typing.Union[int, str, None]) == "int | str | None"  # noqa: UP007
+    assert type_name(int) == "int"

@@ -127,6 +127,12 @@ def matches_type(value: Any, hint: Any) -> bool:
 
 
 def type_name(hint: Any) -> str:
+    """A parameter's type as Python 3.11 prints it, on 3.10 too (whose type hints make a
+    parameter defaulting to None ``Optional[...]``, and print it so)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " | ".join(type_name(arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
     if isinstance(hint, type) and not typing.get_args(hint):
         return hint.__name__
     return str(hint).replace("typing.", "").replace("NoneType", "None")
