@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from framework.components import (
     ID_COLUMN,
+    JSON_IDS,
     Batch,
     Component,
     Model,
@@ -18,6 +19,7 @@ from framework.components import (
     Reader,
     Stage,
     Writer,
+    id_type_kept,
 )
 from framework.dead_letter import ERROR_COLUMN, jsonl_ids
 from framework.errors import InferError, InputError, PluginError, RunError, SpecError
@@ -47,6 +49,7 @@ except PackageNotFoundError:  # running from a checkout that was never installed
 __all__ = [
     "ERROR_COLUMN",
     "ID_COLUMN",
+    "JSON_IDS",
     "Batch",
     "Component",
     "InferError",
@@ -66,6 +69,7 @@ __all__ = [
     "file_sha256",
     "filesystem_for",
     "hookimpl",
+    "id_type_kept",
     "is_remote",
     "jsonl_ids",
     "loop_error",

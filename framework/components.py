@@ -9,7 +9,7 @@ keeping ``id`` aligned, and tensor columns leave as one fixed-shape ndarray.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -25,6 +25,24 @@ if TYPE_CHECKING:
 Batch = dict[str, np.ndarray]
 
 ID_COLUMN = "id"
+
+# Id types a JSON line gives back as the same values: a record's id, or a JSON-lines
+# writer's. A timestamp went in as text or epoch units and came back another type.
+JSON_IDS: tuple[Callable[[pa.DataType], bool], ...] = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_integer,
+    pa.types.is_floating,
+    pa.types.is_boolean,
+    pa.types.is_null,
+)
+
+
+def id_type_kept(found: pa.DataType, kinds: tuple[Callable[[pa.DataType], bool], ...]) -> bool:
+    """Whether ids of type ``found`` are one of ``kinds``; dictionary-encoded ones (a pandas
+    categorical read from parquet) by their values."""
+    values = found.value_type if pa.types.is_dictionary(found) else found
+    return any(kind(values) for kind in kinds)
 
 
 class Component:

@@ -8,16 +8,8 @@ from collections.abc import Callable
 
 import pyarrow as pa
 
-from framework import ID_COLUMN, RunError
+from framework import ID_COLUMN, JSON_IDS, RunError, id_type_kept
 
-JSON_IDS: tuple[Callable[[pa.DataType], bool], ...] = (
-    pa.types.is_string,
-    pa.types.is_large_string,
-    pa.types.is_integer,
-    pa.types.is_floating,
-    pa.types.is_boolean,
-    pa.types.is_null,
-)
 # CSV writes a float32 in its own shortest form, which reads back as another float64.
 CSV_IDS = (*JSON_IDS[:3], pa.types.is_float64, pa.types.is_boolean, pa.types.is_null)
 
@@ -29,9 +21,7 @@ def check_id_type(
     if ID_COLUMN not in table.column_names:
         return
     found = table.schema.field(ID_COLUMN).type
-    # Dictionary-encoded (a pandas categorical read from parquet): written as its values.
-    written = found.value_type if pa.types.is_dictionary(found) else found
-    if not any(kind(written) for kind in kinds):
+    if not id_type_kept(found, kinds):
         raise RunError(
             f"writer: the 'id' column is {found}, which {what} cannot give back as the same "
             "values, so --resume and --replay would miss or repeat rows - give the rows "

@@ -672,3 +672,29 @@ def test_a_replay_cut_short_by_run_limit_leaves_its_other_rows_to_resume(
         f"--resume and the spec it ran (its resolved copy: {out / '_infer_run_spec.yaml'}), "
         "then --replay what fails again\n"
     )
+
+
+def test_replay_refuses_ids_the_records_cannot_give_back(
+    ray_session, tmp_path, capsys, monkeypatch
+):
+    # A record keeps a timestamp id as text: the replay matched no row, archived the records
+    # and ended "ok", the rows in neither the output nor the records.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("INFER_PLUGINS", "tests.plugins.flaky")
+    (tmp_path / "in").mkdir()
+    ids = pa.array(range(0, 300_000_000, 60_000_000), pa.timestamp("us"))
+    pq.write_table(pa.table({"id": ids, "x": [1.0] * 5}), tmp_path / "in" / "p.parquet")
+    out = tmp_path / "out"
+    spec = flaky_spec(tmp_path, tmp_path / "in", f"writer: {{type: parquet, path: {out}}}")
+    assert main([str(spec)]) == ExitCode.OK
+    records = out / "_dead_letter"
+    before = {p.name: p.read_bytes() for p in records.glob("*.jsonl")}
+    assert before
+    capsys.readouterr()
+    assert main([str(spec), "--replay"]) == ExitCode.RUN_FAILED
+    err = capsys.readouterr().err
+    assert "--replay: the 'id' column is timestamp[us], which the dead-letter records" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in records.glob("*.jsonl")} == before  # put back
