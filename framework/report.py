@@ -153,10 +153,14 @@ def build_report(
     set_aside = stages[READER_PATH]["rows_in"] if READER_PATH in stages else 0
     read = (stages[first_stage]["rows_in"] if first_stage in stages else 0) + set_aside
     if read != written + rows_failed:
-        warnings = [
-            *warnings,
-            f"rows do not add up: {read} read but {written} written and {rows_failed} failed",
-        ]
+        # A run that stopped leaves rows in flight, neither written nor failed: said so,
+        # not as a loss (--resume runs them).
+        gap = (
+            f"{read - written - rows_failed} rows were in flight when the run stopped"
+            if failure and read > written + rows_failed
+            else "rows do not add up"
+        )
+        warnings = [*warnings, f"{gap}: {read} read, {written} written and {rows_failed} failed"]
     return RunReport(
         {
             "schema_version": SCHEMA_VERSION,

@@ -159,3 +159,20 @@ def test_a_run_no_row_went_through_reports_none_read_or_written():
     report = build_report(spec, fused_run_summary(40), 2.0, *args, stages={}).data
     assert (report["rows_read"], report["rows_written"], report["warnings"]) == (0, 0, [])
     assert "rows read 0, written 0, failed 0" in RunReport(report).summary()
+
+
+def test_rows_in_flight_when_a_run_stopped_are_not_called_a_loss():
+    spec = SimpleNamespace(run=SimpleNamespace(name="x"), source="spec.yaml", resolved={})
+    args = ("2024-01-01T00:00:00+00:00", "out", "out/_infer_run_report.json", {}, [], [])
+    stages = {
+        "models[0]": {"rows_in": 40, "rows_out": 30},
+        "writer": {"rows_in": 20, "rows_out": 20},
+    }
+    figures = {"stages": stages, "first_stage": "models[0]", "rows_failed": 5}
+    summary = SimpleNamespace(parents=[], operators_stats=[])
+    stopped = build_report(spec, summary, 2.0, *args, **figures, failure="5 rows failed").data
+    assert stopped["warnings"] == [
+        "15 rows were in flight when the run stopped: 40 read, 20 written and 5 failed"
+    ]
+    ended = build_report(spec, summary, 2.0, *args, **figures).data  # finished: rows missing
+    assert ended["warnings"] == ["rows do not add up: 40 read, 20 written and 5 failed"]
