@@ -178,6 +178,24 @@ def test_parquet_null_image_and_wrong_shape_array(ray_session, corpus, tmp_path)
     assert dead["y"]["stage"] == "reader"
     assert dead["y"]["message"] == "'image' holds 45 values, shape [4, 4, 3] needs 48"
 
+    # A null row of a tensor column stopped the whole read in Ray's conversion to numpy.
+    tensors = tmp_path / "tensors"
+    tensors.mkdir()
+    stack = np.arange(3 * 48, dtype=np.uint8).reshape(3, 4, 4, 3)
+    whole = pa.FixedShapeTensorArray.from_numpy_ndarray(stack)
+    holed = pa.FixedSizeListArray.from_arrays(
+        whole.storage.values, 48, mask=pa.array([False, True, False])
+    )
+    column = pa.ExtensionArray.from_storage(whole.type, holed)
+    pq.write_table(pa.table({"id": ["p", "q", "r"], "image": column}), tensors / "t.parquet")
+    out = tmp_path / "out3"
+    path = spec(tmp_path, f"{{type: image_parquet, path: {tensors}}}")
+    assert main([str(path), f"writer.path={out}"]) == ExitCode.OK
+    written, dead = outcome(out)
+    assert (sorted(written), sorted(dead)) == (["p", "r"], ["q"])
+    assert dead["q"]["stage"] == "reader"
+    assert dead["q"]["message"] == "'image' holds null, shape [4, 4, 3] needs 48"
+
 
 def test_unreadable_parquet_file_is_set_aside(ray_session, corpus, tmp_path, capsys):
     data = tmp_path / "data"

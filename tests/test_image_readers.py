@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import tarfile
 import zlib
 from collections.abc import Iterable
@@ -21,7 +22,7 @@ from PIL import Image
 
 from framework.plugins import load_registry
 from plugins.images import ImageFolderReader, ImageParquetReader, WebDatasetReader
-from plugins.images.image_columns import flat_to_tensor
+from plugins.images.image_columns import flat_to_tensor, null_tensors_flagged
 
 pytestmark = pytest.mark.ray
 
@@ -329,6 +330,32 @@ def test_flat_pixels_that_cannot_fill_the_shape_are_flagged_not_dropped(photos):
 
     empty = flat_to_tensor(table.slice(0, 0), column="image", id_column="id", shape=shape)
     assert empty.num_rows == 0 and empty.schema.field("image").type.shape == list(shape)
+
+
+def test_null_rows_of_a_tensor_column_are_flagged_not_the_read_stopped(photos):
+    # Ray's conversion to numpy refuses a tensor column holding a null: the whole read
+    # stopped ("storage kept failing") over one missing image, as a left join leaves.
+    stack = np.stack(list(photos.values()))
+    whole = pa.FixedShapeTensorArray.from_numpy_ndarray(stack)
+    holed = pa.ExtensionArray.from_storage(
+        whole.type,
+        pa.FixedSizeListArray.from_arrays(
+            whole.storage.values,
+            math.prod(stack.shape[1:]),
+            mask=pa.array([i in (1, 4) for i in range(5)]),
+        ),
+    )
+    out = null_tensors_flagged(pixels_table(photos, holed), column="image", id_column="id")
+    reasons = out["_error"].to_pylist()
+    assert reasons[1] == reasons[4] == "'image' holds null, shape [24, 32, 3] needs 2304"
+    assert [reasons[i] for i in (0, 2, 3)] == ["", "", ""]
+    pixels = out["image"].combine_chunks().to_numpy_ndarray()
+    for i, name in enumerate(photos):
+        expected = np.zeros_like(stack[0]) if i in (1, 4) else photos[name]
+        np.testing.assert_array_equal(pixels[i], expected)
+
+    table = pixels_table(photos, whole)
+    assert null_tensors_flagged(table, column="image", id_column="id") is table
 
 
 def test_whole_flat_pixels_become_the_tensor_without_a_copy(photos):

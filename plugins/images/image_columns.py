@@ -126,6 +126,22 @@ def flat_to_tensor(
     return table
 
 
+def null_tensors_flagged(table: pa.Table, column: str, id_column: str) -> pa.Table:
+    """A fixed-shape tensor column's null rows as rows of zeros flagged in ``_error``.
+
+    Ray's conversion of a tensor column to numpy refuses a null anywhere in it, which
+    stopped the whole read over one missing image (a left join leaves them). A column
+    without nulls is returned as it is, uncopied.
+    """
+    chunks = table[column]
+    shape = getattr(chunks.type, "shape", None)  # None: a variable-shaped Ray tensor
+    if not chunks.null_count or not shape:
+        return table
+    storage = pa.chunked_array([c.storage for c in chunks.chunks], chunks.type.storage_type)
+    flat = table.set_column(table.schema.get_field_index(column), column, storage)
+    return flat_to_tensor(flat, column, id_column, tuple(shape))
+
+
 def struct_to_bytes(table: pa.Table, column: str) -> pa.Table:
     return table.set_column(
         table.schema.get_field_index(column), column, pc.struct_field(table[column], "bytes")

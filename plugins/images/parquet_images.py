@@ -31,7 +31,13 @@ from framework import (
 )
 from framework.file_filter import misread_problems
 from plugins.images.common import as_paths, locate, path_list_problems
-from plugins.images.image_columns import flat_to_tensor, layout_of, shape_problems, struct_to_bytes
+from plugins.images.image_columns import (
+    flat_to_tensor,
+    layout_of,
+    null_tensors_flagged,
+    shape_problems,
+    struct_to_bytes,
+)
 from plugins.parquet import read_parquet_files, unsuffixed_problems
 
 IMAGE_COLUMN = "image"
@@ -171,6 +177,14 @@ class ImageParquetReader(Reader):
                     "id_column": self.id_column,
                     "shape": self.shape,
                 },
+                **self.map_args,
+            )
+        elif layout.kind == "tensor":
+            ds = ds.map_batches(
+                null_tensors_flagged,
+                batch_format="pyarrow",
+                batch_size=None,
+                fn_kwargs={"column": self.image_column, "id_column": self.id_column},
                 **self.map_args,
             )
         elif layout.kind == "struct_bytes":
