@@ -90,21 +90,28 @@ def make_shard(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
 
 def shard_samples(photos: dict[str, np.ndarray]) -> tuple[list[list[tuple[str, bytes]]], dict]:
     """Members of two shards, and the image each sample key must come out with."""
+    # macOS's tar adds a "._" AppleDouble member before each file it archives, and a
+    # folder may hold a .DS_Store: hidden members, not samples (Ray keyed them all "train/").
+    apple_double = b"\x00\x05\x16\x07 Mac OS X extended attributes"
     first = [
+        ("train/._000.cls", apple_double),
         ("train/000.cls", b"3"),
+        ("train/._000.jpg", apple_double),
         ("train/000.jpg", encode(photos["astronaut"], "JPEG")),
         ("train/001.json", b'{"label": 1}'),
+        ("train/._001.PNG", apple_double),
         ("train/001.PNG", encode(photos["chelsea"], "PNG")),
         ("train/001.jpg", encode(photos["coffee"], "JPEG")),
         ("train/002.txt", b"a caption and no image"),
+        ("train/.DS_Store", b"Bud1 finder settings"),
     ]
     second = [
         ("train/003.seg.png", encode(photos["rocket"], "PNG")),
         ("train/004.webp", encode(photos["hopper"], "WEBP")),
     ]
     expected = {
-        "train/000": first[1][1],
-        "train/001": first[3][1],  # the first image member in tar order wins
+        "train/000": dict(first)["train/000.jpg"],
+        "train/001": dict(first)["train/001.PNG"],  # the first image member in tar order wins
         "train/002": b"",  # kept, so the decode stage can fail it under its id
         "train/003": second[0][1],
         "train/004": second[1][1],
@@ -465,7 +472,9 @@ def test_webdataset_reads_a_list_of_shards_gzipped_or_not(ray_session, tmp_path,
     got = rows(WebDatasetReader(path=paths, extensions=["jpg", "webp"]).read())
 
     assert sorted(got) == ["train/000", "train/001", "train/002", "val/003", "val/004"]
-    assert bytes(got["train/001"]["image"]) == shards[0][4][1]  # the .PNG is not asked for
+    assert (
+        bytes(got["train/001"]["image"]) == dict(shards[0])["train/001.jpg"]
+    )  # the .PNG is not asked for
     assert bytes(got["val/003"]["image"]) == b""
     assert bytes(got["val/004"]["image"]) == expected["train/004"]
 

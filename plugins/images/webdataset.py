@@ -56,12 +56,22 @@ def pick_image(sample: dict[str, Any], extensions: tuple[str, ...]) -> dict[str,
     return {ID_COLUMN: sample["__key__"], "image": image}
 
 
+def is_hidden_member(name: str) -> bool:
+    """A member whose file name starts with ".": macOS's tar archives a "._x.jpg"
+    AppleDouble file before each "x.jpg", and folders hold ".DS_Store". Ray keys such a
+    member in a subfolder by the folder ("train/"), so it made a bogus sample, or, being
+    one key met again, a shard Ray refuses to group. The folder readers skip them too.
+    "./x.jpg" (a tar made with ``tar -cf x.tar .``) is not hidden: its name is "x.jpg"."""
+    return name.rsplit("/", 1)[-1].startswith(".")
+
+
 class WebDatasetReader(Reader):
     """Samples of WebDataset shards (``.tar``, ``.tar.gz``, ``.tgz`` files or directories of them).
 
     ``id`` is the sample key (the member path up to the first "." of its file name) and
     ``image`` the bytes of the sample's first member whose extension is in
     ``extensions``, or b"" when it has none. Keys are assumed unique across shards.
+    Members whose file name starts with "." (macOS's "._x.jpg", ".DS_Store") are skipped.
     """
 
     def __init__(
@@ -155,7 +165,7 @@ class ShardDatasource(WebDatasetDatasource):
 
     def _read_stream(self, stream: Any, path: str) -> Iterator[pa.Table]:
         def members() -> Iterator[dict[str, Any]]:
-            return _tar_file_iterator(stream)
+            return (m for m in _tar_file_iterator(stream) if not is_hidden_member(m["fname"]))
 
         rows: list[dict[str, Any]] = []
         done = 0
