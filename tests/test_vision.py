@@ -115,6 +115,17 @@ def test_decode_image_ragged_batch_and_decoded_arrays():
     np.testing.assert_array_equal(out[2], PIXELS[:, :, [0, 0, 0]])
 
 
+def test_gray_and_alpha_arrays_decode_as_their_png_does():
+    # image_parquet takes [H, W, 2] uint8 tensors; they were refused on every row, while
+    # the same pixels as an "LA" PNG decoded (alpha dropped, gray repeated).
+    gray_alpha = np.stack([PIXELS[:, :, 0], PIXELS[:, :, 1]], axis=2)
+    png = encode(Image.fromarray(gray_alpha, mode="LA"), "PNG")
+    from_png = DecodeImage()({"id": np.array([0]), "image": column([png])})["image"]
+    from_arrays = DecodeImage()({"id": np.array([1, 2]), "image": np.stack([gray_alpha] * 2)})
+    np.testing.assert_array_equal(from_png[0], PIXELS[:, :, [0, 0, 0]])
+    np.testing.assert_array_equal(from_arrays["image"], np.stack([from_png[0]] * 2))
+
+
 def test_pixel_limit_names_max_pixels_even_past_twice_pillows_own(monkeypatch):
     # At the default max_pixels (Pillow's own limit), Pillow refused an image over twice
     # it inside Image.open: the record named Pillow's limit, not the parameter to raise.

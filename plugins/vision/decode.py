@@ -81,7 +81,10 @@ def draft_size(size: tuple[int, int], target: tuple[int, ...], margin: float) ->
 
 
 def pixels_to_chw(array: np.ndarray) -> torch.Tensor:
-    """An HW / HWC (C = 1, 3 or 4) uint8 or uint16 array as an RGB uint8 CHW tensor."""
+    """An HW / HWC (C = 1, 2, 3 or 4) uint8 or uint16 array as an RGB uint8 CHW tensor.
+
+    Two channels are gray and alpha, as an "LA" PNG decodes: the gray kept, repeated.
+    """
     if array.dtype == np.uint16:
         # Same rule as torchvision's to_dtype(scale=True): keep the high byte.
         array = (array >> 8).astype(np.uint8)
@@ -89,8 +92,10 @@ def pixels_to_chw(array: np.ndarray) -> torch.Tensor:
         raise DecodeError(f"pixel arrays must be uint8 or uint16, got {array.dtype}")
     if array.ndim == 2:
         array = array[:, :, None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise DecodeError(f"pixel arrays must be [H, W] or [H, W, 1|3|4], got {list(array.shape)}")
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise DecodeError(
+            f"pixel arrays must be [H, W] or [H, W, 1|2|3|4], got {list(array.shape)}"
+        )
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     return chw_to_rgb(tensor)
 
