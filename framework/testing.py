@@ -246,9 +246,12 @@ class SpecFile(pytest.File):
         import yaml
 
         try:
-            data = yaml.safe_load(self.path.read_text())
+            documents = list(yaml.safe_load_all(self.path.read_text()))
         except yaml.YAMLError as exc:
             raise self.CollectError(f"{self.path}: invalid YAML: {exc}") from None
+        # A stream of several documents (Kubernetes manifests, `infer-run k8s`'s output)
+        # is no spec: skipped like any other YAML without a benchmark: block.
+        data = documents[0] if len(documents) == 1 else None
         if isinstance(data, dict) and data.get("benchmark") is not None:
             if not self.config.pluginmanager.hasplugin("benchmark"):
                 raise self.CollectError("--infer-specs needs pytest-benchmark: pip install it")

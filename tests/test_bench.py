@@ -230,11 +230,15 @@ def test_specs_are_collected_only_with_a_benchmark_block(
     write_spec(specs / "fast.yaml", echo_spec(table, MET))
     write_spec(specs / "nested" / "deep.yml", echo_spec(table, {}))
     write_spec(specs / "plain.yaml", echo_spec(table, None))
+    # Kubernetes manifests beside the specs (`infer-run k8s SPEC > ...`): a stream of
+    # documents, no spec, and no reason to stop the collection of the others.
+    (specs / "job.yaml").write_text("kind: ConfigMap\n---\nkind: Job\nbenchmark: {}\n")
     pytester.makepyfile(test_unit="def test_unit():\n    pass\n")
     pytester.makeini("[pytest]\ntestpaths = test_unit.py\n")
 
     # On the command line without test paths: the specs instead of testpaths.
     result = pytester.runpytest("--infer-specs", "specs", "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.outlines[-20:]
     assert sorted(line for line in result.outlines if "::" in line) == [
         "specs/fast.yaml::fast",
         "specs/nested/deep.yml::deep",
