@@ -92,9 +92,10 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
         auto_cpus = max(0.25, math.floor(avail / per_node * 4) / 4)
         for model in cpu_models:
             cpus_each = _cpus_per_actor(model.resources, avail, len(cpu_nodes), auto_cpus)
-            # As many actors as fit on the CPU nodes beside the reserve, at least one.
+            # As many actors as fit on the CPU nodes beside the reserve, at least one; the
+            # epsilon as in Ray's 1e-4 units: 7 // 0.1 is 69.0 in floats, 70 actors for Ray.
             fits = sum(
-                int((n.cpus - reserve) / len(cpu_models) // cpus_each) if cpus_each else 1
+                int((n.cpus - reserve) / len(cpu_models) / cpus_each + 1e-6) if cpus_each else 1
                 for n in cpu_nodes
             )
             pool = max(1, fits)

@@ -240,6 +240,9 @@ def test_spec_values_win_over_sizing(data):
     # As many 1-CPU actors as fit beside the CPU kept for Ray Data: 7 of the 8.
     assert (model.pool, model.ray_args) == ((7, 7), {"num_cpus": 1.0})
     assert model.reason.startswith("auto (actors):")
+    # Counted as Ray counts (units of 1e-4 CPU): 7 // 0.1 is 69.0 in floats, 70 actors fit.
+    tenth = plan_for(simple(data, resources={"num_gpus": 0, "num_cpus": 0.1})).nodes[2]
+    assert tenth.pool == (70, 70)
 
 
 def test_a_cpu_models_pool_from_the_spec_shares_the_cores_it_leaves_out(data):
