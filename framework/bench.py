@@ -195,7 +195,8 @@ def _time_models(models: Sequence[Any], ready: Batch) -> dict[str, Any]:
     rows = len(ready[ID_COLUMN])
     size = models[0].batch_size or rows
     inputs = [{k: v[i : i + size] for k, v in ready.items()} for i in range(0, rows, size)]
-    stages = [n.stage.cls(**n.stage.params) for n in models]
+    # Built from what the run's workers get (``worker_params``), not the spec's params.
+    stages = [n.stage.cls(**n.stage.cls.worker_params(n.stage.params)) for n in models]
     torch = sys.modules.get("torch")  # only if a model imported it: echo needs no torch
     previous = torch.get_num_threads() if torch else 0
     if torch:

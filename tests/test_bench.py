@@ -9,20 +9,24 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from framework.bench import evaluate, figures
+from framework.bench import _time_models, evaluate, figures
 from framework.cli import main
+from framework.components import ID_COLUMN, Batch, Model
 from framework.errors import SpecError
+from framework.plan import MapNode
 from framework.plugins import load_registry
 from framework.spec import load_spec, validate_spec
-from framework.spec.schema import BenchmarkSection
+from framework.spec.schema import BenchmarkSection, Resources, StageConfig
 
 pytest_plugins = ["pytester"]
 
@@ -91,6 +95,29 @@ def test_figures_count_every_actor_of_the_model_pools() -> None:
     assert got["model_actors"] == 2
     assert got["outside_model_share"] == 0.75  # 1 s busy of 2 s x 2 actors
     assert got["stage_busy_s"] == {"preprocessors[0]": 0.5, "models[0]": 1.0}
+
+
+class LookedUp(Model):
+    """Resolves ``name`` once on the driver (``worker_params``); workers get ``resolved``."""
+
+    def __init__(self, resolved: str) -> None:
+        self.resolved = resolved
+
+    @classmethod
+    def worker_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"resolved": str(params["name"]).upper()}
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch["resolved"] = np.full(len(batch[ID_COLUMN]), self.resolved, dtype=object)
+        return batch
+
+
+def test_model_only_builds_the_models_from_their_worker_params() -> None:
+    """As the run's actors and --calibrate's probes do: the ceiling times the same model."""
+    stage = StageConfig("models[0]", "model", "looked_up", LookedUp, {"name": "r18"}, Resources())
+    node = MapNode(stage=stage, compute="actors", batch_size=2, pool=(1, 1))
+    ceiling = _time_models([node], {ID_COLUMN: np.array(["a", "b", "c"], dtype=object)})
+    assert (ceiling["rows"], ceiling["batch_size"], ceiling["gpu_stages"]) == (3, 2, [])
 
 
 def test_evaluate_passes_fails_and_skips_with_one_line_each() -> None:
