@@ -22,7 +22,7 @@ from typing import Any
 import ray
 
 from framework.calibrate import read_sample
-from framework.cli_args import writable_file
+from framework.cli_args import at_least, writable_file
 from framework.cluster import ray_cluster
 from framework.components import ID_COLUMN, Batch
 from framework.errors import ExitCode, InputError
@@ -254,7 +254,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", type=writable_file, help="write the figures and checks as JSON here"
     )
-    parser.add_argument("--rounds", type=int, help="timed runs; same as benchmark.rounds=N")
+    parser.add_argument("--rounds", type=at_least(1), help="timed runs; same as benchmark.rounds=N")
     parser.add_argument(
         "--machine-label",
         default=os.environ.get(LABEL_ENV),

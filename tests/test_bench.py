@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from framework.bench import _time_models, evaluate, figures
 from framework.cli import main
 from framework.components import ID_COLUMN, Batch, Model
-from framework.errors import SpecError
+from framework.errors import ExitCode, SpecError
 from framework.plan import MapNode
 from framework.plugins import load_registry
 from framework.spec import load_spec, validate_spec
@@ -95,6 +95,20 @@ def test_figures_count_every_actor_of_the_model_pools() -> None:
     assert got["model_actors"] == 2
     assert got["outside_model_share"] == 0.75  # 1 s busy of 2 s x 2 actors
     assert got["stage_busy_s"] == {"preprocessors[0]": 0.5, "models[0]": 1.0}
+
+
+@pytest.mark.parametrize("rounds", ["0", "-2"])
+def test_rounds_below_one_is_a_bad_flag_value(
+    table: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], rounds: str
+) -> None:
+    """The flag is named, not a benchmark.rounds the spec never set (a spec error)."""
+    path = write_spec(tmp_path / "echo.yaml", echo_spec(table, MET))
+    with pytest.raises(SystemExit) as exited:
+        main(["bench", str(path), "--rounds", rounds])
+    assert exited.value.code == ExitCode.USAGE_ERROR
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"infer-run bench: error: argument --rounds: must be at least 1, got {rounds}"
+    )
 
 
 class LookedUp(Model):
