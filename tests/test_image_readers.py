@@ -205,6 +205,13 @@ def test_folder_check_reports_missing_file_and_empty(tmp_path, photos):
     assert ImageFolderReader.check({"path": str(tmp_path), "extensions": ["gif"]}) == [
         f"path: no image files (gif) under {tmp_path}"
     ]
+    # An empty list read every default extension instead, without a word.
+    assert ImageFolderReader.check({"path": str(tmp_path), "extensions": []}) == [
+        "extensions: expected a non-empty list such as [jpg, png], got []"
+    ]
+    assert WebDatasetReader.check({"path": str(tmp_path), "extensions": []}) == [
+        "extensions: expected a non-empty list such as [jpg, png], got []"
+    ]
 
 
 # --- image_parquet ------------------------------------------------------------------

@@ -58,7 +58,10 @@ class ImageFolderReader(Reader):
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
         path = params["path"]
-        extensions = params.get("extensions") or IMAGE_EXTENSIONS
+        # None: the defaults. An empty list is a mistake, not a wish for the defaults.
+        extensions = params.get("extensions")
+        if extensions is None:
+            extensions = IMAGE_EXTENSIONS
         problems = extension_problems(extensions)
         if problems:
             return problems

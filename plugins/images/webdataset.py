@@ -89,8 +89,9 @@ class WebDatasetReader(Reader):
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
         paths = as_paths(params["path"])
+        extensions = params.get("extensions")  # None: the defaults; [] is a mistake
         problems = path_list_problems(paths) + extension_problems(
-            params.get("extensions") or IMAGE_EXTENSIONS
+            IMAGE_EXTENSIONS if extensions is None else extensions
         )
         if problems:
             return problems
