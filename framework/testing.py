@@ -58,6 +58,8 @@ def conformance_problems(
     first = _call(stage, _copy(batch), where, problems)
     if first is not None:
         problems.extend(_output_problems(stage, batch, first, where))
+    # Only two dicts compare: a list or a DataFrame is reported above, once.
+    if isinstance(first, dict):
         again = _call(stage, _copy(batch), where, problems)
         if again is not None and not _same(first, again):
             problems.append(f"{where}: the same input gave a different output the second time")
@@ -110,8 +112,8 @@ def _copy(batch: Batch) -> Batch:
     return {k: v.copy() for k, v in batch.items()}
 
 
-def _same(a: Batch, b: Batch) -> bool:
-    if a.keys() != b.keys():
+def _same(a: Batch, b: Any) -> bool:
+    if not isinstance(b, dict) or a.keys() != b.keys():
         return False
     for key in a:
         x, y = np.asarray(a[key]), np.asarray(b[key])

@@ -28,6 +28,7 @@ BATCH = {"id": np.array(["a", "b", "c"], dtype=object), "x": np.arange(3.0)}
         ("fewer_rows", "returned 2 rows in column 'id' for 3"),
         ("drop_id", "dropped the 'id' column"),
         ("dataframe", "returned DataFrame"),
+        ("rows", "returned list"),
         ("list_column", "returned column 'tags' as list"),
         ("changed_ids", "changed or reordered the 'id' values"),
         ("reordered", "changed or reordered the 'id' values"),

@@ -7,7 +7,7 @@ import pytest
 
 from framework.plugins import load_registry
 from framework.testing import assert_conformant, conformance_problems
-from tests.plugins import broken
+from tests.plugins import broken, careless
 
 SAMPLE = {"id": np.array(["a", "b", "c"], dtype=object), "x": np.array([1.0, 2.0, 3.0])}
 
@@ -144,3 +144,19 @@ def test_torchscript_model_conforms(tmp_path):
         "image": np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16), dtype=np.uint8),
     }
     assert_conformant("model", "torchscript", params={"path": str(path)}, batch=pixels)
+
+
+@pytest.mark.parametrize(("how", "returned"), [("dataframe", "DataFrame"), ("rows", "list")])
+def test_a_stage_returning_no_dict_is_reported_not_a_crash_of_the_kit(how, returned):
+    problems = conformance_problems(
+        "preprocessor",
+        "breaks_contract",
+        params={"how": how},
+        batch=SAMPLE,
+        registry=load_registry([careless]),
+    )
+    expected = f"returned {returned}, expected dict[str, numpy.ndarray]"
+    assert problems == [
+        f"preprocessor 'breaks_contract': {expected}",
+        f"preprocessor 'breaks_contract' on an empty batch: {expected}",
+    ]

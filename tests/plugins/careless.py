@@ -30,6 +30,8 @@ class BreaksContract(Preprocessor):
             return {k: v for k, v in batch.items() if k != "id"}
         if self.how == "dataframe":
             return pd.DataFrame(batch)  # type: ignore[return-value]
+        if self.how == "rows":
+            return [{"id": i} for i in ids]  # type: ignore[return-value]
         if self.how == "list_column":
             return {**batch, "tags": [f"t{i}" for i in range(len(ids))]}  # type: ignore[dict-item]
         if self.how == "changed_ids":
