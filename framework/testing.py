@@ -54,7 +54,9 @@ def conformance_problems(
         return problems
     if batch is None or ID_COLUMN not in batch:
         return [f"{where}: conformance needs a sample batch with an {ID_COLUMN!r} column"]
-    stage = entry.cls(**bound)
+    stage = _build(entry.cls, bound, where, problems)
+    if stage is None:
+        return problems
     first = _call(stage, _copy(batch), where, problems)
     if first is not None:
         problems.extend(_output_problems(stage, batch, first, where))
@@ -73,6 +75,18 @@ def conformance_problems(
 def assert_conformant(kind: str, name: str, **kwargs: Any) -> None:
     problems = conformance_problems(kind, name, **kwargs)
     assert not problems, "\n".join(problems)
+
+
+def _build(cls: type, bound: dict[str, Any], where: str, problems: list[str]) -> Any:
+    """The stage as a run's workers build it: from ``worker_params``, whose result binding
+    and ``check()`` never see (a renamed key passed them and failed every worker)."""
+    try:
+        return cls(**cls.worker_params(bound))
+    except Exception as exc:
+        problems.append(
+            f"{where}: {cls.__name__}(**worker_params(params)) raised {type(exc).__name__}: {exc}"
+        )
+        return None
 
 
 def _call(stage: Any, batch: Batch, where: str, problems: list[str]) -> Batch | None:

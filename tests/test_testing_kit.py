@@ -160,3 +160,13 @@ def test_a_stage_returning_no_dict_is_reported_not_a_crash_of_the_kit(how, retur
         f"preprocessor 'breaks_contract': {expected}",
         f"preprocessor 'breaks_contract' on an empty batch: {expected}",
     ]
+
+
+def test_a_stage_is_built_from_its_worker_params_as_a_run_builds_it():
+    problems = conformance_problems(
+        "preprocessor", "forgets_params", batch=SAMPLE, registry=load_registry([careless])
+    )
+    assert problems == [
+        "preprocessor 'forgets_params': ForgetsParams(**worker_params(params)) raised "
+        "TypeError: ForgetsParams.__init__() got an unexpected keyword argument 'word_list'"
+    ]

@@ -3,6 +3,9 @@ in one line instead of crashing, running them as if nothing were wrong, or blami
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import ray.data
@@ -39,6 +42,20 @@ class BreaksContract(Preprocessor):
         if self.how == "reordered":
             return {k: v[::-1] for k, v in batch.items()}
         raise AssertionError(self.how)
+
+
+class ForgetsParams(Preprocessor):
+    """Its worker_params renamed a key: binding and check() pass, every worker fails."""
+
+    def __init__(self, words: str = "a,b") -> None:
+        self.words = words.split(",") if isinstance(words, str) else words
+
+    @classmethod
+    def worker_params(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {"word_list": params["words"].split(",")}
+
+    def __call__(self, batch: Batch) -> Batch:
+        return batch
 
 
 class CheckRaises(Preprocessor):
@@ -86,6 +103,7 @@ class ListReader(Reader):
 def register_preprocessors(register):
     register("no_init", NoInit)
     register("breaks_contract", BreaksContract)
+    register("forgets_params", ForgetsParams)
     register("check_raises", CheckRaises)
     register("check_returns_text", CheckReturnsText)
 
