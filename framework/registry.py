@@ -48,6 +48,13 @@ class Registry:
                 f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} as "
                 f"{entry.cls.__qualname__}, which is not a framework.{base.__name__}"
             )
+        missing = sorted(getattr(entry.cls, "__abstractmethods__", ()))
+        if missing:
+            # It registers, then every worker fails to build it, with Ray's traceback.
+            raise PluginError(
+                f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} as "
+                f"{entry.cls.__qualname__}, which does not define {', '.join(missing)}"
+            )
         existing = self.entries[entry.kind].get(entry.name)
         if existing is not None:
             raise PluginError(

@@ -48,6 +48,7 @@ def test_each_break_of_the_batch_contract_is_named_as_a_plugin_bug(how, what):
         (careless.ReturningHook, "its register_models hook returned a value, which is ignored"),
         (careless.ReversedRegister, "called register(NoInit, ...): the name comes first"),
         (careless.WrongBase, "as NoInit, which is not a framework.Model"),
+        (careless.Incomplete, "as NoCall, which does not define __call__"),
         (careless.MisnamedArgument, "Argument(s) {'reg'} are declared in the hookimpl"),
     ],
 )

@@ -145,6 +145,17 @@ class WrongBase:
         register("not_a_model", NoInit)
 
 
+class NoCall(Preprocessor):
+    """A stage without ``__call__``: it can never be built."""
+
+
+class Incomplete:
+    @staticmethod
+    @hookimpl
+    def register_preprocessors(register):
+        register("no_call", NoCall)
+
+
 class MisnamedArgument:
     @staticmethod
     @hookimpl
