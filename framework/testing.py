@@ -49,7 +49,7 @@ def conformance_problems(
     bound, problems = bind_params(entry.cls, dict(params or {}), where)
     if problems:
         return [f"{where}: {p}" for p in problems]
-    problems = [f"{where}: check(): {p}" for p in entry.cls.check(bound)]
+    problems = _check_problems(entry.cls, bound, where)
     if problems or kind in ("reader", "writer"):
         return problems
     if batch is None or ID_COLUMN not in batch:
@@ -75,6 +75,20 @@ def conformance_problems(
 def assert_conformant(kind: str, name: str, **kwargs: Any) -> None:
     problems = conformance_problems(kind, name, **kwargs)
     assert not problems, "\n".join(problems)
+
+
+def _check_problems(cls: type, bound: dict[str, Any], where: str) -> list[str]:
+    """``check()``'s lines, held to its contract as validation holds it (which stops on a
+    break): a returned string was iterated, one problem per character."""
+    try:
+        found = cls.check(bound)
+    except Exception as exc:
+        return [f"{where}: check() raised {type(exc).__name__}: {exc}"]
+    if not isinstance(found, list | tuple) or not all(isinstance(p, str) for p in found):
+        return [
+            f"{where}: check() returned {type(found).__name__}, expected a list of problem lines"
+        ]
+    return [f"{where}: check(): {p}" for p in found]
 
 
 def _build(cls: type, bound: dict[str, Any], where: str, problems: list[str]) -> Any:

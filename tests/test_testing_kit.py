@@ -170,3 +170,17 @@ def test_a_stage_is_built_from_its_worker_params_as_a_run_builds_it():
         "preprocessor 'forgets_params': ForgetsParams(**worker_params(params)) raised "
         "TypeError: ForgetsParams.__init__() got an unexpected keyword argument 'word_list'"
     ]
+
+
+@pytest.mark.parametrize(
+    ("name", "what"),
+    [
+        ("check_raises", "raised FileNotFoundError: vocab.txt"),
+        ("check_returns_text", "returned str, expected a list of problem lines"),
+    ],
+)
+def test_a_broken_check_is_one_line_as_validation_gives_it(name, what):
+    problems = conformance_problems(
+        "preprocessor", name, batch=SAMPLE, registry=load_registry([careless])
+    )
+    assert problems == [f"preprocessor {name!r}: check() {what}"]
