@@ -177,7 +177,9 @@ def filesystem_for(
         raise SpecError(problems)
     storage = dict(storage or {})
     if path.startswith("s3://"):
-        return s3_filesystem(storage), path[len("s3://") :]
+        # Without its trailing "/", as a local path made absolute is: a folder named
+        # "s3://b/out/" must not make the files under it "b/out//name", which S3 refuses.
+        return s3_filesystem(storage), path[len("s3://") :].rstrip("/")
     if is_remote(path):
         return pafs.FileSystem.from_uri(path)
     local = path[len("file://") :] if path.startswith("file://") else path

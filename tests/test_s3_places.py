@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from framework.cli import main
+from framework.dead_letter import ErrorPolicy, Failure
 from framework.errors import ExitCode
+from framework.resume import MANIFEST_NAME, check_resumable, manifest, write_manifest
+from plugins.jsonl_writer import JsonlWriter
 
 pytestmark = pytest.mark.ray
 
@@ -104,3 +107,25 @@ def test_storage_mistakes_and_unreachable_places_are_one_line_each(
         if expected is None:
             expected = f"writer.path: cannot write to s3://{s3_bucket}/out: "
         assert err[1].strip().startswith(expected), (override, err)
+
+
+@pytest.mark.parametrize("slashes", ["/", "//"])
+def test_an_output_and_dead_letters_named_with_a_trailing_slash_on_s3(
+    s3_server, s3_bucket, slashes
+):
+    """A folder is often written with its ``/``: locally the path is made absolute, which
+    drops it; on S3 it made every file under it ``out//name``, which pyarrow refuses."""
+    storage = s3_server.storage
+    writer = JsonlWriter(path=f"s3://{s3_bucket}/out{slashes}", storage=storage)
+    writer.prepare()
+    expected = manifest({"writer": {"type": "jsonl"}}, [])
+    write_manifest(writer, expected)
+    assert check_resumable(writer, expected) == expected
+    assert writer.committed_ids() == []
+    dead = ErrorPolicy("skip", f"s3://{s3_bucket}/dl{slashes}", storage)
+    dead.write([Failure("k1", "models[0]", "ValueError", "bad")])
+    assert [json.loads(d)["id"] for _, d in dead.read_records()] == ["k1"]
+    assert sorted(objects(s3_server, s3_bucket, "")) == [
+        "dl/" + dead.record_paths()[0].rsplit("/", 1)[1],
+        f"out/{MANIFEST_NAME}",
+    ]
