@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import pyarrow.fs as pafs
 
 from framework.errors import SpecError
+from framework.redact import MASK
 
 STORAGE_KEYS = (
     "endpoint_url",
@@ -186,6 +187,14 @@ def filesystem_for(
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
 
 
+def _given(storage: Mapping[str, Any], key: str) -> Any:
+    """A storage value, or None where it is the mask the resolved spec copy writes for a
+    secret: running that copy (``--resume`` after a killed replay) must take the secret
+    from the environment, not sign every request with ``***``."""
+    value = storage.get(key)
+    return None if value == MASK else value
+
+
 def s3_filesystem(storage: Mapping[str, Any]) -> pafs.S3FileSystem:
     env = os.environ
     endpoint = (
@@ -200,12 +209,12 @@ def s3_filesystem(storage: Mapping[str, Any]) -> pafs.S3FileSystem:
     if storage.get("anonymous"):
         kwargs["anonymous"] = True
     else:
-        key = storage.get("access_key_id") or env.get("AWS_ACCESS_KEY_ID")
-        secret = storage.get("secret_access_key") or env.get("AWS_SECRET_ACCESS_KEY")
+        key = _given(storage, "access_key_id") or env.get("AWS_ACCESS_KEY_ID")
+        secret = _given(storage, "secret_access_key") or env.get("AWS_SECRET_ACCESS_KEY")
         if key and secret:
             kwargs["access_key"] = key
             kwargs["secret_key"] = secret
-            token = storage.get("session_token") or env.get("AWS_SESSION_TOKEN")
+            token = _given(storage, "session_token") or env.get("AWS_SESSION_TOKEN")
             if token:
                 kwargs["session_token"] = token
     if endpoint:

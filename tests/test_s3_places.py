@@ -12,7 +12,9 @@ import yaml
 from framework.cli import main
 from framework.dead_letter import ErrorPolicy, Failure
 from framework.errors import ExitCode
+from framework.redact import redact
 from framework.resume import MANIFEST_NAME, check_resumable, manifest, write_manifest
+from framework.storage import filesystem_for
 from plugins.jsonl_writer import JsonlWriter
 
 pytestmark = pytest.mark.ray
@@ -129,3 +131,20 @@ def test_an_output_and_dead_letters_named_with_a_trailing_slash_on_s3(
         "dl/" + dead.record_paths()[0].rsplit("/", 1)[1],
         f"out/{MANIFEST_NAME}",
     ]
+
+
+def test_secrets_masked_in_the_resolved_spec_copy_come_from_the_environment(s3_server, monkeypatch):
+    """``infer-run out/x/_infer_run_spec.yaml --resume`` is how a killed replay is finished;
+    that copy holds ``***`` for a secret given as ``${oc.env:AWS_SECRET_ACCESS_KEY}``,
+    and the ``***`` was sent as the secret key: every request was refused."""
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-the-environment")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-from-the-environment")
+    copied = redact({**s3_server.storage, "session_token": "a-token"})
+    assert copied["secret_access_key"] == copied["session_token"] == "***"
+
+    fs, _ = filesystem_for("s3://bucket/out", copied)
+
+    (options,) = fs.__reduce__()[1]  # what the filesystem signs its requests with
+    assert options["access_key"] == s3_server.storage["access_key_id"]
+    assert options["secret_key"] == "from-the-environment"
+    assert options["session_token"] == "token-from-the-environment"
