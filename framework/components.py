@@ -192,7 +192,9 @@ class Writer(Component, ABC):
                 )
             if is_file:
                 fs.delete_file(where)
-            else:
+            # S3 keeps a key "out" and keys under "out/" side by side: with the object gone,
+            # the folder may still be there, its files about to mix with the new output.
+            if fs.get_file_info(where).type == pafs.FileType.Directory:
                 fs.delete_dir_contents(where)
         except (OSError, pa.ArrowInvalid) as exc:  # unreachable store, refused keys, 'a//b'
             raise InputError(f"writer.path: cannot reach {self.path}: {exc}") from None

@@ -11,7 +11,7 @@ import yaml
 
 from framework.cli import main
 from framework.dead_letter import ErrorPolicy, Failure
-from framework.errors import ExitCode
+from framework.errors import ExitCode, InputError
 from framework.redact import redact
 from framework.resume import MANIFEST_NAME, check_resumable, manifest, write_manifest
 from framework.storage import filesystem_for
@@ -148,3 +148,18 @@ def test_secrets_masked_in_the_resolved_spec_copy_come_from_the_environment(s3_s
     assert options["access_key"] == s3_server.storage["access_key_id"]
     assert options["secret_key"] == "from-the-environment"
     assert options["session_token"] == "token-from-the-environment"
+
+
+def test_overwrite_clears_an_s3_folder_that_shares_its_name_with_an_object(s3_server, s3_bucket):
+    """S3 holds a key ``out`` and keys under ``out/`` side by side: ``--overwrite`` removed
+    the one object, and the new output was written among the old run's files."""
+    client = s3_server.client()
+    for key in ("out", "out/old-000000.json", "out/_dead_letter/models_0-x.jsonl", "out-2/a"):
+        client.put_object(Bucket=s3_bucket, Key=key, Body=b"{}\n")
+    writer = JsonlWriter(path=f"s3://{s3_bucket}/out", storage=s3_server.storage)
+    with pytest.raises(InputError, match="already exists"):
+        writer.prepare()
+
+    JsonlWriter(path=f"s3://{s3_bucket}/out", storage=s3_server.storage, overwrite=True).prepare()
+
+    assert sorted(objects(s3_server, s3_bucket, "")) == ["out-2/a"]
