@@ -9,6 +9,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from framework.spec.checks import unwritable
+from framework.storage import names_no_place
 
 # Kubernetes names of namespaces and labels: RFC 1123 DNS labels.
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -51,8 +52,10 @@ def not_empty(text: str) -> str:
 
 
 def place(text: str) -> str:
-    """A folder to write: pyarrow takes an empty one (or ``file://``) for the current folder."""
-    return not_empty(text.removeprefix("file://")) and text
+    """A folder to write, not one that names no place (``names_no_place``)."""
+    if names_no_place(text):
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 # Kubernetes quantities (k8s.io/apimachinery resource.Quantity): a decimal number and an

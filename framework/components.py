@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from framework.errors import InputError, unreadable_input
-from framework.storage import filesystem_for, map_files
+from framework.storage import filesystem_for, map_files, names_no_place
 
 if TYPE_CHECKING:
     import ray.data
@@ -174,8 +174,7 @@ class Writer(Component, ABC):
 
     def prepare(self) -> None:
         """Runs on the driver before the pipeline starts: refuse or clear existing output."""
-        if not self.path.removeprefix("file://").strip():
-            # pyarrow takes it for the current folder, which overwrite would empty.
+        if names_no_place(self.path):
             raise InputError(f"writer.path: {self.path!r} is empty - name the output folder")
         try:
             fs, where = filesystem_for(self.path, self.storage)

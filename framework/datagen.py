@@ -34,7 +34,7 @@ from framework.cli_args import at_least, place
 from framework.datagen_photos import SOURCES, render_all, source_paths
 from framework.datagen_sinks import make_sink
 from framework.errors import InputError, did_you_mean
-from framework.storage import filesystem_for
+from framework.storage import filesystem_for, names_no_place
 
 FORMATS = ("parquet", "parquet-array", "folder", "webdataset")
 
@@ -83,8 +83,7 @@ def generate(
         raise InputError(f"datagen: seed must be zero or positive, got {seed}")
     if workers is not None and workers < 1:
         raise InputError(f"datagen: workers must be at least 1, got {workers}")
-    if not str(out).removeprefix("file://").strip():
-        # pyarrow would take it for the current folder, which overwrite would empty.
+    if names_no_place(str(out)):
         raise InputError(f"datagen: OUT is empty ({str(out)!r}) - name the output folder")
     source_paths()  # fail on missing packages before touching the output
     fs, root = filesystem_for(str(out), storage)

@@ -136,6 +136,12 @@ def scheme_of(path: str) -> str:
     return path[: path.index("://") + 3] if "://" in path else ""
 
 
+def names_no_place(path: str) -> bool:
+    """Whether ``path`` is empty once ``file://`` is off (``""``, ``" "``, an unset
+    ``"$OUT"``): pyarrow takes it for the current folder, which an overwrite would empty."""
+    return not path.removeprefix("file://").strip()
+
+
 def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from framework.errors import SpecError
-from framework.storage import GLOB_CHARS, filesystem_for, is_remote
+from framework.storage import GLOB_CHARS, filesystem_for, is_remote, names_no_place
 
 
 def run_files_storage(
@@ -37,7 +37,7 @@ def blank_path_problems(node: Any, key: str) -> list[str]:
         f"{where}: {path!r} is empty - name a folder or file (an empty path is the "
         "current folder, which --overwrite would empty)"
         for where, path in items
-        if not path.removeprefix("file://").strip()
+        if names_no_place(path)
     ]
 
 
