@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from framework.components import ID_COLUMN, Batch
+from framework.errors import InferError
 from framework.plugins import load_registry
 from framework.registry import Registry
-from framework.spec.params import bind_params
+from framework.spec.params import BrokenCheck, bind_params, check_lines
 
 
 def conformance_problems(
@@ -69,16 +70,15 @@ def assert_conformant(kind: str, name: str, **kwargs: Any) -> None:
 
 
 def _check_problems(cls: type, bound: dict[str, Any], where: str) -> list[str]:
-    """``check()``'s lines, held to its contract as validation holds it (which stops on a
-    break): a returned string was iterated, one problem per character."""
+    """``check()``'s lines, held to its contract as validation holds it (``check_lines``;
+    validation stops on a break, the kit reports it): a returned string was iterated, one
+    problem per character."""
     try:
-        found = cls.check(bound)
-    except Exception as exc:
+        found = check_lines(cls, bound)
+    except BrokenCheck as exc:
+        return [f"{where}: check() {exc}"]
+    except InferError as exc:  # a plugin's own one-line error: here one problem like any
         return [f"{where}: check() raised {type(exc).__name__}: {exc}"]
-    if not isinstance(found, list | tuple) or not all(isinstance(p, str) for p in found):
-        return [
-            f"{where}: check() returned {type(found).__name__}, expected a list of problem lines"
-        ]
     return [f"{where}: check(): {p}" for p in found]
 
 

@@ -9,8 +9,27 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from framework.errors import did_you_mean
+from framework.errors import InferError, did_you_mean
 from framework.spec.schema import RESERVED_STAGE_KEYS, Resources
+
+
+class BrokenCheck(Exception):
+    """How a plugin's ``check()`` broke its contract: "raised X: ..." or "returned T, ..."."""
+
+
+def check_lines(cls: type, params: dict[str, Any]) -> list[str]:
+    """``cls.check(params)`` held to its contract, a list of problem lines; ``BrokenCheck``
+    says how it broke it. A plugin's own one-line error (an ``InferError``: an input it
+    cannot read at all) is raised as it is."""
+    try:
+        found = cls.check(params)
+    except InferError:
+        raise
+    except Exception as exc:
+        raise BrokenCheck(f"raised {type(exc).__name__}: {exc}") from exc
+    if not isinstance(found, list | tuple) or not all(isinstance(p, str) for p in found):
+        raise BrokenCheck(f"returned {type(found).__name__}, expected a list of problem lines")
+    return list(found)
 
 
 def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from framework.errors import InferError, PluginError, SpecError, did_you_mean
+from framework.errors import PluginError, SpecError, did_you_mean
 from framework.registry import Registry
 from framework.spec.checks import (
     benchmark_problems,
@@ -22,7 +22,13 @@ from framework.spec.checks import (
     run_problems,
     unused_resources,
 )
-from framework.spec.params import bind_params, checkable_params, kind_of
+from framework.spec.params import (
+    BrokenCheck,
+    bind_params,
+    check_lines,
+    checkable_params,
+    kind_of,
+)
 from framework.spec.places import blank_path_problems, place_problems
 from framework.spec.schema import (
     RESERVED_STAGE_KEYS,
@@ -249,19 +255,9 @@ def _own_words(cls: type, params: dict[str, Any], key: str) -> list[str]:
 def _checked(cls: type, params: dict[str, Any], path: str, kind: str, name: str) -> list[str]:
     """The plugin's own ``check(params)``, held to its contract: a list of problem lines."""
     try:
-        found = cls.check(params)
-    except InferError:  # a plugin's own one-line error (an input it cannot read at all)
-        raise
-    except Exception as exc:
-        raise PluginError(
-            f"{path}: check() of the {kind} {name!r} raised {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(found, list | tuple) or not all(isinstance(p, str) for p in found):
-        raise PluginError(
-            f"{path}: check() of the {kind} {name!r} returned {type(found).__name__}, "
-            "expected a list of problem lines"
-        )
-    return list(found)
+        return check_lines(cls, params)
+    except BrokenCheck as exc:
+        raise PluginError(f"{path}: check() of the {kind} {name!r} {exc}") from exc.__cause__
 
 
 def _first_line(exc: BaseException) -> str:
