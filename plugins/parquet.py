@@ -210,16 +210,16 @@ class ParquetWriter(Writer):
     output_suffix = ".parquet"
 
     def file_ids(self, fs: pafs.FileSystem, path: str) -> list | None:
+        # One open and one footer read for the check and the ids (on S3, requests).
         try:
-            names = pq.read_schema(path, filesystem=fs).names
+            with fs.open_input_file(path) as f:
+                parquet = pq.ParquetFile(f)
+                if ID_COLUMN not in parquet.schema_arrow.names:
+                    why = f"it has no {ID_COLUMN!r} column"
+                    raise not_written_here(self, "parquet", path, why)
+                return parquet.read(columns=[ID_COLUMN])[ID_COLUMN].to_pylist()
         except (pa.ArrowInvalid, OSError):
-            return None  # no footer: cut short
-        if ID_COLUMN not in names:
-            raise not_written_here(self, "parquet", path, f"it has no {ID_COLUMN!r} column")
-        try:
-            return pq.read_table(path, columns=[ID_COLUMN], filesystem=fs)[ID_COLUMN].to_pylist()
-        except (pa.ArrowInvalid, OSError):
-            return None
+            return None  # no footer, or pages cut: cut short
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)
