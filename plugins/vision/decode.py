@@ -130,8 +130,8 @@ def _pillow_to_rgb(img: Image.Image) -> np.ndarray:
     return np.array(img.convert("RGB"))
 
 
-def _decode_png(decode_png: Any, encoded: torch.Tensor, img: Image.Image) -> torch.Tensor:
-    from torchvision.io import ImageReadMode
+def _decode_png(encoded: torch.Tensor, img: Image.Image) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_png
 
     try:
         # RGB mode expands gray, palette and alpha; 16-bit stays uint16.
@@ -202,7 +202,7 @@ def decode_images(
     scale (Pillow ``draft``) no smaller than ``draft_margin`` times the target. ``setting``
     is the key a pixel-limit message names.
     """
-    from torchvision.io import ImageReadMode, decode_jpeg, decode_png
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     if isinstance(values, np.ndarray) and values.dtype != object and values.ndim >= 3:
         return [pixels_to_chw(v) for v in values]
@@ -229,7 +229,7 @@ def decode_images(
                 if img.format == "JPEG":
                     jpegs.append((i, encoded))
                 else:
-                    out[i] = _decode_png(decode_png, encoded, img)
+                    out[i] = _decode_png(encoded, img)
             except (DecodeError, OSError, RuntimeError, ValueError, SyntaxError) as exc:
                 raise DecodeError(f"{row_label(ids, i)}: {_plain(exc)}") from exc
     if jpegs:
