@@ -68,16 +68,16 @@ def file_sha256(path: str, storage: Mapping[str, Any] | None = None) -> str:
 GLOB_CHARS = "*?["
 
 
-def _matches(parts: list[str], pattern: list[str]) -> bool:
+def segments_match(parts: list[str], pattern: list[str]) -> bool:
     """Path segments against pattern segments; ``**`` stands for any number of them."""
     if not pattern:
         return not parts
     if pattern[0] == "**":
-        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+        return any(segments_match(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
     return (
         bool(parts)
         and fnmatch.fnmatchcase(parts[0], pattern[0])
-        and _matches(parts[1:], pattern[1:])
+        and segments_match(parts[1:], pattern[1:])
     )
 
 
@@ -112,7 +112,7 @@ def expand_globs(paths: str | Iterable[str], storage: Mapping[str, Any] | None =
             for info in infos
             if info.is_file
             and not info.base_name.startswith(("_", "."))
-            and _matches(info.path[len(base) :].strip("/").split("/"), pattern)
+            and segments_match(info.path[len(base) :].strip("/").split("/"), pattern)
         )
         if not found and _exists(fs, inner):
             out.append(path)  # a name holding a pattern's characters, as written: "photos?"

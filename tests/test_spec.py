@@ -507,9 +507,24 @@ def test_writer_path_holding_or_inside_the_input_is_refused_before_anything_is_d
     assert main([str(spec), "--validate", f"writer.path={inputs}/predictions"]) == 3
     err = capsys.readouterr().err
     assert f"writer.path: {inputs}/predictions is inside the input {inputs} (reader.path)" in err
-    # A glob names files, not the folder: predictions beside them are not read back.
+    # A glob names files, not the folder: predictions beside them are not read back...
     pattern = [f"reader.path={inputs}/*.parquet", f"writer.path={inputs}/predictions"]
     assert main([str(spec), "--validate", *pattern]) == ExitCode.OK
+    (inputs / "sub").mkdir()
+    pq.write_table(pa.table({"id": ["b"], "x": [2.0]}), inputs / "sub" / "part-1.parquet")
+    assert main([str(spec), "--validate", f"reader.path={inputs}/s*/*.parquet", pattern[1]]) == 0
+    # ... unless the pattern matches the files the writer would put there.
+    for glob in (f"{inputs}/**/*.parquet", f"{inputs}/*/*.parquet", f"{inputs}/[ps]*/*"):
+        capsys.readouterr()
+        assert main([str(spec), "--validate", f"reader.path={glob}", pattern[1]]) == 3, glob
+        assert (
+            f"writer.path: the input pattern {glob} (reader.path) matches the files "
+            f"{inputs}/predictions would hold: the next read, or --resume, would take the "
+            "predictions for input" in capsys.readouterr().err
+        )
+    records = [f"reader.path={inputs}/**/*.jsonl", "reader.type=jsonl", f"writer.path={tmp_path}/o"]
+    assert main([str(spec), "--validate", *records, f"errors.dead_letter={inputs}/dl"]) == 3
+    assert "would take the records for input" in capsys.readouterr().err
     assert main([str(spec), "--validate", f"writer.path={tmp_path}/out"]) == ExitCode.OK
 
     # Dead letters: --replay moves every record file of their folder aside, --resume reads

@@ -15,7 +15,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from framework.errors import SpecError
-from framework.storage import GLOB_CHARS, filesystem_for, is_remote, names_no_place
+from framework.storage import (
+    GLOB_CHARS,
+    filesystem_for,
+    is_remote,
+    names_no_place,
+    segments_match,
+)
 
 
 def run_files_storage(
@@ -41,11 +47,21 @@ def blank_path_problems(node: Any, key: str) -> list[str]:
     ]
 
 
+# Names as the files of an output folder get them: Ray Data's write_* name theirs
+# "<dataset uuid>_<write uuid>_<task>.<suffix>"; dead-letter records "<stage>-<...>.jsonl".
+OUTPUT_FILE_STEM = f"{'0' * 32}_{'0' * 32}_000000"
+RECORD_FILE_NAME = "reader-0.jsonl"
+
+
 def overlap_problems(
-    reader: Mapping[str, Any], writer: Mapping[str, Any], dead_letter: str | None
+    reader: Mapping[str, Any],
+    writer: Mapping[str, Any],
+    dead_letter: str | None,
+    output_suffix: str = "",
 ) -> list[str]:
     """An output holding an input (``--overwrite`` or ``--replay`` would take it away) or
-    inside an input directory (the next read, or ``--resume``, takes it for input), and
+    inside an input directory or matched by an input pattern (the next read, or
+    ``--resume``, takes it for input: the writer's files end in ``output_suffix``), and
     dead letters in the output's own folder (``--resume`` would take records for output)."""
     output = writer.get("path")
     places = [("writer.path", output)] if isinstance(output, str) else []
@@ -57,19 +73,27 @@ def overlap_problems(
                 f"errors.dead_letter: {dead_letter} is the output folder (writer.path): "
                 "records and predictions would mix - use another folder"
             )
-    return out + [p for key, path in places for p in _input_clashes(key, path, reader)]
+    return out + [
+        problem
+        for key, path in places
+        for problem in _input_clashes(key, path, reader, output_suffix)
+    ]
 
 
-def _input_clashes(key: str, output: str, reader: Mapping[str, Any]) -> Iterator[str]:
+def _input_clashes(
+    key: str, output: str, reader: Mapping[str, Any], output_suffix: str
+) -> Iterator[str]:
     inputs = reader.get("path")
     out_key = _place(output)
+    writes = key == "writer.path"
+    file_name = OUTPUT_FILE_STEM + output_suffix if writes else RECORD_FILE_NAME
     for path in [inputs] if isinstance(inputs, str) else inputs or []:
         if not isinstance(path, str):
             continue
         parts = path.split("/")
         globbed = next((i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARS)), None)
         in_key = _place("/".join(parts[:globbed]) if globbed is not None else path)
-        writes = key == "writer.path"
+        what = "the predictions" if writes else "the records"
         if in_key == out_key or in_key.startswith(out_key + "/"):
             loss = "--overwrite would delete" if writes else "--replay would move away"
             yield (
@@ -77,11 +101,18 @@ def _input_clashes(key: str, output: str, reader: Mapping[str, Any]) -> Iterator
                 "write somewhere else"
             )
         elif globbed is None and out_key.startswith(in_key + "/"):
-            what = "the predictions" if writes else "the records"
             yield (
                 f"{key}: {output} is inside the input {path} (reader.path): the next read of "
                 f"it, or --resume, would take {what} for input - write somewhere else"
             )
+        elif globbed is not None and out_key.startswith(in_key + "/"):
+            below = out_key[len(in_key) :].strip("/").split("/")
+            if segments_match([*below, file_name], parts[globbed:]):
+                yield (
+                    f"{key}: the input pattern {path} (reader.path) matches the files "
+                    f"{output} would hold: the next read, or --resume, would take {what} "
+                    "for input - write somewhere else"
+                )
 
 
 def _place(path: str) -> str:
@@ -118,10 +149,15 @@ def _bucket_problem(path: str, storage: Mapping[str, Any] | None) -> str | None:
 
 
 def place_problems(
-    reader: Mapping[str, Any], writer: Mapping[str, Any], errors: Any, run: Any, reach: bool
+    reader: Mapping[str, Any],
+    writer: Mapping[str, Any],
+    errors: Any,
+    run: Any,
+    reach: bool,
+    output_suffix: str = "",
 ) -> list[str]:
-    """Everything above for a spec's reader and writer params, ``errors`` and ``run``;
-    remote buckets only if ``reach``."""
+    """Everything above for a spec's reader and writer params, ``errors`` and ``run``
+    (the writer's files end in ``output_suffix``); remote buckets only if ``reach``."""
     own = run_files_storage(reader, writer)
     remote = {
         "writer.path": (writer.get("path"), writer.get("storage")),
@@ -129,7 +165,7 @@ def place_problems(
         "run.report": (run.report, own),
         "run.timeline": (run.timeline, own),
     }
-    overlaps = overlap_problems(reader, writer, errors.dead_letter)
+    overlaps = overlap_problems(reader, writer, errors.dead_letter, output_suffix)
     return overlaps + (remote_output_problems(remote) if reach else [])
 
 

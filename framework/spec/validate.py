@@ -103,7 +103,8 @@ def validate_spec(
         ]
         lists[section] = tuple(s for s in stages if s is not None)
     if reader is not None and writer is not None:
-        problems.extend(place_problems(reader.params, writer.params, errors, run, reach_outputs))
+        suffix = getattr(writer.cls, "output_suffix", None) or ""
+        problems += place_problems(reader.params, writer.params, errors, run, reach_outputs, suffix)
     if problems:
         # A NaN's own line says it all: drop what other checks then said of the same key.
         nan_keys = {p.split(":")[0] for p in nans}
