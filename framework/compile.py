@@ -155,6 +155,9 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
         fn = _task_fn(node, run)
         # The same pool size as the reader's lets Ray Data fuse them into one task.
         kwargs["compute"] = ray.data.TaskPoolStrategy(size=node.max_tasks)
+    if node.block_rows:
+        # Fused by Ray Data into the task before: it cuts its output, no extra pass.
+        dataset = dataset.repartition(target_num_rows_per_block=node.block_rows)
     return dataset.map_batches(fn, batch_format="numpy", batch_size=node.batch_size, **kwargs)
 
 

@@ -5,6 +5,7 @@ Building a plan never starts Ray, so ``--plan`` and the tests can inspect it che
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,13 @@ from framework.spec.schema import Spec, StageConfig
 
 # Models keep an accelerator busy only with batches; tasks use Ray Data's own default.
 DEFAULT_MODEL_BATCH_SIZE = 64
+# Ray Data hands a task, or an actor of a pool, whole blocks, and sizes blocks by bytes: a
+# 16 MB block of small rows (numbers, short texts) held 20,000 rows, which one task, or one
+# actor, then worked through alone while the other CPUs or actors idled. A stage with a
+# batch size gets blocks of at most this many of its batches, where that costs no extra
+# pass over the data: cut in the task before it (the reader's, or a CPU stage's before a
+# model's pool). Image rows fill a block long before that (16 MB: about 100 photos).
+BATCHES_PER_BLOCK = 4
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class MapNode:
     ray_args: dict[str, Any] = field(default_factory=dict)  # num_cpus, num_gpus, memory, ...
     reason: str = ""
     max_tasks: int | None = None  # compute "tasks": at once; None: as many as Ray Data starts
+    block_rows: int | None = None  # rows per input block at most (BATCHES_PER_BLOCK); None: any
 
     @property
     def name(self) -> str:
@@ -80,7 +89,9 @@ class Plan:
                     f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in node.ray_args.items()
                 )
-                lines.append(f"{head}  {pool} batch_size={node.batch_size or 'ray-default'} {args}")
+                cut = f" block_rows<={node.block_rows}" if node.block_rows else ""
+                batch = node.batch_size or "ray-default"
+                lines.append(f"{head}  {pool} batch_size={batch}{cut} {args}")
             else:
                 lines.append(
                     f"{head}  num_cpus={node.num_cpus:g} -> {stage.params.get('path', '')}"
@@ -96,7 +107,15 @@ def build_plan(spec: Spec, cluster: Cluster) -> Plan:
     nodes: list[PlanNode] = [
         ReadNode(spec.reader, spec.run.limit, read.resources.num_cpus, read.reason, read.max_tasks)
     ]
-    nodes.extend(_map_node(stage, sized[stage.path]) for stage in spec.stages)
+    for stage in spec.stages:
+        node = _map_node(stage, sized[stage.path])
+        previous = nodes[-1]
+        after_a_task = isinstance(previous, ReadNode) or (
+            previous.compute == "tasks" and node.compute == "actors"  # type: ignore[union-attr]
+        )
+        if node.batch_size and after_a_task:
+            node = dataclasses.replace(node, block_rows=BATCHES_PER_BLOCK * node.batch_size)
+        nodes.append(node)
     write = sized[spec.writer.path]
     nodes.append(WriteNode(spec.writer, write.resources.num_cpus, write.reason))
     return Plan(tuple(nodes), spec, cluster)

@@ -462,3 +462,35 @@ def test_the_specs_may_not_set_what_infer_run_sets_itself(ray_session, dataset):
         load_registry(),
     )
     assert set(own_data_context(spec, ray_cluster())) == set(MANAGED_DATA_CONTEXT)
+
+
+def test_a_block_of_many_small_rows_is_shared_by_the_stages_workers(
+    ray_session, tmp_path, monkeypatch
+):
+    # Ray Data sizes blocks by bytes and gives each task, or actor, whole blocks: one small
+    # file of 2,400 short rows was one block, which one task of the CPU stage and then one
+    # actor of the model worked through alone. Blocks of at most 4 batches spread it.
+    monkeypatch.setenv("INFER_PLUGINS", "tests.plugins.probe")
+    rows = 2400
+    pq.write_table(
+        pa.table({"id": [f"r{i}" for i in range(rows)], "x": np.arange(float(rows))}),
+        tmp_path / "in.parquet",
+    )
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: parquet, path: {tmp_path / 'in.parquet'}}}\n"
+        "preprocessors: [{type: slow_copy, delay_s: 0.02, resources: {batch_size: 50}}]\n"
+        "models:\n"
+        "  - type: echo\n"
+        "    delay_s: 0.05\n"
+        "    resources: {actors: 2, num_cpus: 0.5, batch_size: 100,"
+        " max_tasks_in_flight_per_actor: 1}\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    report = tmp_path / "report.json"
+    assert main([str(spec), "--report", str(report)]) == 0
+    out = pq.read_table(tmp_path / "out", columns=["id", "echo_pid"])
+    assert sorted(out["id"].to_pylist()) == sorted(f"r{i}" for i in range(rows))
+    assert len(set(out["echo_pid"].to_pylist())) == 2  # both actors had batches
+    stages = json.loads(report.read_text())["stages"]
+    assert len(stages["preprocessors[0]"]["workers"]) >= 2  # tasks in several processes

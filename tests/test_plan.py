@@ -287,7 +287,8 @@ def test_describe_lists_each_stage_with_resources_and_why(data):
         "1. preprocessor preprocessors[0]   select_columns  tasks<=2 batch_size=ray-default "
         "num_cpus=0.25",
         "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors; 2 at once",
-        "2. model        models[0]          echo  actors=1 batch_size=32 num_cpus=1.5",
+        "2. model        models[0]          echo  actors=1 batch_size=32 block_rows<=128 "
+        "num_cpus=1.5",
         "   auto (actors, num_cpus, num_gpus): no GPU: 1 actor(s) of 1.5 CPUs (torch threads "
         "follow), 0.5 CPU per node kept for reading, CPU stages and writing",
         "3. writer       writer             parquet  num_cpus=0.25 -> /tmp/o",
@@ -504,3 +505,29 @@ def test_the_gpu_nodes_cpus_are_shared_among_the_gpu_models(data):
     plan = plan_for(spec, cluster=box)
     assert [n.pool for n in plan.nodes[2:4]] == [(1, 1), (1, 1)]  # 3 spare CPUs, 2 models
     assert infeasible(plan) == []
+
+
+def test_a_stage_with_a_batch_size_gets_blocks_of_a_few_batches_where_cutting_is_free(data):
+    # Cut in the task before the stage: the reader's, or a CPU stage's before a model pool;
+    # never between two CPU stages (which Ray Data fuses into one task) or two models.
+    spec = {
+        "reader": {"type": "parquet", "path": data},
+        "preprocessors": [
+            {"type": "select_columns", "resources": {"batch_size": 16}},
+            {"type": "upper", "resources": {"batch_size": 8}},
+        ],
+        "models": [
+            {"type": "echo", "resources": {"batch_size": 32}},
+            {"type": "echo", "resources": {"batch_size": 10}},
+        ],
+        "postprocessors": [
+            {"type": "rename_columns", "mapping": {"x": "y"}, "resources": {"batch_size": 5}}
+        ],
+        "writer": {"type": "parquet", "path": "/tmp/o"},
+    }
+    plan = plan_for(spec, [upper])
+    cuts = [node.block_rows for node in plan.nodes if isinstance(node, MapNode)]
+    assert cuts == [64, None, 128, None, None]
+    # Without a batch size a stage takes whole blocks, as the spec's Ray Data default says.
+    del spec["preprocessors"][0]["resources"]
+    assert plan_for(spec, [upper]).nodes[1].block_rows is None
