@@ -24,7 +24,8 @@ from framework.resume import SPEC_NAME
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
-from framework.telemetry import stage_figures, task_timeline
+from framework.telemetry import stage_figures
+from framework.timeline import task_timeline
 
 
 @dataclass
