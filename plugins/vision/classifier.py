@@ -26,85 +26,27 @@ import torch
 
 from framework import ID_COLUMN, Batch, Model, RunError
 from framework.torch_runtime import autocast, autocast_dtype, configure_cpu_threads, select_device
+from plugins.vision.classifier_params import ClassifierParams
 from plugins.vision.decode import DEFAULT_MAX_PIXELS
 from plugins.vision.microbatch import AUTO, DEFAULT_MAX, MicroBatcher, choose_micro_batch
-from plugins.vision.model_info import ModelInfo, labels_problems, model_info
-from plugins.vision.pixels import device_crops, device_limit_problems, host_pixels
-from plugins.vision.runtime import (
-    compile_mode,
-    fold_batch_norms,
-    gpu_option_problems,
-    maybe_compile,
-    setting_problems,
-    use_channels_last,
-)
+from plugins.vision.model_info import ModelInfo
+from plugins.vision.pixels import device_crops, host_pixels
+from plugins.vision.runtime import compile_mode, fold_batch_norms, maybe_compile, use_channels_last
 from plugins.vision.staging import ChunkedUpload, StagingBuffer, chunk_rows
 from plugins.vision.topk import LOGITS
 from plugins.vision.transform import config_from_info
-from plugins.vision.weights import RANDOM
 
 logger = logging.getLogger(__name__)
 # Modes whose compiled graphs replay CUDA graphs, which reuse their output buffers.
 _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-class ImageClassifier(Model):
-    """Base class: subclasses build ``nn.Module`` and call :meth:`_setup`."""
+class ImageClassifier(ClassifierParams, Model):
+    """Base class: subclasses build ``nn.Module`` and call :meth:`_setup`; what the driver
+    asks of their params before any worker builds one is in ``ClassifierParams``."""
 
     output_columns: ClassVar[Mapping[str, str]] = {LOGITS: "float32"}
-    # The registered name, so a node rebuilt from params resolves through model_info.
-    model_type: ClassVar[str] = ""
     random_weights: bool = False
-
-    @classmethod
-    def node(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        return {**params, "type": cls.model_type}
-
-    @classmethod
-    def model_info(cls, params: Mapping[str, Any]) -> ModelInfo:
-        """Preprocessing and labels for these params, as ``from_model`` sees them."""
-        return model_info(cls.node(params))
-
-    @classmethod
-    def labels_for(cls, params: Mapping[str, Any]) -> list[str] | None:
-        labels = cls.model_info(params).labels
-        return list(labels) if labels is not None else None
-
-    @classmethod
-    def report_info(cls, params: Mapping[str, Any]) -> dict[str, Any]:
-        """Where the weights came from, for the run report (subclasses fill it in)."""
-        return {}
-
-    @staticmethod
-    def random_report() -> dict[str, Any]:
-        """``weights: random`` in the report, plus a warning printed at the end of the run."""
-        return {
-            "weights": RANDOM,
-            "warnings": [
-                "weights: random - the predictions are meaningless (throughput runs only)"
-            ],
-        }
-
-    @classmethod
-    def common_problems(cls, params: Mapping[str, Any]) -> list[str]:
-        problems = setting_problems(
-            str(params.get("device", "auto")),
-            str(params.get("precision", "auto")),
-            params.get("channels_last", "auto"),
-            params.get("fold_batch_norm", "auto"),
-        )
-        problems += labels_problems(params.get("labels"))
-        problems += gpu_option_problems(
-            params.get("compile", False),
-            params.get("decode_on_device", False),
-            params.get("micro_batch"),
-            params.get("micro_batch_max", DEFAULT_MAX),
-            params.get("max_pixels", DEFAULT_MAX_PIXELS),
-        )
-        if params.get("decode_on_device") is True:
-            max_pixels = params.get("max_pixels", DEFAULT_MAX_PIXELS)
-            problems += device_limit_problems(lambda: cls.model_info(params), max_pixels)
-        return problems
 
     def _setup(
         self,
