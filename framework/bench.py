@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -21,6 +20,15 @@ from typing import Any
 
 import ray
 
+from framework.bench_results import (
+    LABEL_ENV,
+    document,
+    evaluate,
+    failure,
+    figures,
+    text,
+    write_json,
+)
 from framework.calibrate import read_sample
 from framework.cli_args import at_least, writable_file
 from framework.cluster import ray_cluster
@@ -34,85 +42,8 @@ from framework.run import read_task_mb, run_spec
 from framework.spec import load_spec, validate_spec
 from framework.spec.schema import BenchmarkSection
 
-LABEL_ENV = "INFER_MACHINE_LABEL"
 # The fastest of a few passes over the sample: the ceiling is an upper bound.
 CEILING_PASSES = 3
-ROUND_KEYS = ("rows_per_s", "wall_time_s", "outside_model_share")
-
-
-def _check(name: str, passed: bool | None, line: str, advisory: bool = False) -> dict[str, Any]:
-    """One expectation; ``passed`` None: skipped. Only a FAIL fails: an advisory miss is shown."""
-    status = "skip" if passed is None else "pass" if passed else "miss" if advisory else "FAIL"
-    return {"name": name, "status": status, "passed": passed, "advisory": advisory, "line": line}
-
-
-def figures(report: dict[str, Any], model_paths: Sequence[str]) -> dict[str, Any]:
-    """What one run report says about throughput: rows/s, per-stage busy time, model idle share."""
-    stages = report.get("stages", {})
-    wall = float(report["wall_time_s"])
-    busy = sum(stages[p]["busy_s"] for p in model_paths if p in stages)
-    # Every actor of a pool is model capacity, so an idle one counts as idle model time.
-    actors = sum(max(1, len(stages[p].get("workers", []))) for p in model_paths if p in stages)
-    share = round(min(1.0, max(0.0, 1 - busy / (wall * actors))), 4) if actors and wall else None
-    return {
-        "rows_per_s": report["rows_per_s"],
-        "rows_written": report["rows_written"],
-        "wall_time_s": wall,
-        "model_busy_s": round(busy, 4),
-        "model_actors": actors,
-        "outside_model_share": share,
-        "stage_busy_s": {path: s["busy_s"] for path, s in stages.items()},
-        "stage_rows": {path: s["rows_in"] for path, s in stages.items()},
-    }
-
-
-def evaluate(
-    settings: BenchmarkSection,
-    best: dict[str, Any],
-    ceiling: dict[str, Any] | None,
-    label: str | None,
-    strict_floors: bool = False,
-) -> list[dict[str, Any]]:
-    """Each expectation of ``settings`` against the best round's ``figures``."""
-    checks = []
-    rows_per_s = float(best["rows_per_s"])
-    ratio, share = settings.min_model_ratio, settings.max_outside_model_share
-    if ratio is not None:
-        name = "min_model_ratio"
-        if ceiling is None or ceiling["gpu_stages"]:
-            why = "the spec has no models"
-            if ceiling:
-                why = (
-                    f"{', '.join(ceiling['gpu_stages'])} run on GPUs, the model-only figure on CPUs"
-                )
-            checks.append(_check(name, None, f"{name}: skipped - {why}"))
-        else:
-            got = rows_per_s / ceiling["rows_per_s"]
-            line = (
-                f"{name}: {got:.3g} (end to end {rows_per_s:.1f} rows/s / model-only "
-                f"{ceiling['rows_per_s']:.1f} rows/s), expected >= {ratio:g}"
-            )
-            checks.append(_check(name, got >= ratio, line))
-    if share is not None:
-        name, got = "max_outside_model_share", best["outside_model_share"]
-        if got is None:
-            checks.append(_check(name, None, f"{name}: skipped - the spec has no models"))
-        else:
-            line = (
-                f"{name}: {got:.3g} (model stages busy {best['model_busy_s']:.2f}s of "
-                f"{best['wall_time_s']:.2f}s x {best['model_actors']} actor(s)), expected <= {share:g}"
-            )
-            checks.append(_check(name, got <= share, line))
-    if settings.floors and label not in settings.floors:
-        why = f"no floor for machine label {label!r}" if label else f"{LABEL_ENV} is not set"
-        known = ", ".join(sorted(settings.floors))
-        checks.append(_check("floors", None, f"floors: skipped - {why} (floors for: {known})"))
-    elif settings.floors:
-        floor = settings.floors[label]
-        line = f"floors.{label}: {rows_per_s:.1f} rows/s end to end, expected >= {floor:g}"
-        line += "" if strict_floors else " (advisory: fails only with strict floors)"
-        checks.append(_check(f"floors.{label}", rows_per_s >= floor, line, not strict_floors))
-    return checks
 
 
 class Bench:
@@ -164,26 +95,31 @@ class Bench:
 
     def result(self, label: str | None = None, strict_floors: bool = False) -> dict[str, Any]:
         """Figures of the best timed round (the last ``rounds`` run), the checks, the misses."""
-        paths = [m.path for m in self.spec.models]
-        timed = [figures(r, paths) for r in self.reports[-self.settings.rounds :]]
+        timed = self._figures(self.reports[-self.settings.rounds :])
         if not timed:
             raise InputError("benchmark: no round ran")
         best = max(timed, key=lambda f: f["rows_per_s"])
-        ceiling = self.ceiling
-        usable = ceiling is not None and not ceiling["gpu_stages"]
-        checks = evaluate(self.settings, best, ceiling, label, strict_floors)
-        return {
-            "spec": self.spec.source,
-            "machine_label": label,
-            "settings": dataclasses.asdict(self.settings),
-            **best,
-            "model_only": ceiling,
-            "model_only_rows_per_s": ceiling["rows_per_s"] if ceiling else None,
-            "model_ratio": round(best["rows_per_s"] / ceiling["rows_per_s"], 4) if usable else None,
-            "rounds": [{k: f[k] for k in ROUND_KEYS} for f in timed],
-            "checks": checks,
-            "failures": [c["line"] for c in checks if c["status"] == "FAIL"],
-        }
+        checks = evaluate(self.settings, best, self.ceiling, label, strict_floors)
+        return self._document(label, timed, checks)
+
+    def failed(self, exc: BaseException, label: str | None = None) -> dict[str, Any]:
+        """The document of a run stopped by ``exc``: the timed rounds done before it, no
+        checks (a partial run's figures prove nothing)."""
+        timed = self._figures(self.reports[self.settings.warmup_rounds :])
+        return self._document(label, timed, [], failure(exc))
+
+    def _figures(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [figures(r, [m.path for m in self.spec.models]) for r in reports]
+
+    def _document(
+        self,
+        label: str | None,
+        timed: list[dict[str, Any]],
+        checks: list[dict[str, Any]],
+        error: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        settings = dataclasses.asdict(self.settings)
+        return document(self.spec.source, label, settings, timed, self.ceiling, checks, error)
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -231,22 +167,6 @@ def _timed_pass(stage: Any, batches: list[Batch]) -> float:
     return time.perf_counter() - start
 
 
-def text(result: dict[str, Any]) -> str:
-    """The human summary printed by ``infer-run bench``."""
-    r, ceiling = result, result["model_only"]
-    lines = [
-        f"bench {r['spec']}: best of {len(r['rounds'])} round(s): {r['rows_per_s']:.1f} rows/s "
-        f"end to end ({r['rows_written']} rows in {r['wall_time_s']:.2f}s)"
-    ]
-    if ceiling:
-        lines.append(
-            f"  model-only: {ceiling['rows_per_s']:.1f} rows/s ({ceiling['rows']} rows, "
-            f"batch {ceiling['batch_size']}, {ceiling['torch_threads']} torch threads)"
-        )
-    lines.extend(f"  {c['status']:<4}  {c['line']}" for c in r["checks"])
-    return "\n".join(lines)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``infer-run bench SPEC [key=value ...] [--json OUT] [--rounds N] ...``."""
     parser.add_argument("spec", help="the YAML spec file")
@@ -264,32 +184,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Measure, print, write the JSON; exit 8 with one line per missed expectation."""
+    """Measure, print, write the JSON; exit 8 with one line per missed expectation. A run
+    that fails writes the JSON too (``status: failed``), then stops with its own error."""
     rounds = [] if args.rounds is None else [f"benchmark.rounds={args.rounds}"]
     started_ray = not ray.is_initialized()
-    bench = Bench(args.spec, [*args.overrides, *rounds])
+    bench = None
     try:
+        bench = Bench(args.spec, [*args.overrides, *rounds])
         bench.measure_ceiling()
         for _ in range(bench.settings.warmup_rounds + bench.settings.rounds):
             bench.prepare_round()
             bench.run_round()
         result = bench.result(args.machine_label, args.strict_floors)
+    except BaseException as exc:
+        label = args.machine_label
+        if bench is None:  # the spec did not load: no settings, no figures
+            failed = document(args.spec, label, None, [], None, [], failure(exc))
+        else:
+            failed = bench.failed(exc, label)
+        print(text(failed))
+        if args.json:
+            try:
+                write_json(args.json, failed)
+            except InputError as unwritten:  # the run's own error is the one to exit with
+                print(f"infer-run bench: {unwritten}", file=sys.stderr)
+        raise
     finally:
-        bench.close()
+        if bench is not None:
+            bench.close()
         if started_ray and ray.is_initialized():
             ray.shutdown()
     print(text(result))
     if args.json:
-        doc = json.dumps(result, indent=2)
-        try:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(doc)
-        except OSError as exc:
-            print(doc)  # the figures took the whole benchmark to make: never lose them
-            raise InputError(
-                f"--json: cannot write {args.json} ({exc}); the JSON is above"
-            ) from None
-        print(f"json: {args.json}")
+        write_json(args.json, result)
     for line in result["failures"]:
         print(f"infer-run bench: missed: {line}", file=sys.stderr)
     return ExitCode.BENCHMARK_FAILED if result["failures"] else ExitCode.OK

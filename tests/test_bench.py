@@ -179,6 +179,7 @@ def test_bench_exit_codes_json_and_no_output_left(
     doc = json.loads(out.read_text())
     assert [c["status"] for c in doc["checks"]] == ["pass", "pass"]
     assert doc["failures"] == []
+    assert (doc["status"], doc["error"]) == ("passed", None)
     assert len(doc["rounds"]) == 2
     assert doc["model_only"]["rows"] == 32
     assert doc["model_only"]["batch_size"] == 16
@@ -195,7 +196,9 @@ def test_bench_exit_codes_json_and_no_output_left(
     assert len(err) == 1 and err[0].startswith("infer-run bench: missed: min_model_ratio: ")
     assert err[0].endswith("expected >= 1000")
     missed = err[0].removeprefix("infer-run bench: missed: ")
-    assert json.loads((tmp_path / "miss.json").read_text())["failures"] == [missed]
+    miss_doc = json.loads((tmp_path / "miss.json").read_text())
+    assert miss_doc["failures"] == [missed]
+    assert (miss_doc["status"], miss_doc["error"]) == ("missed", None)
 
     # A --json path that passed the up-front check but cannot be written after the rounds.
     blocked = tmp_path / "blocked"
@@ -206,6 +209,61 @@ def test_bench_exit_codes_json_and_no_output_left(
     printed = capsys.readouterr()
     assert json.loads(printed.out[printed.out.index("{") : printed.out.rindex("}") + 1])["rounds"]
     assert printed.err.strip().startswith(f"infer-run: error: --json: cannot write {blocked}")
+
+
+def test_a_spec_that_cannot_run_still_writes_the_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CI job uploads the JSON whatever happened: a run that cannot start says why."""
+    spec = write_spec(tmp_path / "gone.yaml", echo_spec(tmp_path / "gone.parquet", MET))
+    out = tmp_path / "artifacts" / "bench.json"
+    assert main(["bench", str(spec), "--json", str(out)]) == ExitCode.SPEC_ERROR
+    doc = json.loads(out.read_text())
+    message = f"spec {spec}: 1 problem; reader.path: no parquet data at {tmp_path}/gone.parquet"
+    assert doc["status"] == "failed"
+    assert doc["error"] == {"type": "SpecError", "message": message, "exit_code": 3}
+    assert doc["failures"] == [message]
+    assert (doc["spec"], doc["rounds"], doc["checks"], doc["model_only"]) == (
+        str(spec),
+        [],
+        [],
+        None,
+    )
+    assert doc["rows_per_s"] is None
+    # The error is said on stderr as for any run; stdout names the JSON.
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"infer-run: error: spec {spec}: 1 problem")
+    assert f"json: {out}" in printed.out.splitlines()
+
+
+@pytest.mark.ray
+def test_a_run_that_fails_writes_the_rounds_before_it_and_the_error(
+    ray_session: None,
+    table: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The second round stops on a row the first one saw: exit 6, round 1's figures kept."""
+    monkeypatch.setenv("INFER_PLUGINS", "tests.plugins.once_only")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    spec = echo_spec(table, {"sample_rows": 32, **MET})
+    spec["postprocessors"] = [{"type": "once_only", "markers": str(markers)}]
+    path = write_spec(tmp_path / "once.yaml", spec)
+    out = tmp_path / "bench.json"
+    assert main(["bench", str(path), "--rounds", "2", "--json", str(out)]) == ExitCode.RUN_FAILED
+    doc = json.loads(out.read_text())
+    assert doc["status"] == "failed" and doc["error"]["exit_code"] == 6
+    assert doc["error"]["type"] == "RunError"
+    assert "failed in postprocessors[0]: ValueError: " in doc["error"]["message"]
+    assert "was seen by an earlier run" in doc["error"]["message"]
+    assert doc["failures"] == [doc["error"]["message"]] and doc["checks"] == []
+    assert len(doc["rounds"]) == 1 and doc["rows_written"] == 64
+    assert doc["model_only"]["rows"] == 32 and doc["model_ratio"] > 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"infer-run: error: {doc['error']['message']}"
+    assert not (tmp_path / "never-written").exists()
 
 
 def test_model_only_sample_is_read_as_the_rounds_read(
