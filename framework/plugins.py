@@ -21,7 +21,7 @@ import pluggy
 
 from framework import hookspecs
 from framework.errors import PluginError, did_you_mean
-from framework.registry import KINDS, Entry, Registry
+from framework.registry import KINDS, Entry, Registry, origin
 
 ENTRY_POINT_GROUP = "infer_run"
 _HOOK_BY_KIND = {kind: f"register_{kind}s" for kind in KINDS}
@@ -69,9 +69,9 @@ def make_plugin_manager(
                 continue
             if pm.has_plugin(ep.name):
                 other = pm.get_plugin(ep.name)
+                first = _described(getattr(other, "__name__", other), pm.distributions.get(ep.name))
                 raise PluginError(
-                    f"two plugins are named {ep.name!r}: {ep.value} "
-                    f"({dist.metadata['Name']}) and {getattr(other, '__name__', other)}"
+                    f"two plugins are named {ep.name!r}: {first} and {_described(ep.value, dist)}"
                 )
             try:
                 plugin = ep.load()
@@ -108,6 +108,11 @@ def make_plugin_manager(
     if env.get("INFER_TRACE_PLUGINS", "").lower() in ("1", "true", "yes"):
         pm.add_hookcall_monitoring(_trace_before, _trace_after)
     return pm
+
+
+def _described(plugin: object, dist: importlib.metadata.Distribution | None) -> str:
+    where = origin(dist.metadata["Name"], dist.version) if dist else ""
+    return f"{plugin} ({where})" if where else str(plugin)
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:

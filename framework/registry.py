@@ -7,6 +7,17 @@ from dataclasses import dataclass, field
 from framework.errors import PluginError, did_you_mean
 
 KINDS = ("reader", "preprocessor", "model", "writer")
+BUILT_IN = "infer-run"  # the distribution the built-in plugins come with
+
+
+def origin(distribution: str | None, version: str | None) -> str:
+    """Where a plugin comes from, so that a clash says which package to uninstall:
+    ``built-in``, ``from infer-shout 1.2.3``, or "" for a module no distribution declares."""
+    if distribution is None:
+        return ""
+    if distribution == BUILT_IN:
+        return "built-in"
+    return f"from {distribution} {version}" if version else f"from {distribution}"
 
 
 @dataclass(frozen=True)
@@ -17,6 +28,11 @@ class Entry:
     plugin: str  # pluggy's plugin name: the entry-point name, or the module for test plugins
     distribution: str | None = None
     version: str | None = None
+
+    def described(self) -> str:
+        """``plugins.echo.EchoModel, built-in``: the class, and its distribution if any."""
+        where = origin(self.distribution, self.version)
+        return f"{self.cls.__module__}.{self.cls.__qualname__}" + (f", {where}" if where else "")
 
 
 @dataclass
@@ -59,8 +75,7 @@ class Registry:
         if existing is not None:
             raise PluginError(
                 f"{entry.kind} {entry.name!r} is registered twice: by plugin {existing.plugin!r} "
-                f"({existing.cls.__module__}.{existing.cls.__qualname__}) and by plugin "
-                f"{entry.plugin!r} ({entry.cls.__module__}.{entry.cls.__qualname__})"
+                f"({existing.described()}) and by plugin {entry.plugin!r} ({entry.described()})"
             )
         self.entries[entry.kind][entry.name] = entry
 

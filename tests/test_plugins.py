@@ -30,13 +30,16 @@ def test_built_ins_come_through_the_entry_point_group():
     assert echo.version
 
 
-def make_distribution(root: Path, name: str, module: str, body: str) -> None:
-    """A real installed distribution: a module plus a dist-info with entry_points.txt."""
+def make_distribution(
+    root: Path, name: str, module: str, body: str, entry_point: str | None = None
+) -> None:
+    """A real installed distribution: a module plus a dist-info with entry_points.txt;
+    its entry point is named ``entry_point``, else after the module."""
     (root / f"{module}.py").write_text(body)
     info = root / f"{name.replace('-', '_')}-1.2.3.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.2.3\n")
-    (info / "entry_points.txt").write_text(f"[infer_run]\n{module} = {module}\n")
+    (info / "entry_points.txt").write_text(f"[infer_run]\n{entry_point or module} = {module}\n")
 
 
 @pytest.fixture
@@ -44,7 +47,7 @@ def on_sys_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     for name in list(sys.modules):
-        if name.startswith("infer_shout"):
+        if name.startswith(("infer_shout", "infer_squat")):
             del sys.modules[name]
 
 
@@ -80,11 +83,56 @@ def test_plugin_that_fails_to_import_is_named_with_its_cause(on_sys_path):
     )
 
 
+SHOUT_ECHO = (
+    "from framework import Model, hookimpl\n"
+    "class LoudEcho(Model):\n"
+    "    def __call__(self, batch):\n"
+    "        return batch\n"
+    "@hookimpl\n"
+    "def register_models(register):\n"
+    "    register('echo', LoudEcho)\n"
+)
+
+
+def test_a_clash_names_the_distribution_of_each_plugin(on_sys_path):
+    # Which package to uninstall: the built-in says so, the other names its distribution.
+    make_distribution(on_sys_path, "infer-shout", "infer_shout", SHOUT_ECHO)
+    with pytest.raises(PluginError) as info:
+        load_registry()
+    assert str(info.value) == (
+        "model 'echo' is registered twice: by plugin 'echo' (plugins.echo.EchoModel, built-in) "
+        "and by plugin 'infer_shout' (infer_shout.LoudEcho, from infer-shout 1.2.3)"
+    )
+
+
+def test_two_entry_points_of_one_name_name_both_distributions(on_sys_path, monkeypatch):
+    # Two folders: the first on sys.path is found, and registered, first.
+    first, second = on_sys_path / "a", on_sys_path / "b"
+    for folder in (second, first):
+        folder.mkdir()
+        monkeypatch.syspath_prepend(str(folder))
+    make_distribution(first, "infer-shout", "infer_shout", SHOUT_ECHO, entry_point="loud")
+    make_distribution(second, "infer-shout-too", "infer_shout_too", SHOUT_ECHO, "loud")
+    with pytest.raises(PluginError) as info:
+        load_registry()
+    assert str(info.value) == (
+        "two plugins are named 'loud': infer_shout (from infer-shout 1.2.3) "
+        "and infer_shout_too (from infer-shout-too 1.2.3)"
+    )
+    make_distribution(on_sys_path, "infer-squat", "infer_squat", SHOUT_ECHO, entry_point="echo")
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(env={"INFER_DISABLE_PLUGINS": "loud"})
+    assert str(info.value) == (
+        "two plugins are named 'echo': infer_squat (from infer-squat 1.2.3) "
+        "and plugins.echo (built-in)"
+    )
+
+
 def test_duplicate_names_name_both_plugins():
     with pytest.raises(PluginError) as info:
         load_registry([second_echo])
     assert str(info.value) == (
-        "model 'echo' is registered twice: by plugin 'echo' (plugins.echo.EchoModel) "
+        "model 'echo' is registered twice: by plugin 'echo' (plugins.echo.EchoModel, built-in) "
         "and by plugin 'tests.plugins.second_echo' (tests.plugins.second_echo.OtherEcho)"
     )
 
