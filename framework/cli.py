@@ -20,10 +20,10 @@ from framework.cluster import ray_cluster
 from framework.errors import ExitCode, InferError, SpecError, Terminated, did_you_mean
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
+from framework.plugin_table import plugin_rows, plugin_table
 from framework.plugins import load_registry
 from framework.ray_session import cluster_for, data_context, init_ray, read_planning
 from framework.redact import redact
-from framework.registry import Registry
 from framework.run import read_task_mb, run_spec
 from framework.run_files import write_extra
 from framework.spec import load_spec, validate_spec
@@ -194,24 +194,12 @@ def main_plugins(argv: Sequence[str]) -> int:
     p = _Parser(prog="infer-run plugins", description="List every registered component.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
-    registry: Registry = load_registry()
-    rows = [
-        {
-            "kind": e.kind,
-            "name": e.name,
-            "class": f"{e.cls.__module__}.{e.cls.__qualname__}",
-            "plugin": e.plugin,
-            "distribution": e.distribution,
-            "version": e.version,
-        }
-        for e in registry.all()
-    ]
+    rows = plugin_rows(load_registry())
     if args.json:
         print(json.dumps(rows, indent=2))
         return ExitCode.OK
-    for r in rows:
-        source = f"{r['distribution']} {r['version']}" if r["distribution"] else r["plugin"]
-        print(f"{r['kind']:<13} {r['name']:<20} {source:<24} {r['class']}")
+    for line in plugin_table(rows):
+        print(line)
     return ExitCode.OK
 
 

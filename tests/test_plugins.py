@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from framework.errors import PluginError
+from framework.cli import main
+from framework.errors import ExitCode, PluginError
 from framework.plugins import build_registry, load_registry, make_plugin_manager
 from tests.plugins import misspelt_hook, second_echo, upper
 
@@ -189,3 +191,26 @@ def test_infer_plugins_registers_a_module_by_import_path():
         "error importing plugin 'tests.plugins.nope' (from INFER_PLUGINS): "
         "ModuleNotFoundError: No module named 'tests.plugins.nope'"
     )
+
+
+def test_plugins_table_columns_align_for_long_names(on_sys_path, capsys):
+    make_distribution(
+        on_sys_path,
+        "infer-shout-with-a-distribution-name-longer-than-any-column",
+        "infer_shout",
+        SHOUT_ECHO.replace("'echo'", "'loud_echo_with_a_name_longer_than_twenty'"),
+    )
+    assert main(["plugins", "--json"]) == ExitCode.OK
+    rows = json.loads(capsys.readouterr().out)
+    assert main(["plugins"]) == ExitCode.OK
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(rows)
+    starts = set()
+    for line, row in zip(lines, rows, strict=True):
+        source = f"{row['distribution']} {row['version']}" if row["distribution"] else row["plugin"]
+        name_at = line.index(row["name"], len(row["kind"]))
+        source_at = line.index(source, name_at + len(row["name"]))
+        class_at = line.index(row["class"], source_at + len(source))
+        assert line.startswith(row["kind"]) and line.endswith(row["class"])
+        starts.add((name_at, source_at, class_at))
+    assert len(starts) == 1, "\n".join(lines)
