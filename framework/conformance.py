@@ -33,6 +33,28 @@ def conformance_problems(
     empty batch, and determinism. Readers and writers are checked for their class and
     parameters; run them through ``run_spec`` for an end-to-end check.
     """
+    return _problems(kind, name, params, batch, registry, causes=[])
+
+
+def assert_conformant(kind: str, name: str, **kwargs: Any) -> None:
+    causes: list[BaseException] = []
+    problems = _problems(kind, name, **kwargs, causes=causes)
+    if problems:
+        # Chained to what the plugin raised, so that pytest shows where its code failed:
+        # the one line names the exception, not the frame.
+        raise AssertionError("\n".join(problems)) from (causes[0] if causes else None)
+
+
+def _problems(
+    kind: str,
+    name: str,
+    params: Mapping[str, Any] | None = None,
+    batch: Batch | None = None,
+    registry: Registry | None = None,
+    *,
+    causes: list[BaseException],
+) -> list[str]:
+    """``conformance_problems``, adding to ``causes`` each exception the plugin raised."""
     registry = registry or load_registry()  # raises on clashes and misspelt hooks
     entry = registry.find(kind, name)
     if entry is None:
@@ -41,63 +63,67 @@ def conformance_problems(
     bound, problems = bind_params(entry.cls, dict(params or {}), where)
     if problems:
         return [f"{where}: {p}" for p in problems]
-    problems = _check_problems(entry.cls, bound, where)
+    problems = _check_problems(entry.cls, bound, where, causes)
     if problems or kind in ("reader", "writer"):
         return problems
     if batch is None or ID_COLUMN not in batch:
         return [f"{where}: conformance needs a sample batch with an {ID_COLUMN!r} column"]
-    stage = _build(entry.cls, bound, where, problems)
+    stage = _build(entry.cls, bound, where, problems, causes)
     if stage is None:
         return problems
-    first = _call(stage, _copy(batch), where, problems)
+    first = _call(stage, _copy(batch), where, problems, causes)
     if first is not None:
         problems.extend(_output_problems(stage, batch, first, where))
     # Only two dicts compare: a list or a DataFrame is reported above, once.
     if isinstance(first, dict):
-        again = _call(stage, _copy(batch), where, problems)
+        again = _call(stage, _copy(batch), where, problems, causes)
         if again is not None and not _same(first, again):
             problems.append(f"{where}: the same input gave a different output the second time")
     empty = {k: v[:0] for k, v in batch.items()}
-    out = _call(stage, empty, f"{where} on an empty batch", problems)
+    out = _call(stage, empty, f"{where} on an empty batch", problems, causes)
     if out is not None:
         problems.extend(_output_problems(stage, empty, out, f"{where} on an empty batch"))
     return problems
 
 
-def assert_conformant(kind: str, name: str, **kwargs: Any) -> None:
-    problems = conformance_problems(kind, name, **kwargs)
-    assert not problems, "\n".join(problems)
-
-
-def _check_problems(cls: type, bound: dict[str, Any], where: str) -> list[str]:
+def _check_problems(
+    cls: type, bound: dict[str, Any], where: str, causes: list[BaseException]
+) -> list[str]:
     """``check()``'s lines, held to its contract as validation holds it (``check_lines``;
     validation stops on a break, the kit reports it): a returned string was iterated, one
     problem per character."""
     try:
         found = check_lines(cls, bound)
     except BrokenCheck as exc:
+        causes.extend([exc.__cause__] if exc.__cause__ else [])
         return [f"{where}: check() {exc}"]
     except InferError as exc:  # a plugin's own one-line error: here one problem like any
         return [f"{where}: check() raised {type(exc).__name__}: {exc}"]
     return [f"{where}: check(): {p}" for p in found]
 
 
-def _build(cls: type, bound: dict[str, Any], where: str, problems: list[str]) -> Any:
+def _build(
+    cls: type, bound: dict[str, Any], where: str, problems: list[str], causes: list[BaseException]
+) -> Any:
     """The stage as a run's workers build it: from ``worker_params``, whose result binding
     and ``check()`` never see (a renamed key passed them and failed every worker)."""
     try:
         return cls(**cls.worker_params(bound))
     except Exception as exc:
+        causes.append(exc)
         problems.append(
             f"{where}: {cls.__name__}(**worker_params(params)) raised {type(exc).__name__}: {exc}"
         )
         return None
 
 
-def _call(stage: Any, batch: Batch, where: str, problems: list[str]) -> Batch | None:
+def _call(
+    stage: Any, batch: Batch, where: str, problems: list[str], causes: list[BaseException]
+) -> Batch | None:
     try:
         return stage(batch)
     except Exception as exc:  # the kit reports a plugin's crash instead of stopping
+        causes.append(exc)
         problems.append(f"{where}: raised {type(exc).__name__}: {exc}")
         return None
 

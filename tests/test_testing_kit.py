@@ -9,6 +9,8 @@ from framework.plugins import load_registry
 from framework.testing import assert_conformant, conformance_problems
 from tests.plugins import broken, careless
 
+pytest_plugins = ["pytester"]
+
 SAMPLE = {"id": np.array(["a", "b", "c"], dtype=object), "x": np.array([1.0, 2.0, 3.0])}
 
 
@@ -184,3 +186,63 @@ def test_a_broken_check_is_one_line_as_validation_gives_it(name, what):
         "preprocessor", name, batch=SAMPLE, registry=load_registry([careless])
     )
     assert problems == [f"preprocessor {name!r}: check() {what}"]
+
+
+CRASHING_PLUGIN = """
+import sys
+
+import numpy as np
+import pytest
+
+from framework import Preprocessor, hookimpl
+from framework.plugins import load_registry
+from framework.testing import assert_conformant
+
+
+def open_vocabulary(path):
+    raise FileNotFoundError(path)
+
+
+class NeedsVocab(Preprocessor):
+    def __init__(self, vocab: str = "vocab.txt", when: str = "built") -> None:
+        self.vocab, self.when = vocab, when
+        if when == "built":
+            open_vocabulary(vocab)
+
+    def __call__(self, batch):
+        open_vocabulary(self.vocab)
+
+
+@hookimpl
+def register_preprocessors(register):
+    register("needs_vocab", NeedsVocab)
+
+
+@pytest.mark.parametrize("when", ["built", "called"])
+def test_conforms(when):
+    batch = {"id": np.array(["a"], dtype=object)}
+    registry = load_registry([sys.modules[__name__]])
+    assert_conformant("preprocessor", "needs_vocab", params={"when": when}, batch=batch,
+                      registry=registry)
+"""
+
+
+def test_a_crashing_plugin_fails_the_kit_with_its_own_traceback(pytester: pytest.Pytester):
+    # The one-line problem alone does not say where in the plugin's code it failed.
+    pytester.makepyfile(test_kit_crash=CRASHING_PLUGIN)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    shown: list[str] = []
+    for when, line in (
+        ("built", "open_vocabulary(vocab)"),
+        ("called", "open_vocabulary(self.vocab)"),
+    ):
+        shown += [
+            f"*_ test_conforms[[]{when}[]] _*",
+            f">*{line}",  # the plugin's own frame, then the line that raised
+            "*raise FileNotFoundError(path)",
+            "E *FileNotFoundError: vocab.txt",
+            "*direct cause of the following exception*",
+            "E *AssertionError: preprocessor 'needs_vocab*raised FileNotFoundError: vocab.txt",
+        ]
+    result.stdout.fnmatch_lines(shown)
