@@ -246,3 +246,15 @@ def test_a_crashing_plugin_fails_the_kit_with_its_own_traceback(pytester: pytest
             "E *AssertionError: preprocessor 'needs_vocab*raised FileNotFoundError: vocab.txt",
         ]
     result.stdout.fnmatch_lines(shown)
+
+
+def test_a_raising_check_is_chained_too():
+    with pytest.raises(AssertionError) as info:
+        assert_conformant(
+            "preprocessor", "check_raises", batch=SAMPLE, registry=load_registry([careless])
+        )
+    assert (
+        str(info.value)
+        == "preprocessor 'check_raises': check() raised FileNotFoundError: vocab.txt"
+    )
+    assert isinstance(info.value.__cause__, FileNotFoundError)
