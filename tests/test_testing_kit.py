@@ -230,7 +230,9 @@ def test_conforms(when):
 def test_a_crashing_plugin_fails_the_kit_with_its_own_traceback(pytester: pytest.Pytester):
     # The one-line problem alone does not say where in the plugin's code it failed.
     pytester.makepyfile(test_kit_crash=CRASHING_PLUGIN)
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    # In a process of its own: an in-process run drops the plugin modules it imported from
+    # sys.modules, and importing them again (torch's extensions) fails the later tests.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=2)
     shown: list[str] = []
     for when, line in (
