@@ -70,7 +70,8 @@ def test_plan_prints_stages_with_resources_and_why(spec, capsys, tmp_path, monke
         "   auto (num_cpus): 0.25 CPU per task, to fit beside the model actors; 2 at once",
         # The pool's 2 actors share the 3.5 CPUs (each sized for the whole, the second
         # could never start).
-        "1. model        models[0]          echo  actors=1..2 batch_size=16 num_cpus=1.75",
+        "1. model        models[0]          echo  actors=1..2 batch_size=16 block_rows<=64 "
+        "num_cpus=1.75",
         "   auto (num_cpus, num_gpus): no GPU: 2 actor(s) of 1.75 CPUs (torch threads follow), "
         "0.5 CPU per node kept for reading, CPU stages and writing",
         "2. writer       writer             parquet  num_cpus=0.25 -> " + str(tmp_path / "out"),
