@@ -120,9 +120,13 @@ def check_resumable(
     try:
         with fs.open_input_stream(f"{root}/{MANIFEST_NAME}") as f:
             found = json.loads(f.read())
-    except (FileNotFoundError, OSError):
+    except FileNotFoundError:  # S3's missing key too; not its access denied
         raise InputError(
             f"{flag}: {writer.path} holds no earlier run (no {MANIFEST_NAME}) - run without {flag}"
+        ) from None
+    except OSError as exc:  # the earlier run is there: "no earlier run" sent users astray
+        raise InputError(
+            f"{flag}: cannot read {writer.path.rstrip('/')}/{MANIFEST_NAME}: {exc}"
         ) from None
     except ValueError as exc:  # empty or cut short: not JSON
         found = f"not JSON ({exc})"

@@ -698,3 +698,42 @@ def test_replay_refuses_ids_the_records_cannot_give_back(
     assert "--replay: the 'id' column is timestamp[us], which the dead-letter records" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in records.glob("*.jsonl")} == before  # put back
+
+
+def test_a_missing_manifest_says_no_earlier_run(tmp_path, s3_server, s3_bucket):
+    from plugins.parquet import ParquetWriter
+
+    places = [(str(tmp_path / "out"), None), (f"s3://{s3_bucket}/out", s3_server.storage)]
+    for path, storage in places:
+        with pytest.raises(InputError) as refused:
+            check_resumable(ParquetWriter(path, storage=storage), {})
+        assert str(refused.value) == (
+            f"--resume: {path} holds no earlier run (no _infer_run_manifest.json) - run "
+            "without --resume"
+        )
+
+
+@pytest.mark.parametrize("how", ["unreadable", "directory"])
+def test_a_manifest_that_cannot_be_read_is_not_called_missing(tmp_path, how):
+    # Access denied, an I/O error: the earlier run is there, and "no earlier run" sent the
+    # user to run without --resume, which refuses the output (or --overwrite, which loses it).
+    from plugins.parquet import ParquetWriter
+
+    out = tmp_path / "out"
+    out.mkdir()
+    found = out / "_infer_run_manifest.json"
+    if how == "unreadable":
+        found.write_text("{}")
+        found.chmod(0)
+        if os.access(found, os.R_OK):  # root reads it all the same
+            pytest.skip("this user reads files whatever their mode")
+    else:
+        found.mkdir()  # reading it is an OSError other than not-found, root or not
+    try:
+        with pytest.raises(InputError) as refused:
+            check_resumable(ParquetWriter(str(out)), {}, flag="--replay")
+    finally:
+        found.chmod(0o700)
+    message = str(refused.value)
+    assert message.startswith(f"--replay: cannot read {found}: "), message
+    assert "no earlier run" not in message and "\n" not in message
