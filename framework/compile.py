@@ -25,8 +25,8 @@ from framework.dead_letter import (
     batch_key,
 )
 from framework.errors import InferError, PluginError
+from framework.id_filter import filter_ids
 from framework.plan import MapNode, Plan, ReadNode, WriteNode
-from framework.resume import filter_ids
 from framework.worker import StageRunner
 
 

@@ -14,13 +14,11 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
-import ray
 
-from framework.components import ID_COLUMN, JSON_IDS, Writer, id_type_kept
+from framework.components import Writer
 from framework.dead_letter import ARCHIVE, ErrorPolicy, jsonl_ids
-from framework.errors import InputError, RunError
+from framework.errors import InputError
 from framework.redact import redact
 from framework.replay import is_whole_file
 from framework.storage import filesystem_for, read_files
@@ -234,35 +232,3 @@ def json_records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(record, dict):
             yield record
-
-
-_IDS: dict[Any, frozenset[Any]] = {}
-
-
-def filter_ids(table: pa.Table, ids: Any, keep: bool) -> pa.Table:
-    """The rows whose id is in ``ids`` (``keep``), or the others: replaying, resuming.
-
-    In Arrow, so that a null among integer ids does not make them floats. A null id is
-    never done (a resumed run checks and records it again); a replay keeps it when a
-    record without an id (a malformed line) is among those replayed.
-    """
-    if keep and not id_type_kept(table.schema.field(ID_COLUMN).type, JSON_IDS):
-        # The records keep such an id as text: the replay would match no row, and its
-        # records would be archived, the rows neither replayed nor recorded.
-        raise RunError(
-            f"--replay: the 'id' column is {table.schema.field(ID_COLUMN).type}, which the "
-            "dead-letter records (JSON) do not keep, so no recorded row can be found again - "
-            "give the rows string or integer ids; --resume runs the rows again instead"
-        )
-    if isinstance(ids, ray.ObjectRef):  # fetched once per worker process
-        ids = _IDS.setdefault(ids, ray.get(ids))
-    column = table[ID_COLUMN].to_pylist()
-    if keep:
-        wanted = [row_id in ids for row_id in column]
-    else:
-        wanted = [row_id is None or row_id not in ids for row_id in column]
-    return table if all(wanted) else table.filter(pa.array(wanted, pa.bool_()))
-
-
-def put_ids(ids: list[Any]) -> Any:
-    return ray.put(frozenset(ids))

@@ -19,6 +19,7 @@ from framework.dead_letter import ErrorPolicy, UnreadableInputs
 from framework.errors import InferError, InputError, RunError
 from framework.failures import bug_text, run_failure
 from framework.feasibility import check_feasible
+from framework.id_filter import put_ids
 from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
 from framework.ray_session import data_context, init_ray, read_planning
@@ -31,7 +32,6 @@ from framework.resume import (
     close_replay,
     committed_ids,
     manifest,
-    put_ids,
     write_manifest,
 )
 from framework.run_files import RunRecord, finish_run, remove_report, write_spec_copy

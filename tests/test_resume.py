@@ -737,3 +737,35 @@ def test_a_manifest_that_cannot_be_read_is_not_called_missing(tmp_path, how):
     message = str(refused.value)
     assert message.startswith(f"--replay: cannot read {found}: "), message
     assert "no earlier run" not in message and "\n" not in message
+
+
+def dead_letters(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (out / "_dead_letter").glob("*.jsonl")}
+
+
+@pytest.mark.parametrize(("unit", "tz"), [("us", None), ("ns", "UTC")])
+def test_resume_skips_dead_lettered_rows_whose_ids_json_does_not_keep(
+    ray_session, tmp_path, monkeypatch, unit, tz
+):
+    # A record keeps a timestamp id as text (a ns one as an integer): the resume took the
+    # rows for undone, ran them again and wrote them beside their records, or recorded
+    # them twice.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("INFER_PLUGINS", "tests.plugins.flaky")
+    (tmp_path / "in").mkdir()
+    step = 60_000_000 * (1000 if unit == "ns" else 1) + 1
+    ids = pa.array(range(0, 5 * step, step), pa.timestamp(unit, tz=tz))
+    pq.write_table(pa.table({"id": ids, "x": [1.0] * 5}), tmp_path / "in" / "p.parquet")
+    out = tmp_path / "out"
+    spec = flaky_spec(tmp_path, tmp_path / "in", f"writer: {{type: parquet, path: {out}}}")
+    assert main([str(spec)]) == ExitCode.OK
+    failed = json.loads((out / "_infer_run_report.json").read_text())["rows_failed"]
+    records, written = dead_letters(out), sorted(written_ids(out, "parquet"))
+    assert failed > 0 and len(written) == 5 - failed
+    assert main([str(spec), "--resume"]) == ExitCode.OK
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_failed"], report["resumed_rows"]) == (0, 0, 5)
+    assert dead_letters(out) == records
+    assert sorted(written_ids(out, "parquet")) == written
