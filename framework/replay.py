@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from framework.dead_letter import MISSING_ID, ErrorPolicy
+from framework.dead_letter import MISSING_ID, READER_PATH, ErrorPolicy
 from framework.errors import InputError
 from framework.storage import filesystem_for
 
@@ -115,3 +115,23 @@ def plan_replay(errors: ErrorPolicy, records: list[tuple[str, bytes]]) -> Replay
     if not ids:
         raise InputError(f"--replay: no dead-lettered rows to replay in {errors.dead_letter}")
     return Replay(ids, [path for path, _ in records], kept, errors)
+
+
+def rows_left(replayed: int, limit: int | None, report: dict[str, Any]) -> int:
+    """How many of a --replay's ``replayed`` rows its ``run.limit`` left in neither the
+    output nor the records (``report``: the run's report data). The reader sets rows aside
+    again (and records them) before the limit counts rows: those are not left."""
+    if limit is None:
+        return 0
+    read = report["rows_read"]
+    set_aside = report["stages"].get(READER_PATH, {}).get("rows_in", 0)
+    if read - set_aside < limit:  # the limit stopped nothing: a missing row is not left
+        return 0
+    return max(replayed - read, 0)
+
+
+def limit_warning(limit: int, replayed: int, left: int, archive: str) -> str:
+    return (
+        f"--replay: run.limit={limit} leaves {left} of the {replayed} replayed rows to run; "
+        f"their records are in {archive}, and a --resume with this spec runs them"
+    )

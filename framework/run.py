@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -24,7 +25,14 @@ from framework.memory import MemorySampler
 from framework.plan import Plan, ReadNode, build_plan
 from framework.ray_session import data_context, init_ray, read_planning
 from framework.registry import Registry
-from framework.replay import REPLAYED_PREFIX, new_stamp, plan_replay, replay_manifest
+from framework.replay import (
+    REPLAYED_PREFIX,
+    limit_warning,
+    new_stamp,
+    plan_replay,
+    replay_manifest,
+    rows_left,
+)
 from framework.report import RunReport
 from framework.resume import (
     check_replay_finished,
@@ -112,17 +120,24 @@ def run_spec(
         write_spec_copy(spec, writer)
         replaying.move_records_aside(stamp)
         ids = [i for i in replaying.ids if i not in written]
-        left = limit_leaves(
-            spec, len(ids), f"{str(errors.dead_letter).rstrip('/')}/{REPLAYED_PREFIX}{stamp}"
-        )
+        archive = f"{str(errors.dead_letter).rstrip('/')}/{REPLAYED_PREFIX}{stamp}"
+        limit = spec.run.limit
+
+        def limit_left(report: dict[str, Any]) -> list[str]:
+            # Told by the run's counts, not before it: rows the reader sets aside again are
+            # recorded again, and left to no --resume.
+            left = rows_left(len(ids), limit, report)
+            return [limit_warning(limit, len(ids), left, archive)] if limit and left else []
+
         try:
             report = run_plan(
                 plan,
                 registry,
-                facts=(facts[0], facts[1] + left),
+                facts=facts,
                 id_filter=(put_ids(ids), True),
                 replayed=len(ids),
                 recorded_inputs=replaying.unreadable_inputs,
+                late_warnings=limit_left,
             )
         except BaseException:
             replaying.put_records_back(stamp)
@@ -130,25 +145,17 @@ def run_spec(
             raise
         # Rows past run.limit are in neither the output nor the records: the next --replay
         # must refuse as after a kill, until a --resume has run them.
-        limit = spec.run.limit if left else None
-        write_manifest(writer, replay_manifest(expected, stamp, running=bool(left), limit=limit))
+        left = rows_left(len(ids), limit, report.data)
+        write_manifest(
+            writer,
+            replay_manifest(expected, stamp, running=bool(left), limit=limit if left else None),
+        )
         return report
     id_filter = (put_ids(done), False) if resume else None
     report = run_plan(plan, registry, facts=facts, id_filter=id_filter, resumed=resumed)
     if resume and spec.run.limit is None:  # a slice may leave a killed replay's rows undone
         close_replay(writer, found)
     return report
-
-
-def limit_leaves(spec: Spec, replayed: int, archive: str) -> list[str]:
-    """The warning of a --replay whose ``run.limit`` leaves replayed rows unrun, if it does."""
-    limit = spec.run.limit
-    if limit is None or replayed <= limit:
-        return []
-    return [
-        f"--replay: run.limit={limit} leaves {replayed - limit} of the {replayed} replayed rows "
-        f"to run; their records are in {archive}, and a --resume with this spec runs them"
-    ]
 
 
 def earlier_dead_letters(spec: Spec, errors: ErrorPolicy, overwrite: bool) -> None:
@@ -174,8 +181,10 @@ def run_plan(
     replayed: int = 0,
     recorded_inputs: frozenset[str] = frozenset(),
     facts: tuple[list[dict[str, Any]], list[str]] | None = None,
+    late_warnings: Callable[[dict[str, Any]], list[str]] | None = None,
 ) -> RunReport:
-    """``facts``: ``component_facts`` of the plan's spec, when the caller has them."""
+    """``facts``: ``component_facts`` of the plan's spec, when the caller has them;
+    ``late_warnings``: the report's warnings its figures tell, given its data."""
     spec = plan.spec
     components, warnings = facts or component_facts(spec, registry)
     for warning in warnings:
@@ -194,6 +203,7 @@ def run_plan(
         first_stage=first_stage,
         resumed=resumed,
         replayed=replayed,
+        late_warnings=late_warnings,
     )
     bad_input = UnreadableInputs(errors, stage_log, recorded_inputs)
     with data_context(spec, plan.cluster):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +41,9 @@ class RunRecord:
     resumed: int
     replayed: int
     memory: dict[str, int] = field(default_factory=dict)
+    # Warnings only the run's figures tell (a --replay's rows its run.limit left), given
+    # the report's data.
+    late_warnings: Callable[[dict[str, Any]], list[str]] | None = None
 
 
 LOG_RESTARTED = (
@@ -99,6 +102,8 @@ def finish_run(
         memory=record.memory,
         clock_origin=record.start,
     )
+    if record.late_warnings is not None and failure is None:  # a stopped replay puts back
+        report.data["warnings"] += record.late_warnings(report.data)
     write_text(report_path, report.to_json(), writer.storage)
     write_spec_copy(spec, writer)
     extras_storage = run_files_storage(spec.reader.params, spec.writer.params)

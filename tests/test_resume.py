@@ -769,3 +769,16 @@ def test_resume_skips_dead_lettered_rows_whose_ids_json_does_not_keep(
     assert (report["rows_read"], report["rows_failed"], report["resumed_rows"]) == (0, 0, 5)
     assert dead_letters(out) == records
     assert sorted(written_ids(out, "parquet")) == written
+
+
+def test_a_replay_limit_warns_only_of_rows_it_left_unrun(ray_session, tmp_path):
+    # The reader sets aside both replayed rows again ('short' flagged, one without an id),
+    # before run.limit counts rows: both are recorded again, none is left for a --resume.
+    spec = flagged_spec(tmp_path)
+    out = tmp_path / "out"
+    assert main([str(spec)]) == ExitCode.OK
+    assert main([str(spec), "--replay", "--limit", "1"]) == ExitCode.OK
+    assert record_ids(out / "_dead_letter") == [None, "short"]
+    report = json.loads((out / "_infer_run_report.json").read_text())
+    assert report["replayed_rows"] == 2 and report["rows_failed"] == 2
+    assert not [w for w in report["warnings"] if "leaves" in w], report["warnings"]
