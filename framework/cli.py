@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import json
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import ray
 from omegaconf import OmegaConf
 
-from framework import __version__
+from framework.cli_parser import Parser, flag_overrides, run_parser
 from framework.cluster import ray_cluster
 from framework.errors import ExitCode, InferError, SpecError, Terminated, did_you_mean
 from framework.feasibility import check_feasible
@@ -32,95 +29,6 @@ from framework.spec.schema import Spec
 from framework.spec.validate import resolve
 from framework.stopping import quiet_second_stop
 
-OVERRIDE_HINT = "spec values are set as key=value (e.g. run.limit=10) and removed as ~key"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, exiting with our code; an unknown flag gets a "did you mean", or, where
-    the command takes ``key=value`` (``overrides``), the hint at that form. No flag is
-    taken from its first letters: ``--over`` ran as ``--overwrite``, which deletes output."""
-
-    def __init__(self, *args: Any, overrides: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, allow_abbrev=False, **kwargs)
-        self.overrides = overrides
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        _, _, unknown = message.partition("unrecognized arguments: ")
-        if unknown:
-            message += self._unknown_hint(unknown.split(" "))
-        self.exit(ExitCode.USAGE_ERROR, f"{self.prog}: error: {message}\n")
-
-    def _unknown_hint(self, unknown: list[str]) -> str:
-        # Compared without the dashes every flag shares, and closer than a spec key's "did
-        # you mean": else --model was close to --help, --json to --version, --resources
-        # to --resume.
-        names = {o.lstrip("-"): o for o in self._option_string_actions if o.startswith("--")}
-        for flag in (a.partition("=")[0] for a in unknown if a.startswith("--")):
-            bare = flag.lstrip("-")
-            started = [name for name in names if name.startswith(bare)]
-            close = difflib.get_close_matches(bare, names, n=1, cutoff=0.75)
-            guess = started if len(started) == 1 else close
-            if guess:
-                return f" - did you mean {names[guess[0]]!r}?"
-        return f" - {OVERRIDE_HINT}" if self.overrides else ""
-
-
-def run_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="infer-run",
-        overrides=True,
-        description="Run a batch-inference spec on Ray Data. "
-        "Other commands: 'infer-run plugins', 'infer-run datagen', 'infer-run k8s', "
-        "'infer-run bench'.",
-    )
-    p.add_argument("spec", help="the YAML spec file")
-    p.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")
-    p.add_argument("--validate", action="store_true", help="check spec and plugins, run nothing")
-    p.add_argument("--print-spec", action="store_true", help="print the resolved spec and exit")
-    p.add_argument("--plan", action="store_true", help="print the stages and their resources")
-    p.add_argument(
-        "--calibrate",
-        type=int,
-        metavar="ROWS",
-        help="with the plan, time every stage on ROWS sample rows and predict the bottleneck",
-    )
-    p.add_argument("--address", help="Ray cluster to join (auto, host:port); same as ray.address")
-    p.add_argument("--limit", type=int, help="process only the first N rows; same as run.limit")
-    p.add_argument("--report", help="also write the JSON run report here; same as run.report")
-    p.add_argument(
-        "--timeline",
-        metavar="PATH",
-        help="write Ray's timeline of the run's tasks here (Chrome trace); same as run.timeline",
-    )
-    p.add_argument(
-        "--resume", action="store_true", help="finish an interrupted run, skipping committed rows"
-    )
-    p.add_argument(
-        "--replay",
-        action="store_true",
-        help="run the dead-lettered rows of an earlier run again, adding to its output",
-    )
-    p.add_argument(
-        "--overwrite", action="store_true", help="replace existing output; same as writer.overwrite"
-    )
-    p.add_argument("--version", action="version", version=f"infer-run {__version__}")
-    return p
-
-
-def _flag_overrides(args: argparse.Namespace) -> list[str]:
-    extra = []
-    if args.address:
-        extra.append(f"ray.address={args.address}")
-    if args.limit is not None:
-        extra.append(f"run.limit={args.limit}")
-    if args.report:
-        extra.append(f"run.report={args.report}")
-    if args.timeline:
-        extra.append(f"run.timeline={args.timeline}")
-    if args.overwrite:
-        extra.append("writer.overwrite=true")
-    return extra
-
 
 def main_run(argv: Sequence[str]) -> int:
     parser = run_parser()
@@ -131,10 +39,8 @@ def main_run(argv: Sequence[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     if sum((args.resume, args.replay, args.overwrite)) > 1:
         parser.error("--resume, --replay and --overwrite exclude each other")
-    if args.calibrate is not None and args.calibrate < 1:
-        parser.error("--calibrate: ROWS must be at least 1")
     problems: list[str] = []  # overrides that could not be applied, with the rest
-    cfg = load_spec(args.spec, [*args.overrides, *_flag_overrides(args)], pending=problems)
+    cfg = load_spec(args.spec, [*args.overrides, *flag_overrides(args)], pending=problems)
     if args.print_spec:
         resolved = resolve(cfg, "", problems)
         if problems:
@@ -191,7 +97,7 @@ def _calibrate(spec: Spec, rows: int) -> int:
 
 
 def main_plugins(argv: Sequence[str]) -> int:
-    p = _Parser(prog="infer-run plugins", description="List every registered component.")
+    p = Parser(prog="infer-run plugins", description="List every registered component.")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = p.parse_args(argv)
     rows = plugin_rows(load_registry())
@@ -219,7 +125,7 @@ def stages_counted(spec: Spec) -> str:
 def main_datagen(argv: Sequence[str]) -> int:
     from framework import datagen
 
-    p = _Parser(prog="infer-run datagen", description="Generate an ImageNet-like dataset.")
+    p = Parser(prog="infer-run datagen", description="Generate an ImageNet-like dataset.")
     datagen.add_arguments(p)
     return datagen.main(p.parse_args(argv))
 
@@ -227,7 +133,7 @@ def main_datagen(argv: Sequence[str]) -> int:
 def main_k8s(argv: Sequence[str]) -> int:
     from framework import k8s
 
-    p = _Parser(
+    p = Parser(
         prog="infer-run k8s",
         overrides=True,
         description="Print a KubeRay RayJob manifest for a spec.",
@@ -239,7 +145,7 @@ def main_k8s(argv: Sequence[str]) -> int:
 def main_bench(argv: Sequence[str]) -> int:
     from framework import bench
 
-    p = _Parser(
+    p = Parser(
         prog="infer-run bench",
         overrides=True,
         description="Run a spec's benchmark: block and check its expectations.",

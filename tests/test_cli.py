@@ -169,6 +169,25 @@ def test_an_unknown_flag_gets_a_did_you_mean_and_only_fitting_hints(
     assert not (tmp_path / "gen").exists()
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--limit", "0", "argument --limit: must be at least 1, got 0"),
+        ("--limit", "-3", "argument --limit: must be at least 1, got -3"),
+        ("--limit", "x", "argument --limit: expected a whole number, got 'x'"),
+        ("--calibrate", "0", "argument --calibrate: must be at least 1, got 0"),
+        ("--calibrate", "-1", "argument --calibrate: must be at least 1, got -1"),
+    ],
+)
+def test_a_bad_numeric_flag_is_a_usage_error_naming_the_flag(spec, capsys, flag, value, expected):
+    """Not a spec error about a run.limit the spec never set: both flags exit as argparse's
+    own mistakes do."""
+    with pytest.raises(SystemExit) as exited:
+        main([str(spec), "--validate", f"{flag}={value}"])
+    assert exited.value.code == ExitCode.USAGE_ERROR
+    assert capsys.readouterr().err == f"infer-run: error: {expected}\n"
+
+
 def test_console_script_exit_codes_and_no_traceback(spec, tmp_path):
     exe = str(Path(sys.executable).parent / "infer-run")  # the installed console script
     ok = subprocess.run([exe, str(spec), "--validate"], capture_output=True, text=True)
