@@ -288,6 +288,18 @@ BAD_SPECS = [
         id="structure",
     ),
     pytest.param(
+        # An empty mapping, string or false counted as no models: the run had none.
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "models: {}\npreprocessors: ''\npostprocessors: false\n",
+        [],
+        [
+            "preprocessors: expected a list of preprocessor nodes, got str",
+            "models: expected a list of model nodes, got a mapping",
+            "postprocessors: expected a list of preprocessor nodes, got bool",
+        ],
+        id="empty-non-lists",
+    ),
+    pytest.param(
         "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
         ["ray.address=ray://head:10001"],
         [

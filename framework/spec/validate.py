@@ -93,7 +93,8 @@ def validate_spec(
         writer = _stage(resolved.get("writer"), "writer", "writer", registry, problems)
     lists: dict[str, tuple[StageConfig, ...]] = {}
     for section, kind in STAGE_LISTS.items():
-        nodes = resolved.get(section) or []
+        nodes = resolved.get(section)
+        nodes = [] if nodes is None else nodes  # not `or []`: `models: {}` is not a list
         if not isinstance(nodes, list):
             problems.append(f"{section}: expected a list of {kind} nodes, got {kind_of(nodes)}")
             nodes = []
