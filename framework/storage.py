@@ -155,7 +155,9 @@ def storage_problems(where: str, storage: Any) -> list[str]:
     if storage is None:
         return []
     if not isinstance(storage, Mapping):
-        return [f"{where}: expected a mapping of {', '.join(STORAGE_KEYS)}, got {storage!r}"]
+        # The type alone: a value here may well be a secret key pasted in the wrong place.
+        what = type(storage).__name__
+        return [f"{where}: expected a mapping of {', '.join(STORAGE_KEYS)}, got {what}"]
     out = [
         f"{where}.{key}: unknown key (known: {', '.join(STORAGE_KEYS)})"
         for key in storage

@@ -622,3 +622,19 @@ def test_a_type_reads_the_same_on_python_3_10():
     assert type_name(list[str] | None) == "list[str] | None"
     assert type_name(typing.Union[int, str, None]) == "int | str | None"  # noqa: UP007
     assert type_name(int) == "int"
+
+
+@pytest.mark.parametrize("where", ["reader", "writer"])
+def test_a_storage_that_is_no_mapping_is_named_without_its_value(tmp_path, data, capsys, where):
+    """A secret key pasted as the whole ``storage:`` value must not be printed back."""
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    text = f"reader: {{type: parquet, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    path = write_spec(tmp_path, text)
+    code = main([str(path), "--validate", f"{where}.storage={secret}"])
+    err = capsys.readouterr().err
+    assert code == ExitCode.SPEC_ERROR
+    assert err.splitlines()[1:] == [
+        f"  {where}.storage: expected a mapping of endpoint_url, region, access_key_id, "
+        "secret_access_key, session_token, anonymous, got str"
+    ]
+    assert secret not in err and "EXAMPLEKEY" not in err
