@@ -638,3 +638,38 @@ def test_a_storage_that_is_no_mapping_is_named_without_its_value(tmp_path, data,
         "secret_access_key, session_token, anonymous, got str"
     ]
     assert secret not in err and "EXAMPLEKEY" not in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "place"),
+    [
+        ("--report", "/proc/report.json"),
+        ("--report", "/proc/infer-run/reports/report.json"),
+        ("--report", "@IN@/report.json"),
+        ("--timeline", "/proc/timeline.json"),
+    ],
+)
+def test_a_report_path_that_cannot_be_created_fails_validation_even_as_root(
+    tmp_path, data, capsys, flag, place
+):
+    """Tried by creating it, not read from permission bits, which root passes: /proc
+    took the run to its end and failed there."""
+    place = place.replace("@IN@", str(data))
+    text = f"reader: {{type: parquet, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    path = write_spec(tmp_path, text)
+    code = main([str(path), "--validate", flag, place])
+    err = capsys.readouterr().err.splitlines()
+    assert code == ExitCode.SPEC_ERROR
+    assert len(err) == 2, err
+    assert err[1].startswith(f"  run.{flag[2:]}: cannot write {place}: "), err
+
+
+def test_a_report_path_is_tried_without_leaving_anything_behind(tmp_path, data, capsys):
+    text = f"reader: {{type: parquet, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    path = write_spec(tmp_path, text)
+    existing = tmp_path / "old.json"
+    existing.write_text("the last run's")
+    for report in (tmp_path / "new" / "deeper" / "report.json", existing):
+        assert main([str(path), "--validate", "--report", str(report)]) == ExitCode.OK
+    assert not (tmp_path / "new").exists()
+    assert existing.read_text() == "the last run's"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -77,7 +76,12 @@ def run_problems(run: RunSection) -> list[str]:
 
 
 def unwritable(path: str) -> str | None:
-    """Why a local file could not be written at ``path``, or None (remote paths: None)."""
+    """Why a local file could not be written at ``path``, or None (remote paths: None).
+
+    Found by creating it (and the folders it needs), then removing what was created:
+    permission bits say nothing to root, who still cannot write under /proc or on a
+    read-only mount, and such a run failed only at its end, writing its report.
+    """
     if is_remote(path):
         return None
     target = Path(path.removeprefix("file://")).expanduser().absolute()
@@ -88,11 +92,30 @@ def unwritable(path: str) -> str | None:
         parent = parent.parent
     if not parent.is_dir():
         return f"{parent} is a file, not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"no permission to write in {parent}"
-    if target.exists() and not os.access(target, os.W_OK):
-        return "no permission to write it"
+    try:
+        _try_writing(target)
+    except OSError as exc:
+        doing = "open" if target.exists() else "create"
+        return f"cannot {doing} {exc.filename or target}: {exc.strerror or exc}"
     return None
+
+
+def _try_writing(target: Path) -> None:
+    """Open ``target`` for writing as the run will, changing nothing that was there."""
+    if target.exists():
+        with open(target, "ab"):  # appends nothing: the file and its time stay as they were
+            return
+    made: list[Path] = []
+    try:
+        for folder in reversed([p for p in target.parents if not p.exists()]):
+            folder.mkdir()
+            made.append(folder)
+        with open(target, "xb"):
+            pass
+        target.unlink()
+    finally:
+        for folder in reversed(made):
+            folder.rmdir()
 
 
 def error_problems(e: ErrorsSection) -> list[str]:
