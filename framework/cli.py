@@ -24,7 +24,7 @@ from framework.redact import redact
 from framework.run import read_task_mb, run_spec
 from framework.run_files import write_extra
 from framework.spec import load_spec, validate_spec
-from framework.spec.places import run_files_storage
+from framework.spec.places import report_file, run_files_storage
 from framework.spec.schema import Spec
 from framework.spec.validate import resolve
 from framework.stopping import quiet_second_stop
@@ -88,8 +88,9 @@ def _calibrate(spec: Spec, rows: int) -> int:
         if spec.run.report:
             calibration = json.dumps(as_json(plan, timings, prediction), indent=2)
             storage = run_files_storage(spec.reader.params, spec.writer.params)
-            write_extra(spec.run.report, calibration, "run.report", storage)
-            print(f"calibration: {spec.run.report}")
+            path = report_file(spec.run.report)
+            write_extra(path, calibration, "run.report", storage)
+            print(f"calibration: {path}")
     finally:
         if started and ray.is_initialized():
             ray.shutdown()

@@ -19,7 +19,6 @@ from framework.dead_letter import READER_PATH
 from framework.redact import redact
 from framework.spec.schema import Spec
 
-REPORT_NAME = "_infer_run_report.json"
 SCHEMA_VERSION = 1
 
 

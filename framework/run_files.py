@@ -19,9 +19,9 @@ from framework.components import Writer
 from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError
 from framework.redact import redact
-from framework.report import REPORT_NAME, RunReport, build_report
+from framework.report import RunReport, build_report
 from framework.resume import SPEC_NAME
-from framework.spec.places import run_files_storage
+from framework.spec.places import REPORT_NAME, report_file, run_files_storage
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
 from framework.telemetry import stage_figures
@@ -108,7 +108,7 @@ def finish_run(
     write_spec_copy(spec, writer)
     extras_storage = run_files_storage(spec.reader.params, spec.writer.params)
     if spec.run.report:
-        write_extra(spec.run.report, report.to_json(), "run.report", extras_storage)
+        write_extra(report_file(spec.run.report), report.to_json(), "run.report", extras_storage)
     if spec.run.timeline:
         write_extra(spec.run.timeline, json.dumps(events), "run.timeline", extras_storage)
     return report

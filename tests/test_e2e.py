@@ -112,6 +112,23 @@ def test_limit_processes_only_n_rows(ray_session, tmp_path, dataset):
     assert (report["rows_read"], report["rows_written"]) == (25, 25)
 
 
+def test_a_report_path_ending_in_a_slash_is_a_folder_to_write_it_into(
+    ray_session, tmp_path, dataset
+):
+    """``--report reports/`` wrote a file named ``reports``; a folder that existed was
+    refused as a directory."""
+    folder = tmp_path / "reports"
+    spec = str(spec_file(tmp_path, dataset))
+    assert main([spec, "--limit", "5", "--report", f"{folder}/"]) == ExitCode.OK
+    assert folder.is_dir()
+    assert sorted(p.name for p in folder.iterdir()) == ["_infer_run_report.json"]
+    first = json.loads((folder / "_infer_run_report.json").read_text())
+    assert first["rows_written"] == 5
+    # Again, into the folder that now exists.
+    assert main([spec, "--limit", "7", "--report", f"{folder}/", "--overwrite"]) == ExitCode.OK
+    assert json.loads((folder / "_infer_run_report.json").read_text())["rows_written"] == 7
+
+
 def test_timeline_holds_this_runs_tasks_and_actor_calls_only(
     ray_session, tmp_path, dataset, capsys
 ):

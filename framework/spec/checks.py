@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.dead_letter import check_policy
+from framework.spec.places import report_file
 from framework.spec.schema import (
     BenchmarkSection,
     ErrorsSection,
@@ -67,9 +68,9 @@ def run_problems(run: RunSection) -> list[str]:
         )
     if run.inflight_mb_per_cpu < 0:
         out.append(f"run.inflight_mb_per_cpu: must not be negative, got {run.inflight_mb_per_cpu}")
-    for key in ("report", "timeline"):
-        path = getattr(run, key)
-        problem = unwritable(path) if path else None
+    for key, path in (("report", run.report), ("timeline", run.timeline)):
+        # The report's folder (a path ending in /) is tried with the file it will hold.
+        problem = unwritable(report_file(path) if key == "report" else path) if path else None
         if problem:
             out.append(f"run.{key}: cannot write {path}: {problem}")
     return out

@@ -23,6 +23,15 @@ from framework.storage import (
     segments_match,
 )
 
+# The run report's name in the output folder, and in a folder run.report names.
+REPORT_NAME = "_infer_run_report.json"
+
+
+def report_file(path: str) -> str:
+    """``run.report`` as the file to write: a path ending in ``/`` names a folder (local
+    or ``s3://``), which the report goes into under its own name."""
+    return f"{path}{REPORT_NAME}" if path.endswith("/") else path
+
 
 def run_files_storage(
     reader: Mapping[str, Any], writer: Mapping[str, Any]
@@ -170,9 +179,11 @@ def place_problems(
 
 
 __all__ = [
+    "REPORT_NAME",
     "blank_path_problems",
     "overlap_problems",
     "place_problems",
     "remote_output_problems",
+    "report_file",
     "run_files_storage",
 ]
