@@ -59,6 +59,10 @@ def test_print_spec_is_resolved_yaml_without_secrets(spec, capsys, tmp_path):
     assert printed["run"]["limit"] == 4  # flags apply after key=value overrides
     assert printed["reader"]["storage"] == {"secret_access_key": "***", "region": "eu-west-1"}
     assert "hunter2" not in out
+    # A key pasted in place of the storage mapping is masked too (validation refuses it).
+    assert main([str(spec), "--print-spec", "reader.storage=AKIAHUNTER2"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert yaml.safe_load(out)["reader"]["storage"] == "***" and "AKIAHUNTER2" not in out
 
 
 def test_plan_prints_stages_with_resources_and_why(spec, capsys, tmp_path, monkeypatch):
