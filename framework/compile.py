@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import ray.data
 
 from framework.allocator import hold_freed_memory, release_free_memory
+from framework.block_cut import cut_blocks
 from framework.components import ID_COLUMN, Batch, Writer
 from framework.dead_letter import (
     ERROR_COLUMN,
@@ -155,9 +156,6 @@ def _emit_map(node: MapNode, dataset: ray.data.Dataset, run: RunContext) -> ray.
         fn = _task_fn(node, run)
         # The same pool size as the reader's lets Ray Data fuse them into one task.
         kwargs["compute"] = ray.data.TaskPoolStrategy(size=node.max_tasks)
-    if node.block_rows:
-        # Fused by Ray Data into the task before: it cuts its output, no extra pass.
-        dataset = dataset.repartition(target_num_rows_per_block=node.block_rows)
     return dataset.map_batches(fn, batch_format="numpy", batch_size=node.batch_size, **kwargs)
 
 
@@ -271,13 +269,18 @@ def compile_plan(plan: Plan, run: RunContext | None = None) -> Compiled:
     """1. read, 2. one ``map_batches`` per stage, 3. the writer, built but not yet run."""
     run = run or RunContext()
     dataset: Any = None
-    for node in plan.nodes:
+    for node, following in zip(plan.nodes, [*plan.nodes[1:], None], strict=True):
         emit = EMITTERS.get(type(node))
         if emit is None:
             raise TypeError(f"no Ray Data translation for plan node {node!r}")
         dataset = emit(node, dataset, run)
         if isinstance(dataset, Compiled):
             return dataset
+        if isinstance(following, MapNode) and following.block_rows:
+            # The plan cuts only after the reader or a CPU stage, whose tasks do it.
+            assert isinstance(node, ReadNode | MapNode)
+            args = {"num_cpus": node.num_cpus} if isinstance(node, ReadNode) else node.ray_args
+            dataset = cut_blocks(dataset, following.block_rows, args, node.max_tasks)
     raise TypeError("a plan must end with a write node")
 
 

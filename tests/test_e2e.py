@@ -509,5 +509,8 @@ def test_a_block_of_many_small_rows_is_shared_by_the_stages_workers(
     out = pq.read_table(tmp_path / "out", columns=["id", "echo_pid"])
     assert sorted(out["id"].to_pylist()) == sorted(f"r{i}" for i in range(rows))
     assert len(set(out["echo_pid"].to_pylist())) == 2  # both actors had batches
-    stages = json.loads(report.read_text())["stages"]
-    assert len(stages["preprocessors[0]"]["workers"]) >= 2  # tasks in several processes
+    figures = json.loads(report.read_text())
+    assert len(figures["stages"]["preprocessors[0]"]["workers"]) >= 2  # several processes
+    # Each cut ran in the tasks before it (the reader's, the CPU stage's), not on its own.
+    cuts = [op["name"] for op in figures["operators"] if "StreamingRepartition" in op["name"]]
+    assert len(cuts) == 2 and not [name for name in cuts if "->" not in name], cuts
