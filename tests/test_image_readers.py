@@ -807,3 +807,44 @@ def test_a_dangling_symlink_among_shards_is_an_unreadable_input(ray_session, tmp
     assert list(written) == ["g0"]
     assert unreadable == list(dead) == [str(shards / "gone.tar")]
     assert dead[str(shards / "gone.tar")]["error_type"] == "FileNotFoundError"
+
+
+def test_a_key_in_two_shards_sets_a_shard_aside_as_a_key_repeated_in_one_shard_does(
+    ray_session, tmp_path, photos, capsys
+):
+    from framework.errors import ExitCode
+
+    images = [encode(pixels, "JPEG") for pixels in photos.values()]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    # Keys restarted in each shard: "s1" and the two samples after it are in both.
+    in_a = {f"s{i}": images[i] for i in range(4)}
+    in_b = {"only-b": images[1]} | {f"s{i}": images[(i + 2) % 5] for i in (1, 2, 3)}
+    make_shard(shards / "a.tar", [(f"{key}.jpg", data) for key, data in in_a.items()])
+    make_shard(shards / "b.tar", [(f"{key}.jpg", data) for key, data in in_b.items()])
+    make_shard(shards / "c.tar", [("c0.jpg", images[0])])
+    assert run_spec(tmp_path, f"{{type: webdataset, path: {shards}}}", "skip") == ExitCode.OK
+    written, dead, unreadable = run_outcome(tmp_path / "out")
+    # Whichever of a.tar and b.tar met "s1" second is set aside from there on, as a shard
+    # whose own key comes again is: no id is written twice, no sample taken for another.
+    a, b = str(shards / "a.tar"), str(shards / "b.tar")
+    assert unreadable in ([a], [b]) and list(dead) == unreadable
+    loser = unreadable[0]
+    winner, kept = (b, in_b) if loser == a else (a, in_a)
+    assert dead[loser]["stage"] == "reader"
+    assert dead[loser]["error_type"] == "DuplicateKey"
+    assert dead[loser]["message"] == (
+        f"sample key 's1' is also in {winner}: sample keys are the rows' ids and must be "
+        "unique across shards (1 sample read before it)"
+    )
+    first = {"s0": in_a["s0"]} if loser == a else {"only-b": in_b["only-b"]}
+    assert written == kept | first | {"c0": images[0]}
+
+    capsys.readouterr()
+    failing = f"{{type: webdataset, path: [{a}, {b}]}}"
+    assert run_spec(tmp_path, failing, "fail", out="out2") == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("infer-run: error: reader: cannot read ")
+    assert "DuplicateKey: sample key 's1' is also in " in last

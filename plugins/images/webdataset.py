@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+import ray
 import ray.data
 
 # Ray's own WebDataset pieces, to catch a damaged shard in its read (pyproject keeps Ray
@@ -33,6 +34,7 @@ from plugins.images.common import (
     normalize_extensions,
     path_list_problems,
 )
+from plugins.images.shard_keys import DuplicateKey, KeyClaims, clash_error
 
 # Gzipped shards are opened through Arrow's gzip stream (ShardDatasource.resolve_compression).
 SHARD_EXTENSIONS: tuple[str, ...] = ("tar", "tar.gz", "tgz")
@@ -70,7 +72,8 @@ class WebDatasetReader(Reader):
 
     ``id`` is the sample key (the member path up to the first "." of its file name) and
     ``image`` the bytes of the sample's first member whose extension is in
-    ``extensions``, or b"" when it has none. Keys are assumed unique across shards.
+    ``extensions``, or b"" when it has none. A key met in a second shard sets that shard
+    aside from there on (``shard_keys``), as Ray's grouping does a key repeated in a shard.
     Members whose file name starts with "." (macOS's "._x.jpg", ".DS_Store") are skipped.
     """
 
@@ -117,6 +120,7 @@ class WebDatasetReader(Reader):
             extensions=self.extensions,
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(paths[0]),
+            claims=KeyClaims.remote(),
             filesystem=fs,
             partition_filter=shards,  # also keeps "a?.tar"
         )
@@ -139,7 +143,8 @@ SAMPLE_SCHEMA = pa.schema([(ID_COLUMN, pa.string()), ("image", pa.binary())])
 class ShardDatasource(WebDatasetDatasource):
     """Ray Data's WebDataset reading (its tar iteration, grouping and I/O retries), one row
     per sample (``pick_image``), with a damaged shard reported as an unreadable input
-    instead of failing the read task: the samples read before the damage go on."""
+    instead of failing the read task: the samples read before the damage go on. So is a
+    shard from its first key that another shard's read met first (``claims``)."""
 
     def __init__(
         self,
@@ -148,10 +153,12 @@ class ShardDatasource(WebDatasetDatasource):
         extensions: tuple[str, ...],
         report_bad_input: Callable[[str, Exception, str], None],
         scheme: str,
+        claims: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(paths, **kwargs)
         self.extensions = extensions
+        self.claims = claims  # a KeyClaims actor; None: keys are not compared across shards
         self.report_bad_input = report_bad_input
         self.scheme = scheme  # the records name the shard as the spec would: s3://bucket/...
 
@@ -165,11 +172,31 @@ class ShardDatasource(WebDatasetDatasource):
         return super().resolve_compression(path, open_args)
 
     def _read_stream(self, stream: Any, path: str) -> Iterator[pa.Table]:
+        done = 0
+        for rows, error in self._chunks(stream, path):
+            rows, clash = self._claimed(path, rows)
+            if rows:
+                yield pa.Table.from_pylist(rows, SAMPLE_SCHEMA)
+                done += len(rows)
+            error = clash or error
+            if error is not None:
+                # The sample in progress at the damage is left out: its other members may
+                # be lost. At a clash, the rest of the shard goes with its first repeated
+                # key, as at a key repeated within the shard (Ray's ValueError).
+                read = f"{done} sample{'' if done == 1 else 's'} read before it"
+                self.report_bad_input(self.scheme + path, error, read)
+                return
+
+    def _chunks(
+        self, stream: Any, path: str
+    ) -> Iterator[tuple[list[dict[str, Any]], Exception | None]]:
+        """The shard's rows, ``CHUNK_SAMPLES`` at a time, the last with what broke the
+        shard (None if nothing did)."""
+
         def members() -> Iterator[dict[str, Any]]:
             return (m for m in _tar_file_iterator(stream) if not is_hidden_member(m["fname"]))
 
         rows: list[dict[str, Any]] = []
-        done = 0
         try:
             files = iterate_with_retry(
                 members, "iterate tar file", match=self._data_context.retried_io_errors
@@ -177,8 +204,8 @@ class ShardDatasource(WebDatasetDatasource):
             for sample in _group_by_keys(files, meta={"__url__": path}):
                 rows.append(pick_image(sample, self.extensions))
                 if len(rows) == CHUNK_SAMPLES:
-                    yield pa.Table.from_pylist(rows, SAMPLE_SCHEMA)
-                    done, rows = done + len(rows), []
+                    yield rows, None
+                    rows = []
         except SHARD_ERRORS as exc:
             error: Exception | None = exc
         else:
@@ -188,13 +215,21 @@ class ShardDatasource(WebDatasetDatasource):
             error = None
             if self.resolve_compression(path, dict(self._open_stream_args or {})) is None:
                 error = tar_end_problem(self._filesystem, path)
-        if rows:
-            yield pa.Table.from_pylist(rows, SAMPLE_SCHEMA)
-            done += len(rows)
-        if error is not None:
-            # The sample in progress at the damage is left out: its other members may be lost.
-            read = f"{done} sample{'' if done == 1 else 's'} read before it"
-            self.report_bad_input(self.scheme + path, error, read)
+        yield rows, error
+
+    def _claimed(
+        self, path: str, rows: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], DuplicateKey | None]:
+        """``rows`` up to the first whose key another shard's read met first, and the
+        error naming it (None when there is none)."""
+        if self.claims is None or not rows:
+            return rows, None
+        keys = [row[ID_COLUMN] for row in rows]
+        found = ray.get(self.claims.claim.remote(self.scheme + path, keys))
+        if found is None:
+            return rows, None
+        position, other = found
+        return rows[:position], clash_error(keys[position], other)
 
 
 def tar_end_problem(fs: pafs.FileSystem, path: str) -> tarfile.ReadError | None:
