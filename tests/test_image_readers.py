@@ -839,6 +839,12 @@ def test_a_key_in_two_shards_sets_a_shard_aside_as_a_key_repeated_in_one_shard_d
     )
     first = {"s0": in_a["s0"]} if loser == a else {"only-b": in_b["only-b"]}
     assert written == kept | first | {"c0": images[0]}
+    # --resume reads both shards again, whichever meets "s1" first: still one row per id.
+    from framework.cli import main
+
+    assert main([str(tmp_path / "out.yaml"), "--resume"]) == ExitCode.OK
+    ids = pq.read_table(tmp_path / "out", columns=["id"])["id"].to_pylist()
+    assert sorted(ids) == sorted(written)
 
     capsys.readouterr()
     failing = f"{{type: webdataset, path: [{a}, {b}]}}"
