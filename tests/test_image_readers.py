@@ -823,7 +823,14 @@ def test_a_key_in_two_shards_sets_a_shard_aside_as_a_key_repeated_in_one_shard_d
     make_shard(shards / "a.tar", [(f"{key}.jpg", data) for key, data in in_a.items()])
     make_shard(shards / "b.tar", [(f"{key}.jpg", data) for key, data in in_b.items()])
     make_shard(shards / "c.tar", [("c0.jpg", images[0])])
-    assert run_spec(tmp_path, f"{{type: webdataset, path: {shards}}}", "skip") == ExitCode.OK
+    # Unasked, keys are taken as unique (checking holds every key in memory): both shards
+    # are read whole, and the three keys they share are written twice.
+    reader = f"{{type: webdataset, path: {shards}}}"
+    assert run_spec(tmp_path, reader, "skip", out="unchecked") == ExitCode.OK
+    ids = pq.read_table(tmp_path / "unchecked", columns=["id"])["id"].to_pylist()
+    assert len(ids) == 9 and len(set(ids)) == 6
+    reader = f"{{type: webdataset, path: {shards}, check_keys: true}}"
+    assert run_spec(tmp_path, reader, "skip") == ExitCode.OK
     written, dead, unreadable = run_outcome(tmp_path / "out")
     # Whichever of a.tar and b.tar met "s1" second is set aside from there on, as a shard
     # whose own key comes again is: no id is written twice, no sample taken for another.
@@ -847,7 +854,7 @@ def test_a_key_in_two_shards_sets_a_shard_aside_as_a_key_repeated_in_one_shard_d
     assert sorted(ids) == sorted(written)
 
     capsys.readouterr()
-    failing = f"{{type: webdataset, path: [{a}, {b}]}}"
+    failing = f"{{type: webdataset, path: [{a}, {b}], check_keys: true}}"
     assert run_spec(tmp_path, failing, "fail", out="out2") == ExitCode.INPUT_ERROR
     err = capsys.readouterr().err
     assert "Traceback" not in err

@@ -72,8 +72,9 @@ class WebDatasetReader(Reader):
 
     ``id`` is the sample key (the member path up to the first "." of its file name) and
     ``image`` the bytes of the sample's first member whose extension is in
-    ``extensions``, or b"" when it has none. A key met in a second shard sets that shard
-    aside from there on (``shard_keys``), as Ray's grouping does a key repeated in a shard.
+    ``extensions``, or b"" when it has none. Keys are taken to be unique across shards;
+    with ``check_keys`` a key met in a second shard sets that shard aside from there on
+    (``shard_keys``), as Ray's grouping does a key repeated in a shard.
     Members whose file name starts with "." (macOS's "._x.jpg", ".DS_Store") are skipped.
     """
 
@@ -83,11 +84,14 @@ class WebDatasetReader(Reader):
         extensions: list[str] | None = None,
         storage: dict[str, Any] | None = None,
         num_blocks: int | None = None,
+        check_keys: bool = False,
     ) -> None:
         self.paths = as_paths(path)
         self.extensions = normalize_extensions(extensions or IMAGE_EXTENSIONS)
         self.storage = storage
         self.num_blocks = num_blocks
+        # One actor holds every key of the run: memory grows with the input, so it is asked.
+        self.check_keys = check_keys
 
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
@@ -120,7 +124,7 @@ class WebDatasetReader(Reader):
             extensions=self.extensions,
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(paths[0]),
-            claims=KeyClaims.remote(),
+            claims=KeyClaims.remote() if self.check_keys else None,
             filesystem=fs,
             partition_filter=shards,  # also keeps "a?.tar"
         )
