@@ -601,6 +601,17 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
     assert (here / "precious.txt").exists()
 
 
+@pytest.mark.parametrize("reader", ["parquet", "jsonl", "image_parquet", "webdataset"])
+def test_an_empty_list_of_paths_is_a_spec_problem(tmp_path, data, capsys, reader):
+    # The parquet reader's check() took the first path (IndexError: a plugin bug, exit 4);
+    # the jsonl reader passed validation with nothing to read.
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    assert main([str(path), "--validate", f"reader.type={reader}", "reader.path=[]"]) == 3
+    err = capsys.readouterr().err
+    assert "  reader.path: expected a path or a non-empty list of paths, got []" in err
+    assert "1 problem" in err
+
+
 def test_a_writer_given_an_empty_path_deletes_nothing(tmp_path, monkeypatch):
     from plugins.parquet import ParquetWriter
 

@@ -43,8 +43,10 @@ def run_files_storage(
 
 def blank_path_problems(node: Any, key: str) -> list[str]:
     """A ``path`` (or an item of a list of them) that names nothing: pyarrow takes an empty
-    local path for the current folder, which ``--overwrite`` would empty."""
+    local path for the current folder, which ``--overwrite`` would empty; and an empty list."""
     paths = node.get("path") if isinstance(node, Mapping) else None
+    if isinstance(paths, list) and not paths:  # the parquet reader's check() took paths[0]
+        return [f"{key}: expected a path or a non-empty list of paths, got []"]
     items = [(key, paths)] if isinstance(paths, str) else []
     if isinstance(paths, list):
         items = [(f"{key}[{i}]", p) for i, p in enumerate(paths) if isinstance(p, str)]
