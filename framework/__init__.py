@@ -22,7 +22,14 @@ from framework.components import (
     id_type_kept,
 )
 from framework.dead_letter import ERROR_COLUMN, jsonl_ids
-from framework.errors import InferError, InputError, PluginError, RunError, SpecError
+from framework.errors import (
+    InferError,
+    InputError,
+    PluginError,
+    RunError,
+    SpecError,
+    did_you_mean,
+)
 from framework.hookspecs import hookimpl
 from framework.listing import (
     dangling_links,
@@ -65,6 +72,7 @@ __all__ = [
     "__version__",
     "component_class",
     "dangling_links",
+    "did_you_mean",
     "expand_globs",
     "file_sha256",
     "filesystem_for",

@@ -17,6 +17,7 @@ from framework import (
     Reader,
     SpecError,
     Writer,
+    did_you_mean,
     expand_globs,
     filesystem_for,
     hookimpl,
@@ -91,6 +92,17 @@ def schema_clash(paths: list[str], storage: Mapping[str, Any] | None) -> str | N
             shown = scheme_of(paths[0])
             return f"{shown}{files[0]} and {shown}{file} disagree on a column's type ({exc})"
     return None
+
+
+def missing_column_problems(first: str, names: list[str], columns: list[str] | None) -> list[str]:
+    """``columns`` the first file does not have: Ray Data read the others and the run
+    went on without the misspelt one."""
+    return [
+        f"columns: {first} has no column {name!r}{did_you_mean(name, names)} "
+        f"(columns: {', '.join(names)})"
+        for name in columns or []
+        if name not in names
+    ]
 
 
 def error_column_problems(
@@ -173,7 +185,9 @@ class ParquetReader(Reader):
             return [
                 f"id_column: {first} has no column {id_column!r} (columns: {', '.join(schema.names)})"
             ]
-        return error_column_problems(first, schema.names, id_column, params.get("columns"))
+        return missing_column_problems(
+            first, schema.names, params.get("columns")
+        ) or error_column_problems(first, schema.names, id_column, params.get("columns"))
 
     def read(self) -> ray.data.Dataset:
         columns = None

@@ -612,6 +612,17 @@ def test_an_empty_list_of_paths_is_a_spec_problem(tmp_path, data, capsys, reader
     assert "1 problem" in err
 
 
+def test_a_reader_column_the_data_does_not_have_is_named_with_a_suggestion(tmp_path, data):
+    # Ray Data read the columns it found: the run went on without the misspelt one.
+    path = write_spec(tmp_path, GOOD.format(root=tmp_path))
+    with pytest.raises(SpecError) as caught:
+        validate_spec(load_spec(path, ["reader.columns=[xx, id]"]), load_registry())
+    assert caught.value.problems == [
+        f"reader.columns: {data} has no column 'xx' - did you mean 'x'? (columns: id, x)"
+    ]
+    validate_spec(load_spec(path, ["reader.columns=[x]"]), load_registry())
+
+
 def test_a_writer_given_an_empty_path_deletes_nothing(tmp_path, monkeypatch):
     from plugins.parquet import ParquetWriter
 
