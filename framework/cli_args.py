@@ -119,3 +119,20 @@ def node_label(text: str) -> tuple[str, str]:
             "or '.', starting and ending with a letter or digit)"
         )
     return key, value
+
+
+def gpu_node_label(text: str) -> tuple[str | None, str, str]:
+    """``[TYPE:]LABEL=VALUE``: a node label for the GPU pods of stages asking
+    ``accelerator_type`` TYPE, or for all GPU pods. Label keys and values never hold ':',
+    so one before the '=' ends the type."""
+    head, eq, _ = text.partition("=")
+    accelerator, colon, _ = head.partition(":")
+    if not colon:
+        return (None, *node_label(text))
+    if not accelerator.strip():
+        raise argparse.ArgumentTypeError(
+            f"expected [TYPE:]LABEL=VALUE, got {text!r} (no accelerator type before ':')"
+        )
+    if not eq:
+        raise argparse.ArgumentTypeError(f"expected [TYPE:]LABEL=VALUE, got {text!r}")
+    return (accelerator, *node_label(text[len(accelerator) + 1 :]))

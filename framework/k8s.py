@@ -15,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from framework import __version__, cli_args
-from framework.k8s_pods import WORKER_CPUS, Pods, on_gpu_nodes, worker_groups
+from framework.k8s_pods import WORKER_CPUS, Pods, gpu_stages, worker_groups
 from framework.plugins import load_registry
 from framework.spec import Spec, load_spec, validate_spec
 
@@ -49,17 +49,29 @@ def job_name(run_name: str) -> str:
 def _accelerator_warning(spec: Spec, pods: Pods) -> str | None:
     # Ray still holds these actors to their accelerator_type, but without a node selector
     # Kubernetes may start the GPU pods on other GPUs, where the actors never start.
-    asked = [
-        f"{m.path} ({m.resources.accelerator_type})"
-        for m in spec.models
-        if m.resources.accelerator_type and on_gpu_nodes(m)
+    asking = [s for s in gpu_stages(spec) if s.resources.accelerator_type]
+    types = sorted({s.resources.accelerator_type for s in asking})
+    # One untyped selector is right for one type; for several it sends all to one pool.
+    untyped_fits = bool(pods.gpu_node_selector) and len(types) == 1
+    unplaced = [
+        s
+        for s in asking
+        if s.resources.accelerator_type not in pods.typed_node_selectors and not untyped_fits
     ]
-    if not asked or pods.gpu_node_selector:
+    if not unplaced:
         return None
+    names = ", ".join(f"{s.path} ({s.resources.accelerator_type})" for s in unplaced)
+    where = "its GPU pods may land on other GPU nodes, where Ray never starts it"
+    if len(types) == 1:
+        return (
+            f"infer-run k8s: warning: no --gpu-node-selector for the accelerator_type of "
+            f"{names}: {where}; add e.g. --gpu-node-selector {SELECTOR_EXAMPLE}"
+        )
+    first = unplaced[0].resources.accelerator_type
     return (
-        f"infer-run k8s: warning: no --gpu-node-selector for the accelerator_type of "
-        f"{', '.join(asked)}: its GPU pods may land on other GPU nodes, where Ray never "
-        f"starts the model; add e.g. --gpu-node-selector {SELECTOR_EXAMPLE}"
+        f"infer-run k8s: warning: no --gpu-node-selector TYPE:LABEL=VALUE for the "
+        f"accelerator_type of {names} (the spec asks {', '.join(types)}): {where}; add "
+        f"one per type, e.g. --gpu-node-selector {first}:{SELECTOR_EXAMPLE.split('=')[0]}=..."
     )
 
 
@@ -142,16 +154,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gpu-node-selector",
-        type=cli_args.node_label,
+        type=cli_args.gpu_node_label,
         action="append",
         default=[],
-        metavar="LABEL=VALUE",
-        help=f"node label GPU pods must have (repeatable), e.g. {SELECTOR_EXAMPLE}",
+        metavar="[TYPE:]LABEL=VALUE",
+        help=f"node label GPU pods must have (repeatable), e.g. {SELECTOR_EXAMPLE}; "
+        "with TYPE: only the pods of stages asking accelerator_type TYPE",
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    selector = dict(args.gpu_node_selector)
-    pods = Pods(args.image, args.cpu_workers, args.worker_cpus, args.worker_memory, selector)
+    untyped: dict[str, str] = {}
+    typed: dict[str, dict[str, str]] = {}
+    for accelerator, key, value in args.gpu_node_selector:
+        (typed.setdefault(accelerator, {}) if accelerator else untyped)[key] = value
+    pods = Pods(args.image, args.cpu_workers, args.worker_cpus, args.worker_memory, untyped, typed)
     print(render(args.spec, args.overrides, args.namespace, pods), end="")
     return 0

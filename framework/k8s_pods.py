@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from framework import cli_args
+from framework.cluster import ACCELERATOR_PREFIX
 from framework.errors import ExitCode, InferError
 from framework.spec import Spec, StageConfig
 
@@ -37,6 +38,14 @@ class Pods:
     worker_cpus: int | None = None
     worker_memory: str | None = None
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
+    # ``--gpu-node-selector TYPE:LABEL=VALUE``: the nodes of one accelerator type; these
+    # labels go on the GPU groups of stages asking that type, over the ones above.
+    typed_node_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def node_selector(self, stage: StageConfig) -> dict[str, str]:
+        """The labels a GPU pod for ``stage`` must find on its node."""
+        typed = self.typed_node_selectors.get(stage.resources.accelerator_type or "", {})
+        return {**self.gpu_node_selector, **typed}
 
 
 def _pod_memory(task_bytes: float) -> int:
@@ -50,6 +59,24 @@ def on_gpu_nodes(stage: StageConfig) -> bool:
     on Kubernetes), and any other stage that sets num_gpus (a CPU group has none)."""
     gpus = stage.resources.num_gpus
     return bool(gpus) if stage.kind != "model" else gpus != 0
+
+
+def gpu_stages(spec: Spec) -> list[StageConfig]:
+    return [s for s in spec.stages if on_gpu_nodes(s)]
+
+
+def check_typed_selectors(spec: Spec, pods: Pods) -> None:
+    """A ``TYPE:`` selector no GPU stage asks for is a typo or a stale flag: refused,
+    as its node pool would otherwise get no pods, silently."""
+    asked = sorted({t for s in gpu_stages(spec) if (t := s.resources.accelerator_type)})
+    for accelerator, labels in pods.typed_node_selectors.items():
+        if accelerator not in asked:
+            key, value = next(iter(labels.items()))
+            raise FlagError(
+                f"--gpu-node-selector {accelerator}:{key}={value}: no stage on GPU pods asks "
+                f"accelerator_type {accelerator} "
+                f"({'asked: ' + ', '.join(asked) if asked else 'none asks one'})"
+            )
 
 
 def _needs_cpu_node(stage: StageConfig) -> bool:
@@ -149,7 +176,8 @@ def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
     groups = [
         _group("cpu", pods.image, pods.cpu_workers, cpus, memory, _custom_params(cpu_custom, {}))
     ]
-    for stage in (s for s in spec.stages if on_gpu_nodes(s)):
+    check_typed_selectors(spec, pods)
+    for stage in gpu_stages(spec):
         r = stage.resources
         per_actor = r.num_gpus if r.num_gpus is not None else 1.0
         pool = r.pool_sizes()[1]
@@ -157,6 +185,11 @@ def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
         replicas = max(1, math.ceil(pool * per_actor / gpus_per_pod))
         per_pod = max(1, int(gpus_per_pod / per_actor))  # actors one pod holds
         custom = {k: v * per_pod for k, v in r.custom.items()}
+        if r.accelerator_type in pods.typed_node_selectors:
+            # The flag says these nodes are that type: the group offers Ray's resource for
+            # it as spelt in the spec (Ray's own detection names an A100-80GB "A100", so
+            # "A100-80G" would never be found), as Ray places accelerator_type by it.
+            custom[f"{ACCELERATOR_PREFIX}{r.accelerator_type}"] = 1.0
         groups.append(
             _group(
                 group_name(stage.path),
@@ -166,7 +199,7 @@ def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
                 f"{_pod_memory(per_pod * (r.memory or 0)) // GIB}Gi",
                 _custom_params(custom, {"num-gpus": str(gpus_per_pod)}),
                 gpus_per_pod,
-                pods.gpu_node_selector,
+                pods.node_selector(stage),
             )
         )
     return groups

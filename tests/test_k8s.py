@@ -228,6 +228,9 @@ def test_accelerator_type_without_selector_warns_in_one_line(tmp_path, data, cap
         "g" * 64 + "=x",
         "gpu=A100 SXM",
         "gpu=" + "a" * 64,
+        ":gpu=x",  # no type before the ':'
+        "A100:gpu",  # no value
+        "A100:-gpu=x",
     ],
 )
 def test_bad_gpu_node_selector_is_refused(tmp_path, data, capsys, value):
