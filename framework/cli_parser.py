@@ -27,6 +27,9 @@ class Parser(argparse.ArgumentParser):
         _, _, unknown = message.partition("unrecognized arguments: ")
         if unknown:
             message += self._unknown_hint(unknown.split(" "))
+        if self.overrides and message.endswith("required: spec, overrides"):
+            # parse_intermixed_args counts the optional overrides as required too.
+            message = f"a spec file is required: {self.prog} SPEC [key=value ...]"
         self.exit(ExitCode.USAGE_ERROR, f"{self.prog}: error: {message}\n")
 
     def _unknown_hint(self, unknown: list[str]) -> str:

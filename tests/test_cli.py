@@ -322,3 +322,16 @@ def test_a_reader_that_leaves_early_is_not_an_error():
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == ExitCode.OK, err
     assert "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["k8s", "bench"])
+def test_a_command_without_its_spec_says_so(command, capsys):
+    # argparse's own line named the optional overrides as required too.
+    with pytest.raises(SystemExit) as info:
+        main([command])
+    assert info.value.code == ExitCode.USAGE_ERROR
+    err = capsys.readouterr().err
+    assert err == (
+        f"infer-run {command}: error: a spec file is required: "
+        f"infer-run {command} SPEC [key=value ...]\n"
+    )
