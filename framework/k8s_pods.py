@@ -153,8 +153,12 @@ def _group(
 def _custom_params(custom: dict[str, float], extra: dict[str, str]) -> dict[str, str]:
     params = dict(extra)
     if custom:
+        # `ray start` refuses a node resource that is not a whole number (0.3 x 8 CPUs =
+        # 2.4): a pod offers the next whole one up, enough for every task it holds. Rounded
+        # to Ray's 0.0001 unit first, so 0.1 x 3 stays 0.3 -> 1, not 0.30000000000000004.
+        whole = {key: float(math.ceil(round(value, 4))) for key, value in custom.items()}
         # KubeRay passes this through to `ray start --resources='{...}'`.
-        params["resources"] = '"' + json.dumps(custom).replace('"', '\\"') + '"'
+        params["resources"] = '"' + json.dumps(whole).replace('"', '\\"') + '"'
     return params
 
 

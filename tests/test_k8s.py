@@ -375,3 +375,23 @@ def test_rendering_does_not_reach_the_outputs_buckets(tmp_path: Path) -> None:
     )
     assert main(["k8s", str(spec)]) == ExitCode.OK
     assert main([str(spec), "--validate"]) == ExitCode.SPEC_ERROR
+
+
+def test_fractional_custom_resources_become_whole_ones_ray_start_accepts(tmp_path, data, capsys):
+    # `ray start` refuses a node resource that is not a whole number: 0.3 per task on an
+    # 8-CPU pod is 2.4, and a GPU pod of one 0.5-asking actor offered 0.5.
+    spec = write(
+        tmp_path,
+        f"""
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: select_columns, resources: {{custom: {{cpu_node: 0.3}}}}}}
+models:
+  - {{type: echo, resources: {{num_gpus: 1, custom: {{gpu_node: 0.5}}}}}}
+writer: {{type: parquet, path: /out}}
+""",
+    )
+    _, job = render(capsys, str(spec))
+    cpu, gpu = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert json.loads(json.loads(cpu["rayStartParams"]["resources"])) == {"cpu_node": 3.0}
+    assert json.loads(json.loads(gpu["rayStartParams"]["resources"])) == {"gpu_node": 1.0}
