@@ -31,6 +31,7 @@ from framework.errors import (
     did_you_mean,
 )
 from framework.hookspecs import hookimpl
+from framework.input_paths import distinct_paths
 from framework.listing import (
     dangling_links,
     loop_error,
@@ -73,6 +74,7 @@ __all__ = [
     "component_class",
     "dangling_links",
     "did_you_mean",
+    "distinct_paths",
     "expand_globs",
     "file_sha256",
     "filesystem_for",

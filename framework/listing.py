@@ -156,6 +156,9 @@ def parquet_files(
             ]
         else:
             files.append(where)
+    # Each once, where paths overlap ([data, data/a.parquet]): one footer read, one report.
+    files = list(dict.fromkeys(files))
+    dangling = list({link: (link, error) for link, error in dangling}.values())
 
     def footer_error(file: str) -> Exception | None:
         try:

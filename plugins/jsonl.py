@@ -17,6 +17,7 @@ from framework import (
     ID_COLUMN,
     Reader,
     SpecError,
+    distinct_paths,
     expand_globs,
     filesystem_for,
     hookimpl,
@@ -201,7 +202,10 @@ class JsonlReader(Reader):
     def read(self) -> ray.data.Dataset:
         expanded = expand_globs(self.paths, self.storage)
         fs, _ = filesystem_for(expanded[0], self.storage)
-        paths = [filesystem_for(p, self.storage)[1] for p in expanded]
+        given = [filesystem_for(p, self.storage)[1] for p in expanded]
+        # Ray lists each file once: the paths another one reaches are left to it, and
+        # the files the spec names are kept wherever they are listed.
+        paths = [filesystem_for(p, self.storage)[1] for p in distinct_paths(expanded, self.storage)]
         in_folders = ExtensionFilter(JSONL_EXTENSIONS)
         for path in paths:
             for link, error in dangling_inputs(fs, path, in_folders.apply):
@@ -213,7 +217,7 @@ class JsonlReader(Reader):
             scheme=scheme_of(expanded[0]),
             filesystem=fs,
             # Also keeps "a?.jsonl"; a file the spec names is read whatever its suffix.
-            partition_filter=ExtensionFilter(JSONL_EXTENSIONS, named=named_files(fs, paths)),
+            partition_filter=ExtensionFilter(JSONL_EXTENSIONS, named=named_files(fs, given)),
         )
         ds = ray.data.read_datasource(source, **self.read_args)
         if self.id_column != ID_COLUMN:
@@ -253,7 +257,7 @@ def listed_files(fs: pafs.FileSystem, paths: list[str]) -> list[str]:
             continue
         root = path.rstrip("/")
         files += sorted(f"{root}/{name}" for name in list_relative(fs, root) if keep.apply(name))
-    return files
+    return list(dict.fromkeys(files))  # each once, as the read takes them
 
 
 def column_type(fs: pafs.FileSystem, id_column: str, column: str, file: str) -> str | None:

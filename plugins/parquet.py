@@ -18,6 +18,7 @@ from framework import (
     SpecError,
     Writer,
     did_you_mean,
+    distinct_paths,
     expand_globs,
     filesystem_for,
     hookimpl,
@@ -41,7 +42,8 @@ def read_parquet_files(
     """Ray Data's parquet read of the files under ``paths`` (globs expanded) whose footers
     read (and pass ``footer_check``); the others, and any whose pages fail to read,
     reported through ``reader.report_bad_input`` by the name the spec gives them
-    (``s3://bucket/...``); files whose schemas cannot be merged named in one line."""
+    (``s3://bucket/...``); files whose schemas cannot be merged named in one line. Each
+    file is read once, however the paths overlap."""
     fs, good, unreadable = parquet_files(paths, storage, footer_check)
     scheme = scheme_of(paths[0])
     for path, error in unreadable:
@@ -49,8 +51,12 @@ def read_parquet_files(
     try:
         # Exactly the files whose footers were read (Ray's own listing differs); one whose
         # pages turn out damaged is reported from its read task, the others read on.
+        # Ray lists each file once: the paths another one reaches are left to it (the
+        # files it must keep, named ones too, are all in good).
         return read_listed_parquet(
-            paths_for_ray(fs, [filesystem_for(p, storage)[1] for p in paths]),
+            paths_for_ray(
+                fs, [filesystem_for(p, storage)[1] for p in distinct_paths(paths, storage)]
+            ),
             good,
             fs,
             report_bad_input=reader.report_bad_input,

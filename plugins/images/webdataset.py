@@ -21,7 +21,15 @@ from ray.data._internal.datasource.webdataset_datasource import (
 )
 from ray.data._internal.util import iterate_with_retry
 
-from framework import ID_COLUMN, Reader, SpecError, expand_globs, filesystem_for, scheme_of
+from framework import (
+    ID_COLUMN,
+    Reader,
+    SpecError,
+    distinct_paths,
+    expand_globs,
+    filesystem_for,
+    scheme_of,
+)
 from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
@@ -111,7 +119,8 @@ class WebDatasetReader(Reader):
         return problems or misread_problems(paths, params.get("storage"))
 
     def read(self) -> ray.data.Dataset:
-        paths = expand_globs(self.paths, self.storage)
+        # Each shard once: the paths another one reaches are left to it.
+        paths = distinct_paths(expand_globs(self.paths, self.storage), self.storage)
         fs, _ = filesystem_for(paths[0], self.storage)
         shards = ExtensionFilter(SHARD_EXTENSIONS)
         for path in paths:

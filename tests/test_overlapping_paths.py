@@ -1,0 +1,157 @@
+"""Paths that overlap (a path given twice, a file inside a folder also given, two
+patterns matching one file) read each input file once: Ray Data read each path given,
+so such a file's rows were read, and written, twice."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray.data
+
+from framework import distinct_paths
+from framework.plugins import load_registry
+
+SUFFIX = {"parquet": "parquet", "image_parquet": "parquet", "jsonl": "jsonl", "webdataset": "tar"}
+
+
+def write_ids(path: Path, ids: list[str], reader: str) -> None:
+    """A file of ``reader``'s kind holding a row (a sample) for each of ``ids``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if SUFFIX[reader] == "parquet":
+        pq.write_table(pa.table({"id": ids, "image": [b"x"] * len(ids)}), path)
+    elif reader == "jsonl":
+        path.write_text("".join(json.dumps({"id": i}) + "\n" for i in ids))
+    else:
+        with tarfile.open(path, "w") as tar:
+            for key in ids:
+                info = tarfile.TarInfo(f"{key}.jpg")
+                info.size = 1
+                tar.addfile(info, io.BytesIO(b"x"))
+
+
+def data_tree(root: Path, reader: str) -> dict[str, str]:
+    """``data/`` with a file at the top, one in a subfolder, one whose ``_`` name the
+    folder's listing skips at the top, one so named deeper (the parquet readers skip it,
+    the others take it), and its paths by name."""
+    ext = SUFFIX[reader]
+    files = {
+        "a": (f"a.{ext}", ["a0", "a1"]),
+        "b": (f"sub/b.{ext}", ["b0"]),
+        "top": (f"_top.{ext}", ["top"]),
+        "deep": (f"sub/_deep.{ext}", ["deep"]),
+    }
+    for name, ids in files.values():
+        write_ids(root / "data" / name, ids, reader)
+    paths = {key: str(root / "data" / name) for key, (name, _) in files.items()}
+    return {**paths, "data": str(root / "data"), "sub": str(root / "data" / "sub")}
+
+
+def read_ids(reader: str, path: list[str]) -> Counter:
+    reader_class = load_registry().find("reader", reader).cls
+    assert reader_class.check({"path": path}) == []
+    ds: ray.data.Dataset = reader_class(path=path).read()
+    return Counter(row["id"] for row in ds.select_columns(["id"]).iter_rows())
+
+
+@pytest.mark.parametrize("reader", ["parquet", "image_parquet", "jsonl", "webdataset"])
+def test_a_file_given_again_or_inside_a_folder_given_is_read_once(
+    ray_session, tmp_path, reader, caplog
+):
+    paths = data_tree(tmp_path, reader)
+    given = [paths["data"], paths["a"], paths["sub"], paths["top"], paths["deep"], paths["a"]]
+    with caplog.at_level(logging.WARNING, logger="infer_run"):
+        got = read_ids(reader, given)
+    # Each file once: "_top" as named (Ray's listing of the folder skips it), "_deep"
+    # through the folder's listing (the parquet readers keep it only as named).
+    assert got == Counter(["a0", "a1", "b0", "top", "deep"])
+    warned = [r.getMessage() for r in caplog.records if "read once" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert f"{paths['a']} (inside {paths['data']})" in warned[0]
+    assert f"{paths['sub']} (inside {paths['data']})" in warned[0]
+    assert f"{paths['a']} (given twice)" in warned[0]
+    assert paths["top"] + " " not in warned[0]
+
+
+@pytest.mark.parametrize("reader", ["parquet", "jsonl", "webdataset"])
+def test_two_patterns_matching_one_file_read_it_once(ray_session, tmp_path, reader):
+    paths = data_tree(tmp_path, reader)
+    data, ext = paths["data"], SUFFIX[reader]
+    got = read_ids(reader, [f"{data}/*.{ext}", f"{data}/a*", f"{data}/**/*.{ext}"])
+    assert got == Counter(["a0", "a1", "b0"])
+
+
+def test_a_file_named_for_its_odd_suffix_inside_a_folder_given_is_read_once(ray_session, tmp_path):
+    """A jsonl file the spec names is read whatever its suffix: through its folder's
+    listing too, where the folder is given beside it."""
+    paths = data_tree(tmp_path, "jsonl")
+    write_ids(tmp_path / "data" / "sub" / "notes.txt", ["n0"], "jsonl")
+    got = read_ids("jsonl", [paths["data"], f"{paths['sub']}/notes.txt"])
+    assert got == Counter(["a0", "a1", "b0", "deep", "n0"])
+
+
+def test_only_paths_another_given_path_reaches_are_left_out(tmp_path):
+    """No Ray: the reduction itself, by what Ray's listing of a folder takes (all but a
+    path below it starting with "_" or ".")."""
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "_skipped").mkdir()
+    for name in ("a.jsonl", "a.txt", ".a.jsonl", "sub/b.jsonl", "_skipped/c.jsonl"):
+        (tmp_path / "d" / name).write_text("{}\n")
+    d = str(tmp_path / "d")
+    given = [
+        f"{d}/a.jsonl",  # inside d, given before it
+        f"{d}/",  # d
+        f"{d}/a.txt",  # listed through d (a filter keeps it as named, whatever its suffix)
+        f"{d}/.a.jsonl",  # Ray's listing of d skips it
+        f"{d}/sub",  # inside d
+        f"{d}/_skipped",  # skipped too
+        f"{d}/_skipped/c.jsonl",  # inside d/_skipped
+        d,  # d again
+        f"{d}/sub/_c.jsonl",  # "_" below the top is listed
+    ]
+    assert distinct_paths(given, None) == [f"{d}/", f"{d}/.a.jsonl", f"{d}/_skipped"]
+    assert distinct_paths([f"{d}/a.jsonl", f"{d}/sub"], None) == [f"{d}/a.jsonl", f"{d}/sub"]
+
+
+def test_a_run_over_overlapping_paths_writes_each_row_once(ray_session, tmp_path):
+    """The run as a user sees it: each id once in the output, and rows that add up."""
+    from framework.cli import main
+    from framework.errors import ExitCode
+
+    paths = data_tree(tmp_path, "parquet")
+    given = [paths["data"], paths["a"], paths["a"]]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        json.dumps(
+            {
+                "reader": {"type": "parquet", "path": given},
+                "models": [{"type": "echo"}],
+                "writer": {"type": "parquet", "path": str(tmp_path / "out")},
+            }
+        )
+    )
+    assert main([str(spec)]) == ExitCode.OK
+    ids = pq.read_table(tmp_path / "out", columns=["id"])["id"].to_pylist()
+    assert Counter(ids) == Counter(["a0", "a1", "b0"])
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    assert (report["rows_read"], report["rows_written"], report["warnings"]) == (3, 3, [])
+
+
+def test_parquet_footers_are_read_and_a_bad_file_named_once_where_paths_overlap(tmp_path):
+    """Ray Data's own parquet read took a file listed twice within one read task once;
+    the footer check read it, and set an unreadable one aside, each time."""
+    from framework import parquet_files
+
+    paths = data_tree(tmp_path, "parquet")
+    (tmp_path / "data" / "bad.parquet").write_bytes(b"not parquet")
+    bad = str(tmp_path / "data" / "bad.parquet")
+    _, good, unreadable = parquet_files([paths["data"], paths["a"], paths["sub"], bad], None)
+    assert sorted(good) == sorted([paths["a"], paths["b"]])
+    assert [file for file, _ in unreadable] == [bad]
