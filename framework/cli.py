@@ -24,7 +24,7 @@ from framework.redact import redact
 from framework.run import read_task_mb, run_spec
 from framework.run_files import write_extra
 from framework.spec import load_spec, validate_spec
-from framework.spec.places import report_file, run_files_storage
+from framework.spec.places import report_file, run_files_storage, timeline_file
 from framework.spec.schema import Spec
 from framework.spec.validate import resolve
 from framework.stopping import quiet_second_stop
@@ -62,7 +62,7 @@ def main_run(argv: Sequence[str]) -> int:
     report = run_spec(spec, registry, resume=args.resume, replay=args.replay)
     print(report.summary())
     if spec.run.timeline:
-        print(f"timeline: {spec.run.timeline}")
+        print(f"timeline: {timeline_file(spec.run.timeline)}")
     return ExitCode.OK
 
 

@@ -77,7 +77,8 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeline",
         metavar="PATH",
-        help="write Ray's timeline of the run's tasks here (Chrome trace); same as run.timeline",
+        help="write Ray's timeline of the run's tasks here (Chrome trace; ending in /: into "
+        "that folder); same as run.timeline",
     )
     p.add_argument(
         "--resume", action="store_true", help="finish an interrupted run, skipping committed rows"

@@ -21,7 +21,7 @@ from framework.errors import InputError
 from framework.redact import redact
 from framework.report import RunReport, build_report
 from framework.resume import SPEC_NAME
-from framework.spec.places import REPORT_NAME, report_file, run_files_storage
+from framework.spec.places import REPORT_NAME, report_file, run_files_storage, timeline_file
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
 from framework.telemetry import stage_figures
@@ -110,7 +110,8 @@ def finish_run(
     if spec.run.report:
         write_extra(report_file(spec.run.report), report.to_json(), "run.report", extras_storage)
     if spec.run.timeline:
-        write_extra(spec.run.timeline, json.dumps(events), "run.timeline", extras_storage)
+        path = timeline_file(spec.run.timeline)
+        write_extra(path, json.dumps(events), "run.timeline", extras_storage)
     return report
 
 

@@ -129,6 +129,24 @@ def test_a_report_path_ending_in_a_slash_is_a_folder_to_write_it_into(
     assert json.loads((folder / "_infer_run_report.json").read_text())["rows_written"] == 7
 
 
+def test_a_timeline_path_ending_in_a_slash_is_a_folder_to_write_it_into(
+    ray_session, tmp_path, dataset, capsys
+):
+    """``--timeline traces/`` wrote a file named ``traces``; a folder that existed was
+    refused as a directory."""
+    folder = tmp_path / "traces"
+    spec = str(spec_file(tmp_path, dataset))
+    assert main([spec, "--limit", "5", "--timeline", f"{folder}/"]) == ExitCode.OK
+    assert f"timeline: {folder}/_infer_run_timeline.json" in capsys.readouterr().out
+    assert sorted(p.name for p in folder.iterdir()) == ["_infer_run_timeline.json"]
+    assert json.loads((folder / "_infer_run_timeline.json").read_text())
+    # Again, into the folder that now exists, beside a report written into it too.
+    argv = [spec, "--limit", "5", "--overwrite", "--timeline", f"{folder}/"]
+    assert main([*argv, "--report", f"{folder}/"]) == ExitCode.OK
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["_infer_run_report.json", "_infer_run_timeline.json"]
+
+
 def test_timeline_holds_this_runs_tasks_and_actor_calls_only(
     ray_session, tmp_path, dataset, capsys
 ):

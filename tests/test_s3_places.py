@@ -92,6 +92,20 @@ def test_a_report_on_s3_ending_in_a_slash_is_written_into_that_folder(
     assert json.loads(written["reports/_infer_run_report.json"])["rows_written"] == 6
 
 
+def test_a_timeline_on_s3_ending_in_a_slash_is_written_into_that_folder(
+    ray_session, s3_server, s3_bucket, tmp_path
+):
+    """``s3://b/traces/`` wrote an object named ``traces``, not a file inside it."""
+    body = "\n".join(json.dumps(r) for r in GOOD_LINES) + "\n"
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/a.jsonl", Body=body.encode())
+    reader = {"path": f"s3://{s3_bucket}/in", "storage": s3_server.storage}
+    spec = spec_file(tmp_path, reader, run={"timeline": f"s3://{s3_bucket}/traces/"})
+    assert main([str(spec)]) == ExitCode.OK
+    written = objects(s3_server, s3_bucket, "traces")
+    assert sorted(written) == ["traces/_infer_run_timeline.json"]
+    assert json.loads(written["traces/_infer_run_timeline.json"])
+
+
 def test_storage_mistakes_and_unreachable_places_are_one_line_each(
     s3_server, s3_bucket, tmp_path, capsys
 ):

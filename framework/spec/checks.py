@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.dead_letter import check_policy
-from framework.spec.places import report_file
+from framework.spec.places import report_file, timeline_file
 from framework.spec.schema import (
     BenchmarkSection,
     ErrorsSection,
@@ -68,9 +68,12 @@ def run_problems(run: RunSection) -> list[str]:
         )
     if run.inflight_mb_per_cpu < 0:
         out.append(f"run.inflight_mb_per_cpu: must not be negative, got {run.inflight_mb_per_cpu}")
-    for key, path in (("report", run.report), ("timeline", run.timeline)):
-        # The report's folder (a path ending in /) is tried with the file it will hold.
-        problem = unwritable(report_file(path) if key == "report" else path) if path else None
+    for key, path, file_in in (
+        ("report", run.report, report_file),
+        ("timeline", run.timeline, timeline_file),
+    ):
+        # A folder (a path ending in /) is tried with the file it will hold.
+        problem = unwritable(file_in(path)) if path else None
         if problem:
             out.append(f"run.{key}: cannot write {path}: {problem}")
     return out

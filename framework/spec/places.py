@@ -25,12 +25,20 @@ from framework.storage import (
 
 # The run report's name in the output folder, and in a folder run.report names.
 REPORT_NAME = "_infer_run_report.json"
+# The timeline's name in a folder run.timeline names.
+TIMELINE_NAME = "_infer_run_timeline.json"
 
 
 def report_file(path: str) -> str:
     """``run.report`` as the file to write: a path ending in ``/`` names a folder (local
     or ``s3://``), which the report goes into under its own name."""
     return f"{path}{REPORT_NAME}" if path.endswith("/") else path
+
+
+def timeline_file(path: str) -> str:
+    """``run.timeline`` (``--timeline``) as the file to write, as ``report_file``: a path
+    ending in ``/`` is a folder, which the timeline goes into as ``TIMELINE_NAME``."""
+    return f"{path}{TIMELINE_NAME}" if path.endswith("/") else path
 
 
 def run_files_storage(
@@ -182,10 +190,12 @@ def place_problems(
 
 __all__ = [
     "REPORT_NAME",
+    "TIMELINE_NAME",
     "blank_path_problems",
     "overlap_problems",
     "place_problems",
     "remote_output_problems",
     "report_file",
     "run_files_storage",
+    "timeline_file",
 ]
