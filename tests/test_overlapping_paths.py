@@ -155,3 +155,16 @@ def test_parquet_footers_are_read_and_a_bad_file_named_once_where_paths_overlap(
     _, good, unreadable = parquet_files([paths["data"], paths["a"], paths["sub"], bad], None)
     assert sorted(good) == sorted([paths["a"], paths["b"]])
     assert [file for file, _ in unreadable] == [bad]
+
+
+def test_overlapping_s3_paths_read_each_object_once(ray_session, s3_server, s3_bucket):
+    client = s3_server.client()
+    client.put_object(Bucket=s3_bucket, Key="in/a.jsonl", Body=b'{"id": "a"}\n')
+    client.put_object(Bucket=s3_bucket, Key="in/sub/b.jsonl", Body=b'{"id": "b"}\n')
+    root = f"s3://{s3_bucket}/in"
+    given = [f"{root}/a.jsonl", f"{root}/", f"{root}/sub", f"{root}/*.jsonl", root]
+    reader_class = load_registry().find("reader", "jsonl").cls
+    params = {"path": given, "storage": s3_server.storage}
+    assert reader_class.check(params) == []
+    ds = reader_class(**params).read()
+    assert Counter(row["id"] for row in ds.iter_rows()) == Counter(["a", "b"])
