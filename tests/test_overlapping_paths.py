@@ -168,3 +168,30 @@ def test_overlapping_s3_paths_read_each_object_once(ray_session, s3_server, s3_b
     assert reader_class.check(params) == []
     ds = reader_class(**params).read()
     assert Counter(row["id"] for row in ds.iter_rows()) == Counter(["a", "b"])
+
+
+class CountingFiles:
+    """The local filesystem, counting the paths asked about (on S3, a request each)."""
+
+    def __init__(self) -> None:
+        self.local = pa.fs.LocalFileSystem()
+        self.asked: list[str] = []
+
+    def get_file_info(self, paths):
+        self.asked += paths
+        return self.local.get_file_info(paths)
+
+
+def test_only_paths_that_hold_another_are_asked_about(tmp_path, monkeypatch):
+    # An expanded glob of 10,000 files on S3 was 10,000 requests before the run started.
+    import framework.input_paths as input_paths
+
+    (tmp_path / "data").mkdir()
+    files = [str(tmp_path / "data" / f"{i}.parquet") for i in range(50)]
+    handler = CountingFiles()
+    monkeypatch.setattr(input_paths, "filesystem_for", lambda path, storage: (handler, path))
+    assert distinct_paths(files, None) == files
+    assert handler.asked == []
+    folder = str(tmp_path / "data")
+    assert distinct_paths([*files[:3], folder], None) == [folder]
+    assert handler.asked == [folder]
