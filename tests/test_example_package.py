@@ -163,8 +163,10 @@ def test_from_model_keeps_its_error_for_models_without_info():
             ValueError, match=f"cannot read preprocessing from a model of type '{kind}'"
         ):
             model_info({"type": kind})
-    assert TopK.check({"from_model": {"type": "echo"}})[0].startswith(
-        "from_model: cannot read preprocessing from a model of type 'echo'"
+    assert TopK.check({"from_model": {"type": "echo"}})[0] == (
+        "from_model: cannot read preprocessing from a model of type 'echo' (supported: "
+        "torchvision, timm, torchscript, and a plugin's model class with a model_info(params) "
+        "classmethod)"
     )
 
 

@@ -240,7 +240,8 @@ def model_info(node: Mapping[str, Any]) -> ModelInfo:
             return info
         raise ValueError(
             f"from_model: cannot read preprocessing from a model of type {kind!r} "
-            f"(supported: {', '.join(_RESOLVERS)})"
+            f"(supported: {', '.join(_RESOLVERS)}, and a plugin's model class with a "
+            "model_info(params) classmethod)"
         )
     if "name" not in node and kind != "torchscript":
         raise ValueError(f"from_model: the {kind} model node has no name")
