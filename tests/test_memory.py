@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from multiprocessing import shared_memory
+from pathlib import Path
 
 import psutil
 
@@ -118,7 +119,7 @@ def test_sampler_catches_a_peak_that_comes_after_its_start() -> None:
     assert sampler.figures()["peak_process_rss_bytes"] - start > 200 * 1024**2
 
 
-def test_idle_task_workers_outlive_a_runs_actors(ray_session) -> None:
+def test_idle_task_workers_outlive_a_runs_actors(ray_session, tmp_path) -> None:
     """Ray counts actors against its idle-worker limit. With a run's actors alive, a task
     worker idle for a moment must stay, not be killed and started again (importing torch
     again, mid-run) for the next task."""
@@ -130,14 +131,21 @@ def test_idle_task_workers_outlive_a_runs_actors(ray_session) -> None:
             return os.getpid()
 
     @ray.remote(num_cpus=0.25)
-    def task_pid() -> int:
-        time.sleep(1)  # all at once: each in a worker of its own
+    def task_pid(arrived: str, tasks: int) -> int:
+        # A barrier, not a sleep: no task ends before all have started, so Ray cannot hand
+        # a finished task's worker to the next one, however slowly the others start.
+        (Path(arrived) / str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(os.listdir(arrived)) < tasks:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {os.listdir(arrived)} of {tasks} tasks started")
+            time.sleep(0.05)
         return os.getpid()
 
     held = [Held.remote() for _ in range(6)]
     try:
         ray.get([actor.pid.remote() for actor in held])
-        workers = set(ray.get([task_pid.remote() for _ in range(4)]))
+        workers = set(ray.get([task_pid.remote(str(tmp_path), 4) for _ in range(4)]))
         assert len(workers) == 4
         time.sleep(3)  # Ray kills idle workers above its limit after 1 s
         alive = [
