@@ -15,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from framework import __version__, cli_args
-from framework.k8s_pods import WORKER_CPUS, Pods, gpu_stages, worker_groups
+from framework.k8s_pods import WORKER_CPUS, Pods, on_gpu_nodes, typed_stages, worker_groups
 from framework.plugins import load_registry
 from framework.spec import Spec, load_spec, validate_spec
 
@@ -47,9 +47,10 @@ def job_name(run_name: str) -> str:
 
 
 def _accelerator_warning(spec: Spec, pods: Pods) -> str | None:
-    # Ray still holds these actors to their accelerator_type, but without a node selector
-    # Kubernetes may start the GPU pods on other GPUs, where the actors never start.
-    asking = [s for s in gpu_stages(spec) if s.resources.accelerator_type]
+    # Ray still holds these stages to their accelerator_type, but without a node selector
+    # Kubernetes may start their pods on other nodes: a GPU stage's actors never start there,
+    # and a CPU stage's tasks run off the nodes it asked for.
+    asking = typed_stages(spec)
     types = sorted({s.resources.accelerator_type for s in asking})
     # One untyped selector is right for one type; for several it sends all to one pool.
     untyped_fits = bool(pods.gpu_node_selector) and len(types) == 1
@@ -62,6 +63,8 @@ def _accelerator_warning(spec: Spec, pods: Pods) -> str | None:
         return None
     names = ", ".join(f"{s.path} ({s.resources.accelerator_type})" for s in unplaced)
     where = "its GPU pods may land on other GPU nodes, where Ray never starts it"
+    if not any(on_gpu_nodes(s) for s in unplaced):
+        where = "its pods may land on nodes of another type"
     if len(types) == 1:
         return (
             f"infer-run k8s: warning: no --gpu-node-selector for the accelerator_type of "

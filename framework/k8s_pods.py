@@ -39,11 +39,11 @@ class Pods:
     worker_memory: str | None = None
     gpu_node_selector: dict[str, str] = field(default_factory=dict)
     # ``--gpu-node-selector TYPE:LABEL=VALUE``: the nodes of one accelerator type; these
-    # labels go on the GPU groups of stages asking that type, over the ones above.
+    # labels go on the groups of stages asking that type (GPU or not), over the ones above.
     typed_node_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def node_selector(self, stage: StageConfig) -> dict[str, str]:
-        """The labels a GPU pod for ``stage`` must find on its node."""
+        """The labels a pod for ``stage`` on GPU (or typed) nodes must find there."""
         typed = self.typed_node_selectors.get(stage.resources.accelerator_type or "", {})
         return {**self.gpu_node_selector, **typed}
 
@@ -65,10 +65,22 @@ def gpu_stages(spec: Spec) -> list[StageConfig]:
     return [s for s in spec.stages if on_gpu_nodes(s)]
 
 
+def on_typed_nodes(stage: StageConfig) -> bool:
+    """A CPU stage asking ``accelerator_type``: Ray runs it only on a node offering
+    ``accelerator_type:TYPE``, which the CPU group never does, so it gets a group of its own
+    on that type's nodes (a GPU node offers the type only to pods given a GPU)."""
+    return not on_gpu_nodes(stage) and bool(stage.resources.accelerator_type)
+
+
+def typed_stages(spec: Spec) -> list[StageConfig]:
+    """The stages whose pods go to the nodes of the accelerator_type they ask."""
+    return [s for s in spec.stages if s.resources.accelerator_type]
+
+
 def check_typed_selectors(spec: Spec, pods: Pods) -> None:
-    """A ``TYPE:`` selector no GPU stage asks for is a typo or a stale flag: refused,
+    """A ``TYPE:`` selector no stage asks for is a typo or a stale flag: refused,
     as its node pool would otherwise get no pods, silently."""
-    asked = sorted({t for s in gpu_stages(spec) if (t := s.resources.accelerator_type)})
+    asked = sorted({s.resources.accelerator_type or "" for s in typed_stages(spec)})
     for accelerator, labels in pods.typed_node_selectors.items():
         if accelerator not in asked:
             key, value = next(iter(labels.items()))
@@ -88,8 +100,9 @@ def _needs_cpu_node(stage: StageConfig) -> bool:
 def cpu_pod_size(spec: Spec, pods: Pods) -> tuple[int, str]:
     """CPUs and memory of a CPU worker pod: the flags, or enough for every CPU stage."""
     worker_cpus, worker_memory = pods.worker_cpus, pods.worker_memory
+    # Typed CPU stages get pods of this size too, in groups of their own.
     stages = [s for s in (spec.reader, *spec.stages, spec.writer) if not on_gpu_nodes(s)]
-    needy = [s.path for s in stages if _needs_cpu_node(s)]
+    needy = [s.path for s in stages if _needs_cpu_node(s) and not on_typed_nodes(s)]
     if pods.cpu_workers == 0 and needy:
         raise FlagError(
             f"--cpu-workers 0: no pod for the tasks of {', '.join(needy)} "
@@ -125,6 +138,7 @@ def _group(
     params: dict[str, str],
     gpus: int = 0,
     node_selector: dict[str, str] | None = None,
+    tolerations: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": f"{cpus:g}", "memory": memory}
     if gpus:
@@ -140,6 +154,8 @@ def _group(
     }
     if node_selector:
         pod["nodeSelector"] = node_selector
+    if tolerations:
+        pod["tolerations"] = tolerations
     return {
         "groupName": name,
         "replicas": replicas,
@@ -162,19 +178,44 @@ def _custom_params(custom: dict[str, float], extra: dict[str, str]) -> dict[str,
     return params
 
 
-def group_name(path: str) -> str:
+def group_name(path: str, prefix: str = "gpu") -> str:
     """``models[0]`` -> ``gpu-0``, ``preprocessors[1]`` -> ``gpu-preprocessors-1``."""
     kind, _, index = path.rstrip("]").partition("[")
-    return f"gpu-{index}" if kind == "models" else f"gpu-{kind}-{index}"
+    return f"{prefix}-{index}" if kind == "models" else f"{prefix}-{kind}-{index}"
+
+
+def typed_cpu_group(stage: StageConfig, pods: Pods, cpus: int, memory: str) -> dict[str, Any]:
+    """A CPU pod's size on the nodes of the stage's accelerator_type, offering Ray the type
+    itself (its detection offers it only where the pod holds a GPU) and no GPUs."""
+    r = stage.resources
+    per_task = r.num_cpus if r.num_cpus is not None else 1.0
+    replicas = 1
+    if stage.in_actors and per_task:
+        replicas = max(1, math.ceil(r.pool_sizes()[1] * per_task / cpus))
+    custom = {k: v * cpus for k, v in r.custom.items()}
+    custom[f"{ACCELERATOR_PREFIX}{r.accelerator_type}"] = 1.0
+    # GPU node pools are often tainted for pods without a GPU (GKE's nvidia.com/gpu).
+    tolerate = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    return _group(
+        group_name(stage.path, "cpu"),
+        pods.image,
+        replicas,
+        cpus,
+        memory,
+        _custom_params(custom, {"num-gpus": "0"}),
+        node_selector=pods.node_selector(stage),
+        tolerations=[tolerate],
+    )
 
 
 def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
     """A CPU group for CPU stages, a GPU group per stage that wants GPUs (models, and
-    others asking num_gpus), custom resources kept."""
+    others asking num_gpus), a group per CPU stage asking accelerator_type, custom
+    resources kept."""
     cpus, memory = cpu_pod_size(spec, pods)
     cpu_custom: dict[str, float] = {}
     for stage in (spec.reader, *spec.stages, spec.writer):
-        if not on_gpu_nodes(stage):
+        if not on_gpu_nodes(stage) and not on_typed_nodes(stage):
             for key, value in stage.resources.custom.items():
                 cpu_custom[key] = max(cpu_custom.get(key, 0.0), value * cpus)
     groups = [
@@ -206,4 +247,6 @@ def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
                 pods.node_selector(stage),
             )
         )
-    return groups
+    return groups + [
+        typed_cpu_group(s, pods, cpus, memory) for s in spec.stages if on_typed_nodes(s)
+    ]

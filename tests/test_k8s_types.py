@@ -198,3 +198,103 @@ def test_a_type_no_stage_asks_is_refused(tmp_path, data, capsys, spec_text, flag
         refused(capsys, str(spec), "--gpu-node-selector", "pool=gpu", "--gpu-node-selector", flag)
         == expected
     )
+
+
+CPU_TYPED_SPEC = """
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: select_columns, resources: {{accelerator_type: T4, custom: {{near_t4: 1}}}}}}
+  - {{type: select_columns, resources: {{custom: {{anywhere: 1}}}}}}
+models:
+  - {{type: echo, resources: {{num_gpus: 1, accelerator_type: A100}}}}
+writer: {{type: parquet, path: /out}}
+"""
+
+
+def test_a_cpu_stage_asking_a_type_gets_pods_on_that_types_nodes(tmp_path, data, capsys):
+    # Ray places it on a node offering accelerator_type:T4, which the CPU group never
+    # offers: it gets a group of its own there, with no GPU, offering the type itself.
+    spec = write(tmp_path, CPU_TYPED_SPEC.format(data=data))
+    flags = ["--gpu-node-selector", f"T4:{GKE}=nvidia-tesla-t4", "--gpu-node-selector", "A100:a=b"]
+    _, job = render(capsys, str(spec), *flags)
+    assert capsys.readouterr().err == ""
+    by_name = groups(job)
+    assert sorted(by_name) == ["cpu", "cpu-preprocessors-0", "gpu-0"]
+    typed = by_name["cpu-preprocessors-0"]
+    pod = typed["template"]["spec"]
+    assert pod["nodeSelector"] == {GKE: "nvidia-tesla-t4"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    assert "nvidia.com/gpu" not in limits(typed)
+    assert typed["rayStartParams"]["num-gpus"] == "0"
+    assert ray_resources(typed) == {"accelerator_type:T4": 1.0, "near_t4": 8.0}
+    assert (typed["replicas"], limits(typed)["cpu"]) == (1, "8")
+    # The CPU group keeps the untyped stage's resources only.
+    assert ray_resources(by_name["cpu"]) == {"anywhere": 8.0}
+    assert "tolerations" not in by_name["cpu"]["template"]["spec"]
+
+
+def test_a_cpu_stage_asking_a_type_without_its_selector_warns(tmp_path, data, capsys):
+    # One type for the model and the CPU stage: its one selector places both.
+    spec = write(tmp_path, CPU_TYPED_SPEC.format(data=data).replace("A100", "T4"))
+    render(capsys, str(spec), "--gpu-node-selector", "gpu=t4")
+    assert capsys.readouterr().err == ""
+    spec = write(tmp_path, CPU_TYPED_SPEC.format(data=data))
+    assert main(["k8s", str(spec), "--gpu-node-selector", "A100:gpu=a100"]) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "accelerator_type of preprocessors[0] (T4) (the spec asks A100, T4): " in err
+    assert "its pods may land on nodes of another type" in err
+
+
+@pytest.mark.ray
+def test_a_cpu_stage_asking_a_type_runs_on_its_group(tmp_path, capsys):
+    """A real cluster started as KubeRay starts the CPU group and the stage's own group:
+    the stage's tasks run, on the node of its type."""
+    data = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "x": np.arange(8.0)}), data)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"""
+reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: select_columns, resources: {{accelerator_type: T4, num_cpus: 1}}}}
+models:
+  - {{type: echo, resources: {{num_gpus: 0, batch_size: 4}}}}
+writer: {{type: parquet, path: {tmp_path / "out"}}}
+"""
+    )
+    _, job = render(capsys, str(spec), "--gpu-node-selector", "T4:gpu=t4", "--worker-cpus", "2")
+    typed = groups(job)["cpu-preprocessors-0"]
+    nodes = [
+        {"num_cpus": 2, "object_store_memory": 200 * 2**20},  # the CPU group, as head
+        {
+            "num_cpus": int(limits(typed)["cpu"]),
+            "num_gpus": int(typed["rayStartParams"]["num-gpus"]),
+            "resources": ray_resources(typed),
+            "object_store_memory": 200 * 2**20,
+        },
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "ray_cluster_proc.py"), json.dumps(nodes)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        address = proc.stdout.readline().strip()
+        assert address, "the cluster process did not start"
+        done = helpers.run_cli(str(spec), "--address", address)
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)
+    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
+    placed = [
+        sorted(k for k in n["resources"] if k.startswith("accelerator_type:"))
+        for n in report["stages"]["preprocessors[0]"]["nodes"]
+    ]
+    assert placed == [["accelerator_type:T4"]]
