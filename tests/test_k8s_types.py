@@ -82,15 +82,18 @@ def test_each_accelerator_type_gets_its_own_node_selector(tmp_path, data, capsys
 
 
 @pytest.mark.ray
-def test_each_model_runs_on_the_nodes_of_its_type(tmp_path, capsys):
-    """A real cluster with one node per GPU group, each started as KubeRay starts it
-    (the group's num-gpus, resources and CPU limit): each model's actors land on its own."""
+def test_each_stage_runs_on_the_nodes_of_its_type(tmp_path, capsys):
+    """A real cluster with one node per group, each started as KubeRay starts it (the
+    group's num-gpus, resources and CPU limit): each model's actors land on the nodes of
+    its type, and so do a CPU stage's tasks that ask a type (its own group)."""
     data = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "x": np.arange(8.0)}), data)
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         f"""
 reader: {{type: parquet, path: {data}}}
+preprocessors:
+  - {{type: select_columns, resources: {{accelerator_type: T4, num_cpus: 1}}}}
 models:
   - {{type: echo, resources: {{num_gpus: 1, accelerator_type: A100-80G, batch_size: 4}}}}
   - {{type: echo, resources: {{num_gpus: 1, accelerator_type: T4, batch_size: 4}}}}
@@ -98,10 +101,10 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
 """
     )
     flags = ["--gpu-node-selector", "A100-80G:gpu=a100", "--gpu-node-selector", "T4:gpu=t4"]
-    _, job = render(capsys, str(spec), *flags)
+    _, job = render(capsys, str(spec), *flags, "--worker-cpus", "2")
     by_name = groups(job)
     nodes = [{"num_cpus": 2, "object_store_memory": 200 * 2**20}]  # the CPU group, as head
-    for name in ("gpu-0", "gpu-1"):
+    for name in ("gpu-0", "gpu-1", "cpu-preprocessors-0"):
         group = by_name[name]
         nodes.append(
             {
@@ -133,9 +136,10 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
             sorted(k for k in n["resources"] if k.startswith("accelerator_type:"))
             for n in report["stages"][path]["nodes"]
         ]
-        for path in ("models[0]", "models[1]")
+        for path in ("preprocessors[0]", "models[0]", "models[1]")
     }
     assert placed == {
+        "preprocessors[0]": [["accelerator_type:T4"]],
         "models[0]": [["accelerator_type:A100-80G"]],
         "models[1]": [["accelerator_type:T4"]],
     }
@@ -246,55 +250,3 @@ def test_a_cpu_stage_asking_a_type_without_its_selector_warns(tmp_path, data, ca
     assert err.count("\n") == 1, err
     assert "accelerator_type of preprocessors[0] (T4) (the spec asks A100, T4): " in err
     assert "its pods may land on nodes of another type" in err
-
-
-@pytest.mark.ray
-def test_a_cpu_stage_asking_a_type_runs_on_its_group(tmp_path, capsys):
-    """A real cluster started as KubeRay starts the CPU group and the stage's own group:
-    the stage's tasks run, on the node of its type."""
-    data = tmp_path / "in.parquet"
-    pq.write_table(pa.table({"id": [f"r{i}" for i in range(8)], "x": np.arange(8.0)}), data)
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(
-        f"""
-reader: {{type: parquet, path: {data}}}
-preprocessors:
-  - {{type: select_columns, resources: {{accelerator_type: T4, num_cpus: 1}}}}
-models:
-  - {{type: echo, resources: {{num_gpus: 0, batch_size: 4}}}}
-writer: {{type: parquet, path: {tmp_path / "out"}}}
-"""
-    )
-    _, job = render(capsys, str(spec), "--gpu-node-selector", "T4:gpu=t4", "--worker-cpus", "2")
-    typed = groups(job)["cpu-preprocessors-0"]
-    nodes = [
-        {"num_cpus": 2, "object_store_memory": 200 * 2**20},  # the CPU group, as head
-        {
-            "num_cpus": int(limits(typed)["cpu"]),
-            "num_gpus": int(typed["rayStartParams"]["num-gpus"]),
-            "resources": ray_resources(typed),
-            "object_store_memory": 200 * 2**20,
-        },
-    ]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "ray_cluster_proc.py"), json.dumps(nodes)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        address = proc.stdout.readline().strip()
-        assert address, "the cluster process did not start"
-        done = helpers.run_cli(str(spec), "--address", address)
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=120)
-    assert done.returncode == ExitCode.OK, done.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
-    placed = [
-        sorted(k for k in n["resources"] if k.startswith("accelerator_type:"))
-        for n in report["stages"]["preprocessors[0]"]["nodes"]
-    ]
-    assert placed == [["accelerator_type:T4"]]
