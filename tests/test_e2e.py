@@ -83,10 +83,11 @@ def test_parquet_to_echo_to_parquet_keeps_every_id_once(ray_session, tmp_path, d
     names = [op["name"] for op in report["operators"]]
     assert any("MapBatches(models_0:echo)" in name for name in names)
     assert any("preprocessors_0:select_columns" in name for name in names)
-    # Reading and the CPU stage share a task pool of the same size: one Ray Data operator.
+    # Reading and the CPU stage share a task pool of the same size: one Ray Data operator,
+    # which also cuts the blocks for the model's pool (4 of its batches of 64).
     assert (
         "ReadFilesParquetV2->MapBatches(reader_flags)->MapBatches(preprocessors_0:select_columns)"
-        in names
+        "->StreamingRepartition[num_rows_per_block=256,strict=False]" in names
     )
     # Operators and stages count from the same start: the model's operator spans its batches.
     (model_op,) = [op for op in report["operators"] if "models_0:echo" in op["name"]]
