@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from framework.storage import filesystem_for, scheme_of
+from framework.storage import filesystem_for, inner_path, scheme_of
 
 log = logging.getLogger("infer_run")
 
@@ -37,8 +37,7 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
     through its folder's listing, which that filter judges alike."""
     if len(paths) < 2 or len({scheme_of(p).replace("file://", "") for p in paths}) > 1:
         return list(paths)
-    fs, _ = filesystem_for(paths[0], storage)
-    wheres = [filesystem_for(p, storage)[1] for p in paths]
+    wheres = [inner_path(p) for p in paths]
     keys = {where.rstrip("/") for where in wheres}
     # Only a path that holds another given one can be a folder whose listing reaches it:
     # asked of the store for those alone, not once per file of an expanded glob (on S3, a
@@ -55,7 +54,8 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
         for path, where in zip(paths, wheres, strict=True)
         if where.rstrip("/") in outers
     ]
-    infos = fs.get_file_info([where for _, where in asked]) if asked else []
+    fs = filesystem_for(paths[0], storage)[0] if asked else None
+    infos = fs.get_file_info([where for _, where in asked]) if fs is not None else []
     for (path, where), info in zip(asked, infos, strict=True):
         if info.type == pafs.FileType.Directory:
             folders.setdefault(where.rstrip("/"), path)

@@ -186,13 +186,23 @@ def filesystem_for(
         raise SpecError(problems)
     storage = dict(storage or {})
     if path.startswith("s3://"):
-        # Without its trailing "/", as a local path made absolute is: a folder named
-        # "s3://b/out/" must not make the files under it "b/out//name", which S3 refuses.
-        return s3_filesystem(storage), path[len("s3://") :].rstrip("/")
+        return s3_filesystem(storage), inner_path(path)
     if is_remote(path):
         return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), inner_path(path)
+
+
+def inner_path(path: str) -> str:
+    """``path`` inside its filesystem, as ``filesystem_for`` gives it, without making the
+    filesystem (an S3 one takes about a millisecond: seconds for an expanded glob)."""
+    if path.startswith("s3://"):
+        # Without its trailing "/", as a local path made absolute is: a folder named
+        # "s3://b/out/" must not make the files under it "b/out//name", which S3 refuses.
+        return path[len("s3://") :].rstrip("/")
+    if is_remote(path):
+        return pafs.FileSystem.from_uri(path)[1]
     local = path[len("file://") :] if path.startswith("file://") else path
-    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(local))
+    return os.path.abspath(os.path.expanduser(local))
 
 
 def _given(storage: Mapping[str, Any], key: str) -> Any:

@@ -205,7 +205,8 @@ class JsonlReader(Reader):
         given = [filesystem_for(p, self.storage)[1] for p in expanded]
         # Ray lists each file once: the paths another one reaches are left to it, and
         # the files the spec names are kept wherever they are listed.
-        paths = [filesystem_for(p, self.storage)[1] for p in distinct_paths(expanded, self.storage)]
+        inside = dict(zip(expanded, given, strict=True))
+        paths = [inside[p] for p in distinct_paths(expanded, self.storage)]
         in_folders = ExtensionFilter(JSONL_EXTENSIONS)
         for path in paths:
             for link, error in dangling_inputs(fs, path, in_folders.apply):
