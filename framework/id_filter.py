@@ -28,11 +28,9 @@ def as_recorded(value: Any) -> Any:
 
 
 def id_forms(column: pa.ChunkedArray) -> list[tuple[Any, ...]]:
-    """Each row's id, first as Arrow gives it, then as the places that mark it done may
-    hold it; the first alone for ids JSON keeps."""
+    """Each row's id of a type JSON does not keep, first as Arrow gives it, then as the
+    places that mark it done may hold it."""
     ids = column.to_pylist()
-    if id_type_kept(column.type, JSON_IDS):
-        return [(row_id,) for row_id in ids]
     staged = column.to_numpy()  # as Ray Data's numpy batches hand it to the stages
     try:
         written = pa.array(staged).to_pylist()  # and as a writer of those batches reads it
@@ -63,11 +61,13 @@ def filter_ids(table: pa.Table, ids: Any, keep: bool) -> pa.Table:
         )
     if isinstance(ids, ray.ObjectRef):  # fetched once per worker process
         ids = _IDS.setdefault(ids, ray.get(ids))
+    column = table[ID_COLUMN]
     if keep:
-        wanted = [row_id in ids for row_id in table[ID_COLUMN].to_pylist()]
+        wanted = [row_id in ids for row_id in column.to_pylist()]
+    elif id_type_kept(column.type, JSON_IDS):  # the usual ids: one form, one lookup a row
+        wanted = [row_id is None or row_id not in ids for row_id in column.to_pylist()]
     else:
-        forms = id_forms(table[ID_COLUMN])
-        wanted = [found[0] is None or ids.isdisjoint(found) for found in forms]
+        wanted = [found[0] is None or ids.isdisjoint(found) for found in id_forms(column)]
     return table if all(wanted) else table.filter(pa.array(wanted, pa.bool_()))
 
 
