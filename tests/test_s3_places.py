@@ -78,29 +78,20 @@ def test_dead_letters_and_report_on_s3_use_the_specs_storage(
     assert len([k for k in left if k.endswith(".jsonl")]) == 1  # this run's record only
 
 
-def test_a_report_on_s3_ending_in_a_slash_is_written_into_that_folder(
+def test_a_report_or_timeline_on_s3_ending_in_a_slash_is_written_into_that_folder(
     ray_session, s3_server, s3_bucket, tmp_path
 ):
-    """``s3://b/reports/`` wrote an object named ``reports``, not a file inside it."""
+    """``s3://b/reports/`` and ``s3://b/traces/`` wrote objects named ``reports`` and
+    ``traces``, not a file inside each."""
     body = "\n".join(json.dumps(r) for r in GOOD_LINES) + "\n"
     s3_server.client().put_object(Bucket=s3_bucket, Key="in/a.jsonl", Body=body.encode())
     reader = {"path": f"s3://{s3_bucket}/in", "storage": s3_server.storage}
-    spec = spec_file(tmp_path, reader, run={"report": f"s3://{s3_bucket}/reports/"})
+    run = {"report": f"s3://{s3_bucket}/reports/", "timeline": f"s3://{s3_bucket}/traces/"}
+    spec = spec_file(tmp_path, reader, run=run)
     assert main([str(spec)]) == ExitCode.OK
     written = objects(s3_server, s3_bucket, "reports")
     assert sorted(written) == ["reports/_infer_run_report.json"]
     assert json.loads(written["reports/_infer_run_report.json"])["rows_written"] == 6
-
-
-def test_a_timeline_on_s3_ending_in_a_slash_is_written_into_that_folder(
-    ray_session, s3_server, s3_bucket, tmp_path
-):
-    """``s3://b/traces/`` wrote an object named ``traces``, not a file inside it."""
-    body = "\n".join(json.dumps(r) for r in GOOD_LINES) + "\n"
-    s3_server.client().put_object(Bucket=s3_bucket, Key="in/a.jsonl", Body=body.encode())
-    reader = {"path": f"s3://{s3_bucket}/in", "storage": s3_server.storage}
-    spec = spec_file(tmp_path, reader, run={"timeline": f"s3://{s3_bucket}/traces/"})
-    assert main([str(spec)]) == ExitCode.OK
     written = objects(s3_server, s3_bucket, "traces")
     assert sorted(written) == ["traces/_infer_run_timeline.json"]
     assert json.loads(written["traces/_infer_run_timeline.json"])
