@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +74,24 @@ def timestamp_id_spec(tmp_path: Path, writer: str) -> Path:
         f"writer: {{type: {writer}, path: {tmp_path / 'out'}}}\n"
     )
     return spec
+
+
+@contextlib.contextmanager
+def ray_cluster(nodes: list[dict[str, Any]]) -> Iterator[str]:
+    """A multi-node Ray cluster of ``nodes`` (``add_node`` kwargs, the first the head) in a
+    process of its own, as a user's cluster is; yields its address for ``--address``."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "ray_cluster_proc.py"), json.dumps(nodes)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        address = proc.stdout.readline().strip()
+        assert address, "the cluster process did not start"
+        yield address
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=120)

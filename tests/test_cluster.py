@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,19 +34,8 @@ def cluster() -> Iterator[str]:
             "object_store_memory": 200 * MIB,
         },
     ]
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "ray_cluster_proc.py"), json.dumps(nodes)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    address = proc.stdout.readline().strip()
-    assert address, "the cluster process did not start"
-    yield address
-    proc.stdin.close()
-    proc.wait(timeout=120)
+    with helpers.ray_cluster(nodes) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ groups go to that type's nodes and offer Ray the type, so each model runs on its
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import yaml
 from framework.cli import main
 from framework.errors import ExitCode
 from tests import helpers
-from tests.test_k8s import GPU_SPEC, ROOT, groups, limits, refused, render, write
+from tests.test_k8s import GPU_SPEC, groups, limits, refused, render, write
 
 
 @pytest.fixture
@@ -114,21 +112,8 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
                 "object_store_memory": 200 * 2**20,
             }
         )
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "ray_cluster_proc.py"), json.dumps(nodes)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        address = proc.stdout.readline().strip()
-        assert address, "the cluster process did not start"
+    with helpers.ray_cluster(nodes) as address:
         done = helpers.run_cli(str(spec), "--address", address)
-    finally:
-        proc.stdin.close()
-        proc.wait(timeout=120)
     assert done.returncode == ExitCode.OK, done.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     placed = {
