@@ -111,7 +111,9 @@ def build_plan(spec: Spec, cluster: Cluster) -> Plan:
         node = _map_node(stage, sized[stage.path])
         previous = nodes[-1]
         after_a_task = isinstance(previous, ReadNode) or (
-            previous.compute == "tasks" and node.compute == "actors"  # type: ignore[union-attr]
+            isinstance(previous, MapNode)
+            and previous.compute == "tasks"
+            and node.compute == "actors"
         )
         if node.batch_size and after_a_task:
             node = dataclasses.replace(node, block_rows=BATCHES_PER_BLOCK * node.batch_size)
