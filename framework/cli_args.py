@@ -121,6 +121,27 @@ def node_label(text: str) -> tuple[str, str]:
     return key, value
 
 
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def node_taint(text: str) -> dict[str, str]:
+    """``KEY[=VALUE][:EFFECT]``, a taint as ``kubectl taint`` spells it, turned into the
+    toleration that lets a pod onto nodes carrying it (without an effect: any effect)."""
+    head, colon, effect = text.rpartition(":") if ":" in text else (text, "", "")
+    if colon and effect not in TAINT_EFFECTS:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY[=VALUE][:EFFECT] with EFFECT one of {', '.join(TAINT_EFFECTS)}, "
+            f"got {text!r}"
+        )
+    if "=" in head:
+        key, value = node_label(head)
+        toleration = {"key": key, "operator": "Equal", "value": value}
+    else:
+        key, _ = node_label(f"{head}=")
+        toleration = {"key": key, "operator": "Exists"}
+    return {**toleration, "effect": effect} if effect else toleration
+
+
 def gpu_node_label(text: str) -> tuple[str | None, str, str]:
     """``[TYPE:]LABEL=VALUE``: a node label for the GPU pods of stages asking
     ``accelerator_type`` TYPE, or for all GPU pods. Label keys and values never hold ':',

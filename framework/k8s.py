@@ -164,6 +164,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"node label GPU pods must have (repeatable), e.g. {SELECTOR_EXAMPLE}; "
         "with TYPE: only the pods of stages asking accelerator_type TYPE",
     )
+    p.add_argument(
+        "--gpu-node-taint",
+        type=cli_args.node_taint,
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE][:EFFECT]",
+        help="a taint of the GPU nodes (repeatable), e.g. sku=gpu:NoSchedule: pods placed "
+        "there tolerate it",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -171,6 +180,14 @@ def main(args: argparse.Namespace) -> int:
     typed: dict[str, dict[str, str]] = {}
     for accelerator, key, value in args.gpu_node_selector:
         (typed.setdefault(accelerator, {}) if accelerator else untyped)[key] = value
-    pods = Pods(args.image, args.cpu_workers, args.worker_cpus, args.worker_memory, untyped, typed)
+    pods = Pods(
+        args.image,
+        args.cpu_workers,
+        args.worker_cpus,
+        args.worker_memory,
+        untyped,
+        typed,
+        args.gpu_node_taint,
+    )
     print(render(args.spec, args.overrides, args.namespace, pods), end="")
     return 0

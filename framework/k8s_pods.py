@@ -41,6 +41,9 @@ class Pods:
     # ``--gpu-node-selector TYPE:LABEL=VALUE``: the nodes of one accelerator type; these
     # labels go on the groups of stages asking that type (GPU or not), over the ones above.
     typed_node_selectors: dict[str, dict[str, str]] = field(default_factory=dict)
+    # ``--gpu-node-taint``: tolerations for every pod on GPU nodes (AKS's sku=gpu taint;
+    # GKE's nvidia.com/gpu one is tolerated by its admission controller for GPU pods).
+    gpu_node_tolerations: list[dict[str, str]] = field(default_factory=list)
 
     def node_selector(self, stage: StageConfig) -> dict[str, str]:
         """The labels a pod for ``stage`` on GPU (or typed) nodes must find there."""
@@ -85,7 +88,7 @@ def check_typed_selectors(spec: Spec, pods: Pods) -> None:
         if accelerator not in asked:
             key, value = next(iter(labels.items()))
             raise FlagError(
-                f"--gpu-node-selector {accelerator}:{key}={value}: no stage on GPU pods asks "
+                f"--gpu-node-selector {accelerator}:{key}={value}: no stage asks "
                 f"accelerator_type {accelerator} "
                 f"({'asked: ' + ', '.join(asked) if asked else 'none asks one'})"
             )
@@ -195,7 +198,8 @@ def typed_cpu_group(stage: StageConfig, pods: Pods, cpus: int, memory: str) -> d
     custom = {k: v * cpus for k, v in r.custom.items()}
     custom[f"{ACCELERATOR_PREFIX}{r.accelerator_type}"] = 1.0
     # GPU node pools are often tainted for pods without a GPU (GKE's nvidia.com/gpu).
-    tolerate = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    usual = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    tolerations = [usual, *(t for t in pods.gpu_node_tolerations if t != usual)]
     return _group(
         group_name(stage.path, "cpu"),
         pods.image,
@@ -204,7 +208,7 @@ def typed_cpu_group(stage: StageConfig, pods: Pods, cpus: int, memory: str) -> d
         memory,
         _custom_params(custom, {"num-gpus": "0"}),
         node_selector=pods.node_selector(stage),
-        tolerations=[tolerate],
+        tolerations=tolerations,
     )
 
 
@@ -245,6 +249,7 @@ def worker_groups(spec: Spec, pods: Pods) -> list[dict[str, Any]]:
                 _custom_params(custom, {"num-gpus": str(gpus_per_pod)}),
                 gpus_per_pod,
                 pods.node_selector(stage),
+                pods.gpu_node_tolerations,
             )
         )
     return groups + [

@@ -395,3 +395,59 @@ writer: {{type: parquet, path: /out}}
     cpu, gpu = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     assert json.loads(json.loads(cpu["rayStartParams"]["resources"])) == {"cpu_node": 3.0}
     assert json.loads(json.loads(gpu["rayStartParams"]["resources"])) == {"gpu_node": 1.0}
+
+
+def test_gpu_node_taints_are_tolerated_by_every_pod_on_gpu_nodes(tmp_path, data, capsys):
+    # AKS taints GPU node pools `sku=gpu:NoSchedule`: unlike GKE's nvidia.com/gpu taint, no
+    # admission controller adds its toleration to pods asking for a GPU, so they would pend.
+    text = GPU_SPEC.format(data=data, extra="") + (
+        "preprocessors:\n  - {type: select_columns, resources: {accelerator_type: A100}}\n"
+    )
+    spec = write(tmp_path, text)
+    flags = ["--gpu-node-selector", "agentpool=gpu", "--gpu-node-taint", "sku=gpu:NoSchedule"]
+    _, job = render(capsys, str(spec), *flags, "--gpu-node-taint", "example.com/dedicated")
+    sku = {"key": "sku", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"}
+    dedicated = {"key": "example.com/dedicated", "operator": "Exists"}
+    by_name = groups(job)
+    assert by_name["gpu-0"]["template"]["spec"]["tolerations"] == [sku, dedicated]
+    # The typed CPU group keeps tolerating the usual nvidia.com/gpu taint too.
+    usual = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    typed = by_name["cpu-preprocessors-0"]["template"]["spec"]["tolerations"]
+    assert typed == [usual, sku, dedicated]
+    assert "tolerations" not in by_name["cpu"]["template"]["spec"]
+
+
+def test_without_taints_gpu_pods_carry_no_tolerations(tmp_path, data, capsys):
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=""))
+    _, job = render(capsys, str(spec), "--gpu-node-selector", "gpu=a100")
+    assert "tolerations" not in groups(job)["gpu-0"]["template"]["spec"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("nvidia.com/gpu", {"key": "nvidia.com/gpu", "operator": "Exists"}),
+        (
+            "nvidia.com/gpu:NoExecute",
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute"},
+        ),
+        ("sku=gpu", {"key": "sku", "operator": "Equal", "value": "gpu"}),
+        (
+            "sku=:PreferNoSchedule",
+            {"key": "sku", "operator": "Equal", "value": "", "effect": "PreferNoSchedule"},
+        ),
+    ],
+)
+def test_gpu_node_taint_forms(tmp_path, data, capsys, value, expected):
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=""))
+    _, job = render(capsys, str(spec), "--gpu-node-selector", "gpu=a100", "--gpu-node-taint", value)
+    assert groups(job)["gpu-0"]["template"]["spec"]["tolerations"] == [expected]
+
+
+@pytest.mark.parametrize(
+    "value", ["sku=gpu:NoSchedul", ":NoSchedule", "Bad_Prefix.com/x", "sku=a b", "a:b:NoSchedule"]
+)
+def test_bad_gpu_node_taint_is_refused(tmp_path, data, capsys, value):
+    spec = write(tmp_path, GPU_SPEC.format(data=data, extra=""))
+    line = refused(capsys, str(spec), "--gpu-node-taint", value)
+    assert line.startswith("infer-run k8s: error: argument --gpu-node-taint: "), line

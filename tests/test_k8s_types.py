@@ -170,13 +170,13 @@ def test_a_type_without_its_selector_warns_in_one_line(
         (
             TWO_TYPES_SPEC,
             "A100:gpu=a100",
-            "infer-run: error: --gpu-node-selector A100:gpu=a100: no stage on GPU pods asks "
+            "infer-run: error: --gpu-node-selector A100:gpu=a100: no stage asks "
             "accelerator_type A100 (asked: A100-80G, T4)",
         ),
         (
             GPU_SPEC.replace(", accelerator_type: A100", ""),
             "T4:gpu=t4",
-            "infer-run: error: --gpu-node-selector T4:gpu=t4: no stage on GPU pods asks "
+            "infer-run: error: --gpu-node-selector T4:gpu=t4: no stage asks "
             "accelerator_type T4 (none asks one)",
         ),
     ],
