@@ -177,14 +177,16 @@ def time_stage(node: MapNode, sample: Batch) -> tuple[StageTiming, Batch]:
     return timing, _concat(outputs)
 
 
-def calibrate(plan: Plan, rows: int) -> list[StageTiming]:
+def calibrate(plan: Plan, rows: int) -> tuple[list[StageTiming], int]:
     """Reading (from Ray Data's figures), then every stage of ``plan`` timed in order,
-    each on the previous one's output."""
+    each on the previous one's output; and the rows of the sample (reading's figures
+    count all its tasks read, so a spec without stages has no other count of them)."""
     read = plan.nodes[0]
     assert isinstance(read, ReadNode)
     batch, ops = read_sample([read], rows, "--calibrate")
     reading = _read_timing(read, ops)
     timings = [reading] if reading else []
+    sample_rows = len(batch[ID_COLUMN])
     maps = [n for n in plan.nodes if isinstance(n, MapNode)]
     for i, node in enumerate(maps):
         if i and not len(batch[ID_COLUMN]):
@@ -194,7 +196,7 @@ def calibrate(plan: Plan, rows: int) -> list[StageTiming]:
             )
         timing, batch = time_stage(node, batch)
         timings.append(timing)
-    return timings
+    return timings, sample_rows
 
 
 __all__ = ["StageTiming", "calibrate", "read_sample", "time_stage"]

@@ -79,14 +79,14 @@ def _calibrate(spec: Spec, rows: int) -> int:
         check_feasible(plan)  # a probe asking for what no node has would wait forever
         # The sample is read as the run would read it: same block and read-task sizes.
         with data_context(spec, plan.cluster), read_planning(plan.cluster, read_task_mb(plan)):
-            timings = calibrate(plan, rows)
+            timings, sample_rows = calibrate(plan, rows)
         if not timings:
             print("calibration: the spec has no stages between reader and writer to time")
             return ExitCode.OK
         prediction = predict(plan, timings)
-        print(describe(timings, prediction))
+        print(describe(timings, prediction, sample_rows))
         if spec.run.report:
-            calibration = json.dumps(as_json(plan, timings, prediction), indent=2)
+            calibration = json.dumps(as_json(plan, timings, prediction, sample_rows), indent=2)
             storage = run_files_storage(spec.reader.params, spec.writer.params)
             path = report_file(spec.run.report)
             write_extra(path, calibration, "run.report", storage)

@@ -59,7 +59,9 @@ def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
     return Prediction(capacity, workers, task_cpus, bottleneck, capacity[bottleneck])
 
 
-def as_json(plan: Plan, timings: Sequence[StageTiming], prediction: Prediction) -> dict[str, Any]:
+def as_json(
+    plan: Plan, timings: Sequence[StageTiming], prediction: Prediction, sample_rows: int
+) -> dict[str, Any]:
     """The figures ``--calibrate --report PATH`` writes: per stage and the prediction."""
     nodes = {n.node_id: n.describe() for n in plan.cluster.nodes}
     stages = [
@@ -73,7 +75,7 @@ def as_json(plan: Plan, timings: Sequence[StageTiming], prediction: Prediction) 
         for t in timings
     ]
     return {
-        "sample_rows": _sample_rows(timings),
+        "sample_rows": sample_rows,
         "stages": stages,
         "task_cpus": prediction.task_cpus,
         "bottleneck": prediction.bottleneck,
@@ -81,15 +83,12 @@ def as_json(plan: Plan, timings: Sequence[StageTiming], prediction: Prediction) 
     }
 
 
-def _sample_rows(timings: Sequence[StageTiming]) -> int:
-    """Rows the stages were timed on (reading reports what its tasks read, often more)."""
-    return next((t.rows for t in timings if t.node_id), 0)
-
-
-def describe(timings: Sequence[StageTiming], prediction: Prediction) -> str:
-    """The table ``--calibrate`` prints under the plan."""
-    rows = _sample_rows(timings)
-    lines = [f"calibration: {rows} sample rows, each stage timed alone with its own resources"]
+def describe(timings: Sequence[StageTiming], prediction: Prediction, sample_rows: int) -> str:
+    """The table ``--calibrate`` prints under the plan; ``sample_rows``: the rows the stages
+    were timed on (reading reports what its tasks read, often more)."""
+    lines = [
+        f"calibration: {sample_rows} sample rows, each stage timed alone with its own resources"
+    ]
     for t in timings:
         threads = f", {t.torch_threads} torch threads" if t.torch_threads else ""
         gpus = f", {t.gpus:g} GPU" if t.gpus else ""

@@ -12,12 +12,12 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
-from framework.calibrate import StageTiming
+from framework.calibrate import StageTiming, calibrate
 from framework.cluster import Cluster, Node
 from framework.errors import ExitCode
 from framework.plan import MapNode, Plan, build_plan
 from framework.plugins import load_registry
-from framework.prediction import predict
+from framework.prediction import as_json, describe, predict
 from framework.spec import validate_spec
 from tests import helpers
 
@@ -225,3 +225,21 @@ def test_calibration_samples_past_rows_the_reader_flags_and_records_none(tmp_pat
         "infer-run: error: --calibrate: the reader produced no rows to time (none, or only "
         "rows it flagged or that have no id)"
     )
+
+
+@pytest.mark.ray
+def test_a_spec_without_stages_says_how_many_rows_its_sample_had(ray_session, tmp_path) -> None:
+    """Only reading is timed, from Ray Data's figures for all it read: the sample's own
+    size still heads the table and the JSON (it said 0)."""
+    spec = {
+        "reader": {"type": "parquet", "path": str(write_input(tmp_path, rows=12))},
+        "writer": {"type": "parquet", "path": str(tmp_path / "out")},
+    }
+    plan = build_plan(validate_spec(OmegaConf.create(spec), load_registry()), LAPTOP)
+    timings, sample_rows = calibrate(plan, 5)
+    assert [t.path for t in timings] == ["reader"] and timings[0].rows == 12
+    prediction = predict(plan, timings)
+    assert describe(timings, prediction, sample_rows).splitlines()[0] == (
+        "calibration: 5 sample rows, each stage timed alone with its own resources"
+    )
+    assert as_json(plan, timings, prediction, sample_rows)["sample_rows"] == 5
