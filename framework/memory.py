@@ -50,7 +50,16 @@ def _run_processes() -> list[psutil.Process]:
 
 
 def _resident(proc: psutil.Process) -> int:
-    """Resident bytes from /proc/PID/statm: a counter the kernel keeps, so O(1) to read."""
+    """Resident bytes without shared memory, as ``_memory`` counts: object-store pages a
+    process mapped, then let go, set a high that hid a later peak of its own memory. From
+    /proc/PID/status (RssAnon + RssFile, counters the kernel keeps, so O(1) to read); else
+    the whole resident size from /proc/PID/statm (kernels before 4.5)."""
+    try:
+        with open(f"/proc/{proc.pid}/status") as status:
+            fields = dict(line.split(":", 1) for line in status if line.startswith("Rss"))
+        return (_kib(fields["RssAnon"]) + _kib(fields["RssFile"])) * 1024
+    except (OSError, KeyError, ValueError):
+        pass
     try:
         with open(f"/proc/{proc.pid}/statm") as statm:
             return int(statm.read().split()[1]) * PAGE

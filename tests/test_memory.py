@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
 import time
 from multiprocessing import shared_memory
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -168,3 +170,35 @@ def test_a_local_ray_starts_no_usage_actor_for_ray_data(ray_session, monkeypatch
     assert ray.data.range(10).map_batches(lambda b: b).count() == 10
     names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
     assert "DataUsageCollectionActor" not in names
+
+
+def _touch(buffer: Any, size: int) -> None:
+    """Every page of ``buffer`` made resident, without a temporary copy of its size."""
+    chunk = b"\x01" * 1024**2
+    for at in range(0, size, len(chunk)):
+        buffer[at : at + len(chunk)] = chunk
+
+
+def test_a_peak_after_shared_memory_was_let_go_is_still_caught(monkeypatch) -> None:
+    # Object-store pages a process maps are in its resident total but not in the peak
+    # (counted once, from /dev/shm): the high they set hid a later, smaller private peak.
+    from framework import memory
+
+    me = psutil.Process()
+    monkeypatch.setattr(memory, "_run_processes", lambda: [me])  # not a session's Ray
+    sampler = memory.MemorySampler()
+    sampler._sample()
+    start = sampler.peak_rss
+    block = shared_memory.SharedMemory(create=True, size=256 * 1024**2)
+    try:
+        _touch(block.buf, block.size)
+        sampler._sample()
+    finally:
+        block.close()
+        block.unlink()
+    # Fresh pages of its own (not malloc's: another test here holds freed memory).
+    private = mmap.mmap(-1, 160 * 1024**2, flags=mmap.MAP_PRIVATE)
+    _touch(private, len(private))
+    sampler._sample()
+    private.close()
+    assert sampler.figures()["peak_process_rss_bytes"] - start > 128 * 1024**2
