@@ -62,7 +62,11 @@ class SpecRun:
         import pyarrow.dataset as pads
 
         assert self.output is not None
-        fmt = "parquet" if any(self.output.glob("*.parquet")) else "json"
+        # By the built-in writers' file endings; the run's own files start with "_", which
+        # pyarrow skips.
+        formats = {".parquet": "parquet", ".csv": "csv"}
+        suffixes = {p.suffix for p in self.output.iterdir() if not p.name.startswith("_")}
+        fmt = next((formats[s] for s in formats if s in suffixes), "json")
         return pads.dataset(self.output, format=fmt).to_table().to_pylist()
 
 

@@ -69,6 +69,31 @@ def test_run_spec_fixture_runs_through_the_cli(run_spec, tmp_path):
     assert result.report["rows_written"] == 2
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".json", ".parquet"])
+def test_spec_run_reads_the_output_of_every_built_in_writer(tmp_path, suffix):
+    """SpecRun.rows() read a CSV writer's files as JSON lines and failed."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from framework.testing import SpecRun
+
+    table = pa.table({"id": ["a", "b"], "x": [1.0, 2.0]})
+    part = tmp_path / f"part-0{suffix}"
+    if suffix == ".csv":
+        pacsv.write_csv(table, part)
+    elif suffix == ".json":
+        part.write_text("".join(json.dumps(row) + "\n" for row in table.to_pylist()))
+    else:
+        pq.write_table(table, part)
+    (tmp_path / "_infer_run_report.json").write_text('{"rows_written": 2}')
+    run = SpecRun(0, tmp_path)
+    assert run.report == {"rows_written": 2}
+    assert sorted((r["id"], r["x"]) for r in run.rows()) == [("a", 1.0), ("b", 2.0)]
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A real file for every built-in reader."""
