@@ -8,7 +8,9 @@ before Ray lists anything, lists and reads each file once.
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -38,37 +40,40 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
     if len(paths) < 2 or len({scheme_of(p).replace("file://", "") for p in paths}) > 1:
         return list(paths)
     wheres = [inner_path(p) for p in paths]
-    keys = {where.rstrip("/") for where in wheres}
+    keys = [where.rstrip("/") for where in wheres]
+    forms = _forms(keys, local=not scheme_of(paths[0]).replace("file://", ""))
+    everywhere = {form for these in forms for form in these}
     # Only a path that holds another given one can be a folder whose listing reaches it:
     # asked of the store for those alone, not once per file of an expanded glob (on S3, a
     # request each: minutes for 10,000 files).
     outers = {
         prefix
-        for key in keys
-        for prefix in ("/".join(key.split("/")[:i]) for i in range(1, key.count("/") + 1))
-        if prefix in keys
+        for form in everywhere
+        for prefix in ("/".join(form.split("/")[:i]) for i in range(1, form.count("/") + 1))
+        if prefix in everywhere
     }
     folders: dict[str, str] = {}  # inside the filesystem -> as the spec first gave it
     asked = [
-        (path, where)
-        for path, where in zip(paths, wheres, strict=True)
-        if where.rstrip("/") in outers
+        (path, where, these)
+        for path, where, these in zip(paths, wheres, forms, strict=True)
+        if not outers.isdisjoint(these)
     ]
     fs = filesystem_for(paths[0], storage)[0] if asked else None
-    infos = fs.get_file_info([where for _, where in asked]) if fs is not None else []
-    for (path, where), info in zip(asked, infos, strict=True):
+    infos = fs.get_file_info([where for _, where, _ in asked]) if fs is not None else []
+    for (path, _, these), info in zip(asked, infos, strict=True):
         if info.type == pafs.FileType.Directory:
-            folders.setdefault(where.rstrip("/"), path)
+            for form in these:
+                folders.setdefault(form, path)
     kept: list[str] = []
     dropped: list[str] = []
     seen: set[str] = set()
-    for path, where in zip(paths, wheres, strict=True):
-        key = where.rstrip("/")
+    for path, these in zip(paths, forms, strict=True):
+        key = these[-1]  # its real path: a symlink to a path given is that path again
         if key in seen:
             dropped.append(f"{path} (given twice)")
             continue
         seen.add(key)
-        outer = _folder_listing(key, folders)
+        outer = next(filter(None, (_folder_listing(form, folders) for form in these)), None)
         if outer is None:
             kept.append(path)
         else:
@@ -81,6 +86,25 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
             more,
         )
     return kept
+
+
+def _forms(keys: list[str], local: bool) -> list[tuple[str, ...]]:
+    """Each of ``keys`` (paths inside the store, without a trailing "/") as the names it
+    has in the store, its real path last. On S3, the key alone. A local path also by each
+    of its folders resolved (``os.path.realpath``): ``link/sub/x``, where ``link`` leads to
+    ``data``, is ``data/sub/x`` too, which a listing of ``data`` reaches, since pyarrow's
+    listing, and so Ray Data's, follows symlinked folders (and a symlink to a given folder
+    or file was read through both names)."""
+    if not local:
+        return [(key,) for key in keys]
+    real = functools.lru_cache(maxsize=None)(os.path.realpath)
+    out = []
+    for key in keys:
+        parts = key.split("/")
+        resolved = (real("/".join(parts[:i])) for i in range(2, len(parts) + 1))
+        found = [key, *("/".join([r.rstrip("/"), *parts[i:]]) for i, r in enumerate(resolved, 2))]
+        out.append((*(f for f in dict.fromkeys(found) if f != found[-1]), found[-1]))
+    return out
 
 
 def _folder_listing(key: str, folders: Mapping[str, str]) -> str | None:

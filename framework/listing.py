@@ -158,7 +158,15 @@ def parquet_files(
             files.append(where)
     # Each once, where paths overlap ([data, data/a.parquet]): one footer read, one report.
     files = list(dict.fromkeys(files))
+    # And each once where one is reached by two names (a folder and a symlink to it,
+    # both given): every name stays among the readable ones, since the read lists the
+    # one of the paths ``distinct_paths`` keeps, but its footer is read, and an
+    # unreadable one reported, once.
+    same = _same_file(fs, files, os.path.realpath)
     dangling = list({link: (link, error) for link, error in dangling}.values())
+    where = _same_file(fs, [link for link, _ in dangling], _real_folder)
+    dangling = [(link, error) for link, error in dangling if where[link] == link]
+    firsts = list(dict.fromkeys(same.values()))
 
     def footer_error(file: str) -> Exception | None:
         try:
@@ -167,13 +175,30 @@ def parquet_files(
             return exc
         return footer_check(metadata) if footer_check else None
 
+    errors = dict(zip(firsts, map_files(footer_error, firsts), strict=True))
     good, bad = [], []
-    for file, error in zip(files, map_files(footer_error, files), strict=True):
+    for file in files:
+        error = errors[same[file]]
         if error is None:
             good.append(file)
-        else:
+        elif same[file] == file:
             bad.append((file, error))
     return fs, good, bad + dangling
+
+
+def _same_file(fs: pafs.FileSystem, names: list[str], real: Callable[[str], str]) -> dict[str, str]:
+    """Each of ``names`` -> the first of them whose ``real`` path is the same, on a local
+    filesystem; elsewhere, itself."""
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return {name: name for name in names}
+    first: dict[str, str] = {}
+    return {name: first.setdefault(real(name), name) for name in names}
+
+
+def _real_folder(link: str) -> str:
+    """Where a symlink is, its folders resolved: a dangling link has no target to compare,
+    and two of them leading to one missing file are two inputs the user meant."""
+    return os.path.join(os.path.realpath(os.path.dirname(link)), os.path.basename(link))
 
 
 def parquet_schema(path: str, storage: Mapping[str, Any] | None) -> pa.Schema:

@@ -195,3 +195,66 @@ def test_only_paths_that_hold_another_are_asked_about(tmp_path, monkeypatch):
     folder = str(tmp_path / "data")
     assert distinct_paths([*files[:3], folder], None) == [folder]
     assert handler.asked == [folder]
+
+
+def symlinked_tree(root: Path) -> dict[str, str]:
+    """``data_tree`` for jsonl with symlinks beside it (to the folder, to its subfolder,
+    to a file in it) and inside it (``data/ext``, to a folder outside it); their paths."""
+    paths = data_tree(root, "jsonl")
+    write_ids(root / "else" / "e.jsonl", ["e0"], "jsonl")
+    links = {
+        "data_link": (root / "data_link", root / "data"),
+        "sub_link": (root / "sub_link", root / "data" / "sub"),
+        "a_link": (root / "a_link.jsonl", root / "data" / "a.jsonl"),
+        "ext": (root / "data" / "ext", root / "else"),
+    }
+    for link, target in links.values():
+        link.symlink_to(target)
+    return {**paths, "else": str(root / "else"), **{k: str(v[0]) for k, v in links.items()}}
+
+
+def test_a_symlink_to_a_path_given_or_inside_a_folder_given_is_left_out(tmp_path, caplog):
+    """No Ray: a symlink is another name for its target, which a folder's listing (through
+    a symlinked folder in it too) reaches as well."""
+    paths = symlinked_tree(tmp_path)
+    data, link = paths["data"], paths["data_link"]
+    with caplog.at_level(logging.WARNING, logger="infer_run"):
+        kept = distinct_paths([data, link, paths["sub_link"], paths["a_link"]], None)
+    assert kept == [data]
+    warned = [r.getMessage() for r in caplog.records if "read once" in r.getMessage()]
+    assert len(warned) == 1, warned
+    assert f"{link} (given twice)" in warned[0]
+    assert f"{paths['a_link']} (inside {data})" in warned[0]
+    # The link first: the folder is the one left out, the link's listing reaching it all.
+    assert distinct_paths([link, paths["a"], data], None) == [link]
+    # Given through a symlinked folder inside a folder given: where it sits is inside.
+    assert distinct_paths([data, f"{link}/ext/e.jsonl"], None) == [data]
+    # A link to a file the listing skips ("_top") is that file's only way in: kept.
+    top_link = tmp_path / "top_link.jsonl"
+    top_link.symlink_to(paths["top"])
+    assert distinct_paths([data, str(top_link)], None) == [data, str(top_link)]
+
+
+def test_a_folder_given_beside_a_symlink_to_it_is_read_once(ray_session, tmp_path):
+    paths = symlinked_tree(tmp_path)
+    (tmp_path / "data" / "ext").unlink()  # this test is about the paths given
+    got = read_ids("jsonl", [paths["data"], paths["data_link"], paths["a_link"]])
+    assert got == Counter(["a0", "a1", "b0", "deep"])
+
+
+def test_parquet_footers_of_a_folder_and_a_symlink_to_it_name_a_bad_file_once(tmp_path):
+    from framework import parquet_files
+
+    paths = data_tree(tmp_path, "parquet")
+    (tmp_path / "data" / "bad.parquet").write_bytes(b"not parquet")
+    (tmp_path / "data" / "gone.parquet").symlink_to(tmp_path / "moved.parquet")
+    (tmp_path / "data_link").symlink_to(tmp_path / "data")
+    (tmp_path / "bad_link.parquet").symlink_to(tmp_path / "data" / "bad.parquet")
+    given = [paths["data"], str(tmp_path / "data_link"), str(tmp_path / "bad_link.parquet")]
+    _, good, unreadable = parquet_files(given, None)
+    assert [file for file, _ in unreadable] == [
+        str(tmp_path / "data" / "bad.parquet"),
+        str(tmp_path / "data" / "gone.parquet"),
+    ]
+    # Every name of a readable file stays: the read lists the one of the path kept.
+    assert str(tmp_path / "data_link" / "a.parquet") in good
