@@ -94,13 +94,20 @@ def with_bad_lines(
     the run naming the first otherwise, so a bad line costs only itself."""
     skip = {number for number, _ in bad}
     good = b"\n".join(line for n, line in enumerate(lines, start=1) if n not in skip)
-    table = read_lines(good, options) if good.strip() else pa.table({})
-    if id_column not in table.column_names:
-        table = table.append_column(id_column, pa.nulls(table.num_rows))
+    table = with_id(read_lines(good, options) if good.strip() else pa.table({}), id_column)
     nulls = pa.table({f.name: pa.nulls(len(bad), f.type) for f in table.schema})
     reasons = [None] * table.num_rows + [f"{path}: {reason}" for _, reason in bad]
     table = pa.concat_tables([table, nulls])
     return table.append_column(ERROR_COLUMN, pa.array(reasons, pa.string()))
+
+
+def with_id(table: pa.Table, id_column: str) -> pa.Table:
+    """``table`` with a null ``id_column`` where none of its lines had the key: the
+    framework dead-letters rows without an id (``MissingId``), but a block without the
+    column stopped the run as a plugin bug (and ``id_column``'s rename crashed)."""
+    if id_column in table.column_names:
+        return table
+    return table.append_column(id_column, pa.nulls(table.num_rows))
 
 
 class JsonLinesDatasource(FileBasedDatasource):
@@ -151,7 +158,7 @@ def file_table(buffer: pa.Buffer, where: str, id_column: str) -> pa.Table:
     # character, so some line of it is not UTF-8 on its own and bad_lines finds it).
     if is_utf8(buffer):
         try:
-            return read_lines(buffer, options)
+            return with_id(read_lines(buffer, options), id_column)
         except pa.ArrowInvalid:
             lines = buffer.to_pybytes().split(b"\n")
             bad = bad_lines(lines)

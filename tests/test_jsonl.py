@@ -330,3 +330,17 @@ def test_a_type_clash_is_named_past_a_file_with_its_own_error_key(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"id": "c", "x": "three"}\n')
     clash = JsonlReader(str(tmp_path)).type_clash("x", ("int64", "string"))
     assert clash == f"{tmp_path}/a.jsonl (x: int64) and {tmp_path}/c.jsonl (x: string)"
+
+
+@pytest.mark.parametrize("id_column", ["id", "key"])
+def test_a_file_whose_lines_have_no_id_gives_rows_with_null_ids(tmp_path, id_column):
+    """Rows without an id are dead-lettered (MissingId); a file where no line had the id
+    key gave a block without the column: the run stopped calling it a plugin bug, and
+    with ``id_column`` the rename crashed the read."""
+    from plugins.jsonl import JsonLinesDatasource
+
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(b'{"x": 1}\n{"x": 2}\n')
+    source = JsonLinesDatasource([str(data)], id_column=id_column, report_bad_input=None, scheme="")
+    [table] = source._read_stream(pa.BufferReader(data.read_bytes()), str(data))
+    assert table.to_pylist() == [{"x": 1, id_column: None}, {"x": 2, id_column: None}]
