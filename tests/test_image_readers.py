@@ -861,3 +861,54 @@ def test_a_key_in_two_shards_sets_a_shard_aside_as_a_key_repeated_in_one_shard_d
     last = err.splitlines()[-1]
     assert last.startswith("infer-run: error: reader: cannot read ")
     assert "DuplicateKey: sample key 's1' is also in " in last
+
+
+def test_an_image_member_that_is_a_link_is_a_flagged_row_not_a_vanished_sample(tmp_path):
+    """tar stores a file linked twice (or a symlink farm) as link members, which a stream
+    read cannot follow: Ray's tar iteration skipped them, and a sample whose image was one
+    vanished from the run without a word. Now it is a row flagged in ``_error``."""
+    import pyarrow.fs as pafs
+
+    from plugins.images.common import IMAGE_EXTENSIONS
+    from plugins.images.webdataset import ShardDatasource
+
+    shard = tmp_path / "s.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data, kind, target in [
+            ("000.jpg", b"img0", tarfile.REGTYPE, ""),
+            ("001.cls", b"1", tarfile.REGTYPE, ""),
+            ("001.jpg", b"", tarfile.LNKTYPE, "000.jpg"),
+            ("002.png", b"", tarfile.SYMTYPE, "/photos/2.png"),
+            ("003.jpg", b"img3", tarfile.REGTYPE, ""),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, target, len(data)
+            tar.addfile(info, io.BytesIO(data))
+    reported: list[Any] = []
+    source = ShardDatasource(
+        [str(shard)],
+        extensions=IMAGE_EXTENSIONS,
+        report_bad_input=lambda *args: reported.append(args),
+        scheme="",
+        filesystem=pafs.LocalFileSystem(),
+    )
+    with shard.open("rb") as stream:
+        rows = [
+            row for table in source._read_stream(stream, str(shard)) for row in table.to_pylist()
+        ]
+    assert reported == []
+    link = "which a streaming read cannot follow - archive the file itself"
+    assert rows == [
+        {"id": "000", "image": b"img0", "_error": None},
+        {
+            "id": "001",
+            "image": b"",
+            "_error": f"{shard}: 001.jpg is a hard link to 000.jpg, {link}",
+        },
+        {
+            "id": "002",
+            "image": b"",
+            "_error": f"{shard}: 002.png is a symlink to /photos/2.png, {link}",
+        },
+        {"id": "003", "image": b"img3", "_error": None},
+    ]

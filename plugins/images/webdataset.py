@@ -17,11 +17,11 @@ import ray.data
 from ray.data._internal.datasource.webdataset_datasource import (
     WebDatasetDatasource,
     _group_by_keys,
-    _tar_file_iterator,
 )
 from ray.data._internal.util import iterate_with_retry
 
 from framework import (
+    ERROR_COLUMN,
     ID_COLUMN,
     Reader,
     SpecError,
@@ -43,6 +43,7 @@ from plugins.images.common import (
     path_list_problems,
 )
 from plugins.images.shard_keys import DuplicateKey, KeyClaims, clash_error
+from plugins.images.tar_members import LinkMember, link_flagged, tar_members
 
 # Gzipped shards are opened through Arrow's gzip stream (ShardDatasource.resolve_compression).
 SHARD_EXTENSIONS: tuple[str, ...] = ("tar", "tar.gz", "tgz")
@@ -53,16 +54,15 @@ def pick_image(sample: dict[str, Any], extensions: tuple[str, ...]) -> dict[str,
 
     A member's extension is the last part of its suffix, so "seg.png" counts as png. A
     sample without one gets b"" instead of disappearing, so the decode stage fails it as a
-    bad row under its own id.
+    bad row under its own id. A member that is a link stands in only for want of another.
     """
-    image = next(
-        (
-            value
-            for suffix, value in sample.items()
-            if not suffix.startswith("__") and suffix.rsplit(".", 1)[-1].lower() in extensions
-        ),
-        b"",
-    )
+    images = [
+        value
+        for suffix, value in sample.items()
+        if not suffix.startswith("__") and suffix.rsplit(".", 1)[-1].lower() in extensions
+    ]
+    # A link member (``tar_members``) only where the sample has no image of its own.
+    image = next((v for v in images if not isinstance(v, LinkMember)), images[0] if images else b"")
     return {ID_COLUMN: sample["__key__"], "image": image}
 
 
@@ -151,6 +151,7 @@ TAR_BLOCK = 512
 TAR_END = 2 * TAR_BLOCK  # the end-of-archive marker: two zero blocks
 CHUNK_SAMPLES = 512  # rows per block, as Ray Data's WebDataset reader makes them
 SAMPLE_SCHEMA = pa.schema([(ID_COLUMN, pa.string()), ("image", pa.binary())])
+FLAGGED_SCHEMA = SAMPLE_SCHEMA.append(pa.field(ERROR_COLUMN, pa.string()))
 
 
 class ShardDatasource(WebDatasetDatasource):
@@ -189,7 +190,8 @@ class ShardDatasource(WebDatasetDatasource):
         for rows, error in self._chunks(stream, path):
             rows, clash = self._claimed(path, rows)
             if rows:
-                yield pa.Table.from_pylist(rows, SAMPLE_SCHEMA)
+                flagged = any(ERROR_COLUMN in row for row in rows)
+                yield pa.Table.from_pylist(rows, FLAGGED_SCHEMA if flagged else SAMPLE_SCHEMA)
                 done += len(rows)
             error = clash or error
             if error is not None:
@@ -207,7 +209,7 @@ class ShardDatasource(WebDatasetDatasource):
         shard (None if nothing did)."""
 
         def members() -> Iterator[dict[str, Any]]:
-            return (m for m in _tar_file_iterator(stream) if not is_hidden_member(m["fname"]))
+            return (m for m in tar_members(stream) if not is_hidden_member(m["fname"]))
 
         rows: list[dict[str, Any]] = []
         try:
@@ -215,7 +217,7 @@ class ShardDatasource(WebDatasetDatasource):
                 members, "iterate tar file", match=self._data_context.retried_io_errors
             )
             for sample in _group_by_keys(files, meta={"__url__": path}):
-                rows.append(pick_image(sample, self.extensions))
+                rows.append(link_flagged(pick_image(sample, self.extensions), self.scheme + path))
                 if len(rows) == CHUNK_SAMPLES:
                     yield rows, None
                     rows = []
