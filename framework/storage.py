@@ -68,14 +68,27 @@ def file_sha256(path: str, storage: Mapping[str, Any] | None = None) -> str:
 GLOB_CHARS = "*?["
 
 
+HIDDEN = ("_", ".")
+
+
 def segments_match(parts: list[str], pattern: list[str]) -> bool:
-    """Path segments against pattern segments; ``**`` stands for any number of them."""
+    """Path segments against pattern segments; ``**`` stands for any number of them.
+
+    A segment starting with "_" or "." (a job's ``_temporary``, ``.ipynb_checkpoints``),
+    which Ray Data's listing of a folder skips, is matched only by a pattern segment
+    starting with that character, as a shell matches a dot: ``*`` and ``**`` read the
+    half-written files and the notebook's copies of every file."""
     if not pattern:
         return not parts
     if pattern[0] == "**":
-        return any(segments_match(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+        return any(
+            segments_match(parts[i:], pattern[1:])
+            for i in range(len(parts) + 1)
+            if not any(part.startswith(HIDDEN) for part in parts[:i])
+        )
     return (
         bool(parts)
+        and (not parts[0].startswith(HIDDEN) or pattern[0].startswith(parts[0][0]))
         and fnmatch.fnmatchcase(parts[0], pattern[0])
         and segments_match(parts[1:], pattern[1:])
     )
@@ -111,7 +124,7 @@ def expand_globs(paths: str | Iterable[str], storage: Mapping[str, Any] | None =
             info.path
             for info in infos
             if info.is_file
-            and not info.base_name.startswith(("_", "."))
+            and not info.base_name.startswith(HIDDEN)
             and segments_match(info.path[len(base) :].strip("/").split("/"), pattern)
         )
         if not found and _exists(fs, inner):

@@ -149,3 +149,29 @@ def test_glob_patterns_expand_to_the_files_they_match(tmp_path):
     with pytest.raises(SpecError) as none:
         expand_globs([f"{root}/*.json"])
     assert none.value.problems == [f"path: no file matches {root}/*.json"]
+
+
+def test_glob_patterns_do_not_descend_into_folders_named_with_a_dot_or_underscore(tmp_path):
+    """A job's ``_temporary`` (half-written output) and Jupyter's ``.ipynb_checkpoints``
+    (a copy of each file) are skipped by the folder's listing; matched by ``*`` or ``**``
+    below the pattern's fixed part, their rows were read too, the copies' twice. A pattern
+    whose own segment starts with the character names them, as in a shell."""
+    from framework import expand_globs
+
+    for name in (
+        "a.jsonl",
+        "sub/b.jsonl",
+        ".ipynb_checkpoints/a-checkpoint.jsonl",
+        "_temporary/0/part.jsonl",
+        "sub/_staging/c.jsonl",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}\n")
+    root = str(tmp_path)
+    expected = [f"{root}/a.jsonl", f"{root}/sub/b.jsonl"]
+    assert expand_globs([f"{root}/**/*.jsonl"]) == expected
+    assert expand_globs([f"{root}/*/*.jsonl"]) == expected[1:]
+    assert expand_globs([f"{root}/**/_staging/*.jsonl"]) == [f"{root}/sub/_staging/c.jsonl"]
+    assert expand_globs([f"{root}/.ipynb*/*.jsonl"]) == [
+        f"{root}/.ipynb_checkpoints/a-checkpoint.jsonl"
+    ]
