@@ -31,7 +31,7 @@ from framework.errors import (
     did_you_mean,
 )
 from framework.hookspecs import hookimpl
-from framework.input_paths import distinct_paths
+from framework.input_paths import distinct_paths, distinct_paths_and_names
 from framework.listing import (
     dangling_links,
     loop_error,
@@ -75,6 +75,7 @@ __all__ = [
     "dangling_links",
     "did_you_mean",
     "distinct_paths",
+    "distinct_paths_and_names",
     "expand_globs",
     "file_sha256",
     "filesystem_for",

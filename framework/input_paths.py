@@ -35,10 +35,21 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
 
     Ray's listing keeps every file the reader's filter then keeps, so a reader whose
     filter keeps a file because the spec names it (``ListedFilter``, ``ExtensionFilter``'s
-    ``named``) must be given the names from all ``paths``: a file left out here is read
-    through its folder's listing, which that filter judges alike."""
+    ``named``) must be given the names from all ``paths``, and those of
+    ``distinct_paths_and_names``: a file left out here is read through its folder's
+    listing, which that filter judges alike."""
+    return distinct_paths_and_names(paths, storage)[0]
+
+
+def distinct_paths_and_names(
+    paths: list[str], storage: Mapping[str, Any] | None
+) -> tuple[list[str], dict[str, list[str]]]:
+    """``distinct_paths``, and for each path left out as inside a folder, the names (inside
+    the store) under which that folder's listing reaches it: a symlink to a file is listed
+    under its target's name (``notes.txt``), which a filter keeping the files the spec
+    names must keep too."""
     if len(paths) < 2 or len({scheme_of(p).replace("file://", "") for p in paths}) > 1:
-        return list(paths)
+        return list(paths), {}
     wheres = [inner_path(p) for p in paths]
     keys = [where.rstrip("/") for where in wheres]
     forms = _forms(keys, local=not scheme_of(paths[0]).replace("file://", ""))
@@ -52,7 +63,9 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
         for prefix in ("/".join(form.split("/")[:i]) for i in range(1, form.count("/") + 1))
         if prefix in everywhere
     }
-    folders: dict[str, str] = {}  # inside the filesystem -> as the spec first gave it
+    # A name of a folder inside the filesystem -> the folder as the spec first gave it,
+    # and as Ray lists it (its files' names start so).
+    folders: dict[str, tuple[str, str]] = {}
     asked = [
         (path, where, these)
         for path, where, these in zip(paths, wheres, forms, strict=True)
@@ -60,12 +73,13 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
     ]
     fs = filesystem_for(paths[0], storage)[0] if asked else None
     infos = fs.get_file_info([where for _, where, _ in asked]) if fs is not None else []
-    for (path, _, these), info in zip(asked, infos, strict=True):
+    for (path, where, these), info in zip(asked, infos, strict=True):
         if info.type == pafs.FileType.Directory:
             for form in these:
-                folders.setdefault(form, path)
+                folders.setdefault(form, (path, where.rstrip("/")))
     kept: list[str] = []
     dropped: list[str] = []
+    names: dict[str, list[str]] = {}
     seen: set[str] = set()
     for path, these in zip(paths, forms, strict=True):
         key = these[-1]  # its real path: a symlink to a path given is that path again
@@ -73,11 +87,12 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
             dropped.append(f"{path} (given twice)")
             continue
         seen.add(key)
-        outer = next(filter(None, (_folder_listing(form, folders) for form in these)), None)
-        if outer is None:
+        listings = [found for form in these for found in _folder_listings(form, folders)]
+        if not listings:
             kept.append(path)
         else:
-            dropped.append(f"{path} (inside {outer})")
+            dropped.append(f"{path} (inside {listings[0][0]})")
+            names[path] = list(dict.fromkeys(name for _, name in listings))
     if dropped:
         more = f" and {len(dropped) - SHOWN} more" if len(dropped) > SHOWN else ""
         log.warning(
@@ -85,7 +100,7 @@ def distinct_paths(paths: list[str], storage: Mapping[str, Any] | None) -> list[
             ", ".join(dropped[:SHOWN]),
             more,
         )
-    return kept
+    return kept, names
 
 
 def _forms(keys: list[str], local: bool) -> list[tuple[str, ...]]:
@@ -107,16 +122,17 @@ def _forms(keys: list[str], local: bool) -> list[tuple[str, ...]]:
     return out
 
 
-def _folder_listing(key: str, folders: Mapping[str, str]) -> str | None:
-    """The given folder (as the spec gives it) whose listing by Ray takes ``key``, or
-    None. Any such folder does, left out itself or not: what Ray lists of a folder inside
-    it, it lists of the outer one too."""
-    for folder, given in folders.items():
+def _folder_listings(key: str, folders: Mapping[str, tuple[str, str]]) -> list[tuple[str, str]]:
+    """Each given folder (as the spec gives it) whose listing by Ray takes ``key``, with
+    the name that listing gives it. Any such folder does, left out itself or not: what
+    Ray lists of a folder inside it, it lists of the outer one too."""
+    found = []
+    for folder, (given, listed) in folders.items():
         prefix = folder.rstrip("/") + "/"  # "/" for the root itself
         below = key[len(prefix) :] if key != folder and key.startswith(prefix) else None
         if below is not None and not below.startswith(RAY_SKIPPED):
-            return given
-    return None
+            found.append((given, f"{listed}/{below}"))
+    return found
 
 
-__all__ = ["distinct_paths"]
+__all__ = ["distinct_paths", "distinct_paths_and_names"]

@@ -17,7 +17,7 @@ from framework import (
     ID_COLUMN,
     Reader,
     SpecError,
-    distinct_paths,
+    distinct_paths_and_names,
     expand_globs,
     filesystem_for,
     hookimpl,
@@ -213,7 +213,8 @@ class JsonlReader(Reader):
         # Ray lists each file once: the paths another one reaches are left to it, and
         # the files the spec names are kept wherever they are listed.
         inside = dict(zip(expanded, given, strict=True))
-        paths = [inside[p] for p in distinct_paths(expanded, self.storage)]
+        kept, listed = distinct_paths_and_names(expanded, self.storage)
+        paths = [inside[p] for p in kept]
         in_folders = ExtensionFilter(JSONL_EXTENSIONS)
         for path in paths:
             for link, error in dangling_inputs(fs, path, in_folders.apply):
@@ -225,7 +226,10 @@ class JsonlReader(Reader):
             scheme=scheme_of(expanded[0]),
             filesystem=fs,
             # Also keeps "a?.jsonl"; a file the spec names is read whatever its suffix.
-            partition_filter=ExtensionFilter(JSONL_EXTENSIONS, named=named_files(fs, given)),
+            partition_filter=ExtensionFilter(
+                JSONL_EXTENSIONS,
+                named=[*named_files(fs, given), *(n for ns in listed.values() for n in ns)],
+            ),
         )
         ds = ray.data.read_datasource(source, **self.read_args)
         if self.id_column != ID_COLUMN:

@@ -18,7 +18,7 @@ from framework import (
     SpecError,
     Writer,
     did_you_mean,
-    distinct_paths,
+    distinct_paths_and_names,
     expand_globs,
     filesystem_for,
     hookimpl,
@@ -28,6 +28,7 @@ from framework import (
     unsuffixed_parquet,
 )
 from framework.file_filter import misread_problems, paths_for_ray
+from framework.storage import inner_path
 from plugins.output_files import not_written_here
 from plugins.parquet_source import read_listed_parquet
 
@@ -53,11 +54,15 @@ def read_parquet_files(
         # pages turn out damaged is reported from its read task, the others read on.
         # Ray lists each file once: the paths another one reaches are left to it (the
         # files it must keep, named ones too, are all in good).
+        kept, listed = distinct_paths_and_names(paths, storage)
+        # A readable file named through a symlink is listed under its target's name.
+        readable = set(good)
+        targets = [
+            name for path, names in listed.items() if inner_path(path) in readable for name in names
+        ]
         return read_listed_parquet(
-            paths_for_ray(
-                fs, [filesystem_for(p, storage)[1] for p in distinct_paths(paths, storage)]
-            ),
-            good,
+            paths_for_ray(fs, [filesystem_for(p, storage)[1] for p in kept]),
+            [*good, *targets],
             fs,
             report_bad_input=reader.report_bad_input,
             scheme=scheme,

@@ -25,7 +25,7 @@ from framework import (
     ID_COLUMN,
     Reader,
     SpecError,
-    distinct_paths,
+    distinct_paths_and_names,
     expand_globs,
     filesystem_for,
     scheme_of,
@@ -120,9 +120,13 @@ class WebDatasetReader(Reader):
 
     def read(self) -> ray.data.Dataset:
         # Each shard once: the paths another one reaches are left to it.
-        paths = distinct_paths(expand_globs(self.paths, self.storage), self.storage)
+        paths, listed = distinct_paths_and_names(
+            expand_globs(self.paths, self.storage), self.storage
+        )
         fs, _ = filesystem_for(paths[0], self.storage)
-        shards = ExtensionFilter(SHARD_EXTENSIONS)
+        # A shard named through a symlink is listed under its target's name, which
+        # may end otherwise.
+        shards = ExtensionFilter(SHARD_EXTENSIONS, named=(n for ns in listed.values() for n in ns))
         for path in paths:
             for link, error in dangling_inputs(
                 fs, filesystem_for(path, self.storage)[1], shards.apply
