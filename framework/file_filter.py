@@ -32,10 +32,14 @@ class ExtensionFilter(PathPartitionFilter):
     on one path (``apply``), so both are overridden; no partitions are parsed.
     """
 
-    def __init__(self, extensions: tuple[str, ...], named: Iterable[str] = ()) -> None:
+    def __init__(
+        self, extensions: tuple[str, ...], named: Iterable[str] = (), roots: Iterable[str] = ()
+    ) -> None:
         super().__init__(PathPartitionParser(Partitioning("hive")), lambda _: True)
         self.extensions = extensions
         self.named = frozenset(named)
+        # The folders listed (as Ray lists them), below which a "." folder is not data.
+        self.roots = tuple(root.rstrip("/") + "/" for root in roots)
 
     def __call__(self, paths: list[str]) -> list[str]:
         return [path for path in paths if self.apply(path)]
@@ -43,13 +47,23 @@ class ExtensionFilter(PathPartitionFilter):
     def apply(self, path: str) -> bool:
         """Files the spec names are read whatever their names; found in a folder, a file
         needs a wanted extension and a name not starting with "." (macOS's ``._x.tar``
-        beside every file copied to a shared drive; Ray skips them at the top only)."""
+        beside every file copied to a shared drive; Ray skips them at the top only), nor a
+        folder below one of ``roots`` so named (Jupyter's ``.ipynb_checkpoints``, a copy
+        of every file it edits: read, every row twice)."""
         if path in self.named:
             return True
         if path.rsplit("/", 1)[-1].startswith("."):
             return False
+        if any(_below_hidden(path, root) for root in self.roots):
+            return False
         lowered = path.lower()
         return any(lowered.endswith("." + ext) for ext in self.extensions)
+
+
+def _below_hidden(path: str, root: str) -> bool:
+    """Whether ``path`` lies in a folder named with a leading "." below ``root`` (ending
+    in "/")."""
+    return path.startswith(root) and "/." in "/" + path[len(root) :].rpartition("/")[0]
 
 
 class ListedFilter(ExtensionFilter):

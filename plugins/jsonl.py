@@ -229,6 +229,7 @@ class JsonlReader(Reader):
             partition_filter=ExtensionFilter(
                 JSONL_EXTENSIONS,
                 named=[*named_files(fs, given), *(n for ns in listed.values() for n in ns)],
+                roots=paths,
             ),
         )
         ds = ray.data.read_datasource(source, **self.read_args)
@@ -261,14 +262,15 @@ class JsonlReader(Reader):
 def listed_files(fs: pafs.FileSystem, paths: list[str]) -> list[str]:
     """The files a read of ``paths`` takes, in the order Ray Data lists them: a named file,
     and the files its listing keeps under a folder."""
-    keep = ExtensionFilter(JSONL_EXTENSIONS)
+    keep = ExtensionFilter(JSONL_EXTENSIONS, roots=paths)
     files = []
     for path, info in zip(paths, fs.get_file_info(paths), strict=True):
         if info.type != pafs.FileType.Directory:
             files.append(path)
             continue
         root = path.rstrip("/")
-        files += sorted(f"{root}/{name}" for name in list_relative(fs, root) if keep.apply(name))
+        listed = (f"{root}/{name}" for name in list_relative(fs, root))
+        files += sorted(file for file in listed if keep.apply(file))
     return list(dict.fromkeys(files))  # each once, as the read takes them
 
 

@@ -267,3 +267,19 @@ def test_parquet_footers_of_a_folder_and_a_symlink_to_it_name_a_bad_file_once(tm
     ]
     # Every name of a readable file stays: the read lists the one of the path kept.
     assert str(tmp_path / "data_link" / "a.parquet") in good
+
+
+@pytest.mark.parametrize("reader", ["jsonl", "webdataset"])
+def test_files_below_a_hidden_folder_inside_a_folder_given_are_not_read(
+    ray_session, tmp_path, reader
+):
+    """Jupyter keeps a copy of each file it edits in ``.ipynb_checkpoints`` beside it: a
+    folder Ray's listing skips at the top, but read below it, every row twice. A file the
+    spec names there is read."""
+    paths = data_tree(tmp_path, reader)
+    ext = SUFFIX[reader]
+    copy = tmp_path / "data" / "sub" / ".ipynb_checkpoints" / f"b-checkpoint.{ext}"
+    write_ids(copy, ["b0"], reader)
+    write_ids(tmp_path / "data" / "sub" / ".keep" / f"k.{ext}", ["k0"], reader)
+    got = read_ids(reader, [paths["data"], str(tmp_path / "data" / "sub" / ".keep" / f"k.{ext}")])
+    assert got == Counter(["a0", "a1", "b0", "deep", "k0"])

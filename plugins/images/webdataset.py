@@ -126,14 +126,16 @@ class WebDatasetReader(Reader):
         fs, _ = filesystem_for(paths[0], self.storage)
         # A shard named through a symlink is listed under its target's name, which
         # may end otherwise.
-        shards = ExtensionFilter(SHARD_EXTENSIONS, named=(n for ns in listed.values() for n in ns))
+        inside = [filesystem_for(p, self.storage)[1] for p in paths]
+        names = (n for ns in listed.values() for n in ns)
+        shards = ExtensionFilter(SHARD_EXTENSIONS, named=names, roots=inside)
         for path in paths:
             for link, error in dangling_inputs(
                 fs, filesystem_for(path, self.storage)[1], shards.apply
             ):
                 self.report_bad_input(link, error)
         source = ShardDatasource(
-            paths_for_ray(fs, [filesystem_for(p, self.storage)[1] for p in paths]),
+            paths_for_ray(fs, inside),
             extensions=self.extensions,
             report_bad_input=self.report_bad_input,
             scheme=scheme_of(paths[0]),
