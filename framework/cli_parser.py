@@ -57,7 +57,12 @@ def run_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", help="the YAML spec file")
     p.add_argument("overrides", nargs="*", help="key=value to set, ~key to delete")
-    p.add_argument("--validate", action="store_true", help="check spec and plugins, run nothing")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="check the spec, its plugins and inputs, and the stages' resources against the "
+        "cluster (this machine without --address); run nothing",
+    )
     p.add_argument("--print-spec", action="store_true", help="print the resolved spec and exit")
     p.add_argument("--plan", action="store_true", help="print the stages and their resources")
     p.add_argument(
@@ -71,7 +76,8 @@ def run_parser() -> argparse.ArgumentParser:
         "--limit",
         type=at_least(1),
         metavar="N",
-        help="process only the first N rows; same as run.limit",
+        help="process only N rows: the first the read tasks reach, not the first N in file "
+        "order; same as run.limit",
     )
     p.add_argument("--report", help="also write the JSON run report here; same as run.report")
     p.add_argument(

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from framework.cli import main
+from framework.cli_parser import run_parser
 from framework.errors import ExitCode
 from tests.helpers import ROOT, run_cli
 
@@ -335,3 +336,18 @@ def test_a_command_without_its_spec_says_so(command, capsys):
         f"infer-run {command}: error: a spec file is required: "
         f"infer-run {command} SPEC [key=value ...]\n"
     )
+
+
+def test_the_help_of_limit_and_validate_says_what_they_do():
+    # --limit said "the first N rows", which across several files it is not (README,
+    # run.limit); --validate did not say that it checks resources against the cluster.
+    text = " ".join(run_parser().format_help().split())
+    assert (
+        "--limit N process only N rows: the first the read tasks reach, not the first N in "
+        "file order; same as run.limit" in text
+    )
+    assert (
+        "--validate check the spec, its plugins and inputs, and the stages' resources "
+        "against the cluster (this machine without --address); run nothing" in text
+    )
+
