@@ -39,6 +39,17 @@ def main_run(argv: Sequence[str]) -> int:
     args = parser.parse_intermixed_args(argv)
     if sum((args.resume, args.replay, args.overwrite)) > 1:
         parser.error("--resume, --replay and --overwrite exclude each other")
+    # A mode that would silently replace another: --print-spec exits 0 on a spec it never
+    # checked, and --calibrate runs the stages that --validate promises not to run.
+    checks = {"--validate": args.validate, "--plan": args.plan}
+    checks["--calibrate"] = args.calibrate is not None
+    for flag, given in checks.items():
+        if args.print_spec and given:
+            parser.error(f"--print-spec checks nothing: leave out {flag}")
+    if args.validate and args.calibrate is not None:
+        parser.error(
+            "--validate runs nothing and --calibrate runs every stage on a sample: give one"
+        )
     problems: list[str] = []  # overrides that could not be applied, with the rest
     cfg = load_spec(args.spec, [*args.overrides, *flag_overrides(args)], pending=problems)
     if args.print_spec:

@@ -351,3 +351,26 @@ def test_the_help_of_limit_and_validate_says_what_they_do():
         "against the cluster (this machine without --address); run nothing" in text
     )
 
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        # --print-spec printed and exited 0: the spec was neither checked nor planned.
+        (["--print-spec", "--validate"], "--print-spec checks nothing: leave out --validate"),
+        (["--print-spec", "--plan"], "--print-spec checks nothing: leave out --plan"),
+        (
+            ["--print-spec", "--calibrate", "4"],
+            "--print-spec checks nothing: leave out --calibrate",
+        ),
+        # --validate promises to run nothing; --calibrate runs every stage on a sample.
+        (
+            ["--validate", "--calibrate", "4"],
+            "--validate runs nothing and --calibrate runs every stage on a sample: give one",
+        ),
+    ],
+)
+def test_flags_that_would_be_ignored_are_a_usage_error(spec, capsys, flags, expected):
+    with pytest.raises(SystemExit) as exited:
+        main([str(spec), "models.0.type=ecko", *flags])
+    assert exited.value.code == ExitCode.USAGE_ERROR
+    assert capsys.readouterr().err == f"infer-run: error: {expected}\n"
