@@ -448,6 +448,32 @@ BAD_SPECS += [
     ),
 ]
 
+BAD_SPECS += [
+    pytest.param(
+        # Infinite or huge values passed every "must be positive" check, then the run
+        # stopped with a traceback (int(inf) for the block size; time.sleep and
+        # Event.wait overflow past threading.TIMEOUT_MAX, in the workers).
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        [
+            "run.block_mb=.inf",
+            "run.inflight_mb_per_node=.inf",
+            "run.inflight_mb_per_cpu=.inf",
+            "errors.batch_timeout_s=1e10",
+            "errors.retries=5000",
+        ],
+        [
+            "errors.retry_backoff_s: 0.5 s, doubled for each of 5000 retries, waits longer "
+            "than Python can (9223372036 s) - lower errors.retries or errors.retry_backoff_s",
+            "errors.batch_timeout_s: at most 9223372036 s (the longest wait Python takes), "
+            "got 10000000000.0",
+            "run.block_mb: must be a finite number, got inf",
+            "run.inflight_mb_per_node: must be a finite number (null: Ray Data's default), got inf",
+            "run.inflight_mb_per_cpu: must be a finite number, got inf",
+        ],
+        id="infinite-and-huge-numbers",
+    ),
+]
+
 
 @pytest.mark.parametrize(("text", "overrides", "expected"), BAD_SPECS)
 def test_bad_spec_reports_every_problem_and_exits_with_spec_code(

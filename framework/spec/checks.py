@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,9 @@ MIN_OBJECT_STORE_BYTES = 75 * 1024**2  # Ray refuses a smaller object store
 # Reads and writes are Ray Data tasks asking only for CPUs.
 READ_WRITE_RESOURCES = ("num_cpus",)
 ACTOR_ONLY_RESOURCES = ("max_tasks_in_flight_per_actor",)
+# The longest wait time.sleep and threading.Event.wait take (about 292 years): a longer
+# batch timeout or retry wait overflowed in the workers, mid-run.
+LONGEST_WAIT_S = threading.TIMEOUT_MAX
 
 
 def ray_problems(ray: RaySection) -> list[str]:
@@ -59,15 +63,23 @@ def run_problems(run: RunSection) -> list[str]:
     out = []
     if run.limit is not None and run.limit < 1:
         out.append(f"run.limit: must be at least 1, got {run.limit}")
+    # Infinite sizes pass the bounds below, then became bytes with int(): a traceback.
     if run.block_mb <= 0:
         out.append(f"run.block_mb: must be positive, got {run.block_mb}")
-    if run.inflight_mb_per_node is not None and run.inflight_mb_per_node <= 0:
+    elif math.isinf(run.block_mb):
+        out.append(f"run.block_mb: must be a finite number, got {run.block_mb}")
+    per_node = run.inflight_mb_per_node
+    if per_node is not None and (per_node <= 0 or math.isinf(per_node)):
+        bound = "positive" if per_node <= 0 else "a finite number"
         out.append(
-            f"run.inflight_mb_per_node: must be positive (null: Ray Data's default), "
-            f"got {run.inflight_mb_per_node}"
+            f"run.inflight_mb_per_node: must be {bound} (null: Ray Data's default), got {per_node}"
         )
     if run.inflight_mb_per_cpu < 0:
         out.append(f"run.inflight_mb_per_cpu: must not be negative, got {run.inflight_mb_per_cpu}")
+    elif math.isinf(run.inflight_mb_per_cpu):
+        out.append(
+            f"run.inflight_mb_per_cpu: must be a finite number, got {run.inflight_mb_per_cpu}"
+        )
     for key, path, file_in in (
         ("report", run.report, report_file),
         ("timeline", run.timeline, timeline_file),
@@ -133,14 +145,33 @@ def error_problems(e: ErrorsSection) -> list[str]:
         out.append(f"errors.retries: must not be negative, got {e.retries}")
     if e.retry_backoff_s < 0:
         out.append(f"errors.retry_backoff_s: must not be negative, got {e.retry_backoff_s}")
+    elif e.retries > 0 and _longest_retry_wait(e) > LONGEST_WAIT_S:
+        out.append(
+            f"errors.retry_backoff_s: {e.retry_backoff_s} s, doubled for each of {e.retries} "
+            f"retries, waits longer than Python can ({LONGEST_WAIT_S:.0f} s) - lower "
+            "errors.retries or errors.retry_backoff_s"
+        )
     if e.batch_timeout_s is not None and e.batch_timeout_s <= 0:
         out.append(f"errors.batch_timeout_s: must be positive or null, got {e.batch_timeout_s}")
+    elif e.batch_timeout_s is not None and e.batch_timeout_s > LONGEST_WAIT_S:
+        out.append(
+            f"errors.batch_timeout_s: at most {LONGEST_WAIT_S:.0f} s (the longest wait Python "
+            f"takes), got {e.batch_timeout_s}"
+        )
     out.extend(
         f"errors.retry_on: exception class names expected, got {name!r}"
         for name in e.retry_on
         if not str(name).replace(".", "").replace("_", "").isalnum()
     )
     return out
+
+
+def _longest_retry_wait(e: ErrorsSection) -> float:
+    """The wait before the last retry (the worker's ``retry_backoff_s * 2**n``)."""
+    try:
+        return math.ldexp(e.retry_backoff_s, e.retries - 1)
+    except OverflowError:
+        return math.inf
 
 
 def nan_problems(tree: Any, where: str = "") -> list[str]:
