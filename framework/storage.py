@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
-from framework.errors import SpecError
+from framework.errors import SpecError, did_you_mean
 from framework.redact import MASK
 
 STORAGE_KEYS = (
@@ -172,7 +172,8 @@ def storage_problems(where: str, storage: Any) -> list[str]:
         what = type(storage).__name__
         return [f"{where}: expected a mapping of {', '.join(STORAGE_KEYS)}, got {what}"]
     out = [
-        f"{where}.{key}: unknown key (known: {', '.join(STORAGE_KEYS)})"
+        f"{where}.{key}: unknown key"
+        + (did_you_mean(str(key), STORAGE_KEYS) or f" (known: {', '.join(STORAGE_KEYS)})")
         for key in storage
         if key not in STORAGE_KEYS
     ]

@@ -472,6 +472,18 @@ BAD_SPECS += [
         ],
         id="infinite-and-huge-numbers",
     ),
+    pytest.param(
+        # A misspelt storage key got the list of known keys, not the one it is close to.
+        "reader: {type: parquet, path: @IN@, storage: {regoin: eu-west-1, secret: x}}\n"
+        "writer: {type: parquet, path: @OUT@}\n",
+        [],
+        [
+            "reader.storage.regoin: unknown key - did you mean 'region'?",
+            "reader.storage.secret: unknown key (known: endpoint_url, region, access_key_id, "
+            "secret_access_key, session_token, anonymous)",
+        ],
+        id="storage-key-misspelt",
+    ),
 ]
 
 
