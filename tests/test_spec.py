@@ -484,6 +484,35 @@ BAD_SPECS += [
         ],
         id="storage-key-misspelt",
     ),
+    pytest.param(
+        # A control character (a terminal colour pasted in) was told over two lines, the
+        # second a character offset ("in "<unicode string>", position 96"), not a line.
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        'run: {name: "\x1b[31mred"}\n',
+        [],
+        [
+            yaml_says(
+                "line 3, column 14: invalid YAML: unacceptable character #x001b: control "
+                "characters are not allowed",
+                "line 3, column 14: invalid YAML: unacceptable character #x001b: special "
+                "characters are not allowed",
+            )
+        ],
+        id="control-character",
+    ),
+    pytest.param(
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        ["run.name=\x1b[31mred"],
+        [
+            yaml_says(
+                "override 'run.name=\\x1b[31mred': invalid YAML value: unacceptable character "
+                "#x001b: control characters are not allowed",
+                "override 'run.name=\\x1b[31mred': invalid YAML value: unacceptable character "
+                "#x001b: special characters are not allowed",
+            )
+        ],
+        id="control-character-in-an-override",
+    ),
 ]
 
 

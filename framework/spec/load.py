@@ -60,14 +60,33 @@ def _parse(text: str, source: str) -> DictConfig:
         cfg = OmegaConf.create(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError([f"{where}invalid YAML: {problem}"], source) from None
+        line_column = (mark.line, mark.column) if mark else _unacceptable_at(text, exc)
+        where = "line {}, column {}: ".format(*(n + 1 for n in line_column)) if line_column else ""
+        raise SpecError([f"{where}invalid YAML: {_yaml_problem(exc)}"], source) from None
     except OmegaConfBaseException as exc:
         found = list(_bad_interpolations(yaml.load(text, Loader=SAFE_LOADER), ""))
         raise SpecError(found or [f"invalid spec: {_first_line(exc)}"], source) from None
     assert isinstance(cfg, DictConfig)  # _shape_problem let nothing else through
     return cfg
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    # A reader error (a control character) has no problem, and a second line that gives
+    # an offset into the text: libyaml's in bytes, PyYAML's in characters.
+    return getattr(exc, "problem", None) or str(exc).splitlines()[0]
+
+
+def _unacceptable_at(text: str, exc: yaml.YAMLError) -> tuple[int, int] | None:
+    """(line, column) from 0 of the character a reader error refused: its first use, for
+    such a character is refused wherever it stands."""
+    code = getattr(exc, "character", None)
+    if not isinstance(exc, yaml.reader.ReaderError) or code is None:
+        return None
+    index = text.find(chr(code) if isinstance(code, int) else code)
+    if index < 0:
+        return None
+    before = text[:index]
+    return before.count("\n"), index - (before.rfind("\n") + 1)
 
 
 def _shape_problem(text: str) -> str | None:
@@ -121,8 +140,7 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
             if "${" in raw and raw.lstrip()[:1] in "[{"
             else ""
         )
-        why = getattr(exc, "problem", None) or exc
-        return f"override {item!r}: invalid YAML value: {why}{hint}"
+        return f"override {item!r}: invalid YAML value: {_yaml_problem(exc)}{hint}"
     except (OmegaConfBaseException, IndexError, ValueError, TypeError) as exc:
         return f"override {item!r}: {_first_line(exc)}"
     return None
