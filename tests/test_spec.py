@@ -513,6 +513,18 @@ BAD_SPECS += [
         ],
         id="control-character-in-an-override",
     ),
+    pytest.param(
+        # A stray "-" (an empty item) was dropped without a word: the model after it ran as
+        # models[0] under the path models[1], and ${models.0} found nothing.
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "models:\n  -\n  - type: echo\npostprocessors: [{type: select_columns}, null]\n",
+        [],
+        [
+            "models[0]: expected a mapping with a 'type' key, got null",
+            "postprocessors[1]: expected a mapping with a 'type' key, got null",
+        ],
+        id="an-empty-list-item",
+    ),
 ]
 
 

@@ -98,6 +98,9 @@ def validate_spec(
         if not isinstance(nodes, list):
             problems.append(f"{section}: expected a list of {kind} nodes, got {kind_of(nodes)}")
             nodes = []
+        # An empty item (a stray "-") was dropped: later stages kept paths, not places.
+        empty = [f"{section}[{i}]" for i, node in enumerate(nodes) if node is None]
+        problems += [f"{path}: expected a mapping with a 'type' key, got null" for path in empty]
         stages = [
             _stage(node, f"{section}[{i}]", kind, registry, problems)
             for i, node in enumerate(nodes)
