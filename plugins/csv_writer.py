@@ -28,7 +28,7 @@ import base64
 import csv
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ from ray.data.extensions import (
 )
 
 from framework import ID_COLUMN, RunError, Writer, filesystem_for, hookimpl
+from plugins.counts import count_problems
 from plugins.id_types import CSV_IDS, check_id_type
 from plugins.output_files import not_written_here
 
@@ -77,6 +78,10 @@ class CsvWriter(Writer):
     ) -> None:
         super().__init__(path, storage, overwrite)
         self.rows_per_file = rows_per_file
+
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        return count_problems(params, "rows_per_file")
 
     output_suffix = ".csv"
 

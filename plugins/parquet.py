@@ -29,6 +29,7 @@ from framework import (
 )
 from framework.file_filter import misread_problems, paths_for_ray
 from framework.storage import inner_path
+from plugins.counts import count_problems
 from plugins.output_files import not_written_here
 from plugins.parquet_source import read_listed_parquet
 
@@ -165,6 +166,10 @@ class ParquetReader(Reader):
 
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
+        return count_problems(params, "num_blocks") + cls._input_problems(params)
+
+    @classmethod
+    def _input_problems(cls, params: Mapping[str, Any]) -> list[str]:
         paths = params["path"]
         try:
             paths = expand_globs(
@@ -231,6 +236,10 @@ class ParquetWriter(Writer):
     ) -> None:
         super().__init__(path, storage, overwrite)
         self.rows_per_file = rows_per_file
+
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        return count_problems(params, "rows_per_file")
 
     output_suffix = ".parquet"
 

@@ -274,3 +274,11 @@ def test_an_id_type_csv_cannot_give_back_stops_the_run_in_one_line(ray_session, 
         "give back as the same values, so --resume and --replay would miss or repeat rows - "
         "give the rows string or integer ids, or write parquet"
     )
+
+
+def test_rows_per_file_below_one_is_a_spec_problem():
+    # Ray Data refused it only once the run wrote: "min_rows_per_file must be a positive
+    # integer", with a traceback.
+    assert CsvWriter.check({"path": "out", "rows_per_file": 0}) == [
+        "rows_per_file: must be at least 1 (null: Ray Data's choice), got 0"
+    ]

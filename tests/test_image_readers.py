@@ -912,3 +912,9 @@ def test_an_image_member_that_is_a_link_is_a_flagged_row_not_a_vanished_sample(t
         },
         {"id": "003", "image": b"img3", "_error": None},
     ]
+@pytest.mark.parametrize("reader", [ImageFolderReader, ImageParquetReader, WebDatasetReader])
+def test_a_num_blocks_below_one_is_told_beside_the_path_problem(tmp_path, reader):
+    # Ray Data refused it only mid-run ("number sections must be larger than 0.").
+    found = reader.check({"path": str(tmp_path / "nope"), "num_blocks": 0})
+    assert found[0] == "num_blocks: must be at least 1 (null: Ray Data's choice), got 0"
+    assert len(found) == 2 and found[1].startswith("path: no such")

@@ -525,6 +525,17 @@ BAD_SPECS += [
         ],
         id="an-empty-list-item",
     ),
+    pytest.param(
+        # Ray Data refuses a count below 1 only when the run reads or writes: a traceback.
+        "reader: {type: parquet, path: @IN@, num_blocks: 0}\n"
+        "writer: {type: parquet, path: @OUT@, rows_per_file: -1}\n",
+        [],
+        [
+            "reader.num_blocks: must be at least 1 (null: Ray Data's choice), got 0",
+            "writer.rows_per_file: must be at least 1 (null: Ray Data's choice), got -1",
+        ],
+        id="counts-below-one",
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ import ray.data
 
 from framework import ID_COLUMN, Reader, filesystem_for
 from framework.file_filter import ExtensionFilter, misread_problems, path_for_ray
+from plugins.counts import count_problems
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
     dangling_inputs,
@@ -57,6 +58,10 @@ class ImageFolderReader(Reader):
 
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
+        return count_problems(params, "num_blocks") + cls._input_problems(params)
+
+    @classmethod
+    def _input_problems(cls, params: Mapping[str, Any]) -> list[str]:
         path = params["path"]
         # None: the defaults. An empty list is a mistake, not a wish for the defaults.
         extensions = params.get("extensions")

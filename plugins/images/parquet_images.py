@@ -30,6 +30,7 @@ from framework import (
     parquet_schema,
 )
 from framework.file_filter import misread_problems
+from plugins.counts import count_problems
 from plugins.images.common import as_paths, locate, path_list_problems
 from plugins.images.image_columns import (
     flat_to_tensor,
@@ -70,6 +71,10 @@ class ImageParquetReader(Reader):
 
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
+        return count_problems(params, "num_blocks") + cls._input_problems(params)
+
+    @classmethod
+    def _input_problems(cls, params: Mapping[str, Any]) -> list[str]:
         paths = as_paths(params["path"])
         problems = path_list_problems(paths) + shape_problems(params.get("shape"))
         columns = params.get("columns")

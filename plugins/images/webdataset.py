@@ -31,6 +31,7 @@ from framework import (
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
+from plugins.counts import count_problems
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
     as_paths,
@@ -103,6 +104,10 @@ class WebDatasetReader(Reader):
 
     @classmethod
     def check(cls, params: Mapping[str, Any]) -> list[str]:
+        return count_problems(params, "num_blocks") + cls._input_problems(params)
+
+    @classmethod
+    def _input_problems(cls, params: Mapping[str, Any]) -> list[str]:
         paths = as_paths(params["path"])
         extensions = params.get("extensions")  # None: the defaults; [] is a mistake
         problems = path_list_problems(paths) + extension_problems(
