@@ -575,6 +575,16 @@ def test_missing_spec_file_is_an_input_error(tmp_path, capsys):
     )
 
 
+def test_a_misspelt_spec_file_gets_a_did_you_mean(tmp_path, capsys):
+    (tmp_path / "resnet50_imagenet.yaml").write_text("{}\n")
+    (tmp_path / "other.yaml").write_text("{}\n")
+    assert main([str(tmp_path / "resnet50_imagenet.yml")]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err == (
+        f"infer-run: error: spec file not found: {tmp_path}/resnet50_imagenet.yml - did you "
+        f"mean '{tmp_path}/resnet50_imagenet.yaml'?\n"
+    )
+
+
 def test_unknown_flag_points_to_key_value_form(tmp_path, data, capsys):
     path = write_spec(tmp_path, GOOD.format(root=tmp_path))
     with pytest.raises(SystemExit) as info:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def load_spec(
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise InputError(f"spec file not found: {source}") from None
+        raise InputError(f"spec file not found: {source}{_close_file(Path(path))}") from None
     except UnicodeDecodeError as exc:
         raise InputError(
             f"cannot read spec file {source}: not UTF-8 text (byte {exc.start})"
@@ -49,6 +50,17 @@ def load_spec(
     elif problems:
         raise SpecError(problems, source)
     return cfg
+
+
+def _close_file(path: Path) -> str:
+    """`` - did you mean 'x.yaml'?`` for a file beside ``path`` named much like it."""
+    try:
+        names = [p.name for p in path.parent.iterdir() if p.is_file()]
+    except OSError:  # no such folder either, or one we may not list
+        return ""
+    # Names, not whole paths: the folder they share would make any two look alike.
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f" - did you mean {str(path.parent / close[0])!r}?" if close else ""
 
 
 def _parse(text: str, source: str) -> DictConfig:
