@@ -536,6 +536,41 @@ BAD_SPECS += [
         ],
         id="counts-below-one",
     ),
+    pytest.param(
+        # Validation passed; the run then stopped on a "plugin bug" once the id was gone.
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "postprocessors:\n  - {type: select_columns, drop: [x, id]}\n"
+        "  - {type: rename_columns, mapping: {id: key, x: id, y: y2}}\n",
+        [],
+        [
+            "postprocessors[0].drop: cannot drop 'id': every stage and the writer need each "
+            "row's id",
+            "postprocessors[1].mapping: cannot rename 'id': every stage and the writer need "
+            "each row's id",
+            "postprocessors[1].mapping: cannot rename 'x' to 'id', the column of each row's id",
+        ],
+        id="the-id-column-dropped-or-renamed",
+    ),
+    pytest.param(
+        # A list where a section key wants a mapping, or a mapping where it wants a list,
+        # broke OmegaConf's merge with a TypeError: a traceback, exit code 1.
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "models: [{type: echo, resources: {custom: [gpu_node]}}]\n",
+        [
+            "run.data_context=[a]",
+            "ray.runtime_env=[x]",
+            "benchmark.floors=[1]",
+            "errors.retry_on={ConnectionError: 1}",
+        ],
+        [
+            "ray.runtime_env: expected dict[str, Any], got a list ['x']",
+            "run.data_context: expected dict[str, Any], got a list ['a']",
+            "errors.retry_on: expected list[str], got a mapping {'ConnectionError': 1}",
+            "benchmark.floors: expected dict[str, float], got a list [1]",
+            "models[0].resources.custom: expected dict[str, float], got a list ['gpu_node']",
+        ],
+        id="a-list-for-a-mapping-and-back",
+    ),
 ]
 
 

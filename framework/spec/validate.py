@@ -174,7 +174,7 @@ def _section(data: Any, schema: type, path: str, problems: list[str]) -> Any:
             continue
         try:
             OmegaConf.merge(OmegaConf.structured(schema), {key: value})
-        except OmegaConfBaseException:
+        except (OmegaConfBaseException, TypeError):  # TypeError: a list for a mapping, or back
             problems.append(f"{path}.{key}: expected {types_[key]}, got {kind_of(value)} {value!r}")
             continue
         good[key] = value
