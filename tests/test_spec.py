@@ -571,6 +571,17 @@ BAD_SPECS += [
         ],
         id="a-list-for-a-mapping-and-back",
     ),
+    pytest.param(
+        # "reader.type: missing" sent the user looking for a key that is there, misspelt.
+        "reader: {Type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "models: [{typ: echo}]\n",
+        [],
+        [
+            "reader.Type: unknown key - did you mean 'type'?",
+            "models[0].typ: unknown key - did you mean 'type'?",
+        ],
+        id="type-misspelt",
+    ),
 ]
 
 

@@ -191,7 +191,10 @@ def _stage(
         return None
     type_name = node.get("type")
     entry = None
-    if type_name is None:
+    misspelt = [key for key in node if key != "type" and did_you_mean(str(key), ["type"])]
+    if type_name is None and misspelt:  # `Type:`, `typ:`: not missing, misspelt
+        problems += [f"{path}.{key}: unknown key - did you mean 'type'?" for key in misspelt]
+    elif type_name is None:
         problems.append(
             f"{path}.type: missing - registered {kind}s: {', '.join(registry.names(kind))}"
         )
