@@ -582,6 +582,17 @@ BAD_SPECS += [
         ],
         id="type-misspelt",
     ),
+    pytest.param(
+        # OmegaConf's "Incompatible key type 'NoneType'" named no place.
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "models:\n  - type: echo\n    null: 3\nvars: {~: 1}\n",
+        [],
+        [
+            "models[0]: a key is null (null: or ~:) - keys are names",
+            "vars: a key is null (null: or ~:) - keys are names",
+        ],
+        id="a-null-key",
+    ),
 ]
 
 

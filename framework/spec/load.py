@@ -76,7 +76,8 @@ def _parse(text: str, source: str) -> DictConfig:
         where = "line {}, column {}: ".format(*(n + 1 for n in line_column)) if line_column else ""
         raise SpecError([f"{where}invalid YAML: {_yaml_problem(exc)}"], source) from None
     except OmegaConfBaseException as exc:
-        found = list(_bad_interpolations(yaml.load(text, Loader=SAFE_LOADER), ""))
+        data = yaml.load(text, Loader=SAFE_LOADER)
+        found = [*_null_keys(data, ""), *_bad_interpolations(data, "")]
         raise SpecError(found or [f"invalid spec: {_first_line(exc)}"], source) from None
     assert isinstance(cfg, DictConfig)  # _shape_problem let nothing else through
     return cfg
@@ -113,6 +114,17 @@ def _shape_problem(text: str) -> str | None:
         return None
     shown = "" if isinstance(data, list) else f" {data!r}"
     return f"{SHAPE}, got {kind_of(data)}{shown}"
+
+
+def _null_keys(node: Any, path: str) -> Iterator[str]:
+    """Each mapping with a null key, which OmegaConf refuses without saying where."""
+    if isinstance(node, dict) and None in node:
+        yield f"{path or 'the spec'}: a key is null (null: or ~:) - keys are names"
+    if isinstance(node, dict | list):
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            sub = f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}".lstrip(".")
+            yield from _null_keys(value, sub)
 
 
 def _bad_interpolations(node: Any, path: str) -> Iterator[str]:
