@@ -593,6 +593,19 @@ BAD_SPECS += [
         ],
         id="a-null-key",
     ),
+    pytest.param(
+        # ${oc.env:...} gives a string, which a number parameter refuses: say how to read
+        # it as YAML, as storage.anonymous does.
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "models: [{type: echo, scale: '${oc.env:INFER_NO_SUCH_VAR,2}', delay_s: 'no'}]\n",
+        [],
+        [
+            "models[0].scale: expected float, got str '2' - a number in quotes, or from "
+            "${oc.env:VAR} (a string): ${oc.decode:${oc.env:VAR}} reads it as YAML",
+            "models[0].delay_s: expected float, got str 'no'",
+        ],
+        id="a-number-as-a-string",
+    ),
 ]
 
 

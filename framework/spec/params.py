@@ -9,6 +9,8 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+import yaml
+
 from framework.errors import InferError, did_you_mean
 from framework.spec.schema import RESERVED_STAGE_KEYS, Resources
 
@@ -51,6 +53,7 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
         if key in hints and not matches_type(value, hints[key]):
             problems.append(
                 f"{key}: expected {type_name(hints[key])}, got {kind_of(value)} {value!r}"
+                + _text_hint(value, hints[key])
             )
     for name, p in accepted.items():
         if p.default is p.empty and name not in params:
@@ -58,6 +61,20 @@ def bind_params(cls: type, params: dict[str, Any], what: str) -> tuple[dict[str,
     if problems:
         return {}, problems
     return _bound(signature, params), []
+
+
+def _text_hint(value: Any, hint: Any) -> str:
+    """How to give a string that YAML reads as the value wanted ('2' for a float): it was
+    quoted, or came from ``${oc.env:...}``, which always gives a string."""
+    try:
+        parsed = yaml.safe_load(value) if isinstance(value, str) else None
+    except yaml.YAMLError:
+        return ""
+    if parsed is None or isinstance(parsed, str) or not matches_type(parsed, hint):
+        return ""
+    what = {bool: "a boolean", int: "a number", float: "a number"}.get(type(parsed), "a value")
+    decode = "${oc.decode:${oc.env:VAR}}"
+    return f" - {what} in quotes, or from ${{oc.env:VAR}} (a string): {decode} reads it as YAML"
 
 
 def checkable_params(cls: type, params: dict[str, Any]) -> tuple[dict[str, Any] | None, set[str]]:
