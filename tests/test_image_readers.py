@@ -918,3 +918,11 @@ def test_a_num_blocks_below_one_is_told_beside_the_path_problem(tmp_path, reader
     found = reader.check({"path": str(tmp_path / "nope"), "num_blocks": 0})
     assert found[0] == "num_blocks: must be at least 1 (null: Ray Data's choice), got 0"
     assert len(found) == 2 and found[1].startswith("path: no such")
+
+
+def test_folder_check_tells_a_missing_folder_beside_bad_extensions(tmp_path):
+    # Only the extensions were told; the missing folder came on the next try.
+    assert ImageFolderReader.check({"path": str(tmp_path / "nope"), "extensions": []}) == [
+        "extensions: expected a non-empty list such as [jpg, png], got []",
+        f"path: no such directory {tmp_path / 'nope'}",
+    ]

@@ -67,19 +67,20 @@ class ImageFolderReader(Reader):
         extensions = params.get("extensions")
         if extensions is None:
             extensions = IMAGE_EXTENSIONS
+        # Bad extensions leave the folder to check, but not for images.
         problems = extension_problems(extensions)
-        if problems:
-            return problems
         if not isinstance(path, str) or not path:
-            return [f"path: expected one directory, got {path!r}"]
+            return [*problems, f"path: expected one directory, got {path!r}"]
         located = locate(path, params.get("storage"))
         if isinstance(located, list):
-            return located
+            return problems + located
         fs, where, kind = located
         if kind == pafs.FileType.NotFound:
-            return [f"path: no such directory {path}"]
+            return [*problems, f"path: no such directory {path}"]
         if kind == pafs.FileType.File:
-            return [f"path: {path} is a file, not a directory"]
+            return [*problems, f"path: {path} is a file, not a directory"]
+        if problems:
+            return problems
         if problems := misread_problems([path], params.get("storage")):
             return problems
         wanted = normalize_extensions(extensions)
