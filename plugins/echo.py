@@ -6,7 +6,10 @@ It needs no weights: each numeric input column ``c`` comes back as ``c_echo = c 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +24,14 @@ class EchoModel(Model):
         self.scale = scale
         self.delay_s = delay_s
         self.pid = os.getpid()
+
+    @classmethod
+    def check(cls, params: Mapping[str, Any]) -> list[str]:
+        delay = params["delay_s"]
+        # time.sleep refuses a negative delay, and overflows past threading.TIMEOUT_MAX.
+        if not 0 <= delay <= threading.TIMEOUT_MAX:
+            return [f"delay_s: must be from 0 to {threading.TIMEOUT_MAX:.0f} s, got {delay}"]
+        return []
 
     def __call__(self, batch: Batch) -> Batch:
         if self.delay_s:

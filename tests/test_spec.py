@@ -606,6 +606,17 @@ BAD_SPECS += [
         ],
         id="a-number-as-a-string",
     ),
+    pytest.param(
+        # time.sleep refused them in the model's actors: the run failed on every batch.
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "models: [{type: echo, delay_s: -1}, {type: echo, delay_s: .inf}]\n",
+        [],
+        [
+            "models[0].delay_s: must be from 0 to 9223372036 s, got -1",
+            "models[1].delay_s: must be from 0 to 9223372036 s, got inf",
+        ],
+        id="echo-delay",
+    ),
 ]
 
 
