@@ -617,6 +617,18 @@ BAD_SPECS += [
         ],
         id="echo-delay",
     ),
+    pytest.param(
+        # The resize size made from the crop was blamed: "resize_size: ... got [-2]".
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n"
+        "preprocessors: [{type: image_transform, crop_size: -1}, "
+        "{type: image_transform, resize_size: 0}]\n",
+        [],
+        [
+            "preprocessors[0].crop_size: sizes must be positive, got [-1, -1]",
+            "preprocessors[1].resize_size: sizes must be positive, got [0]",
+        ],
+        id="image-transform-sizes",
+    ),
 ]
 
 

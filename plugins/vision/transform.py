@@ -64,6 +64,8 @@ def resolve_config(
         crop = as_pair(crop_size) if crop_size is not None else (info.crop_size if info else None)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"crop_size: {exc}") from exc
+    if crop_size is not None and min(crop) < 1:  # before the resize size made from it is
+        raise ValueError(f"crop_size: sizes must be positive, got {list(crop)}")
     try:
         resize = as_resize(resize_size) if resize_size is not None else None
     except (TypeError, ValueError) as exc:
