@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from framework.cluster import Cluster, Node
 from framework.compile import EMITTERS, compile_plan
-from framework.feasibility import ResourceError, check_feasible, infeasible
+from framework.feasibility import ResourceError, _placed, check_feasible, infeasible
 from framework.plan import MapNode, Plan, ReadNode, WriteNode, build_plan
 from framework.plugins import load_registry
 from framework.spec import validate_spec
@@ -531,3 +531,20 @@ def test_a_stage_with_a_batch_size_gets_blocks_of_a_few_batches_where_cutting_is
     # Without a batch size a stage takes whole blocks, as the spec's Ray Data default says.
     del spec["preprocessors"][0]["resources"]
     assert plan_for(spec, [upper]).nodes[1].block_rows is None
+
+
+def test_a_huge_pool_is_placed_at_once_not_actor_by_actor(data):
+    # `ray.num_cpus=100000000000000000000` made --plan and --validate hang: the model's
+    # pool of ~1e19 actors was placed one actor at a time.
+    huge = Cluster((Node("n1", "h", cpus=1e20, spare_cpus=1),), "test")
+    plan = plan_for(simple(data), cluster=huge)
+    assert plan.nodes[2].pool[0] > 10**18
+    assert infeasible(plan) == []
+    # Placed in bulk, exactly as many as one by one: 3 actors of 1 CPU fit 3 CPUs, not 4.
+    three = Cluster((Node("n1", "h", cpus=3),), "test")
+    resources = {"num_cpus": 1, "actors": [4, 4]}
+    plan = plan_for(simple(data, resources=resources), cluster=three)
+    assert not _placed(list(three.nodes), [plan.nodes[2]])
+    resources = {"num_cpus": 0.75, "actors": [4, 4]}
+    plan = plan_for(simple(data, resources=resources), cluster=three)
+    assert _placed(list(three.nodes), [plan.nodes[2]])
