@@ -629,6 +629,17 @@ BAD_SPECS += [
         ],
         id="image-transform-sizes",
     ),
+    pytest.param(
+        # An index into a list the spec does not have made a mapping {"0": ...} of it,
+        # told as "models: expected a list of model nodes, got a mapping".
+        "reader: {type: parquet, path: @IN@}\nwriter: {type: parquet, path: @OUT@}\n",
+        ["models.0.resources.batch_size=8", "vars.x=1", "vars.y.0=2"],
+        [
+            "override 'models.0.resources.batch_size=8': the spec has no models to index - "
+            "set the whole list: 'models=[{type: ...}]'",
+        ],
+        id="an-index-into-a-missing-list",
+    ),
 ]
 
 

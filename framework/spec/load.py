@@ -13,6 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework.errors import InputError, SpecError
 from framework.spec.params import kind_of
+from framework.spec.schema import STAGE_LISTS
 
 # The one OmegaConf parses with, so that a syntax error reads the same from either.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -153,6 +154,14 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
         return f"override {item!r}: a key part is empty - keys are dotted names, e.g. {EXAMPLE}"
     if sep == "~":
         return _delete(cfg, key)
+    section, _, rest = key.partition(".")
+    # OmegaConf would make a mapping {"0": ...} of a list the spec does not have.
+    indexed = section in STAGE_LISTS and rest.split(".")[0].isdigit()
+    if indexed and OmegaConf.select(cfg, section, throw_on_resolution_failure=False) is None:
+        return (
+            f"override {item!r}: the spec has no {section} to index - set the whole "
+            f"list: '{section}=[{{type: ...}}]'"
+        )
     try:
         value = _parse_value(raw)
         # A whole node in flow form (`models.0={...}`) replaces the old one, as README says:
