@@ -912,6 +912,8 @@ def test_an_image_member_that_is_a_link_is_a_flagged_row_not_a_vanished_sample(t
         },
         {"id": "003", "image": b"img3", "_error": None},
     ]
+
+
 @pytest.mark.parametrize("reader", [ImageFolderReader, ImageParquetReader, WebDatasetReader])
 def test_a_num_blocks_below_one_is_told_beside_the_path_problem(tmp_path, reader):
     # Ray Data refused it only mid-run ("number sections must be larger than 0.").
