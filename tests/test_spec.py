@@ -543,11 +543,9 @@ BAD_SPECS += [
         "  - {type: rename_columns, mapping: {id: key, x: id, y: y2}}\n",
         [],
         [
-            "postprocessors[0].drop: cannot drop 'id': every stage and the writer need each "
-            "row's id",
-            "postprocessors[1].mapping: cannot rename 'id': every stage and the writer need "
-            "each row's id",
-            "postprocessors[1].mapping: cannot rename 'x' to 'id', the column of each row's id",
+            "postprocessors[0].drop: 'id' names the rows and cannot be dropped",
+            "postprocessors[1].mapping: 'id' names the rows and cannot be renamed",
+            "postprocessors[1].mapping: 'x' cannot be renamed to 'id', which names the rows",
         ],
         id="the-id-column-dropped-or-renamed",
     ),
