@@ -210,7 +210,7 @@ def read_planning(cluster: Cluster, read_task_mb: float | None) -> Iterator[None
 def own_data_context(spec: Spec, cluster: Cluster) -> dict[str, Any]:
     """The DataContext attributes infer-run sets from its own keys (``run.block_mb``, the
     object store budget): the ones ``run.data_context`` may not set
-    (``framework.spec.validate.MANAGED_DATA_CONTEXT``)."""
+    (``framework.spec.data_context.MANAGED_DATA_CONTEXT``)."""
     context = ray.data.DataContext.get_current()
     block_bytes = max(1, int(spec.run.block_mb * 1024**2))
     settings: dict[str, Any] = {

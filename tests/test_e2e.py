@@ -486,7 +486,7 @@ def test_the_specs_may_not_set_what_infer_run_sets_itself(ray_session, dataset):
     from framework.plugins import load_registry
     from framework.ray_session import own_data_context
     from framework.spec import validate_spec
-    from framework.spec.validate import MANAGED_DATA_CONTEXT
+    from framework.spec.data_context import MANAGED_DATA_CONTEXT
 
     spec = validate_spec(
         OmegaConf.create(
