@@ -68,14 +68,14 @@ class Replay:
         whose old record comes back."""
         fs, root = filesystem_for(str(self.errors.dead_letter), self.errors.storage)
         archive = f"{root}/{REPLAYED_PREFIX}{stamp}"
-        # Records the replay wrote are of rows whose old records come back: not twice.
+        # Records the replay wrote are of rows whose old records come back: not twice. So
+        # is the copy of the kept records (``unreadable-inputs-<stamp>.jsonl``, a record
+        # file too): their original comes back from the archive.
         for path in self.errors.record_paths():
             fs.delete_file(path)
         for path in self.files:
             fs.move(f"{archive}/{path.rsplit('/', 1)[-1]}", path)
         fs.delete_dir(archive)
-        if self.kept:
-            fs.delete_file(f"{root}/unreadable-inputs-{stamp}.jsonl")
 
 
 def new_stamp() -> str:

@@ -20,7 +20,9 @@ import pytest
 
 from framework import jsonl_ids
 from framework.cli import main
+from framework.dead_letter import ErrorPolicy
 from framework.errors import ExitCode, InputError
+from framework.replay import new_stamp, plan_replay
 from framework.resume import check_resumable, manifest, write_manifest
 from framework.stopping import quiet_second_stop
 from tests.helpers import write_id_parts
@@ -489,6 +491,28 @@ def test_a_replay_that_stops_puts_its_records_back(ray_session, tmp_path, capsys
     assert not list(dead.glob("replayed-*"))
     capsys.readouterr()
     assert main([str(spec), "--replay"]) == ExitCode.OK, capsys.readouterr().err
+
+
+def test_putting_records_back_keeps_the_records_of_unreadable_files_once(tmp_path):
+    """A stopped replay (Ctrl-C, a row under ``fail``) with an unreadable file's record,
+    which stays out of the archive: putting back ended in a FileNotFoundError traceback."""
+    dead = tmp_path / "dl"
+    dead.mkdir()
+    whole = {"id": "/in/bad.parquet", "stage": "reader", "error_type": "OSError", "message": ""}
+    row = {"id": "a", "stage": "models[0]", "error_type": "ValueError", "message": ""}
+    (dead / "reader-k1.jsonl").write_text(json.dumps(whole) + "\n")
+    (dead / "models_0-k2.jsonl").write_text(json.dumps(row) + "\n")
+    errors = ErrorPolicy(policy="skip", dead_letter=str(dead))
+    replaying = plan_replay(errors, errors.read_records())
+    stamp = new_stamp()
+    replaying.move_records_aside(stamp)
+    assert sorted(p.name for p in dead.iterdir()) == [
+        f"replayed-{stamp}",
+        f"unreadable-inputs-{stamp}.jsonl",
+    ]
+    replaying.put_records_back(stamp)
+    assert sorted(p.name for p in dead.iterdir()) == ["models_0-k2.jsonl", "reader-k1.jsonl"]
+    assert record_ids(dead) == ["/in/bad.parquet", "a"]
 
 
 @pytest.mark.parametrize(
