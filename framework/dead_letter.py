@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 import ray
 
 from framework.components import ID_COLUMN, Batch
-from framework.errors import BrokenContract, did_you_mean, unreadable_input
+from framework.errors import BrokenContract, InputError, did_you_mean, unreadable_input
 from framework.storage import filesystem_for, read_files
 
 # A reader that cannot produce a row keeps it, with the reason in this column; the read
@@ -153,7 +153,10 @@ class ErrorPolicy:
     def _listing(self) -> tuple[pafs.FileSystem, list[pafs.FileInfo]]:
         """The folder's own entries (none if it is not there yet)."""
         fs, root = filesystem_for(str(self.dead_letter), self.storage)
-        return fs, fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        try:
+            return fs, fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+        except OSError as exc:  # a file, not a folder; access denied
+            raise InputError(f"errors.dead_letter: cannot list {self.dead_letter}: {exc}") from None
 
     def record_paths(self) -> list[str]:
         """The files ``write`` made (its folder's record files, not those of sub-folders)."""

@@ -162,10 +162,12 @@ def earlier_dead_letters(spec: Spec, errors: ErrorPolicy, overwrite: bool) -> No
     """A dead-letter folder of the user's naming outlives ``--overwrite`` of the output:
     its earlier records would make ``--resume`` skip rows and ``--replay`` redo written
     ones. A new run refuses them, and ``--overwrite`` clears them with the output."""
-    if not spec.errors.dead_letter or overwrite:
+    if not spec.errors.dead_letter:
         return
+    # Listed under --overwrite too: a folder that cannot be listed (a file) is refused
+    # before the output is emptied.
     found = errors.earlier_files()
-    if found:
+    if found and not overwrite:
         raise InputError(
             f"errors.dead_letter: {spec.errors.dead_letter} holds {len(found)} file(s) of an "
             "earlier run's dead letters - pass --overwrite to clear them with the output, "

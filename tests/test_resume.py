@@ -461,6 +461,24 @@ def test_a_dead_letter_folder_of_an_earlier_run_is_refused_or_cleared(
     assert report["resumed_rows"] == 4  # a, b, e written, 'short' recorded
 
 
+@pytest.mark.parametrize("flag", [[], ["--overwrite"]])
+def test_a_dead_letter_place_that_is_a_file_is_one_line(tmp_path, capsys, flag):
+    """Refused before Ray starts, and before --overwrite empties the output."""
+    dead = tmp_path / "dl"
+    dead.write_text("not a folder")
+    spec = flagged_spec(tmp_path, dead_letter=dead)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "kept.parquet").write_text("the last good output")
+    assert main([str(spec), *flag]) == ExitCode.INPUT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith(f"infer-run: error: errors.dead_letter: cannot list {dead}: "), err
+    assert len(err.splitlines()) == 1
+    assert (tmp_path / "out" / "kept.parquet").exists()
+    # What --resume and --replay read first.
+    with pytest.raises(InputError, match=f"^errors.dead_letter: cannot list {dead}: "):
+        ErrorPolicy(policy="skip", dead_letter=str(dead)).read_records()
+
+
 def test_replay_leaves_out_rows_already_written_and_counts_resumed_rows_not_files(
     ray_session, tmp_path
 ):
