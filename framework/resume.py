@@ -205,9 +205,11 @@ def close_replay(writer: Writer, found: dict[str, Any]) -> None:
         write_manifest(writer, {**found, "replay": {**replay, "running": False}})
 
 
-def committed_ids(writer: Writer, errors: ErrorPolicy) -> tuple[list[Any], int]:
-    """Ids already written (the writer's committed files) or dead-lettered, and how many
-    rows they are: the records of whole unreadable files name a file, not a row."""
+def committed_ids(writer: Writer, errors: ErrorPolicy) -> tuple[list[Any], int, frozenset[str]]:
+    """Ids already written (the writer's committed files) or dead-lettered, how many rows
+    they are, and the whole unreadable files recorded: their records name a file, not a
+    row, and a file found unreadable again is not recorded twice (a --replay keeps its
+    record under another file name than the one the reader gives it)."""
     ids = list(writer.committed_ids())
     files: set[Any] = set()
     for _, data in errors.read_records():
@@ -220,7 +222,7 @@ def committed_ids(writer: Writer, errors: ErrorPolicy) -> tuple[list[Any], int]:
                 ids.append(record["id"])
                 if is_whole_file(record):
                     files.add(record["id"])
-    return ids, len(set(ids) - files)
+    return ids, len(set(ids) - files), frozenset(map(str, files))
 
 
 def json_records(lines: list[bytes]) -> Iterator[dict[str, Any]]:

@@ -80,10 +80,11 @@ def run_spec(
     errors = error_policy(spec)
     done: list[Any] = []
     resumed = 0
+    recorded_inputs: frozenset[str] = frozenset()  # unreadable files the records name
     found: dict[str, Any] = {}  # the manifest of the run before
     if resume:
         found = check_resumable(writer, expected)
-        done, resumed = committed_ids(writer, errors)
+        done, resumed, recorded_inputs = committed_ids(writer, errors)
     elif replay:
         # A replay usually runs with a fix in the spec (a larger max_pixels); not new weights.
         found = check_resumable(writer, expected, flag="--replay", same_spec=False)
@@ -152,7 +153,14 @@ def run_spec(
         )
         return report
     id_filter = (put_ids(done), False) if resume else None
-    report = run_plan(plan, registry, facts=facts, id_filter=id_filter, resumed=resumed)
+    report = run_plan(
+        plan,
+        registry,
+        facts=facts,
+        id_filter=id_filter,
+        resumed=resumed,
+        recorded_inputs=recorded_inputs,
+    )
     if resume and spec.run.limit is None:  # a slice may leave a killed replay's rows undone
         close_replay(writer, found)
     return report

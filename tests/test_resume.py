@@ -496,6 +496,10 @@ def test_replay_leaves_out_rows_already_written_and_counts_resumed_rows_not_file
     report = json.loads((out / "_infer_run_report.json").read_text())
     # a, b, e written and 'short' recorded; the broken file's record names no row.
     assert report["resumed_rows"] == 4
+    # The broken file's record, kept by the replay under another name, once: the resume
+    # found the file unreadable again and recorded it a second time.
+    broken = str(tmp_path / "in" / "broken.parquet")
+    assert record_ids(out / "_dead_letter") == [broken, None, "short"]
 
 
 def test_a_replay_that_stops_puts_its_records_back(ray_session, tmp_path, capsys):
