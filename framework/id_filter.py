@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from framework.components import ID_COLUMN, JSON_IDS, id_type_kept
@@ -63,7 +64,13 @@ def filter_ids(table: pa.Table, ids: Any, keep: bool) -> pa.Table:
         ids = _IDS.setdefault(ids, ray.get(ids))
     column = table[ID_COLUMN]
     if keep:
-        wanted = [row_id in ids for row_id in column.to_pylist()]
+        # The reader records a NaN id as missing (null), so a NaN is looked up as None:
+        # left out, its row was in neither the output nor the records after the replay.
+        missing = pc.is_null(column, nan_is_null=True).to_pylist()
+        wanted = [
+            (None if gone else row_id) in ids
+            for row_id, gone in zip(column.to_pylist(), missing, strict=True)
+        ]
     elif id_type_kept(column.type, JSON_IDS):  # the usual ids: one form, one lookup a row
         wanted = [row_id is None or row_id not in ids for row_id in column.to_pylist()]
     else:
