@@ -61,7 +61,13 @@ def filter_ids(table: pa.Table, ids: Any, keep: bool) -> pa.Table:
             "dead-letter folder and --resume runs them again"
         )
     if isinstance(ids, ray.ObjectRef):  # fetched once per worker process
-        ids = _IDS.setdefault(ids, ray.get(ids))
+        # Not setdefault(ids, ray.get(ids)): its argument fetched and unpickled the whole
+        # set for every block. One run's set at a time: a worker outliving its run (a
+        # driver running several) must not keep every earlier run's ids pinned.
+        if ids not in _IDS:
+            _IDS.clear()
+            _IDS[ids] = ray.get(ids)
+        ids = _IDS[ids]
     column = table[ID_COLUMN]
     if keep:
         # The reader records a NaN id as missing (null), so a NaN is looked up as None:

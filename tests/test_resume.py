@@ -537,6 +537,24 @@ def test_putting_records_back_keeps_the_records_of_unreadable_files_once(tmp_pat
     assert record_ids(dead) == ["/in/bad.parquet", "a"]
 
 
+def test_the_ids_done_are_fetched_once_per_worker_process(ray_session, monkeypatch):
+    """Every read task of a --resume filters its blocks by the same set: fetched (and
+    unpickled: millions of ids) once, not once a block."""
+    import pyarrow as pa
+    import ray
+
+    from framework import id_filter
+
+    ref = id_filter.put_ids(["a", "c"])
+    fetched = []
+    get = ray.get
+    monkeypatch.setattr(ray, "get", lambda r, **kw: fetched.append(r) or get(r, **kw))
+    for _ in range(3):
+        table = pa.table({"id": ["a", "b", "c", "d"]})
+        assert id_filter.filter_ids(table, ref, keep=False)["id"].to_pylist() == ["b", "d"]
+    assert fetched == [ref]
+
+
 def test_a_replay_keeps_rows_whose_float_id_is_nan_as_it_keeps_null_ids():
     """The reader records a NaN id as missing (``id: null``), as a null one: a replay of
     that record must run both, or the NaN row is in neither the output nor the records."""
