@@ -74,6 +74,7 @@ def json_lines(table: pa.Table) -> bytes:
     by it was not found by ``--resume`` and its row was written again.
     """
     check_id_type(table, JSON_IDS, "a JSON-lines file")
+    check_finite_ids(table)
     names = table.column_names
     try:
         columns = [plain_column(column) for column in table.columns]
@@ -85,6 +86,26 @@ def json_lines(table: pa.Table) -> bytes:
     return "".join(
         encode(dict(zip(names, row, strict=True))) + "\n" for row in zip(*columns, strict=True)
     ).encode()
+
+
+def check_finite_ids(table: pa.Table) -> None:
+    """Stop the run at an infinite float id: JSON has no infinity, and written as null it
+    is found by no --resume, which wrote its row again every time."""
+    if ID_COLUMN not in table.column_names:
+        return
+    ids = table[ID_COLUMN]
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(ids.type.value_type)
+    if not pa.types.is_floating(ids.type):
+        return
+    bad = pc.invert(pc.fill_null(pc.is_finite(ids), True))
+    if pc.any(bad).as_py():
+        raise RunError(
+            f"writer: row id {pc.filter(ids, bad)[0].as_py()} is not a finite number, which a "
+            "JSON-lines file cannot hold (it would be written as null, and --resume and "
+            "--replay would miss or repeat the row) - give the rows string or integer ids, "
+            "or write parquet"
+        )
 
 
 def not_text(table: pa.Table) -> str:

@@ -46,3 +46,20 @@ def test_dictionary_encoded_string_ids_are_written_as_their_strings() -> None:
     ids = pa.array(["a", "b", "a2"]).dictionary_encode()
     rows = [json.loads(line) for line in json_lines(pa.table({"id": ids})).splitlines()]
     assert [row["id"] for row in rows] == ["a", "b", "a2"]
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_an_infinite_float_id_stops_the_run_before_it_is_written_as_null(bad: float) -> None:
+    # JSON has no infinity: the id was written as null, which no --resume finds again, so
+    # every resume wrote the row once more.
+    table = pa.table({"id": [1.5, bad], "x": [1, 2]})
+    with pytest.raises(RunError) as stopped:
+        json_lines(table)
+    assert str(stopped.value) == (
+        f"writer: row id {bad} is not a finite number, which a JSON-lines file cannot hold "
+        "(it would be written as null, and --resume and --replay would miss or repeat the "
+        "row) - give the rows string or integer ids, or write parquet"
+    )
+    # Other float columns keep writing a non-finite value as null.
+    rows = json_lines(pa.table({"id": [1.5], "x": [float("inf")]})).splitlines()
+    assert [json.loads(line) for line in rows] == [{"id": 1.5, "x": None}]
