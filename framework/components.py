@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from framework.errors import InputError, unreadable_input
-from framework.storage import filesystem_for, map_files, names_no_place
+from framework.storage import filesystem_for, map_files, names_no_place, scheme_of
 
 if TYPE_CHECKING:
     import ray.data
@@ -216,10 +216,22 @@ class Writer(Component, ABC):
                 "run's output"
             )
         fs, paths = self.output_files(self.output_suffix)
+
+        def read(path: str) -> list[Any] | None:
+            # A kill cuts a file short, which ``file_ids`` tells by its content; a file it
+            # cannot read at all (access denied, an I/O error) may be whole: it stays.
+            try:
+                return self.file_ids(fs, path)
+            except OSError as exc:
+                reason = " ".join(str(exc).split())  # Arrow's messages run over lines
+                raise InputError(
+                    f"--resume/--replay: cannot read {scheme_of(self.path)}{path}: {reason} - "
+                    "nothing was removed; run again once it can be read"
+                ) from None
+
         ids: list[Any] = []
-        for path, found in zip(
-            paths, map_files(lambda p: self.file_ids(fs, p), paths), strict=True
-        ):
+        # Every file is read before any goes: a file that cannot be read removes none.
+        for path, found in zip(paths, map_files(read, paths), strict=True):
             if found is None:
                 fs.delete_file(path)  # cut short when the run was killed: redo its rows
             else:

@@ -252,8 +252,10 @@ class ParquetWriter(Writer):
                     why = f"it has no {ID_COLUMN!r} column"
                     raise not_written_here(self, "parquet", path, why)
                 return parquet.read(columns=[ID_COLUMN])[ID_COLUMN].to_pylist()
-        except (pa.ArrowInvalid, OSError):
-            return None  # no footer, or pages cut: cut short
+        except pa.ArrowInvalid:
+            # No footer (what a kill leaves: it is written last). Any OSError (access
+            # denied, an I/O error) is not a cut: the file may be whole (committed_ids).
+            return None
 
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)

@@ -3,6 +3,7 @@ an interrupted run cut short go, files no writer wrote stay and stop the run in 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from framework import InputError, Writer
+from framework.errors import ExitCode
 from plugins.csv_writer import CsvWriter
 from plugins.jsonl import JsonlWriter
 from plugins.parquet import ParquetWriter
@@ -82,3 +84,50 @@ def test_files_cut_short_still_go(tmp_path: Path, writer: str, keep: int) -> Non
     cut.write_bytes(part.read_bytes()[:keep])
     assert sorted(WRITERS[writer](str(out)).committed_ids()) == ["a", "b"]
     assert sorted(p.name for p in out.iterdir()) == [part.name]
+
+
+# Files the kernel refuses to read, root included (write-only sysfs attributes): an
+# output file whose permissions went wrong, for a test that may run as root.
+DENIED = ("/sys/bus/platform/uevent", "/sys/bus/platform/drivers_probe")
+
+
+def unreadable_target() -> str:
+    for path in DENIED:
+        try:
+            os.close(os.open(path, os.O_RDONLY))
+        except PermissionError:
+            return path
+        except OSError:
+            continue
+    pytest.skip("no file here that every user is refused reading")
+
+
+@pytest.mark.parametrize("writer", ["parquet", "csv", "jsonl"])
+@pytest.mark.parametrize("how", ["denied", "io-error"])
+def test_an_output_file_that_cannot_be_read_stops_the_run_and_stays(
+    tmp_path: Path, writer: str, how: str
+) -> None:
+    # Any OSError reading an output file was taken for a file a kill cut short: parquet
+    # deleted it (under --replay its rows were then in neither the output nor the
+    # records), csv and jsonl ended in a traceback.
+    if how == "io-error" and writer == "parquet":
+        pytest.skip("/proc/self/mem has size 0: a parquet file of 0 bytes is cut short")
+    out = tmp_path / "out"
+    out.mkdir()
+    write_output(out, writer)
+    (part,) = out.iterdir()
+    cut = out / f"cut{part.suffix}"
+    cut.write_bytes(part.read_bytes()[:7])  # cut short: it goes, but not before the stop
+    # /proc/self/mem opens, and reading its address 0 is an I/O error (EIO).
+    target = unreadable_target() if how == "denied" else "/proc/self/mem"
+    bad = out / f"bad{part.suffix}"
+    bad.symlink_to(target)
+    with pytest.raises(InputError) as stopped:
+        WRITERS[writer](str(out)).committed_ids()
+    message = str(stopped.value)
+    reason = "Permission denied" if how == "denied" else "Input/output error"
+    assert message.startswith(f"--resume/--replay: cannot read {bad}: "), message
+    assert reason in message and "\n" not in message
+    assert message.endswith(" - nothing was removed; run again once it can be read")
+    assert stopped.value.exit_code == ExitCode.INPUT_ERROR
+    assert sorted(p.name for p in out.iterdir()) == sorted([part.name, cut.name, bad.name])
