@@ -198,11 +198,29 @@ def check_replay_finished(
         )
 
 
-def close_replay(writer: Writer, found: dict[str, Any]) -> None:
-    """After a --resume that ran every row not yet done: a killed replay's rows are done."""
-    replay = found.get("replay")
-    if isinstance(replay, dict) and replay.get("running"):
-        write_manifest(writer, {**found, "replay": {**replay, "running": False}})
+def check_run_finished(found: dict[str, Any], output: str) -> None:
+    """Refuse a --replay after a run or --resume that did not finish (killed, or stopped by
+    a failure): the rows it left are neither written nor recorded, and a replay runs only
+    recorded ones, leaving the others, without a word, to a --resume."""
+    if found.get("finished") is False:  # a manifest without the flag predates it: finished
+        raise InputError(
+            f"--replay: the run that wrote {output} did not finish - --resume it first, "
+            "then --replay"
+        )
+
+
+def mark_running(writer: Writer, content: dict[str, Any]) -> None:
+    """As a run or --resume starts: only its end (``mark_finished``) says it finished."""
+    write_manifest(writer, {**content, "finished": False})
+
+
+def mark_finished(writer: Writer, content: dict[str, Any], every_row: bool) -> None:
+    """After a run or --resume that ended without a failure. One that ran every row not
+    yet done (``every_row``: no ``run.limit``) finished a killed replay's rows too."""
+    replay = content.get("replay")
+    if every_row and isinstance(replay, dict) and replay.get("running"):
+        content = {**content, "replay": {**replay, "running": False}}
+    write_manifest(writer, {**content, "finished": True})
 
 
 def committed_ids(writer: Writer, errors: ErrorPolicy) -> tuple[list[Any], int, frozenset[str]]:

@@ -37,9 +37,11 @@ from framework.report import RunReport
 from framework.resume import (
     check_replay_finished,
     check_resumable,
-    close_replay,
+    check_run_finished,
     committed_ids,
     manifest,
+    mark_finished,
+    mark_running,
     write_manifest,
 )
 from framework.run_files import RunRecord, finish_run, remove_report, write_spec_copy
@@ -88,6 +90,7 @@ def run_spec(
     elif replay:
         # A replay usually runs with a fix in the spec (a larger max_pixels); not new weights.
         found = check_resumable(writer, expected, flag="--replay", same_spec=False)
+        check_run_finished(found, writer.path)  # before a file cut short is removed
         # Refuses a writer that cannot add to its output, and removes files a killed run cut
         # short. Rows already in the output (a record of an earlier, overwritten run, or
         # of a replay that stopped) are not run again.
@@ -109,11 +112,13 @@ def run_spec(
         writer.prepare()
         if spec.errors.dead_letter:
             errors.clear_earlier()
-        write_manifest(writer, expected)
+        mark_running(writer, expected)
         write_spec_copy(spec, writer)
     else:
         # The earlier run's report would say `ok` about an output this run may not finish.
         remove_report(writer)
+        if resume:  # killed, it leaves rows undone, where a finished run may have left none
+            mark_running(writer, found)
     if replay:
         stamp = new_stamp()
         # Before any record moves: --resume finishes a killed replay with the replay's spec.
@@ -161,8 +166,7 @@ def run_spec(
         resumed=resumed,
         recorded_inputs=recorded_inputs,
     )
-    if resume and spec.run.limit is None:  # a slice may leave a killed replay's rows undone
-        close_replay(writer, found)
+    mark_finished(writer, found or expected, every_row=spec.run.limit is None)
     return report
 
 

@@ -90,7 +90,7 @@ def written_ids(out: Path, writer: str) -> list[str]:
 
 
 @pytest.mark.parametrize("writer", ["parquet", "jsonl", "csv"])
-def test_driver_killed_then_resumed(tmp_path, writer):
+def test_driver_killed_then_resumed(tmp_path, capsys, writer):
     spec = make_spec(tmp_path, writer=writer)
     out = tmp_path / "out"
     run = cli(str(spec))
@@ -104,6 +104,15 @@ def test_driver_killed_then_resumed(tmp_path, writer):
         # A file cut mid-line, as a kill during its write leaves it: its rows are redone.
         cut = max(written_files(out, writer), key=lambda p: p.stat().st_size)
         cut.write_bytes(cut.read_bytes()[:-5])
+    files = {p.name: p.read_bytes() for p in written_files(out, writer)}
+    # The killed run's unwritten rows have no records: a --replay ran none of them, and
+    # said ok. Refused before Ray starts, and before it removes a file cut short.
+    assert main([str(spec), "--replay"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err == (
+        f"infer-run: error: --replay: the run that wrote {out} did not finish - --resume it "
+        "first, then --replay\n"
+    )
+    assert {p.name: p.read_bytes() for p in written_files(out, writer)} == files
     before = written_ids(out, writer)
     assert 0 < len(before) < len(IDS)
 
@@ -500,6 +509,34 @@ def test_replay_leaves_out_rows_already_written_and_counts_resumed_rows_not_file
     # found the file unreadable again and recorded it a second time.
     broken = str(tmp_path / "in" / "broken.parquet")
     assert record_ids(out / "_dead_letter") == [broken, None, "short"]
+
+
+def test_a_replay_after_a_run_that_did_not_finish_is_refused_until_it_is_resumed(
+    ray_session, tmp_path, capsys
+):
+    # A run stopped by its error budget (or killed) leaves rows neither written nor
+    # recorded: the replay ran only the recorded ones and said ok.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = flagged_spec(tmp_path)
+    out = tmp_path / "out"
+    assert main([str(spec)]) == ExitCode.OK
+    # A new input, resumed: its rows do not run, as the budget stops the resume first
+    # (the row without an id is checked again, and fails again).
+    new = pa.table({"id": ["f", "g"], "image": pa.array([[1] * 12, [1] * 5], pa.list_(pa.uint8()))})
+    pq.write_table(new, tmp_path / "in" / "new.parquet")
+    assert main([str(spec), "--resume", "errors.max_count=0"]) == ExitCode.RUN_FAILED
+    capsys.readouterr()
+    assert main([str(spec), "--replay"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err == (
+        f"infer-run: error: --replay: the run that wrote {out} did not finish - --resume it "
+        "first, then --replay\n"
+    )
+    assert main([str(spec), "--resume"]) == ExitCode.OK
+    assert sorted(written_ids(out, "parquet")) == ["a", "b", "e", "f"]
+    assert main([str(spec), "--replay"]) == ExitCode.OK, capsys.readouterr().err
+    assert record_ids(out / "_dead_letter") == [None, "g", "short"]
 
 
 def test_a_replay_that_stops_puts_its_records_back(ray_session, tmp_path, capsys):
