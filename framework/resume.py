@@ -60,14 +60,18 @@ def result_settings(resolved: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def manifest(resolved: dict[str, Any], components: list[dict[str, Any]]) -> dict[str, Any]:
+def manifest(
+    resolved: dict[str, Any], components: list[dict[str, Any]], dead_letter: str | None = None
+) -> dict[str, Any]:
+    """``dead_letter``: where the run's records go (``errors.dead_letter``, resolved)."""
     settings = result_settings(resolved)
     text = json.dumps(settings, sort_keys=True, default=str)
-    return {
+    found = {
         "fingerprint": hashlib.sha256(text.encode()).hexdigest(),
         "settings": settings,
         "components": components,
     }
+    return found if dead_letter is None else {**found, "dead_letter": dead_letter}
 
 
 def _changes(before: Any, now: dict[str, Any], most: int = 3) -> str:
@@ -153,6 +157,16 @@ def check_resumable(
         raise InputError(
             f"{flag}: a component (model weights, plugin version) changed since the run that "
             f"wrote {writer.path}{changed} - pass --overwrite to start over"
+        )
+    # The errors section may change, but not where the records are: --resume reads the
+    # done rows' records, and --replay the rows to run, from the new place only, and the
+    # rows recorded in the old one ran and were recorded again.
+    before, now = found.get("dead_letter"), expected.get("dead_letter")
+    if isinstance(before, str) and isinstance(now, str) and before.rstrip("/") != now.rstrip("/"):
+        raise InputError(
+            f"{flag}: errors.dead_letter changed since the run that wrote {writer.path} "
+            f"({before} -> {now}): its records are in {before} - set errors.dead_letter back "
+            f"to {before}"
         )
     return found
 

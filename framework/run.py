@@ -77,9 +77,9 @@ def run_spec(
 ) -> RunReport:
     """Plan ``spec`` on the cluster it runs on, check it fits, run it, write the report."""
     facts = component_facts(spec, registry)  # once: a checkpoint's sha256 reads the file
-    expected = manifest(spec.resolved, facts[0])
-    writer = spec.writer.cls(**spec.writer.params)
     errors = error_policy(spec)
+    expected = manifest(spec.resolved, facts[0], str(errors.dead_letter))
+    writer = spec.writer.cls(**spec.writer.params)
     done: list[Any] = []
     resumed = 0
     recorded_inputs: frozenset[str] = frozenset()  # unreadable files the records name

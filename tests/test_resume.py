@@ -273,6 +273,26 @@ def test_resume_refused_when_a_checkpoint_file_holds_other_weights(tmp_path):
     )
 
 
+def test_resume_refuses_another_dead_letter_place_but_not_an_older_manifest(tmp_path):
+    from plugins.parquet import ParquetWriter
+
+    writer = ParquetWriter(str(tmp_path / "out"))
+    settings = {"writer": {"type": "parquet", "path": str(tmp_path / "out")}}
+    before = manifest(settings, [], dead_letter="s3://bucket/dl")
+    write_manifest(writer, before)
+    check_resumable(writer, manifest(settings, [], dead_letter="s3://bucket/dl/"))
+    with pytest.raises(InputError) as refused:
+        check_resumable(writer, manifest(settings, [], dead_letter="s3://bucket/dl2"))
+    assert str(refused.value) == (
+        f"--resume: errors.dead_letter changed since the run that wrote {tmp_path / 'out'} "
+        "(s3://bucket/dl -> s3://bucket/dl2): its records are in s3://bucket/dl - set "
+        "errors.dead_letter back to s3://bucket/dl"
+    )
+    # Written before the manifest kept the place: nothing to compare.
+    write_manifest(writer, manifest(settings, []))
+    check_resumable(writer, manifest(settings, [], dead_letter="s3://bucket/dl2"))
+
+
 def test_jsonl_ids_tell_a_file_cut_short_from_a_whole_one():
     assert jsonl_ids(b'{"id": "a"}\n{"id": 2}\n') == (["a", 2], True)
     assert jsonl_ids(b'{"id": "a"}\n{"id": "b", "x"') == (["a"], False)  # cut mid-line
@@ -463,9 +483,20 @@ def test_a_dead_letter_folder_of_an_earlier_run_is_refused_or_cleared(
     kept = sorted(p.name for p in dead.iterdir() if not p.name.startswith("reader-"))
     assert kept == ["annotations.jsonl", "notes.txt", "replayed-photos"]
     capsys.readouterr()
+    # Records read from another place: the rows dead-lettered here ran and were recorded
+    # again there. Refused before Ray starts, by either flag.
+    elsewhere = tmp_path / "dl2"
+    for flag in ("--resume", "--replay"):
+        assert main([str(spec), flag, f"errors.dead_letter={elsewhere}"]) == ExitCode.INPUT_ERROR
+        assert capsys.readouterr().err == (
+            f"infer-run: error: {flag}: errors.dead_letter changed since the run that wrote "
+            f"{tmp_path / 'out'} ({dead} -> {elsewhere}): its records are in {dead} - set "
+            f"errors.dead_letter back to {dead}\n"
+        )
+    assert not elsewhere.exists()
     # Nor is the user's file taken for records by --resume: 'a' is not an input id anyway,
     # but its record would count as a resumed row.
-    assert main([str(spec), "--resume"]) == ExitCode.OK
+    assert main([str(spec), "--resume", f"errors.dead_letter={dead}/"]) == ExitCode.OK
     report = json.loads((tmp_path / "out" / "_infer_run_report.json").read_text())
     assert report["resumed_rows"] == 4  # a, b, e written, 'short' recorded
 
