@@ -4,7 +4,8 @@ A run writes ``_infer_run_manifest.json`` into its output before any data: the s
 settings that shape the output rows, their fingerprint, and what each component reports
 about itself (the weights used). A resumed
 run must match both; it then reads back the ids already in committed output files and
-the dead-letter records, drops unreadable (half-written) files, and skips those ids.
+the dead-letter records, drops files a kill cut short (a file it cannot read at all stops
+it), and skips those ids.
 """
 
 from __future__ import annotations
