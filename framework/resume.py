@@ -2,10 +2,11 @@
 
 A run writes ``_infer_run_manifest.json`` into its output before any data: the spec's
 settings that shape the output rows, their fingerprint, and what each component reports
-about itself (the weights used). A resumed
-run must match both; it then reads back the ids already in committed output files and
-the dead-letter records, drops files a kill cut short (a file it cannot read at all stops
-it), and skips those ids.
+about itself (the weights used), and where its dead letters go; it says the run is not
+finished until it ends without a failure (a --replay refuses one that is not). A resumed
+run must match both, and the dead letters' place; it then reads back the ids already in
+committed output files and the dead-letter records, drops files a kill cut short (a file
+it cannot read at all stops it), and skips those ids.
 """
 
 from __future__ import annotations
