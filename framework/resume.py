@@ -23,6 +23,7 @@ from framework.dead_letter import ARCHIVE, ErrorPolicy, jsonl_ids
 from framework.errors import InputError
 from framework.redact import redact
 from framework.replay import is_whole_file
+from framework.spec import Spec
 from framework.storage import filesystem_for, read_files
 
 MANIFEST_NAME = "_infer_run_manifest.json"
@@ -268,3 +269,20 @@ def json_records(lines: list[bytes]) -> Iterator[dict[str, Any]]:
             continue
         if isinstance(record, dict):
             yield record
+
+
+def earlier_dead_letters(spec: Spec, errors: ErrorPolicy, overwrite: bool) -> None:
+    """A dead-letter folder of the user's naming outlives ``--overwrite`` of the output:
+    its earlier records would make ``--resume`` skip rows and ``--replay`` redo written
+    ones. A new run refuses them, and ``--overwrite`` clears them with the output."""
+    if not spec.errors.dead_letter:
+        return
+    # Listed under --overwrite too: a folder that cannot be listed (a file) is refused
+    # before the output is emptied.
+    found = errors.earlier_files()
+    if found and not overwrite:
+        raise InputError(
+            f"errors.dead_letter: {spec.errors.dead_letter} holds {len(found)} file(s) of an "
+            "earlier run's dead letters - pass --overwrite to clear them with the output, "
+            "--resume or --replay to go on with that run, or name another folder"
+        )

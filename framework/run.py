@@ -17,7 +17,7 @@ import ray.data
 from framework.cluster import ray_cluster
 from framework.compile import WRITER_PATH, RunContext, compile_plan
 from framework.dead_letter import ErrorPolicy, UnreadableInputs
-from framework.errors import InferError, InputError, RunError
+from framework.errors import InferError, RunError
 from framework.failures import bug_text, run_failure
 from framework.feasibility import check_feasible
 from framework.id_filter import put_ids
@@ -39,6 +39,7 @@ from framework.resume import (
     check_resumable,
     check_run_finished,
     committed_ids,
+    earlier_dead_letters,
     manifest,
     mark_finished,
     mark_running,
@@ -168,23 +169,6 @@ def run_spec(
     )
     mark_finished(writer, found or expected, every_row=spec.run.limit is None)
     return report
-
-
-def earlier_dead_letters(spec: Spec, errors: ErrorPolicy, overwrite: bool) -> None:
-    """A dead-letter folder of the user's naming outlives ``--overwrite`` of the output:
-    its earlier records would make ``--resume`` skip rows and ``--replay`` redo written
-    ones. A new run refuses them, and ``--overwrite`` clears them with the output."""
-    if not spec.errors.dead_letter:
-        return
-    # Listed under --overwrite too: a folder that cannot be listed (a file) is refused
-    # before the output is emptied.
-    found = errors.earlier_files()
-    if found and not overwrite:
-        raise InputError(
-            f"errors.dead_letter: {spec.errors.dead_letter} holds {len(found)} file(s) of an "
-            "earlier run's dead letters - pass --overwrite to clear them with the output, "
-            "--resume or --replay to go on with that run, or name another folder"
-        )
 
 
 def run_plan(
