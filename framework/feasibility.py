@@ -13,6 +13,7 @@ from typing import Any
 from framework.cluster import ACCELERATOR_PREFIX, Cluster, Node
 from framework.errors import ExitCode, InferError
 from framework.plan import MapNode, Plan
+from framework.sizing import gpu_room
 
 log = logging.getLogger("infer_run")
 
@@ -44,12 +45,15 @@ def _room(node: Node, asks: dict[str, Any]) -> float:
     """How many of one actor asking ``asks`` fit on an empty ``node`` (inf: it asks nothing)."""
     if not _fits(node, asks):
         return 0
-    have = {"num_cpus": node.cpus + node.spare_cpus, "num_gpus": node.gpus, "memory": node.memory}
+    have = {"num_cpus": node.cpus + node.spare_cpus, "memory": node.memory}
     wanted = [(have[k], asks.get(k) or 0) for k in have] + [
         (node.custom.get(k, 0), v) for k, v in (asks.get("resources") or {}).items()
     ]
     # Ray counts fractions in units of 1e-4; 1.0 // 0.1 is 9.0 in floats, 10 actors for Ray.
-    return min((math.floor(h / w + 1e-6) for h, w in wanted if w and h), default=math.inf)
+    rooms = [math.floor(h / w + 1e-6) for h, w in wanted if w and h]
+    if asks.get("num_gpus"):  # GPU by GPU: a fraction never spans two
+        rooms.append(gpu_room(node.gpus, asks["num_gpus"]))
+    return min(rooms, default=math.inf)
 
 
 def _describe(asks: dict[str, Any]) -> str:
@@ -159,8 +163,17 @@ def joint_problems(plan: Plan, actors: list[MapNode]) -> list[str]:
     return problems
 
 
+# What is left of each GPU of a node, one key per GPU: Ray places a fraction of a GPU on
+# one GPU, so three 0.66 actors need three GPUs, though 1.98 is less than 2.
+GPU_SLOT = "GPU#"
+
+
 def _capacity(node: Node) -> dict[str, float]:
-    held = {"CPU": node.cpus + node.spare_cpus, "GPU": node.gpus, **node.custom}
+    held = {"CPU": node.cpus + node.spare_cpus, **node.custom}
+    whole = math.floor(node.gpus + 1e-6)
+    held.update({f"{GPU_SLOT}{i}": 1.0 for i in range(whole)})
+    if node.gpus - whole > 1e-6:  # a node declaring part of a GPU
+        held[f"{GPU_SLOT}{whole}"] = node.gpus - whole
     if node.memory:  # unknown (0) for this machine before Ray starts: not counted
         held["memory"] = node.memory
     return held
@@ -179,12 +192,7 @@ def _demand(asks: dict[str, Any]) -> dict[str, float]:
 
 
 def _take(held: dict[str, float], wanted: dict[str, float]) -> bool:
-    counted = {k: v for k, v in wanted.items() if k != "memory" or k in held}
-    if any(held.get(k, 0) + 1e-9 < v for k, v in counted.items()):
-        return False
-    for k, v in counted.items():
-        held[k] -= v
-    return True
+    return _take_many(held, wanted, 1) == 1
 
 
 def _placed(
@@ -211,11 +219,32 @@ def _take_many(held: dict[str, float], wanted: dict[str, float], most: int) -> i
     """Up to ``most`` actors asking ``wanted`` taken from ``held`` at once: as many as
     ``_take`` one by one would, without a step per actor (a pool sized for 1e20 CPUs had
     1e19 of them, and --plan hung)."""
-    counted = {k: v for k, v in wanted.items() if k != "memory" or k in held}
+    counted = {k: v for k, v in wanted.items() if k != "GPU" and (k != "memory" or k in held)}
     fits = [math.floor((held.get(k, 0) + 1e-9) / v) for k, v in counted.items() if v > 0]
     taken = max(0, min([most, *fits]))
+    if wanted.get("GPU"):
+        taken = _take_gpus(held, wanted["GPU"], taken)
     for k, v in counted.items():
         held[k] = held.get(k, 0) - taken * v
+    return taken
+
+
+def _take_gpus(held: dict[str, float], share: float, most: int) -> int:
+    """Up to ``most`` actors of ``share`` GPU taken from the GPUs left in ``held``: a
+    fraction from one GPU, a whole number of GPUs from as many whole ones."""
+    slots = [k for k in held if k.startswith(GPU_SLOT)]
+    taken = 0
+    if share < 1:
+        for k in slots:
+            n = min(most - taken, math.floor((held[k] + 1e-9) / share))
+            held[k] -= n * share
+            taken += n
+        return taken
+    free = [k for k in slots if held[k] + 1e-9 >= 1]
+    need = math.ceil(share - 1e-9)
+    taken = min(most, len(free) // need)
+    for k in free[: taken * need]:
+        held[k] = 0.0
     return taken
 
 

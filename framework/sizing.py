@@ -41,7 +41,7 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
 
     def even_pool(share: float) -> int:
         """Actors of ``share`` GPU each in an even split of the GPUs among GPU models."""
-        return max(1, int(gpus / sharing / share + 1e-6)) if gpus else 1
+        return max(1, int(gpu_slots(cluster, share) / sharing + 1e-6)) if gpus else 1
 
     # The GPUs the spec's models hold (their pools' minimums, or the pools given them
     # below) are not shared out again among the models left to us.
@@ -54,7 +54,10 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     gpu_share = 0.0
     if unset_gpu:
         basis = free or gpus  # none left: asked as if alone, and the check names the pools
-        share = max(0.01, math.floor(basis / len(unset_gpu) * 100) / 100)
+        # Ray places a fraction of a GPU on one GPU: 3 models on 2 GPUs get half of one
+        # each, not 0.66 (two of which never share a GPU, so the third pool waited).
+        per_gpu = math.ceil(len(unset_gpu) / basis - 1e-6)
+        share = max(0.01, math.floor(100 / per_gpu) / 100)
         gpu_share = 1.0 if basis >= len(unset_gpu) else share
 
     def gpus_of(stage: StageConfig) -> float:
@@ -131,6 +134,21 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
             why = why_tasks.replace("per task", "per actor") if stage.in_actors else why_tasks
             out[stage.path] = _fill(stage.resources, num_cpus=task_cpus, why=why)
     return out
+
+
+def gpu_slots(cluster: Cluster, share: float) -> int:
+    """How many actors of ``share`` GPU the cluster holds at once: as Ray places them, a
+    fraction on one GPU (two of 0.4 on each), whole GPUs on one node (never spanning two)."""
+    return sum(gpu_room(n.gpus, share) for n in cluster.nodes)
+
+
+def gpu_room(gpus: float, share: float) -> int:
+    """Actors of ``share`` GPU that a node of ``gpus`` GPUs holds (Ray's units of 1e-4)."""
+    if share < 1:
+        whole = math.floor(gpus + 1e-6)
+        rest = max(0.0, gpus - whole)  # a node declaring part of a GPU: one more of it
+        return whole * math.floor(1 / share + 1e-6) + math.floor(rest / share + 1e-6)
+    return math.floor(gpus / share + 1e-6)
 
 
 def _cpus_per_actor(r: Resources, avail: float, nodes: int, auto_cpus: float) -> float:

@@ -548,3 +548,48 @@ def test_a_huge_pool_is_placed_at_once_not_actor_by_actor(data):
     resources = {"num_cpus": 0.75, "actors": [4, 4]}
     plan = plan_for(simple(data, resources=resources), cluster=three)
     assert _placed(list(three.nodes), [plan.nodes[2]])
+
+
+def test_auto_gpu_shares_pack_onto_whole_gpus(data):
+    # Ray places a fraction of a GPU on one GPU: three 0.66 actors need three GPUs.
+    spec = simple(data)
+    spec["models"] += [{"type": "echo", "scale": 2}, {"type": "echo", "scale": 3}]
+    plan = plan_for(spec, cluster=GPU_BOX)
+    models = [(n.ray_args["num_gpus"], n.pool) for n in plan.nodes[2:5]]
+    assert models == [(0.5, (1, 1))] * 3
+    assert infeasible(plan) == []
+
+
+def test_a_pool_of_gpu_fractions_is_counted_gpu_by_gpu(data):
+    # 0.4 GPU each: two on each GPU (a third would span two), 4 on 2 GPUs, not 5.
+    box = Cluster((Node("g", "10.0.0.1", cpus=16, gpus=2),), "test")
+    plan = plan_for(simple(data, resources={"num_gpus": 0.4}), cluster=box)
+    assert plan.nodes[2].pool == (4, 4)
+    assert infeasible(plan) == []
+    five = plan_for(simple(data, resources={"num_gpus": 0.4, "actors": 5}), cluster=box)
+    assert infeasible(five) == [
+        "models[0]: its pool needs at least 5 actors asking for num_cpus=1, num_gpus=0.4 "
+        "each, and the nodes have room for 4 - lower the pool's minimum or the per-actor "
+        "ask - test: 1 node: 10.0.0.1 (16 CPUs, 2 GPUs)"
+    ]
+
+
+def test_an_auto_pool_of_multi_gpu_actors_fits_node_by_node(data):
+    # 6 GPUs on 2 nodes hold two 2-GPU actors, not three: the plan must not ask for three.
+    nodes = tuple(Node(f"g{i}", f"10.0.0.{i}", cpus=8, gpus=3) for i in (1, 2))
+    plan = plan_for(simple(data, resources={"num_gpus": 2}), cluster=Cluster(nodes, "test"))
+    assert plan.nodes[2].pool == (2, 2)
+    assert infeasible(plan) == []
+
+
+def test_pools_of_gpu_fractions_that_only_fit_one_after_another_are_a_warning(data, caplog):
+    # 1.98 GPUs of 2 in all, but no two 0.66 actors share a GPU: the third pool waits.
+    spec = simple(data, resources={"num_gpus": 0.66, "actors": 1})
+    for scale in (2, 3):
+        spec["models"].append(
+            {"type": "echo", "scale": scale, "resources": {"num_gpus": 0.66, "actors": 1}}
+        )
+    assert infeasible(plan_for(spec, cluster=GPU_BOX)) == []
+    assert "models[0], models[1], models[2]: the actor pools' minimum sizes do not fit" in (
+        caplog.text
+    )
