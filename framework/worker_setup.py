@@ -44,8 +44,10 @@ def match_torch_threads() -> int | None:
     torch = sys.modules.get("torch")
     if torch is None:
         return None
-    cpus = granted("CPU")
-    wanted = max(1, round(cpus)) if cpus else torch.get_num_threads()
+    in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+    # A stage granted no CPU (light work after a GPU model) gets one thread, not the ones
+    # the worker's previous stage left; a driver (a stage run in-process) keeps its own.
+    wanted = max(1, round(granted("CPU"))) if in_worker else torch.get_num_threads()
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     return wanted
