@@ -31,7 +31,7 @@ from plugins.vision import (
     TorchScriptClassifier,
     TorchvisionClassifier,
 )
-from plugins.vision.decode import DEFAULT_MAX_PIXELS
+from plugins.vision.decode import DEFAULT_MAX_PIXELS, exif_orientation
 from plugins.vision.model_info import model_info
 from plugins.vision.runtime import fold_batch_norms, is_conv_net
 from plugins.vision.transform import resize_problem, resized_size
@@ -105,6 +105,32 @@ def test_a_torchvision_without_sixteen_bit_png_decodes_them_through_pillow(monke
 def test_exif_orientation_is_applied():
     out = DecodeImage()({"id": np.array([0]), "image": column([rotated_jpeg()])})["image"]
     assert out.shape == (1, 40, 30, 3)  # 30x40 stored, shown rotated
+
+
+XMP_ROTATED = (
+    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+    b'xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>'
+)
+
+
+def test_an_xmp_orientation_turns_no_path_as_torchvision_ignores_it():
+    # Pillow's getexif() takes an XMP tiff:Orientation when EXIF has none; libjpeg via
+    # torchvision does not. fast_decode (Pillow) turned such a JPEG 90 degrees, the full
+    # decode did not, and the CUDA path (which turns by exif_orientation) would have too.
+    big = Image.fromarray(PIXELS).resize((480, 360), Image.Resampling.BICUBIC)
+    data = encode(big, "JPEG", quality=95, xmp=XMP_ROTATED)
+    plain = torchvision.io.decode_jpeg(
+        torch.frombuffer(bytearray(data), dtype=torch.uint8), apply_exif_orientation=True
+    )
+    assert exif_orientation(Image.open(io.BytesIO(data))) == 1
+    ids = np.array([0])
+    exact = ImageTransform(resize_size=64, crop_size=[64, 48])({"id": ids, "image": column([data])})
+    fast = ImageTransform(resize_size=64, crop_size=[64, 48], fast_decode=True)(
+        {"id": ids, "image": column([data])}
+    )
+    assert plain.shape == (3, 360, 480)
+    assert np.abs(exact["image"].astype(int) - fast["image"].astype(int)).mean() < 2.0
 
 
 def test_decode_image_ragged_batch_and_decoded_arrays():

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # Pillow's own default limit: ~0.25 GiB of RGBA pixels.
 DEFAULT_MAX_PIXELS = 89_478_485
@@ -27,6 +27,16 @@ MAX_PIXELS = "max_pixels"
 MODEL_MAX_PIXELS = "the model's max_pixels"
 _TORCHVISION_FORMATS = ("JPEG", "PNG")
 EXIF_ORIENTATION = 0x0112
+# What Pillow's exif_transpose does for each orientation (1: nothing).
+_TRANSPOSES = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class DecodeError(ValueError):
@@ -147,7 +157,11 @@ def _decode_with_pillow(img: Image.Image, draft: tuple[int, int] | None) -> torc
     if draft is not None:
         img.draft("RGB", draft)
     img.load()
-    img = ImageOps.exif_transpose(img)
+    # Not ImageOps.exif_transpose: it also obeys an XMP orientation, which torchvision's
+    # decoders ignore, so a fast_decode JPEG came out turned where a full decode did not.
+    orientation = exif_orientation(img)
+    if orientation != 1:
+        img = img.transpose(_TRANSPOSES[orientation])
     return torch.from_numpy(np.ascontiguousarray(_pillow_to_rgb(img))).permute(2, 0, 1).contiguous()
 
 
@@ -168,9 +182,21 @@ def open_image(data: bytes, max_pixels: int | None, setting: str = MAX_PIXELS) -
 
 
 def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1-8; 1 = as stored) of an opened image, read from its header."""
+    """The EXIF orientation tag (1-8; 1 = as stored) of an opened image, read from its header.
+
+    EXIF alone, as torchvision's decoders read it: Pillow's ``getexif()`` also takes an
+    XMP ``tiff:Orientation`` when EXIF has none, and the paths would turn differently.
+    """
     try:
-        value = img.getexif().get(EXIF_ORIENTATION, 1)
+        raw = img.info.get("exif")
+        if isinstance(raw, bytes):
+            exif = Image.Exif()
+            exif.load(raw)
+            value = exif.get(EXIF_ORIENTATION, 1)
+        elif hasattr(img, "tag_v2"):  # TIFF: its EXIF tags are the file's own tags
+            value = img.tag_v2.get(EXIF_ORIENTATION, 1)
+        else:
+            value = 1
     except (OSError, ValueError, SyntaxError):  # a damaged EXIF block: show the image as stored
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
