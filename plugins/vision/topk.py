@@ -28,9 +28,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices [N, k] (int64) and values [N, k] of the largest scores, largest first."""
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    # Sorted by class id, so the stable sort below ranks equal scores lower id first.
+    part = np.sort(np.argpartition(-scores, k - 1, axis=1)[:, :k], axis=1)
     part_scores = np.take_along_axis(scores, part, axis=1)
-    # Stable sort on the negated scores: equal scores keep the lower class id first.
+    # argpartition picks among scores tied with the k-th in no set order (bf16 logits tie
+    # often): such rows, rare, are sorted whole, which keeps the lowest ids of the tie.
+    tied = (scores >= part_scores.min(axis=1, keepdims=True)).sum(axis=1) > k
+    if tied.any():
+        part[tied] = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+        part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.argsort(-part_scores, axis=1, kind="stable")
     ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
     return ids, np.take_along_axis(part_scores, order, axis=1)
