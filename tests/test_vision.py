@@ -646,6 +646,14 @@ def test_topk_reads_a_labels_file_once_on_the_driver(tmp_path):
     assert out["top_labels"][0] == ["dog"]
 
 
+def test_a_labels_file_saved_with_a_byte_order_mark_keeps_its_first_label(tmp_path):
+    # Windows editors save UTF-8 with a BOM, which decoded into the first label's text.
+    path = tmp_path / "labels.txt"
+    path.write_bytes("\ufeffcat\r\ndog\r\n".encode())
+    out = TopK(k=2, labels=str(path))({"logits": np.array([[0.0, 3.0]], dtype=np.float32)})
+    assert out["top_labels"][0] == ["dog", "cat"]
+
+
 def test_topk_asking_for_more_than_the_classes_is_refused(tmp_path):
     assert TopK.check({"k": 3, "labels": ["cat", "dog"]}) == [
         "k: 3 is more than the model's 2 classes"

@@ -53,7 +53,8 @@ def load_labels(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
         return tuple(str(v) for v in value)
     fs, where = filesystem_for(value)
     with fs.open_input_stream(where) as stream:
-        lines = stream.read().decode("utf-8").splitlines()
+        # utf-8-sig: a BOM (Windows editors write one) is no part of the first label.
+        lines = stream.read().decode("utf-8-sig").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     return tuple(line.rstrip("\r") for line in lines)
