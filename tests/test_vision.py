@@ -654,6 +654,13 @@ def test_a_labels_file_saved_with_a_byte_order_mark_keeps_its_first_label(tmp_pa
     assert out["top_labels"][0] == ["dog", "cat"]
 
 
+def test_a_labels_file_that_is_not_utf8_is_a_spec_problem(tmp_path):
+    path = tmp_path / "labels.txt"
+    path.write_bytes("café\ndog\n".encode("latin-1"))
+    (problem,) = TopK.check({"k": 1, "labels": str(path)})
+    assert problem.startswith(f"labels: cannot read {path}: not UTF-8 text")
+
+
 def test_topk_asking_for_more_than_the_classes_is_refused(tmp_path):
     assert TopK.check({"k": 3, "labels": ["cat", "dog"]}) == [
         "k: 3 is more than the model's 2 classes"

@@ -68,6 +68,8 @@ def labels_problems(labels: str | Sequence[str] | None) -> list[str]:
         load_labels(labels)
     except OSError as exc:
         return [f"labels: cannot read {labels}: {exc}"]
+    except UnicodeDecodeError as exc:  # a user's file, not our bug: no traceback
+        return [f"labels: cannot read {labels}: not UTF-8 text (byte {exc.start})"]
     return []
 
 
