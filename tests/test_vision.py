@@ -486,6 +486,22 @@ def test_torchscript_and_export_match_eager(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ({"std": [0, 1, 1]}, "std: values must be non-zero"),
+        ({"interpolation": "lanczos"}, "interpolation: 'lanczos' is not one of"),
+    ],
+)
+def test_torchscript_preprocessing_mistakes_are_spec_problems(tmp_path, extra, problem):
+    # They passed validation, then every model actor died at start-up with a traceback.
+    path = tmp_path / "tiny.pt"
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1))
+    torch.jit.script(torch.nn.Sequential(tiny, torch.nn.Flatten())).save(str(path))
+    problems = TorchScriptClassifier.check({"path": str(path), **extra})
+    assert [p for p in problems if p.startswith(problem)], problems
+
+
 def test_runtime_choices_outside_ray():
     assert select_device("auto").type == "cpu"
     assert autocast_dtype("auto", torch.device("cpu")) is None

@@ -17,6 +17,7 @@ from plugins.vision.classifier import ImageClassifier
 from plugins.vision.decode import DEFAULT_MAX_PIXELS
 from plugins.vision.microbatch import DEFAULT_MAX
 from plugins.vision.runtime import COMPILE_MODES, COMPILE_TORCHSCRIPT
+from plugins.vision.transform import config_from_info
 from plugins.vision.weights import checkpoint_facts, checkpoint_problem
 
 
@@ -102,10 +103,21 @@ class TorchScriptClassifier(ImageClassifier):
         problem = checkpoint_problem("path", str(params["path"]), allow_random=False)
         if problem:
             problems.append(problem)
-        for key in ("mean", "std"):
-            values = params.get(key)
-            if values is not None and len(values) != 3:
-                problems.append(f"{key}: expected 3 values (R, G, B), got {list(values)}")
+        lengths = [
+            f"{key}: expected 3 values (R, G, B), got {list(values)}"
+            for key in ("mean", "std")
+            if (values := params.get(key)) is not None and len(values) != 3
+        ]
+        problems += lengths
+        if not lengths:
+            try:  # what every actor's _setup would otherwise raise, as a traceback, at start
+                config_from_info(cls.model_info(params))
+            except UnicodeDecodeError:  # a labels file: common_problems named it
+                pass
+            except ValueError as exc:
+                problems.append(str(exc))
+            except OSError:  # the same
+                pass
         setting = params.get("compile", False)
         wants_compile = setting is True or setting in COMPILE_MODES
         if wants_compile and not is_exported(str(params["path"])):
