@@ -486,6 +486,7 @@ def test_torchscript_and_export_match_eager(tmp_path):
     ]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 @pytest.mark.parametrize(
     ("extra", "problem"),
     [
