@@ -34,6 +34,7 @@ from plugins.vision import (
 from plugins.vision.decode import DEFAULT_MAX_PIXELS, exif_orientation
 from plugins.vision.model_info import model_info
 from plugins.vision.runtime import fold_batch_norms, is_conv_net
+from plugins.vision.topk import NonFiniteLogits
 from plugins.vision.transform import resize_problem, resized_size
 from tests.helpers import column, encode, run_cli
 
@@ -776,3 +777,25 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
     shown = [x for x in (done.stdout + done.stderr).splitlines() if line in x]
     assert len(shown) == 1, done.stderr[-3000:]
     assert "pid=" in shown[0].split(line)[0]  # Ray's prefix naming the model's actor
+
+
+def test_topk_gives_up_on_rows_whose_logits_are_not_finite(tmp_path):
+    # fp16 overflow gives NaN or inf logits: topk made them ids 0..k-1 with NaN scores,
+    # a prediction in form only. Such a row is now a bad row; the others go on.
+    from framework.dead_letter import ErrorPolicy
+    from framework.worker import StageRunner
+
+    logits = RNG.normal(size=(4, 6)).astype(np.float32)
+    logits[1, 2], logits[3, 0] = np.nan, np.inf
+    with pytest.raises(NonFiniteLogits, match="2 of 4 rows"):
+        TopK(k=2)({"id": np.arange(4), "logits": logits.copy()})
+    errors = ErrorPolicy(policy="skip", dead_letter=str(tmp_path / "dead"))
+    runner = StageRunner("postprocessors[0]", TopK, {"k": 2}, errors=errors)
+    out = runner({"id": np.array(["a", "b", "c", "d"]), "logits": logits})
+    assert out["id"].tolist() == ["a", "c"]
+    assert np.isfinite(out["top_scores"]).all()
+    records = [json.loads(line) for f in (tmp_path / "dead").glob("*.jsonl") for line in f.open()]
+    assert sorted((r["id"], r["error_type"]) for r in records) == [
+        ("b", "NonFiniteLogits"),
+        ("d", "NonFiniteLogits"),
+    ]

@@ -18,6 +18,12 @@ from plugins.vision.model_info import labels_problems, load_labels, model_info
 LOGITS = "logits"  # the classifiers' output column
 
 
+class NonFiniteLogits(ValueError):
+    """A row's logits hold NaN or infinity (fp16 overflow, a broken checkpoint): its top k
+    would be ids 0..k-1 with NaN scores, a prediction in form only. Raised for the batch,
+    the row-by-row retry then gives up on those rows alone."""
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, shifted by the row max so large logits cannot overflow."""
     shifted = logits.astype(np.float32) - logits.max(axis=1, keepdims=True)
@@ -128,6 +134,12 @@ class TopK(Preprocessor):
             )
         if self.k > logits.shape[1]:
             raise RunError(f"topk: k={self.k} is more than the {logits.shape[1]} classes")
+        finite = np.isfinite(logits).all(axis=1)
+        if not finite.all():
+            raise NonFiniteLogits(
+                f"{int((~finite).sum())} of {len(finite)} rows have NaN or infinite logits "
+                "(fp16 overflow? try precision: bf16 or fp32)"
+            )
         ids, scores = top_k(softmax(logits), self.k)
         if not self.keep_logits:
             del batch[self.column]
