@@ -493,6 +493,12 @@ def test_torchscript_and_export_match_eager(tmp_path):
     [
         ({"std": [0, 1, 1]}, "std: values must be non-zero"),
         ({"interpolation": "lanczos"}, "interpolation: 'lanczos' is not one of"),
+        # mmcv's and Caffe's mean in 0-255 units: the pixels are scaled to 0-1 first, so
+        # every prediction was silently wrong.
+        (
+            {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
+            "mean: expected values for pixels scaled to 0-1",
+        ),
     ],
 )
 def test_torchscript_preprocessing_mistakes_are_spec_problems(tmp_path, extra, problem):
@@ -799,3 +805,13 @@ def test_topk_gives_up_on_rows_whose_logits_are_not_finite(tmp_path):
         ("b", "NonFiniteLogits"),
         ("d", "NonFiniteLogits"),
     ]
+
+
+def test_image_transform_refuses_a_mean_in_0_255_units():
+    problems = ImageTransform.check({"mean": [123.675, 116.28, 103.53], "std": [1, 1, 1]})
+    assert problems == [
+        "mean: expected values for pixels scaled to 0-1 (ImageNet's: [0.485, 0.456, 0.406]), "
+        "got [123.675, 116.28, 103.53] - divide a mean (and std) given for 0-255 by 255"
+    ]
+    # A std above 1 alone is a choice (inputs scaled down), not a mistake.
+    assert ImageTransform.check({"mean": [0.5, 0.5, 0.5], "std": [2, 2, 2]}) == []

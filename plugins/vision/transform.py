@@ -102,6 +102,13 @@ def _validate(config: TransformConfig) -> None:
             raise ValueError(f"{key}: expected 3 values (R, G, B), got {list(values)}")
     if any(v == 0 for v in config.std):
         raise ValueError(f"std: values must be non-zero, got {list(config.std)}")
+    if any(not 0 <= v <= 1 for v in config.mean):
+        # Pixels are scaled to 0-1 before normalizing: a channel's mean lies there too. A
+        # mean for 0-255 (mmcv's, Caffe's) passed, and every prediction was wrong.
+        raise ValueError(
+            "mean: expected values for pixels scaled to 0-1 (ImageNet's: [0.485, 0.456, "
+            f"0.406]), got {list(config.mean)} - divide a mean (and std) given for 0-255 by 255"
+        )
 
 
 def interpolation_mode(name: str) -> Any:
