@@ -25,6 +25,7 @@ from framework import (
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
+from plugins.id_types import IdsPastInt64, check_id_digits
 from plugins.images.common import dangling_inputs, has_extension, list_relative
 from plugins.jsonl_writer import JsonlWriter
 
@@ -139,8 +140,10 @@ class JsonLinesDatasource(FileBasedDatasource):
         if buffer.size == 0:
             return
         try:
-            table = file_table(buffer, self.scheme + path, self.id_column)
-        except (pa.ArrowInvalid, OwnErrorKey) as exc:  # e.g. types that clash across lines
+            table = check_id_digits(
+                file_table(buffer, self.scheme + path, self.id_column), self.id_column
+            )
+        except (pa.ArrowInvalid, OwnErrorKey, IdsPastInt64) as exc:  # types that clash
             self.report_bad_input(self.scheme + path, exc)
             return
         yield table

@@ -344,3 +344,31 @@ def test_a_file_whose_lines_have_no_id_gives_rows_with_null_ids(tmp_path, id_col
     source = JsonLinesDatasource([str(data)], id_column=id_column, report_bad_input=None, scheme="")
     [table] = source._read_stream(pa.BufferReader(data.read_bytes()), str(data))
     assert table.to_pylist() == [{"x": 1, id_column: None}, {"x": 2, id_column: None}]
+
+
+def test_integer_ids_past_int64_are_an_unreadable_input_not_ids_that_collapse(tmp_path):
+    """Arrow reads an integer past int64 as a double: 12345678901234567890 and ...891 both
+    became 1.2345678901234567e19, one id for two rows (a --resume skipped the second)."""
+    from plugins.jsonl import JsonLinesDatasource
+
+    lines = b'{"id": 12345678901234567890}\n{"id": 12345678901234567891}\n{"id": 5}\n'
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(lines)
+    reported: list[tuple[str, Exception]] = []
+    source = JsonLinesDatasource(
+        [str(data)],
+        id_column="id",
+        report_bad_input=lambda where, error: reported.append((where, error)),
+        scheme="",
+    )
+    assert list(source._read_stream(pa.BufferReader(lines), str(data))) == []
+    [(where, error)] = reported
+    assert where == str(data)
+    assert str(error) == (
+        "integer ids past int64 (1.2345678901234567e+19) lose digits as JSON numbers, and "
+        "distinct ones become one - write the ids as strings"
+    )
+    # Float ids of an ordinary size are kept as they are.
+    floats = b'{"id": 1.5}\n{"id": 2}\n'
+    [table] = source._read_stream(pa.BufferReader(floats), str(data))
+    assert table["id"].to_pylist() == [1.5, 2.0]
