@@ -499,6 +499,9 @@ def test_torchscript_and_export_match_eager(tmp_path):
             {"mean": [123.675, 116.28, 103.53], "std": [58.395, 57.12, 57.375]},
             "mean: expected values for pixels scaled to 0-1",
         ),
+        # 0 was taken for unset: the model quietly resized to 256 and cropped 224.
+        ({"resize_size": 0}, "resize_size: sizes must be positive"),
+        ({"crop_size": 0}, "crop_size: sizes must be positive"),
     ],
 )
 def test_torchscript_preprocessing_mistakes_are_spec_problems(tmp_path, extra, problem):

@@ -181,10 +181,16 @@ def _timm(node: Mapping[str, Any]) -> ModelInfo:
     )
 
 
+def _given(node: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``node[key]`` unless unset: a 0 given is a size to refuse, not the default."""
+    value = node.get(key)
+    return default if value is None else value
+
+
 def _torchscript(node: Mapping[str, Any]) -> ModelInfo:
     return ModelInfo(
-        resize_size=as_resize(node.get("resize_size") or TORCHSCRIPT_RESIZE),
-        crop_size=as_pair(node.get("crop_size") or TORCHSCRIPT_CROP),
+        resize_size=as_resize(_given(node, "resize_size", TORCHSCRIPT_RESIZE)),
+        crop_size=as_pair(_given(node, "crop_size", TORCHSCRIPT_CROP)),
         interpolation=str(node.get("interpolation") or "bilinear"),
         mean=tuple(float(v) for v in node.get("mean") or IMAGENET_MEAN),
         std=tuple(float(v) for v in node.get("std") or IMAGENET_STD),
