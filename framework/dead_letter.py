@@ -193,7 +193,7 @@ class ErrorPolicy:
         if not paths:
             return []
         fs, _ = filesystem_for(str(self.dead_letter), self.storage)
-        return list(zip(paths, read_files(fs, paths), strict=True))
+        return list(zip(paths, read_files(fs, paths, "errors.dead_letter"), strict=True))
 
     def over_budget(self, seen: int, failed: int) -> str | None:
         """Why the run must stop now, or None while the budget holds."""

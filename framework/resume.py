@@ -199,7 +199,7 @@ def check_replay_finished(
     recorded = {i for _, data in records for i in jsonl_ids(data)[0]}
     left = {
         i
-        for data in read_files(fs, archived)
+        for data in read_files(fs, archived, "errors.dead_letter")
         for i in jsonl_ids(data)[0]
         if i not in written and i not in recorded
     }

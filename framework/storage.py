@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
-from framework.errors import SpecError, did_you_mean
+from framework.errors import InputError, SpecError, did_you_mean
 from framework.redact import MASK
 
 STORAGE_KEYS = (
@@ -44,12 +44,17 @@ def map_files(read: Callable[[str], T], paths: Iterable[str]) -> list[T]:
         return list(pool.map(read, paths))
 
 
-def read_files(fs: pafs.FileSystem, paths: Iterable[str]) -> list[bytes]:
-    """The bytes of every file in ``paths``, read ``FILE_READS_AT_ONCE`` at a time."""
+def read_files(fs: pafs.FileSystem, paths: Iterable[str], key: str) -> list[bytes]:
+    """The bytes of every file in ``paths``, read ``FILE_READS_AT_ONCE`` at a time; one the
+    store refuses (permissions) is an input error naming it and the spec ``key`` it is of."""
 
     def read(path: str) -> bytes:
-        with fs.open_input_stream(path) as f:
-            return f.read()
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except OSError as exc:
+            reason = " ".join(str(exc).split())  # Arrow's messages run over lines
+            raise InputError(f"{key}: cannot read {path}: {reason}") from None
 
     return map_files(read, paths)
 

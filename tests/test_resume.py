@@ -519,6 +519,23 @@ def test_a_dead_letter_place_that_is_a_file_is_one_line(tmp_path, capsys, flag):
         ErrorPolicy(policy="skip", dead_letter=str(dead)).read_records()
 
 
+def test_a_record_file_that_cannot_be_read_is_one_line(tmp_path):
+    """What --resume and --replay read: a traceback before."""
+    from tests.test_writer_files import unreadable_target
+
+    dead = tmp_path / "dl"
+    dead.mkdir()
+    (dead / "models_0-a1.jsonl").write_text('{"id": "a"}\n')
+    (dead / "models_0-b2.jsonl").symlink_to(unreadable_target())
+    with pytest.raises(InputError) as stopped:
+        ErrorPolicy(policy="skip", dead_letter=str(dead)).read_records()
+    message = str(stopped.value)
+    assert message.startswith(f"errors.dead_letter: cannot read {dead / 'models_0-b2.jsonl'}: "), (
+        message
+    )
+    assert "Permission denied" in message and "\n" not in message
+
+
 def test_replay_leaves_out_rows_already_written_and_counts_resumed_rows_not_files(
     ray_session, tmp_path
 ):
