@@ -90,8 +90,20 @@ def local_cluster(num_cpus: float | None = None, num_gpus: float | None = None) 
     # The whole of this machine's memory: Ray grants tasks less, so only an ask that could
     # never fit is refused before Ray starts; the run checks again against Ray's figure.
     memory = float(psutil.virtual_memory().total)
-    node = Node("local", "localhost", float(cpus), float(gpus), memory, spare_cpus=1.0)
+    gpu_type = _local_gpu_type() if gpus else None
+    custom = {f"{ACCELERATOR_PREFIX}{gpu_type}": 1.0} if gpu_type else {}
+    node = Node("local", "localhost", float(cpus), float(gpus), memory, custom, spare_cpus=1.0)
     return Cluster((node,), "this machine")
+
+
+def _local_gpu_type() -> str | None:
+    """The ``accelerator_type`` Ray will offer for this machine's GPUs (its name read from
+    NVML, as ``A100``), so that --plan and --validate accept a model asking for it."""
+    try:
+        from ray._private.accelerators import NvidiaGPUAcceleratorManager
+    except ImportError:  # moved in another Ray: unknown, as before Ray starts
+        return None
+    return NvidiaGPUAcceleratorManager.get_current_node_accelerator_type()
 
 
 def ray_cluster(address: str = "the Ray cluster") -> Cluster:

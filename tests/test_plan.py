@@ -593,3 +593,25 @@ def test_pools_of_gpu_fractions_that_only_fit_one_after_another_are_a_warning(da
     assert "models[0], models[1], models[2]: the actor pools' minimum sizes do not fit" in (
         caplog.text
     )
+
+
+def test_this_machine_offers_its_gpus_accelerator_type_as_ray_will(data, monkeypatch):
+    # --plan and --validate size a local run before Ray starts: a model asking the
+    # machine's own GPU type was refused (exit 7) though the run, on Ray, would start it.
+    # No GPU here: the GPU count and the name Ray reads from NVML stand in for one.
+    from ray._private.accelerators import NvidiaGPUAcceleratorManager
+
+    from framework import cluster as cluster_module
+
+    monkeypatch.setattr(cluster_module, "_local_gpus", lambda: 1)
+    monkeypatch.setattr(
+        NvidiaGPUAcceleratorManager,
+        "get_current_node_accelerator_type",
+        staticmethod(lambda: "A100"),
+    )
+    local = cluster_module.local_cluster(num_cpus=8)
+    assert local.nodes[0].accelerator_types == {"A100"}
+    asks = {"num_gpus": 1, "accelerator_type": "A100"}
+    assert infeasible(plan_for(simple(data, resources=asks), cluster=local)) == []
+    wrong = {"num_gpus": 1, "accelerator_type": "H100"}
+    assert infeasible(plan_for(simple(data, resources=wrong), cluster=local))
