@@ -214,3 +214,35 @@ def test_plugins_table_columns_align_for_long_names(on_sys_path, capsys):
         assert line.startswith(row["kind"]) and line.endswith(row["class"])
         starts.add((name_at, source_at, class_at))
     assert len(starts) == 1, "\n".join(lines)
+
+
+# What CONTRIBUTING lets a plugin import: ``framework`` and the helpers imported on their own.
+PUBLIC_MODULES = {"framework", "framework.torch_runtime", "framework.file_filter"}
+
+
+def test_built_ins_import_only_the_public_framework_api():
+    import ast
+
+    import framework
+
+    root = Path(__file__).resolve().parent.parent / "plugins"
+    internal = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("framework"):
+                names = [alias.name for alias in node.names]
+                if node.module not in PUBLIC_MODULES:
+                    internal.append(f"{path.relative_to(root)}: {node.module}")
+                elif node.module == "framework":
+                    internal += [
+                        f"{path.relative_to(root)}: framework.{n}"
+                        for n in names
+                        if n not in framework.__all__
+                    ]
+            elif isinstance(node, ast.Import):
+                internal += [
+                    f"{path.relative_to(root)}: {a.name}"
+                    for a in node.names
+                    if a.name.startswith("framework") and a.name not in PUBLIC_MODULES
+                ]
+    assert internal == []
