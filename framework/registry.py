@@ -47,7 +47,12 @@ class Registry:
                 f"plugin {entry.plugin!r} called register({entry.name.__qualname__}, ...): "
                 f"the name comes first - register('name', {entry.name.__qualname__})"
             )
-        if not isinstance(entry.name, str) or not entry.name:
+        if not isinstance(entry.name, str):
+            raise PluginError(
+                f"plugin {entry.plugin!r} registered a {entry.kind} named {entry.name!r} "
+                f"({type(entry.name).__name__}): a name is a string"
+            )
+        if not entry.name:
             raise PluginError(
                 f"plugin {entry.plugin!r} registered a {entry.kind} with an empty name"
             )

@@ -155,3 +155,19 @@ def test_a_run_a_bug_stops_keeps_its_traceback_and_still_writes_its_report(tmp_p
     assert "a bug in infer-run or a plugin, not a problem with the data" in report["failure"]
     assert report["rows_written"] == 0
     assert (tmp_path / "out" / "_infer_run_spec.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("", "registered a preprocessor with an empty name"),
+        (5, "registered a preprocessor named 5 (int): a name is a string"),
+        (None, "registered a preprocessor named None (NoneType): a name is a string"),
+    ],
+)
+def test_a_name_that_is_not_a_string_is_named_as_such(name, message):
+    from framework.registry import Entry, Registry
+
+    with pytest.raises(PluginError) as info:
+        Registry().add(Entry("preprocessor", name, careless.NoInit, "careless"))
+    assert str(info.value) == f"plugin 'careless' {message}"
