@@ -92,6 +92,13 @@ def make_plugin_manager(
                 f"error importing plugin {module_name!r} (from INFER_PLUGINS): "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        loaded_as = pm.get_name(module)  # installed too: pluggy's error dumps every plugin
+        if loaded_as is not None:
+            raise PluginError(
+                f"plugin {module_name!r} (from INFER_PLUGINS) is already loaded as plugin "
+                f"{_described(repr(loaded_as), pm.distributions.get(loaded_as))} "
+                "- leave it out of INFER_PLUGINS"
+            )
         _register(pm, module, module_name)
     for plugin in extra_plugins:
         _register(pm, plugin, None)

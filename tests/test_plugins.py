@@ -246,3 +246,12 @@ def test_built_ins_import_only_the_public_framework_api():
                     if a.name.startswith("framework") and a.name not in PUBLIC_MODULES
                 ]
     assert internal == []
+
+
+def test_a_module_in_infer_plugins_an_entry_point_loaded_is_one_line_naming_both():
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(env={"INFER_PLUGINS": "plugins.echo"})
+    assert str(info.value) == (
+        "plugin 'plugins.echo' (from INFER_PLUGINS) is already loaded as plugin 'echo' "
+        "(built-in) - leave it out of INFER_PLUGINS"
+    )
