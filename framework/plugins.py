@@ -82,6 +82,7 @@ def make_plugin_manager(
                 ) from exc
             _register(pm, plugin, ep.name)
             pm.distributions[ep.name] = dist
+            _require_a_hook(pm, ep.name)
     for module_name in sorted(_split(env.get("INFER_PLUGINS"))):
         if pm.is_blocked(module_name):
             continue
@@ -100,6 +101,7 @@ def make_plugin_manager(
                 "- leave it out of INFER_PLUGINS"
             )
         _register(pm, module, module_name)
+        _require_a_hook(pm, module_name)
     for plugin in extra_plugins:
         _register(pm, plugin, None)
     try:
@@ -120,6 +122,20 @@ def make_plugin_manager(
 def _described(plugin: object, dist: importlib.metadata.Distribution | None) -> str:
     where = origin(dist.metadata["Name"], dist.version) if dist else ""
     return f"{plugin} ({where})" if where else str(plugin)
+
+
+def _require_a_hook(pm: PluginManager, name: str) -> None:
+    """A plugin pluggy finds no hook in (``@hookimpl`` forgotten, an entry point naming a
+    class) would register nothing, and a spec using it fail as if it were not installed."""
+    if pm.get_hookcallers(pm.get_plugin(name)):
+        return
+    where = (
+        origin(dist.metadata["Name"], dist.version) if (dist := pm.distributions.get(name)) else ""
+    )
+    raise PluginError(
+        f"plugin {name!r}{f' ({where})' if where else ''} implements no hook - mark its "
+        f"register_* functions with @framework.hookimpl (hooks: {', '.join(sorted(_HOOK_BY_KIND.values()))})"
+    )
 
 
 def _register(pm: pluggy.PluginManager, plugin: object, name: str | None) -> None:

@@ -255,3 +255,13 @@ def test_a_module_in_infer_plugins_an_entry_point_loaded_is_one_line_naming_both
         "plugin 'plugins.echo' (from INFER_PLUGINS) is already loaded as plugin 'echo' "
         "(built-in) - leave it out of INFER_PLUGINS"
     )
+
+
+def test_a_plugin_implementing_no_hook_is_one_line_instead_of_registering_nothing():
+    with pytest.raises(PluginError) as info:
+        make_plugin_manager(env={"INFER_PLUGINS": "tests.plugins.unmarked_hook"})
+    assert str(info.value) == (
+        "plugin 'tests.plugins.unmarked_hook' implements no hook - mark its register_* "
+        "functions with @framework.hookimpl (hooks: register_models, register_preprocessors, "
+        "register_readers, register_writers)"
+    )
