@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from framework import Preprocessor
+from collections.abc import Callable
+
+from framework import Batch, Preprocessor
 
 
 class Never(Preprocessor):
-    def __call__(self, batch):  # type: ignore[no-untyped-def]
+    def __call__(self, batch: Batch) -> Batch:
         return batch
 
 
-def register_preprocessors(register) -> None:  # type: ignore[no-untyped-def]
+def register_preprocessors(register: Callable[[str, type], None]) -> None:
     register("never", Never)
