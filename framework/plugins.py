@@ -78,7 +78,7 @@ def make_plugin_manager(
             except Exception as exc:
                 raise PluginError(
                     f"error importing plugin {ep.name!r} ({ep.value}) from "
-                    f"{dist.metadata['Name']} {dist.version}: {type(exc).__name__}: {exc}"
+                    f"{dist.metadata['Name']} {dist.version}: {type(exc).__name__}: {_one_line(exc)}"
                 ) from exc
             _register(pm, plugin, ep.name)
             pm.distributions[ep.name] = dist
@@ -91,7 +91,7 @@ def make_plugin_manager(
         except Exception as exc:
             raise PluginError(
                 f"error importing plugin {module_name!r} (from INFER_PLUGINS): "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {_one_line(exc)}"
             ) from exc
         loaded_as = pm.get_name(module)  # installed too: pluggy's error dumps every plugin
         if loaded_as is not None:
@@ -117,6 +117,11 @@ def make_plugin_manager(
     if env.get("INFER_TRACE_PLUGINS", "").lower() in ("1", "true", "yes"):
         pm.add_hookcall_monitoring(_trace_before, _trace_after)
     return pm
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's message on one line: some run over several (NumPy's ABI errors)."""
+    return " ".join(str(exc).split())
 
 
 def _described(plugin: object, dist: importlib.metadata.Distribution | None) -> str:
@@ -188,7 +193,7 @@ def build_registry(pm: PluginManager) -> Registry:
             except Exception as exc:
                 raise PluginError(
                     f"plugin {impl.plugin_name!r}: its {hook_name} hook raised "
-                    f"{type(exc).__name__}: {exc}"
+                    f"{type(exc).__name__}: {_one_line(exc)}"
                 ) from exc
             if any(r is not None for r in returned):
                 raise PluginError(

@@ -265,3 +265,15 @@ def test_a_plugin_implementing_no_hook_is_one_line_instead_of_registering_nothin
         "functions with @framework.hookimpl (hooks: register_models, register_preprocessors, "
         "register_readers, register_writers)"
     )
+
+
+def test_an_import_error_over_several_lines_is_still_one_line(on_sys_path):
+    # As NumPy's ABI errors are: a paragraph, which must not break the one-line promise.
+    source = "raise ImportError('compiled against NumPy 1.x\\n\\ncannot run on NumPy 2')\n"
+    make_distribution(on_sys_path, "infer-shout", "infer_shout", source)
+    with pytest.raises(PluginError) as info:
+        load_registry()
+    assert str(info.value) == (
+        "error importing plugin 'infer_shout' (infer_shout) from infer-shout 1.2.3: "
+        "ImportError: compiled against NumPy 1.x cannot run on NumPy 2"
+    )
