@@ -171,3 +171,20 @@ def test_a_name_that_is_not_a_string_is_named_as_such(name, message):
     with pytest.raises(PluginError) as info:
         Registry().add(Entry("preprocessor", name, careless.NoInit, "careless"))
     assert str(info.value) == f"plugin 'careless' {message}"
+
+
+def test_a_check_raising_a_message_over_several_lines_is_told_on_one_line():
+    from framework import Batch, Preprocessor
+    from framework.spec.params import BrokenCheck, check_lines
+
+    class Wordy(Preprocessor):
+        @classmethod
+        def check(cls, params: dict) -> list[str]:
+            raise ValueError("bad vocabulary\n  line 3: not UTF-8")
+
+        def __call__(self, batch: Batch) -> Batch:
+            return batch
+
+    with pytest.raises(BrokenCheck) as info:
+        check_lines(Wordy, {})
+    assert str(info.value) == "raised ValueError: bad vocabulary line 3: not UTF-8"

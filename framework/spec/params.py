@@ -28,7 +28,8 @@ def check_lines(cls: type, params: dict[str, Any]) -> list[str]:
     except InferError:
         raise
     except Exception as exc:
-        raise BrokenCheck(f"raised {type(exc).__name__}: {exc}") from exc
+        # On one line, as every plugin error is: some messages run over several.
+        raise BrokenCheck(f"raised {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
     if not isinstance(found, list | tuple) or not all(isinstance(p, str) for p in found):
         raise BrokenCheck(f"returned {type(found).__name__}, expected a list of problem lines")
     return list(found)
