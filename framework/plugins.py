@@ -172,8 +172,9 @@ def build_registry(pm: PluginManager) -> Registry:
             others = [p for p in pm.get_plugins() if p is not impl.plugin]
             caller = pm.subset_hook_caller(hook_name, remove_plugins=others)
 
+            # Keyword-only: a stray third argument (a kind) must not become the plugin name.
             def register(
-                name: str, cls: type, _plugin: str = impl.plugin_name, _dist=dist, _kind=kind
+                name: str, cls: type, *, _plugin: str = impl.plugin_name, _dist=dist, _kind=kind
             ) -> None:
                 registry.add(
                     Entry(

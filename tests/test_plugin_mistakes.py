@@ -4,6 +4,7 @@ a silently wrong output, or every row blamed in the dead letters."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -188,3 +189,18 @@ def test_a_check_raising_a_message_over_several_lines_is_told_on_one_line():
     with pytest.raises(BrokenCheck) as info:
         check_lines(Wordy, {})
     assert str(info.value) == "raised ValueError: bad vocabulary line 3: not UTF-8"
+
+
+def test_a_third_argument_to_register_is_refused_not_taken_for_the_plugin_name():
+    from framework import hookimpl
+
+    class KindToo:
+        @staticmethod
+        @hookimpl
+        def register_preprocessors(register: Callable[..., None]) -> None:
+            register("no_init_3", careless.NoInit, "preprocessor")
+
+    with pytest.raises(PluginError) as info:
+        load_registry([KindToo])
+    assert "its register_preprocessors hook raised TypeError" in str(info.value)
+    assert "takes 2 positional arguments but 3 were given" in str(info.value)
