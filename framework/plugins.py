@@ -100,6 +100,13 @@ def make_plugin_manager(
                 f"{_described(repr(loaded_as), pm.distributions.get(loaded_as))} "
                 "- leave it out of INFER_PLUGINS"
             )
+        if pm.has_plugin(module_name):  # pluggy's error dumps every plugin
+            other = pm.get_plugin(module_name)
+            first = _described(getattr(other, "__name__", other), pm.distributions.get(module_name))
+            raise PluginError(
+                f"two plugins are named {module_name!r}: {first} and {module_name} "
+                "(from INFER_PLUGINS)"
+            )
         _register(pm, module, module_name)
         _require_a_hook(pm, module_name)
     for plugin in extra_plugins:

@@ -277,3 +277,15 @@ def test_an_import_error_over_several_lines_is_still_one_line(on_sys_path):
         "error importing plugin 'infer_shout' (infer_shout) from infer-shout 1.2.3: "
         "ImportError: compiled against NumPy 1.x cannot run on NumPy 2"
     )
+
+
+def test_a_module_in_infer_plugins_named_as_an_entry_point_is_one_line(on_sys_path):
+    (on_sys_path / "echo.py").write_text("")  # a plugin under development, named as a built-in
+    try:
+        with pytest.raises(PluginError) as info:
+            make_plugin_manager(env={"INFER_PLUGINS": "echo"})
+    finally:
+        sys.modules.pop("echo", None)
+    assert str(info.value) == (
+        "two plugins are named 'echo': plugins.echo (built-in) and echo (from INFER_PLUGINS)"
+    )
