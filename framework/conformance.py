@@ -137,6 +137,8 @@ def _output_problems(stage: Any, batch: Batch, out: Any, where: str) -> list[str
     for column, values in out.items():
         if not isinstance(values, np.ndarray):
             problems.append(f"{where}: column {column!r} is {type(values).__name__}, not ndarray")
+        elif values.ndim == 0:  # np.asarray(one_number): it has no len()
+            problems.append(f"{where}: column {column!r} is a 0-d array, not one value per row")
         elif len(values) != rows:
             problems.append(f"{where}: column {column!r} has {len(values)} rows for {rows}")
     if ID_COLUMN not in out:

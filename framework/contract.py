@@ -41,6 +41,8 @@ def checked_call(stage: Any, batch: Batch, name: str) -> Batch:
     for column, values in out.items():
         if not isinstance(values, np.ndarray):
             broken(name, f"returned column {column!r} as {type(values).__name__}")
+        if values.ndim == 0:  # np.asarray(one_number): len() of it would raise TypeError
+            broken(name, f"returned column {column!r} as a 0-d array, not one value per row")
         if ids is not None and len(values) != len(ids):
             broken(name, f"returned {len(values)} rows in column {column!r} for {len(ids)}")
     if ids is not None and not np.array_equal(

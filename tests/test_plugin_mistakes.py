@@ -33,6 +33,7 @@ BATCH = {"id": np.array(["a", "b", "c"], dtype=object), "x": np.arange(3.0)}
         ("list_column", "returned column 'tags' as list"),
         ("changed_ids", "changed or reordered the 'id' values"),
         ("reordered", "changed or reordered the 'id' values"),
+        ("scalar_column", "returned column 'score' as a 0-d array, not one value per row"),
     ],
 )
 def test_each_break_of_the_batch_contract_is_named_as_a_plugin_bug(how, what):

@@ -285,3 +285,17 @@ def test_a_raising_check_is_chained_too():
         == "preprocessor 'check_raises': check() raised FileNotFoundError: vocab.txt"
     )
     assert isinstance(info.value.__cause__, FileNotFoundError)
+
+
+def test_a_0d_column_is_a_problem_not_a_type_error():
+    problems = conformance_problems(
+        "preprocessor",
+        "breaks_contract",
+        params={"how": "scalar_column"},
+        batch=SAMPLE,
+        registry=load_registry([careless]),
+    )
+    assert (
+        "preprocessor 'breaks_contract': column 'score' is a 0-d array, not one value per row"
+        in problems
+    )
