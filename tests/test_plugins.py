@@ -289,3 +289,14 @@ def test_a_module_in_infer_plugins_named_as_an_entry_point_is_one_line(on_sys_pa
     assert str(info.value) == (
         "two plugins are named 'echo': plugins.echo (built-in) and echo (from INFER_PLUGINS)"
     )
+
+
+def test_an_entry_point_implementing_no_hook_names_its_distribution(on_sys_path):
+    make_distribution(
+        on_sys_path, "infer-shout", "infer_shout", "def register_preprocessors(r):\n    pass\n"
+    )
+    with pytest.raises(PluginError) as info:
+        load_registry()
+    assert str(info.value).startswith(
+        "plugin 'infer_shout' (from infer-shout 1.2.3) implements no hook - mark its register_*"
+    )
