@@ -2,7 +2,9 @@
 
 Plugins (built-in ones in ``plugins/`` included) import from ``framework`` only, and
 from ``framework.torch_runtime`` (device, CPU threads and precision for torch models),
-which is imported on its own so that ``import framework`` never imports torch.
+which is imported on its own so that ``import framework`` never imports torch, and
+``framework.file_filter`` (the extension filter and paths for Ray Data file reads);
+``tests/test_plugins.py`` holds ``plugins/`` to this.
 """
 
 from __future__ import annotations
