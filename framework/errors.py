@@ -9,6 +9,8 @@ import difflib
 from collections.abc import Iterable
 from enum import IntEnum
 
+from framework.redact import redact_text
+
 # Ray Data appends its retry advice to the message of an exception that failed a read or
 # a UDF ("\nFailed to read stream iteratively after ...").
 RAY_RETRY_NOTE = "\nFailed to "
@@ -40,6 +42,10 @@ class InferError(Exception):
     """A mistake the user can fix; ``str(err)`` is the whole message."""
 
     exit_code: ExitCode = ExitCode.INTERNAL_ERROR
+
+    def __str__(self) -> str:
+        # Messages quote pyarrow's, which repeat an endpoint URL whole, password and all.
+        return redact_text(super().__str__())
 
 
 class SpecError(InferError):

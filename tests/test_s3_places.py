@@ -182,3 +182,26 @@ def test_overwrite_clears_an_s3_folder_that_shares_its_name_with_an_object(s3_se
     JsonlWriter(path=f"s3://{s3_bucket}/out", storage=s3_server.storage, overwrite=True).prepare()
 
     assert sorted(objects(s3_server, s3_bucket, "")) == ["out-2/a"]
+
+
+def test_an_endpoint_holding_a_password_or_a_query_is_masked_in_every_message(
+    s3_server, s3_bucket, tmp_path, capsys
+):
+    """pyarrow's own message repeats a custom endpoint it cannot use, whole ("Custom
+    endpoint `http://host/?token=...` was not a valid URI"), and ``--print-spec`` printed
+    ``endpoint_url`` as given: a password or a signed query in it reached the terminal."""
+    s3_server.client().put_object(Bucket=s3_bucket, Key="in/a.jsonl", Body=b'{"key": "k"}\n')
+    spec = spec_file(tmp_path, {"path": f"s3://{s3_bucket}/in", "storage": s3_server.storage})
+    for endpoint in (
+        f"{s3_server.endpoint_url}/?X-Amz-Security-Token=sekrit-token",
+        "http://user:sekrit-password@127.0.0.1:9",
+    ):
+        storage = {**s3_server.storage, "endpoint_url": endpoint}
+        overrides = [f"writer.path=s3://{s3_bucket}/out", f"writer.storage={json.dumps(storage)}"]
+        assert main([str(spec), "--validate", *overrides]) == ExitCode.SPEC_ERROR, endpoint
+        err = capsys.readouterr().err
+        assert f"writer.path: cannot write to s3://{s3_bucket}/out: " in err, err
+        assert main([str(spec), "--print-spec", *overrides]) == ExitCode.OK
+        printed = capsys.readouterr().out
+        assert "endpoint_url: http" in printed, printed
+        assert "sekrit" not in err + printed, (err, printed)
