@@ -24,7 +24,7 @@ import ray
 
 from framework.components import ID_COLUMN, Batch
 from framework.errors import BrokenContract, InputError, did_you_mean, unreadable_input
-from framework.storage import filesystem_for, read_files
+from framework.storage import filesystem_for, read_files, scheme_of
 
 # A reader that cannot produce a row keeps it, with the reason in this column; the read
 # tasks move it to the dead-letter output.
@@ -193,7 +193,13 @@ class ErrorPolicy:
         if not paths:
             return []
         fs, _ = filesystem_for(str(self.dead_letter), self.storage)
-        return list(zip(paths, read_files(fs, paths, "errors.dead_letter"), strict=True))
+        return list(
+            zip(
+                paths,
+                read_files(fs, paths, "errors.dead_letter", scheme_of(str(self.dead_letter))),
+                strict=True,
+            )
+        )
 
     def over_budget(self, seen: int, failed: int) -> str | None:
         """Why the run must stop now, or None while the budget holds."""

@@ -44,9 +44,12 @@ def map_files(read: Callable[[str], T], paths: Iterable[str]) -> list[T]:
         return list(pool.map(read, paths))
 
 
-def read_files(fs: pafs.FileSystem, paths: Iterable[str], key: str) -> list[bytes]:
+def read_files(
+    fs: pafs.FileSystem, paths: Iterable[str], key: str, scheme: str = ""
+) -> list[bytes]:
     """The bytes of every file in ``paths``, read ``FILE_READS_AT_ONCE`` at a time; one the
-    store refuses (permissions) is an input error naming it and the spec ``key`` it is of."""
+    store refuses (permissions) is an input error naming it (by its URI: ``scheme`` is the
+    spec path's, ``scheme_of``) and the spec ``key`` it is of."""
 
     def read(path: str) -> bytes:
         try:
@@ -54,7 +57,7 @@ def read_files(fs: pafs.FileSystem, paths: Iterable[str], key: str) -> list[byte
                 return f.read()
         except OSError as exc:
             reason = " ".join(str(exc).split())  # Arrow's messages run over lines
-            raise InputError(f"{key}: cannot read {path}: {reason}") from None
+            raise InputError(f"{key}: cannot read {scheme}{path}: {reason}") from None
 
     return map_files(read, paths)
 

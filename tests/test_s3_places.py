@@ -205,3 +205,16 @@ def test_an_endpoint_holding_a_password_or_a_query_is_masked_in_every_message(
         printed = capsys.readouterr().out
         assert "endpoint_url: http" in printed, printed
         assert "sekrit" not in err + printed, (err, printed)
+
+
+def test_a_record_file_that_cannot_be_read_on_s3_is_named_by_its_uri(s3_server, s3_bucket):
+    """``read_files`` named the file as inside its filesystem, ``bucket/dl/x.jsonl``: not
+    a path the user can give back, nor the place ``errors.dead_letter`` names."""
+    from framework.storage import read_files
+
+    fs, root = filesystem_for(f"s3://{s3_bucket}/dl", s3_server.storage)
+    with pytest.raises(InputError) as stopped:
+        read_files(fs, [f"{root}/gone.jsonl"], "errors.dead_letter", "s3://")
+    message = str(stopped.value)
+    assert message.startswith(f"errors.dead_letter: cannot read s3://{s3_bucket}/dl/gone.jsonl: ")
+    assert "\n" not in message
