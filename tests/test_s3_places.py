@@ -218,3 +218,21 @@ def test_a_record_file_that_cannot_be_read_on_s3_is_named_by_its_uri(s3_server, 
     message = str(stopped.value)
     assert message.startswith(f"errors.dead_letter: cannot read s3://{s3_bucket}/dl/gone.jsonl: ")
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("name", ["report", "timeline"])
+def test_a_report_or_timeline_named_as_a_bucket_goes_into_it(s3_server, s3_bucket, name):
+    """``run.report: s3://bucket`` passed the check before the run, then failed to write
+    once the run was done (``Not a regular file: 'bucket'``): a bucket is a folder with or
+    without its ``/``."""
+    from framework.run_files import write_extra
+    from framework.spec.places import REPORT_NAME, TIMELINE_NAME, report_file, timeline_file
+
+    file, inside = (
+        (report_file, REPORT_NAME) if name == "report" else (timeline_file, TIMELINE_NAME)
+    )
+    for path in (f"s3://{s3_bucket}", f"s3://{s3_bucket}/"):
+        assert file(path) == f"s3://{s3_bucket}/{inside}"
+        write_extra(file(path), "{}", f"run.{name}", s3_server.storage)
+        assert objects(s3_server, s3_bucket, "") == {inside: b"{}"}
+    assert file(f"s3://{s3_bucket}/r.json") == f"s3://{s3_bucket}/r.json"

@@ -29,16 +29,25 @@ REPORT_NAME = "_infer_run_report.json"
 TIMELINE_NAME = "_infer_run_timeline.json"
 
 
+def _into_folder(path: str, name: str) -> str:
+    """``path`` as a file to write: one ending in ``/`` names a folder (local or
+    ``s3://``), and so does a bucket without its ``/`` (``s3://bucket``), which can hold
+    no file of that name: the file goes into it as ``name``."""
+    if is_remote(path) and "/" not in path.split("://", 1)[1].rstrip("/"):
+        path = path.rstrip("/") + "/"
+    return f"{path}{name}" if path.endswith("/") else path
+
+
 def report_file(path: str) -> str:
     """``run.report`` as the file to write: a path ending in ``/`` names a folder (local
-    or ``s3://``), which the report goes into under its own name."""
-    return f"{path}{REPORT_NAME}" if path.endswith("/") else path
+    or ``s3://``), which the report goes into under its own name; so does a bucket."""
+    return _into_folder(path, REPORT_NAME)
 
 
 def timeline_file(path: str) -> str:
     """``run.timeline`` (``--timeline``) as the file to write, as ``report_file``: a path
     ending in ``/`` is a folder, which the timeline goes into as ``TIMELINE_NAME``."""
-    return f"{path}{TIMELINE_NAME}" if path.endswith("/") else path
+    return _into_folder(path, TIMELINE_NAME)
 
 
 def run_files_storage(
