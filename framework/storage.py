@@ -139,9 +139,23 @@ def expand_globs(paths: str | Iterable[str], storage: Mapping[str, Any] | None =
             out.append(path)  # a name holding a pattern's characters, as written: "photos?"
             continue
         if not found:
-            raise SpecError([f"path: no file matches {path}"])
+            raise SpecError([f"path: no file matches {path}{missing_bucket_note(fs, inner, path)}"])
         out.extend(scheme + f if scheme != "file://" else f for f in found)
     return out
+
+
+def missing_bucket_note(fs: pafs.FileSystem, where: str, path: str) -> str:
+    """`` (the bucket B does not exist)`` where ``path`` (``where`` inside ``fs``), found
+    missing, is an ``s3://`` one whose bucket is missing, else "": a misspelt bucket read
+    as a missing key sent the user looking for the key. Asked only once a path is missing."""
+    bucket = where.split("/")[0]
+    if not path.startswith("s3://") or not bucket:
+        return ""
+    try:
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except OSError:  # refused, unreachable: not known to be missing
+        found = True
+    return "" if found else f" (the bucket {bucket} does not exist)"
 
 
 def _exists(fs: pafs.FileSystem, path: str) -> bool:

@@ -25,6 +25,7 @@ from framework import (
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
+from framework.storage import missing_bucket_note
 from plugins.id_types import IdsPastInt64, check_id_digits
 from plugins.images.common import dangling_inputs, has_extension, list_relative
 from plugins.jsonl_writer import JsonlWriter
@@ -198,7 +199,9 @@ class JsonlReader(Reader):
                 fs, where = filesystem_for(path, storage)
                 kind = fs.get_file_info(where).type
                 if kind == pafs.FileType.NotFound:
-                    return [f"path: no such file or directory {path}"]
+                    return [
+                        f"path: no such file or directory {path}{missing_bucket_note(fs, where, path)}"
+                    ]
                 if kind == pafs.FileType.Directory and not any(
                     has_extension(name, JSONL_EXTENSIONS) for name in list_relative(fs, where)
                 ):

@@ -29,6 +29,7 @@ from framework import (
     unsuffixed_parquet,
 )
 from framework.file_filter import misread_problems, paths_for_ray
+from framework.storage import inner_path, missing_bucket_note
 from plugins.counts import count_problems
 from plugins.output_files import not_written_here
 from plugins.parquet_source import read_listed_parquet
@@ -181,7 +182,7 @@ class ParquetReader(Reader):
         try:
             fs, where = filesystem_for(first, params.get("storage"))
             if fs.get_file_info(where).type == pafs.FileType.NotFound:
-                return [f"path: no parquet data at {first}"]
+                return [f"path: no parquet data at {first}{missing_bucket_note(fs, where, first)}"]
         except (OSError, pa.ArrowInvalid) as exc:  # as the other readers: the path's problem
             return [f"path: cannot access {first}: {exc}"]
         if bare := unsuffixed_problems(paths, params.get("storage")):

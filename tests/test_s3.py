@@ -228,3 +228,24 @@ def test_a_parquet_file_damaged_past_its_footer_on_s3_is_set_aside_by_its_uri(
     assert (tmp_path / "notes.tsv").read_text().splitlines() == [
         f"s3://{s3_bucket}/paged/damaged.parquet\tOSError\t0 rows read before it"
     ]
+
+
+def test_a_reader_on_a_missing_bucket_says_the_bucket_is_missing(s3_server, s3_bucket):
+    """A bucket misspelt was reported as a missing file (``no such file or directory
+    s3://bukcet/in``), which sent the user looking for the key."""
+    storage = s3_server.storage
+    missing = f"no-such-{s3_bucket}"
+    note = f"(the bucket {missing} does not exist)"
+    for reader, path in (
+        (JsonlReader, f"s3://{missing}/in"),
+        (JsonlReader, f"s3://{missing}/in/*.jsonl"),
+        (ParquetReader, f"s3://{missing}/in"),
+        (ImageParquetReader, f"s3://{missing}/in"),
+        (WebDatasetReader, f"s3://{missing}/in"),
+        (ImageFolderReader, f"s3://{missing}/in"),
+    ):
+        (problem,) = reader.check({"path": path, "storage": storage})
+        assert problem.endswith(f"{path} {note}"), (reader, problem)
+    # A key missing from a bucket that is there is only that.
+    (problem,) = JsonlReader.check({"path": f"s3://{s3_bucket}/in", "storage": storage})
+    assert problem == f"path: no such file or directory s3://{s3_bucket}/in"

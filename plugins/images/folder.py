@@ -13,6 +13,7 @@ import ray.data
 
 from framework import ID_COLUMN, Reader, filesystem_for
 from framework.file_filter import ExtensionFilter, misread_problems, path_for_ray
+from framework.storage import missing_bucket_note
 from plugins.counts import count_problems
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
@@ -76,7 +77,10 @@ class ImageFolderReader(Reader):
             return problems + located
         fs, where, kind = located
         if kind == pafs.FileType.NotFound:
-            return [*problems, f"path: no such directory {path}"]
+            return [
+                *problems,
+                f"path: no such directory {path}{missing_bucket_note(fs, where, path)}",
+            ]
         if kind == pafs.FileType.File:
             return [*problems, f"path: {path} is a file, not a directory"]
         if problems:

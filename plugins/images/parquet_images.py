@@ -30,6 +30,7 @@ from framework import (
     parquet_schema,
 )
 from framework.file_filter import misread_problems
+from framework.storage import missing_bucket_note
 from plugins.counts import count_problems
 from plugins.images.common import as_paths, locate, path_list_problems
 from plugins.images.image_columns import (
@@ -95,7 +96,8 @@ class ImageParquetReader(Reader):
             if isinstance(located, list):
                 problems += located
             elif located[2] == pafs.FileType.NotFound:
-                problems.append(f"path: no such file or directory {path}")
+                note = missing_bucket_note(located[0], located[1], path)
+                problems.append(f"path: no such file or directory {path}{note}")
         if problems:
             return problems
         if bare := unsuffixed_problems(paths, params.get("storage")) or misread_problems(

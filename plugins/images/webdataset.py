@@ -31,6 +31,7 @@ from framework import (
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
+from framework.storage import missing_bucket_note
 from plugins.counts import count_problems
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
@@ -283,7 +284,7 @@ def shard_problems(path: str, storage: Mapping[str, Any] | None) -> list[str]:
         return located
     fs, where, kind = located
     if kind == pafs.FileType.NotFound:
-        return [f"path: no such file or directory {path}"]
+        return [f"path: no such file or directory {path}{missing_bucket_note(fs, where, path)}"]
     if kind == pafs.FileType.File:
         if has_extension(where, SHARD_EXTENSIONS):
             return []
