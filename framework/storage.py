@@ -264,11 +264,16 @@ def s3_filesystem(storage: Mapping[str, Any]) -> pafs.S3FileSystem:
         kwargs["anonymous"] = True
     else:
         key = _given(storage, "access_key_id") or env.get("AWS_ACCESS_KEY_ID")
-        secret = _given(storage, "secret_access_key") or env.get("AWS_SECRET_ACCESS_KEY")
+        given_secret = _given(storage, "secret_access_key")
+        secret = given_secret or env.get("AWS_SECRET_ACCESS_KEY")
         if key and secret:
             kwargs["access_key"] = key
             kwargs["secret_key"] = secret
-            token = _given(storage, "session_token") or env.get("AWS_SESSION_TOKEN")
+            # A token belongs to the secret it came with: the environment's (an SSO
+            # shell's) sent with the spec's own long-term keys makes AWS refuse them all.
+            token = _given(storage, "session_token") or (
+                None if given_secret else env.get("AWS_SESSION_TOKEN")
+            )
             if token:
                 kwargs["session_token"] = token
     if endpoint:

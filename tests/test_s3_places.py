@@ -236,3 +236,19 @@ def test_a_report_or_timeline_named_as_a_bucket_goes_into_it(s3_server, s3_bucke
         write_extra(file(path), "{}", f"run.{name}", s3_server.storage)
         assert objects(s3_server, s3_bucket, "") == {inside: b"{}"}
     assert file(f"s3://{s3_bucket}/r.json") == f"s3://{s3_bucket}/r.json"
+
+
+def test_keys_given_in_the_spec_are_not_signed_with_the_environments_session_token(
+    s3_server, monkeypatch
+):
+    """A shell logged in through SSO or an assumed role holds ``AWS_SESSION_TOKEN``: it
+    was sent with the spec's own long-term keys, which AWS refuses (``InvalidToken``) on
+    every request. A token goes with the secret it came with."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "token-of-another-identity")
+    fs, _ = filesystem_for("s3://bucket/out", s3_server.storage)
+    (options,) = fs.__reduce__()[1]
+    assert options["secret_key"] == s3_server.storage["secret_access_key"]
+    assert not options["session_token"]
+    given = {**s3_server.storage, "session_token": "its-own-token"}
+    (options,) = filesystem_for("s3://bucket/out", given)[0].__reduce__()[1]
+    assert options["session_token"] == "its-own-token"
