@@ -374,3 +374,21 @@ def test_flags_that_would_be_ignored_are_a_usage_error(spec, capsys, flags, expe
         main([str(spec), "models.0.type=ecko", *flags])
     assert exited.value.code == ExitCode.USAGE_ERROR
     assert capsys.readouterr().err == f"infer-run: error: {expected}\n"
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "reader.storage.secret_access_key=@HUNTER2",  # '@' cannot start a plain YAML value
+        "reader.storage={secret_access_key: [HUNTER2}",
+        "models.0.api_token=%HUNTER2",
+    ],
+)
+def test_an_override_refused_never_echoes_a_secret_value(spec, capsys, override):
+    """An override's problem quoted the whole ``key=value``: a secret pasted on the
+    command line reached the terminal and the CI log."""
+    assert main([str(spec), "--validate", override]) == ExitCode.SPEC_ERROR
+    err = capsys.readouterr().err
+    key = override.partition("=")[0]
+    assert f"override '{key}=***'" in err, err
+    assert "HUNTER2" not in err, err

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from framework.errors import InputError, SpecError
+from framework.redact import MASK, SECRET_KEY, STORAGE_KEY
 from framework.spec.params import kind_of
 from framework.spec.schema import STAGE_LISTS
 
@@ -150,8 +151,9 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
         key, sep = item[1:], "~"
     if not sep or not key:
         return f"override {item!r}: expected key=value or ~key"
+    shown = _shown(item, key) if sep == "=" else item
     if "" in key.split("."):  # OmegaConf made a key '' of it: silent under vars
-        return f"override {item!r}: a key part is empty - keys are dotted names, e.g. {EXAMPLE}"
+        return f"override {shown!r}: a key part is empty - keys are dotted names, e.g. {EXAMPLE}"
     if sep == "~":
         return _delete(cfg, key)
     section, _, rest = key.partition(".")
@@ -159,7 +161,7 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
     indexed = section in STAGE_LISTS and rest.split(".")[0].isdigit()
     if indexed and OmegaConf.select(cfg, section, throw_on_resolution_failure=False) is None:
         return (
-            f"override {item!r}: the spec has no {section} to index - set the whole "
+            f"override {shown!r}: the spec has no {section} to index - set the whole "
             f"list: '{section}=[{{type: ...}}]'"
         )
     try:
@@ -173,10 +175,18 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
             if "${" in raw and raw.lstrip()[:1] in "[{"
             else ""
         )
-        return f"override {item!r}: invalid YAML value: {_yaml_problem(exc)}{hint}"
+        return f"override {shown!r}: invalid YAML value: {_yaml_problem(exc)}{hint}"
     except (OmegaConfBaseException, IndexError, ValueError, TypeError) as exc:
-        return f"override {item!r}: {_first_line(exc)}"
+        return f"override {shown!r}: {_first_line(exc)}"
     return None
+
+
+def _shown(item: str, key: str) -> str:
+    """``key=value`` as a problem quotes it: the value masked under a secret-looking key
+    (``storage.secret_access_key=...``), as ``--print-spec`` masks it."""
+    parts = key.split(".")
+    secret = any(SECRET_KEY.search(p) or p == STORAGE_KEY for p in parts)
+    return f"{key}={MASK}" if secret else item
 
 
 def _parse_value(raw: str) -> Any:
