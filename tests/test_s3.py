@@ -136,6 +136,14 @@ def test_jsonl_on_s3(ray_session, s3_server, s3_bucket):
     reader = JsonlReader(path=f"s3://{s3_bucket}/rows", id_column="key", storage=s3_server.storage)
     got = {row["id"]: row["x"] for row in reader.read().take_all()}
     assert got == {f"k{i}": i for i in range(5)}
+    # A bucket named as a folder, with or without its "/", and a key of spaces, non-ASCII
+    # letters, "+" and "=" (which an HTTP path or query reads otherwise).
+    odd = "more/ü x+y=1.jsonl"
+    s3_server.client().put_object(Bucket=s3_bucket, Key=odd, Body=b'{"key": "odd", "x": 9}\n')
+    for root in (f"s3://{s3_bucket}", f"s3://{s3_bucket}/"):
+        reader = JsonlReader(path=root, id_column="key", storage=s3_server.storage)
+        got = {row["id"]: row["x"] for row in reader.read().take_all()}
+        assert got == {**{f"k{i}": i for i in range(5)}, "odd": 9}, root
 
 
 def test_checks_on_s3_report_missing_and_empty(s3_server, s3_bucket):
