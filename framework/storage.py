@@ -127,7 +127,8 @@ def expand_globs(paths: str | Iterable[str], storage: Mapping[str, Any] | None =
         try:
             infos = fs.get_file_info(selector)
         except OSError as exc:
-            raise SpecError([f"path: cannot list {base} for {path}: {exc}"]) from None
+            shown = base if scheme in ("", "file://") else scheme + base  # as the spec names it
+            raise SpecError([f"path: cannot list {shown} for {path}: {exc}"]) from None
         found = sorted(
             info.path
             for info in infos

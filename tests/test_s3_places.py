@@ -252,3 +252,15 @@ def test_keys_given_in_the_spec_are_not_signed_with_the_environments_session_tok
     given = {**s3_server.storage, "session_token": "its-own-token"}
     (options,) = filesystem_for("s3://bucket/out", given)[0].__reduce__()[1]
     assert options["session_token"] == "its-own-token"
+
+
+def test_a_pattern_on_an_unreachable_store_names_its_folder_by_its_uri(s3_server, s3_bucket):
+    """The folder a pattern lists was named as inside its filesystem (``bucket/in``)."""
+    from framework.errors import SpecError
+    from framework.storage import expand_globs
+
+    dead = {**s3_server.storage, "endpoint_url": "http://127.0.0.1:9"}
+    with pytest.raises(SpecError) as stopped:
+        expand_globs(f"s3://{s3_bucket}/in/*.jsonl", dead)
+    (problem,) = stopped.value.problems
+    assert problem.startswith(f"path: cannot list s3://{s3_bucket}/in for "), problem
