@@ -49,6 +49,7 @@ from framework.storage import (
     inner_path,
     is_remote,
     map_files,
+    missing_bucket_note,
     scheme_of,
 )
 
@@ -89,6 +90,7 @@ __all__ = [
     "jsonl_ids",
     "loop_error",
     "map_files",
+    "missing_bucket_note",
     "parquet_files",
     "parquet_schema",
     "scheme_of",

@@ -22,10 +22,10 @@ from framework import (
     filesystem_for,
     hookimpl,
     map_files,
+    missing_bucket_note,
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
-from framework.storage import missing_bucket_note
 from plugins.id_types import IdsPastInt64, check_id_digits
 from plugins.images.common import dangling_inputs, has_extension, list_relative
 from plugins.jsonl_writer import JsonlWriter

@@ -23,13 +23,13 @@ from framework import (
     filesystem_for,
     hookimpl,
     inner_path,
+    missing_bucket_note,
     parquet_files,
     parquet_schema,
     scheme_of,
     unsuffixed_parquet,
 )
 from framework.file_filter import misread_problems, paths_for_ray
-from framework.storage import inner_path, missing_bucket_note
 from plugins.counts import count_problems
 from plugins.output_files import not_written_here
 from plugins.parquet_source import read_listed_parquet

@@ -11,9 +11,8 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray.data
 
-from framework import ID_COLUMN, Reader, filesystem_for
+from framework import ID_COLUMN, Reader, filesystem_for, missing_bucket_note
 from framework.file_filter import ExtensionFilter, misread_problems, path_for_ray
-from framework.storage import missing_bucket_note
 from plugins.counts import count_problems
 from plugins.images.common import (
     IMAGE_EXTENSIONS,

@@ -27,10 +27,10 @@ from framework import (
     Reader,
     SpecError,
     expand_globs,
+    missing_bucket_note,
     parquet_schema,
 )
 from framework.file_filter import misread_problems
-from framework.storage import missing_bucket_note
 from plugins.counts import count_problems
 from plugins.images.common import as_paths, locate, path_list_problems
 from plugins.images.image_columns import (

@@ -28,10 +28,10 @@ from framework import (
     distinct_paths_and_names,
     expand_globs,
     filesystem_for,
+    missing_bucket_note,
     scheme_of,
 )
 from framework.file_filter import ExtensionFilter, misread_problems, paths_for_ray
-from framework.storage import missing_bucket_note
 from plugins.counts import count_problems
 from plugins.images.common import (
     IMAGE_EXTENSIONS,
