@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from framework.errors import InputError, unreadable_input
+from framework.errors import InputError, one_line, unreadable_input
 from framework.storage import filesystem_for, map_files, names_no_place, scheme_of
 
 if TYPE_CHECKING:
@@ -223,10 +223,9 @@ class Writer(Component, ABC):
             try:
                 return self.file_ids(fs, path)
             except OSError as exc:
-                reason = " ".join(str(exc).split())  # Arrow's messages run over lines
                 raise InputError(
-                    f"--resume/--replay: cannot read {scheme_of(self.path)}{path}: {reason} - "
-                    "nothing was removed; run again once it can be read"
+                    f"--resume/--replay: cannot read {scheme_of(self.path)}{path}: "
+                    f"{one_line(exc)} - nothing was removed; run again once it can be read"
                 ) from None
 
         ids: list[Any] = []

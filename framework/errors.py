@@ -97,6 +97,12 @@ class RunError(InferError):
     exit_code = ExitCode.RUN_FAILED
 
 
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line, as every error infer-run prints is: Arrow's
+    messages and some import errors (NumPy's ABI ones) run over several."""
+    return " ".join(str(exc).split())
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` - did you mean 'x'?`` for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

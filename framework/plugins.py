@@ -20,7 +20,7 @@ from typing import Any
 import pluggy
 
 from framework import hookspecs
-from framework.errors import PluginError, did_you_mean
+from framework.errors import PluginError, did_you_mean, one_line
 from framework.registry import KINDS, Entry, Registry, origin
 
 ENTRY_POINT_GROUP = "infer_run"
@@ -78,7 +78,7 @@ def make_plugin_manager(
             except Exception as exc:
                 raise PluginError(
                     f"error importing plugin {ep.name!r} ({ep.value}) from "
-                    f"{dist.metadata['Name']} {dist.version}: {type(exc).__name__}: {_one_line(exc)}"
+                    f"{dist.metadata['Name']} {dist.version}: {type(exc).__name__}: {one_line(exc)}"
                 ) from exc
             _register(pm, plugin, ep.name)
             pm.distributions[ep.name] = dist
@@ -91,7 +91,7 @@ def make_plugin_manager(
         except Exception as exc:
             raise PluginError(
                 f"error importing plugin {module_name!r} (from INFER_PLUGINS): "
-                f"{type(exc).__name__}: {_one_line(exc)}"
+                f"{type(exc).__name__}: {one_line(exc)}"
             ) from exc
         loaded_as = pm.get_name(module)  # installed too: pluggy's error dumps every plugin
         if loaded_as is not None:
@@ -126,11 +126,6 @@ def make_plugin_manager(
     return pm
 
 
-def _one_line(exc: BaseException) -> str:
-    """The exception's message on one line: some run over several (NumPy's ABI errors)."""
-    return " ".join(str(exc).split())
-
-
 def _described(plugin: object, dist: importlib.metadata.Distribution | None) -> str:
     where = origin(dist.metadata["Name"], dist.version) if dist else ""
     return f"{plugin} ({where})" if where else str(plugin)
@@ -141,11 +136,8 @@ def _require_a_hook(pm: PluginManager, name: str) -> None:
     class) would register nothing, and a spec using it fail as if it were not installed."""
     if pm.get_hookcallers(pm.get_plugin(name)):
         return
-    where = (
-        origin(dist.metadata["Name"], dist.version) if (dist := pm.distributions.get(name)) else ""
-    )
     raise PluginError(
-        f"plugin {name!r}{f' ({where})' if where else ''} implements no hook - mark its "
+        f"plugin {_described(repr(name), pm.distributions.get(name))} implements no hook - mark its "
         f"register_* functions with @framework.hookimpl (hooks: {', '.join(sorted(_HOOK_BY_KIND.values()))})"
     )
 
@@ -201,7 +193,7 @@ def build_registry(pm: PluginManager) -> Registry:
             except Exception as exc:
                 raise PluginError(
                     f"plugin {impl.plugin_name!r}: its {hook_name} hook raised "
-                    f"{type(exc).__name__}: {_one_line(exc)}"
+                    f"{type(exc).__name__}: {one_line(exc)}"
                 ) from exc
             if any(r is not None for r in returned):
                 raise PluginError(

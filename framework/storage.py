@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pyarrow.fs as pafs
 
-from framework.errors import InputError, SpecError, did_you_mean
+from framework.errors import InputError, SpecError, did_you_mean, one_line
 from framework.redact import MASK
 
 STORAGE_KEYS = (
@@ -56,8 +56,7 @@ def read_files(
             with fs.open_input_stream(path) as f:
                 return f.read()
         except OSError as exc:
-            reason = " ".join(str(exc).split())  # Arrow's messages run over lines
-            raise InputError(f"{key}: cannot read {scheme}{path}: {reason}") from None
+            raise InputError(f"{key}: cannot read {scheme}{path}: {one_line(exc)}") from None
 
     return map_files(read, paths)
 

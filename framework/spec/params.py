@@ -11,7 +11,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from framework.errors import InferError, did_you_mean
+from framework.errors import InferError, did_you_mean, one_line
 from framework.spec.schema import RESERVED_STAGE_KEYS, Resources
 
 
@@ -29,7 +29,7 @@ def check_lines(cls: type, params: dict[str, Any]) -> list[str]:
         raise
     except Exception as exc:
         # On one line, as every plugin error is: some messages run over several.
-        raise BrokenCheck(f"raised {type(exc).__name__}: {' '.join(str(exc).split())}") from exc
+        raise BrokenCheck(f"raised {type(exc).__name__}: {one_line(exc)}") from exc
     if not isinstance(found, list | tuple) or not all(isinstance(p, str) for p in found):
         raise BrokenCheck(f"returned {type(found).__name__}, expected a list of problem lines")
     return list(found)
