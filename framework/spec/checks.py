@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from framework.dead_letter import check_policy
+from framework.spec.params import tree_nodes
 from framework.spec.places import report_file, timeline_file
 from framework.spec.schema import (
     BenchmarkSection,
@@ -177,13 +178,11 @@ def _longest_retry_wait(e: ErrorsSection) -> float:
 def nan_problems(tree: Any, where: str = "") -> list[str]:
     """Every NaN in the resolved spec (``.nan`` in YAML): it passes any ``< 0`` check and then
     makes a limit that always or never holds."""
-    if isinstance(tree, float) and math.isnan(tree):
-        return [f"{where}: NaN is not a usable number"]
-    if isinstance(tree, dict):
-        return [p for k, v in tree.items() for p in nan_problems(v, f"{where}.{k}".lstrip("."))]
-    if isinstance(tree, list):
-        return [p for i, v in enumerate(tree) for p in nan_problems(v, f"{where}[{i}]")]
-    return []
+    return [
+        f"{path}: NaN is not a usable number"
+        for path, node in tree_nodes(tree, where)
+        if isinstance(node, float) and math.isnan(node)
+    ]
 
 
 def benchmark_problems(b: BenchmarkSection) -> list[str]:

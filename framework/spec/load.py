@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from framework.errors import InputError, SpecError
 from framework.redact import MASK, SECRET_KEY, STORAGE_KEY
-from framework.spec.params import kind_of
+from framework.spec.params import kind_of, tree_nodes
 from framework.spec.schema import STAGE_LISTS
 
 # The one OmegaConf parses with, so that a syntax error reads the same from either.
@@ -79,7 +79,7 @@ def _parse(text: str, source: str) -> DictConfig:
         raise SpecError([f"{where}invalid YAML: {_yaml_problem(exc)}"], source) from None
     except OmegaConfBaseException as exc:
         data = yaml.load(text, Loader=SAFE_LOADER)
-        found = [*_null_keys(data, ""), *_bad_interpolations(data, "")]
+        found = [*_null_keys(data), *_bad_interpolations(data)]
         raise SpecError(found or [f"invalid spec: {_first_line(exc)}"], source) from None
     assert isinstance(cfg, DictConfig)  # _shape_problem let nothing else through
     return cfg
@@ -118,30 +118,22 @@ def _shape_problem(text: str) -> str | None:
     return f"{SHAPE}, got {kind_of(data)}{shown}"
 
 
-def _null_keys(node: Any, path: str) -> Iterator[str]:
+def _null_keys(data: Any) -> Iterator[str]:
     """Each mapping with a null key, which OmegaConf refuses without saying where."""
-    if isinstance(node, dict) and None in node:
-        yield f"{path or 'the spec'}: a key is null (null: or ~:) - keys are names"
-    if isinstance(node, dict | list):
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for key, value in items:
-            sub = f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}".lstrip(".")
-            yield from _null_keys(value, sub)
+    for path, node in tree_nodes(data):
+        if isinstance(node, dict) and None in node:
+            yield f"{path or 'the spec'}: a key is null (null: or ~:) - keys are names"
 
 
-def _bad_interpolations(node: Any, path: str) -> Iterator[str]:
+def _bad_interpolations(data: Any) -> Iterator[str]:
     """Each string OmegaConf cannot parse as an interpolation, by its key: OmegaConf stops
     at the first, over several lines."""
-    if isinstance(node, dict | list):
-        items = node.items() if isinstance(node, dict) else enumerate(node)
-        for key, value in items:
-            sub = f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}".lstrip(".")
-            yield from _bad_interpolations(value, sub)
-    elif isinstance(node, str) and "${" in node:
-        try:
-            OmegaConf.create({"value": node})
-        except OmegaConfBaseException as exc:
-            yield f"{path}: invalid interpolation {node!r}: {_first_line(exc)}"
+    for path, node in tree_nodes(data):
+        if isinstance(node, str) and "${" in node:
+            try:
+                OmegaConf.create({"value": node})
+            except OmegaConfBaseException as exc:
+                yield f"{path}: invalid interpolation {node!r}: {_first_line(exc)}"
 
 
 def apply_override(cfg: DictConfig, item: str) -> str | None:

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import types
 import typing
+from collections.abc import Iterator
 from typing import Any, Literal, Union
 
 import yaml
@@ -76,6 +77,17 @@ def _text_hint(value: Any, hint: Any) -> str:
     what = {bool: "a boolean", int: "a number", float: "a number"}.get(type(parsed), "a value")
     decode = "${oc.decode:${oc.env:VAR}}"
     return f" - {what} in quotes, or from ${{oc.env:VAR}} (a string): {decode} reads it as YAML"
+
+
+def tree_nodes(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every node of a parsed YAML tree, the tree itself first, with its spec path
+    (``models[0].name``)."""
+    yield path, node
+    if isinstance(node, dict | list):
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            sub = f"{path}[{key}]" if isinstance(node, list) else f"{path}.{key}".lstrip(".")
+            yield from tree_nodes(value, sub)
 
 
 def checkable_params(cls: type, params: dict[str, Any]) -> tuple[dict[str, Any] | None, set[str]]:
