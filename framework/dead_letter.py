@@ -187,19 +187,15 @@ class ErrorPolicy:
             else:
                 fs.delete_file(info.path)
 
-    def read_records(self) -> list[tuple[str, bytes]]:
-        """``record_paths``, each with its content, read ``FILE_READS_AT_ONCE`` at a time."""
-        paths = self.record_paths()
+    def read_records(self, paths: list[str] | None = None) -> list[tuple[str, bytes]]:
+        """``paths`` (inside the folder's store; ``record_paths`` by default), each with its
+        content, read ``FILE_READS_AT_ONCE`` at a time."""
+        paths = self.record_paths() if paths is None else paths
         if not paths:
             return []
         fs, _ = filesystem_for(str(self.dead_letter), self.storage)
-        return list(
-            zip(
-                paths,
-                read_files(fs, paths, "errors.dead_letter", scheme_of(str(self.dead_letter))),
-                strict=True,
-            )
-        )
+        found = read_files(fs, paths, "errors.dead_letter", scheme_of(str(self.dead_letter)))
+        return list(zip(paths, found, strict=True))
 
     def over_budget(self, seen: int, failed: int) -> str | None:
         """Why the run must stop now, or None while the budget holds."""

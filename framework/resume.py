@@ -24,7 +24,7 @@ from framework.errors import InputError
 from framework.redact import redact
 from framework.replay import is_whole_file
 from framework.spec import Spec
-from framework.storage import filesystem_for, read_files, scheme_of
+from framework.storage import filesystem_for
 
 MANIFEST_NAME = "_infer_run_manifest.json"
 # The resolved spec beside the output: what --resume needs when the spec given differs.
@@ -199,9 +199,7 @@ def check_replay_finished(
     recorded = {i for _, data in records for i in jsonl_ids(data)[0]}
     left = {
         i
-        for data in read_files(
-            fs, archived, "errors.dead_letter", scheme_of(str(errors.dead_letter))
-        )
+        for _, data in errors.read_records(archived)
         for i in jsonl_ids(data)[0]
         if i not in written and i not in recorded
     }
