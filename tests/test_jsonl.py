@@ -295,6 +295,25 @@ def test_a_dangling_symlink_in_a_folder_is_an_unreadable_input(ray_session, tmp_
     )
 
 
+def read_one_file(
+    tmp_path: Path, lines: bytes, id_column: str = "id"
+) -> tuple[list[pa.Table], list[tuple[str, Exception]]]:
+    """What the jsonl read task makes of one file ``in.jsonl`` holding ``lines``: its
+    tables, and the (file, error) of each input it reported unreadable."""
+    from plugins.jsonl import JsonLinesDatasource
+
+    data = tmp_path / "in.jsonl"
+    data.write_bytes(lines)
+    reported: list[tuple[str, Exception]] = []
+    source = JsonLinesDatasource(
+        [str(data)],
+        id_column=id_column,
+        report_bad_input=lambda where, error: reported.append((where, error)),
+        scheme="",
+    )
+    return list(source._read_stream(pa.BufferReader(lines), str(data))), reported
+
+
 @pytest.mark.parametrize(
     "lines",
     [
@@ -304,20 +323,10 @@ def test_a_dangling_symlink_in_a_folder_is_an_unreadable_input(ray_session, tmp_
     ],
 )
 def test_a_file_with_a_key_of_its_own_named_error_is_an_unreadable_input(tmp_path, lines):
-    from plugins.jsonl import JsonLinesDatasource
-
-    data = tmp_path / "in.jsonl"
-    data.write_bytes(lines)
-    reported: list[tuple[str, Exception]] = []
-    source = JsonLinesDatasource(
-        [str(data)],
-        id_column="id",
-        report_bad_input=lambda where, error: reported.append((where, error)),
-        scheme="",
-    )
-    assert list(source._read_stream(pa.BufferReader(lines), str(data))) == []
+    tables, reported = read_one_file(tmp_path, lines)
+    assert tables == []
     [(where, error)] = reported
-    assert where == str(data)
+    assert where == str(tmp_path / "in.jsonl")
     assert str(error).startswith("a line has a key '_error', the column where readers flag")
 
 
@@ -337,38 +346,24 @@ def test_a_file_whose_lines_have_no_id_gives_rows_with_null_ids(tmp_path, id_col
     """Rows without an id are dead-lettered (MissingId); a file where no line had the id
     key gave a block without the column: the run stopped calling it a plugin bug, and
     with ``id_column`` the rename crashed the read."""
-    from plugins.jsonl import JsonLinesDatasource
-
-    data = tmp_path / "in.jsonl"
-    data.write_bytes(b'{"x": 1}\n{"x": 2}\n')
-    source = JsonLinesDatasource([str(data)], id_column=id_column, report_bad_input=None, scheme="")
-    [table] = source._read_stream(pa.BufferReader(data.read_bytes()), str(data))
+    [table], reported = read_one_file(tmp_path, b'{"x": 1}\n{"x": 2}\n', id_column)
+    assert reported == []
     assert table.to_pylist() == [{"x": 1, id_column: None}, {"x": 2, id_column: None}]
 
 
 def test_integer_ids_past_int64_are_an_unreadable_input_not_ids_that_collapse(tmp_path):
     """Arrow reads an integer past int64 as a double: 12345678901234567890 and ...891 both
     became 1.2345678901234567e19, one id for two rows (a --resume skipped the second)."""
-    from plugins.jsonl import JsonLinesDatasource
-
     lines = b'{"id": 12345678901234567890}\n{"id": 12345678901234567891}\n{"id": 5}\n'
-    data = tmp_path / "in.jsonl"
-    data.write_bytes(lines)
-    reported: list[tuple[str, Exception]] = []
-    source = JsonLinesDatasource(
-        [str(data)],
-        id_column="id",
-        report_bad_input=lambda where, error: reported.append((where, error)),
-        scheme="",
-    )
-    assert list(source._read_stream(pa.BufferReader(lines), str(data))) == []
+    tables, reported = read_one_file(tmp_path, lines)
+    assert tables == []
     [(where, error)] = reported
-    assert where == str(data)
+    assert where == str(tmp_path / "in.jsonl")
     assert str(error) == (
         "integer ids past int64 (1.2345678901234567e+19) lose digits as JSON numbers, and "
         "distinct ones become one - write the ids as strings"
     )
     # Float ids of an ordinary size are kept as they are.
-    floats = b'{"id": 1.5}\n{"id": 2}\n'
-    [table] = source._read_stream(pa.BufferReader(floats), str(data))
+    [table], reported = read_one_file(tmp_path, b'{"id": 1.5}\n{"id": 2}\n')
+    assert reported == []
     assert table["id"].to_pylist() == [1.5, 2.0]
