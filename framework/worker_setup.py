@@ -19,11 +19,16 @@ def granted(resource: str) -> float:
         return 0.0
 
 
+def in_ray_worker() -> bool:
+    """Whether this process is a Ray worker, not a driver running a stage in-process."""
+    return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
 def show_info_logs(cls: type) -> None:
     """In a Ray worker, INFO lines of infer-run and of the stage's package (a model saying
     what it chose) go to stderr, which Ray forwards to the driver's console, prefixed with
     the pid. Only the driver configures logging: workers dropped every INFO line."""
-    if not ray.is_initialized() or ray.get_runtime_context().worker.mode != ray.WORKER_MODE:
+    if not in_ray_worker():
         return  # a driver (a stage built in-process) logs through its own configuration
     package = cls.__module__.partition(".")[0]
     for name in {"infer_run", package} - {"builtins", "__main__"}:
@@ -44,10 +49,9 @@ def match_torch_threads() -> int | None:
     torch = sys.modules.get("torch")
     if torch is None:
         return None
-    in_worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
     # A stage granted no CPU (light work after a GPU model) gets one thread, not the ones
     # the worker's previous stage left; a driver (a stage run in-process) keeps its own.
-    wanted = max(1, round(granted("CPU"))) if in_worker else torch.get_num_threads()
+    wanted = max(1, round(granted("CPU"))) if in_ray_worker() else torch.get_num_threads()
     if torch.get_num_threads() != wanted:
         torch.set_num_threads(wanted)
     return wanted
