@@ -112,12 +112,10 @@ class TorchScriptClassifier(ImageClassifier):
         if not lengths:
             try:  # what every actor's _setup would otherwise raise, as a traceback, at start
                 config_from_info(cls.model_info(params))
-            except UnicodeDecodeError:  # a labels file: common_problems named it
+            except (UnicodeDecodeError, OSError):  # a labels file: common_problems named it
                 pass
             except ValueError as exc:
                 problems.append(str(exc))
-            except OSError:  # the same
-                pass
         setting = params.get("compile", False)
         wants_compile = setting is True or setting in COMPILE_MODES
         if wants_compile and not is_exported(str(params["path"])):
