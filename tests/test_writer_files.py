@@ -102,16 +102,24 @@ def unreadable_target() -> str:
     pytest.skip("no file here that every user is refused reading")
 
 
-@pytest.mark.parametrize("writer", ["parquet", "csv", "jsonl"])
-@pytest.mark.parametrize("how", ["denied", "io-error"])
+# /proc/self/mem has size 0, and a parquet file of 0 bytes is one cut short: the I/O error
+# case is for the text writers, which read before they judge.
+@pytest.mark.parametrize(
+    ("writer", "how"),
+    [
+        ("parquet", "denied"),
+        ("csv", "denied"),
+        ("jsonl", "denied"),
+        ("csv", "io-error"),
+        ("jsonl", "io-error"),
+    ],
+)
 def test_an_output_file_that_cannot_be_read_stops_the_run_and_stays(
     tmp_path: Path, writer: str, how: str
 ) -> None:
     # Any OSError reading an output file was taken for a file a kill cut short: parquet
     # deleted it (under --replay its rows were then in neither the output nor the
     # records), csv and jsonl ended in a traceback.
-    if how == "io-error" and writer == "parquet":
-        pytest.skip("/proc/self/mem has size 0: a parquet file of 0 bytes is cut short")
     out = tmp_path / "out"
     out.mkdir()
     write_output(out, writer)
