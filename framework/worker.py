@@ -25,6 +25,7 @@ from framework.dead_letter import (
 )
 from framework.errors import BrokenContract, InferError, RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
+from framework.stage_profile import StageProfile
 from framework.watchdog import TIMED_OUT, StageTimeout, WorkerCrashed, exit_after
 from framework.worker_setup import granted, match_torch_threads, show_info_logs
 
@@ -58,6 +59,7 @@ class StageRunner:
         self.retries = 0  # of the batch in hand
         # Tells a retry in a new process from the same process (a pid alone may recur).
         self.worker_name = f"{os.uname().nodename}:{os.getpid()}:{time.time()}"
+        self.profile = StageProfile(path)
 
     def build(self) -> None:
         started = time.time()
@@ -86,6 +88,10 @@ class StageRunner:
             ray.get(self.log.worker.remote(self.path, info))
 
     def __call__(self, batch: Batch) -> Batch:
+        with self.profile.batch():
+            return self._run(batch)
+
+    def _run(self, batch: Batch) -> Batch:
         if self.stage is None:
             try:
                 self.build()
