@@ -42,6 +42,9 @@ if [[ -z ${SKIP_BUNDLE:-} ]]; then
 fi
 say "setup done; $("$PY" -c 'import ray, torch; print("ray", ray.__version__, "torch", torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")')"
 nproc | tee -a "$log"
+# Session 18's stage profiles spent seconds per worker compiling torch's .py files: does
+# this image ship (or let Python write) bytecode caches?
+"$PY" -c 'import os, sys, torch._dynamo as d; c = os.path.join(os.path.dirname(d.__file__), "__pycache__"); print("dont_write_bytecode", sys.dont_write_bytecode, "pycache_prefix", sys.pycache_prefix, "torch._dynamo .pyc files", len(os.listdir(c)) if os.path.isdir(c) else 0)' | tee -a "$log"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv | tee -a "$log"
 
 # Start-up: infer-run's task workers each import torch (the loop's workers fork from a
@@ -65,10 +68,20 @@ compare() {  # compare NAME LIMIT ARGS...: benchmarks.compare on the dataset, JS
 }
 # 1. The plain loop against infer-run as built (16 MB parquet read tasks), with Ray's
 # timeline of infer-run's tasks: where the start-up goes.
-compare loop_vs_infer 170 --only loop,infer-run --set run.timeline="$res/timeline-infer-run.json"
+# With every stage worker profiled (INFER_PROFILE_STAGES): where the model actor's time goes.
+INFER_PROFILE_STAGES=$res/prof compare loop_vs_infer 170 --only loop,infer-run \
+  --set run.timeline="$res/timeline-infer-run.json"
+step profile_summary 60 "$PY" benchmarks/device/profile_summary.py "$res/prof" 30
 step import_15_at_once 60 bash -c 'for _ in $(seq 15); do "$@" & done; wait' _ "$PY" "${import_torch[@]}"
 # 2. The GPU path's tests, with the GPU-only ones that CI (no GPU) always skips.
-step gpu_tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu_path.py
+step gpu_tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu_path.py -k "gpu_decode or gpu_auto or gpu_staged"
+# 2a. --plan reads this machine's GPU type as Ray will (a model asking for it is placeable).
+step plan_gpu_type 60 "$PY" -m framework.cli specs/resnet50_imagenet.yaml --plan \
+  vars.input="$data" models.0.weights=random models.0.resources.num_gpus=1 \
+  models.0.resources.accelerator_type="${GPU_TYPE:-H100}"
+# 2b. Two model actors sharing the GPU: does a second one add what the first leaves idle?
+compare actors_2 120 --only infer-run --set models.0.resources.num_gpus=0.5 \
+  --set models.0.resources.actors=2
 # 3. The model stage alone and decode_on_device's parts, without Ray.
 step gpu_path_check 100 "$PY" benchmarks/gpu_path_check.py --device "$DEVICE" --skip-compile \
   --seconds 2 --out "$res/gpu_path_check.json" \
