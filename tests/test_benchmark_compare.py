@@ -133,6 +133,47 @@ def test_ratios_leave_out_missing_or_failed_modes() -> None:
     }
 
 
+def test_the_table_shows_each_modes_whole_process_time_beside_its_own_clock() -> None:
+    document = {
+        "config": {
+            "model": "resnet50",
+            "precision": "bf16",
+            "device": "cuda",
+            "rows": 40000,
+            "batch_size": 256,
+            "repeat": 1,
+            "data": "/data",
+            "modes": ["loop", "infer-run"],
+        },
+        "machine": {
+            "cpu_model": "Xeon",
+            "cores": 16,
+            "usable_cores": 16,
+            "torch": "2.11",
+            "torch_threads_default": 16,
+            "ray": "2.60",
+            "load_average": [4.0],
+        },
+        "modes": {
+            "loop": {
+                "rows_per_s": 1667.79,
+                "wall_time_s": 23.98,
+                "process_wall_s": 34.93,
+                "num_workers": 15,
+                "torch_threads": 1,
+            },
+            "infer-run": {"error": "timed out after 155s"},
+        },
+        "ratios": {"infer-run/loop": None},
+    }
+    table = compare.format_table(document)
+    assert "process s" in table.splitlines()[3]
+    loop_row = next(line for line in table.splitlines() if line.startswith("loop"))
+    assert loop_row.split()[:4] == ["loop", "1667.79", "23.98", "34.93"]
+    failed_row = next(line for line in table.splitlines() if line.startswith("infer-run"))
+    assert failed_row.split()[:2] == ["infer-run", "failed"]
+
+
 def test_best_run_keeps_the_fastest_and_lists_every_run() -> None:
     results = [
         {"rows_per_s": 10.0, "wall_time_s": 5.0, "log": "a"},
