@@ -44,7 +44,19 @@ say "setup done; $("$PY" -c 'import ray, torch; print("ray", ray.__version__, "t
 nproc | tee -a "$log"
 # Session 18's stage profiles spent seconds per worker compiling torch's .py files: does
 # this image ship (or let Python write) bytecode caches?
-"$PY" -c 'import os, sys, torch._dynamo as d; c = os.path.join(os.path.dirname(d.__file__), "__pycache__"); print("dont_write_bytecode", sys.dont_write_bytecode, "pycache_prefix", sys.pycache_prefix, "torch._dynamo .pyc files", len(os.listdir(c)) if os.path.isdir(c) else 0)' | tee -a "$log"
+pyc_state() {
+  "$PY" -c 'import os, sys, torch._dynamo as d; c = os.path.join(os.path.dirname(d.__file__), "__pycache__"); print("dont_write_bytecode", sys.dont_write_bytecode, "pycache_prefix", sys.pycache_prefix, "torch._dynamo .pyc files", len(os.listdir(c)) if os.path.isdir(c) else 0)'
+}
+pyc_state | tee -a "$log"
+# COMPILE_PYC=1: write the bytecode a pip install would have (every mode benefits alike:
+# the loop imports torch once, infer-run in each worker process).
+if [[ -n ${COMPILE_PYC:-} ]]; then
+  site=$("$PY" -c 'import os, torch; print(os.path.dirname(os.path.dirname(torch.__file__)))')
+  say "compileall $site/{torch,torchvision,sympy}"
+  "$PY" -m compileall -q -j 0 "$site/torch" "$site/torchvision" "$site/sympy" >/dev/null 2>&1
+  say "compileall: exit $?"
+  pyc_state | tee -a "$log"
+fi
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv | tee -a "$log"
 
 # Start-up: infer-run's task workers each import torch (the loop's workers fork from a
