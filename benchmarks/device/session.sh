@@ -80,9 +80,11 @@ compare() {  # compare NAME LIMIT ARGS...: benchmarks.compare on the dataset, JS
 }
 # 1. The plain loop against infer-run as built (16 MB parquet read tasks), with Ray's
 # timeline of infer-run's tasks: where the start-up goes.
-# With every stage worker profiled (INFER_PROFILE_STAGES): where the model actor's time goes.
-INFER_PROFILE_STAGES=$res/prof compare loop_vs_infer 170 --only loop,infer-run \
-  --set run.timeline="$res/timeline-infer-run.json"
+# With every stage worker profiled (INFER_PROFILE_STAGES): where the model actor's time goes;
+# and with Ray Data's allocator logging its budgets (what held the read tasks back).
+INFER_PROFILE_STAGES=$res/prof RAY_DATA_DEBUG_RESOURCE_MANAGER=1 compare loop_vs_infer 170 \
+  --only loop,infer-run --set run.timeline="$res/timeline-infer-run.json"
+step ray_data_log 20 cp -r /tmp/ray/session_latest/logs/ray-data "$res/ray-data-loop_vs_infer"
 step profile_summary 60 "$PY" benchmarks/device/profile_summary.py "$res/prof" 30
 step import_15_at_once 60 bash -c 'for _ in $(seq 15); do "$@" & done; wait' _ "$PY" "${import_torch[@]}"
 # 2. The GPU path's tests, with the GPU-only ones that CI (no GPU) always skips.
