@@ -681,7 +681,10 @@ def test_an_interrupted_resume_leaves_no_report_saying_ok(tmp_path):
     deadline = time.monotonic() + 120
     while (out / "_infer_run_report.json").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
-    os.killpg(run.pid, signal.SIGTERM)
+    # The driver alone, as a scheduler's preemption does (and the SIGTERM test above):
+    # sent to the whole group it also reached the local Ray's raylet, and once, on a slow
+    # machine, the driver lost the race and exited 1 with its Ray gone.
+    os.kill(run.pid, signal.SIGTERM)
     stopped = finish(run)
     assert stopped.code == ExitCode.TERMINATED, stopped.text[-3000:]
     assert not (out / "_infer_run_report.json").exists()
