@@ -1,12 +1,14 @@
 """Opt-in cProfile of every stage worker's batches, for machines no profiler can attach to.
 
-``INFER_PROFILE_STAGES=DIR`` makes each worker profile its stage's batches (the first one
-with the stage's build) and write ``DIR/<stage>-<host>-<pid>.prof``, loadable with
+``INFER_PROFILE_STAGES=DIR`` makes each worker profile its stage's batches (a task
+stage's first batch includes its build; a model actor builds before its first batch,
+outside the profile) and write ``DIR/<stage>-<host>-<pid>.prof``, loadable with
 ``pstats``, at most every ``DUMP_EVERY_S`` seconds: Ray ends actors without running exit
 hooks, so the file is kept current as the run goes rather than written once at the end.
-Only the thread that runs the batch is profiled, i.e. the stage's own call and the
-worker's bookkeeping around it, not Ray Data's batching and format conversion (its
-operator stats in the run report time those).
+What is recorded is the stage's own call and the worker's bookkeeping around it, not Ray
+Data's batching and format conversion (its operator stats in the run report time those);
+from Python 3.12 cProfile records through ``sys.monitoring``, which also sees the
+process's other threads while a batch runs.
 """
 
 from __future__ import annotations
