@@ -247,13 +247,14 @@ def _writer_counter(run: RunContext) -> Callable[[pa.Table], pa.Table]:
 def _emit_write(node: WriteNode, dataset: ray.data.Dataset, run: RunContext) -> Compiled:
     writer = node.stage.cls(**node.stage.params)
     writer.num_cpus = node.num_cpus
-    # Ray fuses this into the write tasks: no extra pass over the data.
+    writer.max_tasks = node.max_tasks
+    # Ray fuses this into the write tasks (the same pool size as theirs): no extra pass.
     counted = dataset.map_batches(
         _writer_counter(run),
         batch_format="pyarrow",
         batch_size=None,
-        num_cpus=node.num_cpus,
         zero_copy_batch=True,
+        **writer.map_args,
     )
     return Compiled(counted, writer)
 

@@ -158,12 +158,25 @@ class Writer(Component, ABC):
     An existing, non-empty output is refused unless ``overwrite`` is true.
     """
 
-    # Set by the framework from the plan; pass ``ray_remote_args`` to Ray Data's write_*.
+    # Set by the framework from the plan. Pass ``write_args`` to Ray Data's write_* and
+    # ``map_args`` to any ``map_batches`` the writer adds: the write tasks then ask what the
+    # plan gave them, start no more at once than it allows, and fuse with what comes before.
     num_cpus: float | None = None
+    max_tasks: int | None = None
 
     @property
     def ray_remote_args(self) -> dict[str, Any]:
         return {} if self.num_cpus is None else {"num_cpus": self.num_cpus}
+
+    @property
+    def write_args(self) -> dict[str, Any]:
+        return {"ray_remote_args": self.ray_remote_args, "concurrency": self.max_tasks}
+
+    @property
+    def map_args(self) -> dict[str, Any]:
+        import ray.data  # only the driver running a plan pays for Ray Data
+
+        return {**self.ray_remote_args, "compute": ray.data.TaskPoolStrategy(self.max_tasks)}
 
     def __init__(
         self, path: str, storage: dict[str, Any] | None = None, overwrite: bool = False

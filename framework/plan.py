@@ -56,6 +56,7 @@ class WriteNode:
     stage: StageConfig
     num_cpus: float | None = None  # per write task
     reason: str = ""
+    max_tasks: int | None = None  # write tasks at once; None: as many as Ray Data starts
 
 
 PlanNode = ReadNode | MapNode | WriteNode
@@ -93,9 +94,9 @@ class Plan:
                 batch = node.batch_size or "ray-default"
                 lines.append(f"{head}  {pool} batch_size={batch}{cut} {args}")
             else:
-                lines.append(
-                    f"{head}  num_cpus={node.num_cpus:g} -> {stage.params.get('path', '')}"
-                )
+                tasks = f" tasks<={node.max_tasks}" if node.max_tasks else ""
+                where = stage.params.get("path", "")
+                lines.append(f"{head}  num_cpus={node.num_cpus:g}{tasks} -> {where}")
             lines.append(f"{'':<3}{node.reason}")
         return "\n".join(lines)
 
@@ -119,7 +120,7 @@ def build_plan(spec: Spec, cluster: Cluster) -> Plan:
             node = dataclasses.replace(node, block_rows=BATCHES_PER_BLOCK * node.batch_size)
         nodes.append(node)
     write = sized[spec.writer.path]
-    nodes.append(WriteNode(spec.writer, write.resources.num_cpus, write.reason))
+    nodes.append(WriteNode(spec.writer, write.resources.num_cpus, write.reason, write.max_tasks))
     return Plan(tuple(nodes), spec, cluster)
 
 

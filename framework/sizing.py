@@ -24,7 +24,7 @@ MAX_THREADS_PER_ACTOR = 8
 class Sized:
     resources: Resources
     reason: str
-    max_tasks: int | None = None  # tasks of this stage at once (reader, CPU stages)
+    max_tasks: int | None = None  # tasks of this stage at once (reader, task stages, writer)
 
 
 def _cpu_reserve(node_cpus: float) -> float:
@@ -124,9 +124,13 @@ def size_resources(spec: Spec, cluster: Cluster) -> dict[str, Sized]:
     after = set() if cpu_models else {s.path for s in _after_actors(spec)}
     before = {s.path for s in _before_actors(spec)} if cpu_models else set()
     capped = TASKS_PER_NODE_BESIDE_CPU_MODELS * max(1, len(cpu_nodes))
+    light_cap = NO_CPU_TASKS_PER_NODE * max(1, len(cpu_nodes))
     for stage in (spec.reader, *(s for s in spec.stages if s.kind != "model"), spec.writer):
         if stage.path in after:
-            out[stage.path] = _fill(stage.resources, num_cpus=0.0, why=WHY_NO_CPU)
+            sized = _fill(stage.resources, num_cpus=0.0, why=WHY_NO_CPU)
+            if sized.resources.num_cpus == 0:
+                sized = dataclasses.replace(sized, max_tasks=light_cap)
+            out[stage.path] = sized
         elif stage.path in before and stage.resources.num_cpus is None:
             sized = _fill(stage.resources, num_cpus=task_cpus, why=f"{why_tasks}; {capped} at once")
             out[stage.path] = dataclasses.replace(sized, max_tasks=capped)
@@ -169,6 +173,11 @@ WHY_NO_CPU = (
     "no CPU asked: light work after GPU models, which leaves the CPUs to the stages "
     "before them (set num_cpus for heavy work here)"
 )
+
+# Nothing else bounds tasks that ask no CPU: Ray Data started one per block at once and
+# Ray a process for each, 16 starting together on a 2-CPU node held an 800-row run there
+# for minutes. Two per node keep light work streaming.
+NO_CPU_TASKS_PER_NODE = 2
 
 
 # Beside CPU models, the share kept for reading and CPU stages runs two tasks per node

@@ -103,13 +103,10 @@ class CsvWriter(Writer):
             csv_table,
             batch_format="pyarrow",
             udf_modifying_row_count=False,
-            **self.ray_remote_args,
+            **self.map_args,
         )
         flat.write_csv(
-            where,
-            filesystem=fs,
-            min_rows_per_file=self.rows_per_file,
-            ray_remote_args=self.ray_remote_args,
+            where, filesystem=fs, min_rows_per_file=self.rows_per_file, **self.write_args
         )
 
 

@@ -176,4 +176,4 @@ class JsonlWriter(Writer):
         fs, where = filesystem_for(self.path, self.storage)
         # Not dataset.write_json: it writes through pandas, which rounds floats.
         sink = JsonLinesDatasink(where, filesystem=fs, file_format="json")
-        dataset.write_datasink(sink, ray_remote_args=self.ray_remote_args)
+        dataset.write_datasink(sink, **self.write_args)

@@ -264,7 +264,7 @@ class ParquetWriter(Writer):
             where,
             filesystem=fs,
             min_rows_per_file=self.rows_per_file,
-            ray_remote_args=self.ray_remote_args,
+            **self.write_args,
         )
 
 

@@ -159,6 +159,31 @@ def test_stages_after_the_models_ask_for_no_cpu_unless_told(data):
     assert plan.nodes[4].reason.startswith("auto (num_cpus): no CPU asked")
 
 
+def test_tasks_asking_no_cpu_run_two_per_node_at_once(data):
+    # Uncapped, Ray Data started a write task per block at once, and Ray a process for
+    # each: on a 2-CPU node beside a GPU node, 16 processes starting together held a
+    # 800-row run for minutes.
+    spec = simple(data)
+    spec["postprocessors"] = [
+        {"type": "rename_columns", "mapping": {"x_echo": "y"}},
+        {"type": "select_columns", "resources": {"num_cpus": 2}},
+    ]
+    cpu_and_gpu = Cluster((Node("c", "h1", cpus=2), Node("g", "h2", cpus=2, gpus=1)), "test")
+    plan = plan_for(spec, cluster=cpu_and_gpu)
+    caps = {n.stage.path: getattr(n, "max_tasks", None) for n in plan.nodes}
+    assert caps == {
+        "reader": None,
+        "preprocessors[0]": None,
+        "models[0]": None,
+        "postprocessors[0]": 4,
+        "postprocessors[1]": None,
+        "writer": 4,
+    }
+    described = plan.describe()
+    assert "postprocessors[0]" in described and "tasks<=4" in described
+    assert "num_cpus=0 tasks<=4 ->" in described
+
+
 def test_beside_cpu_models_reading_and_cpu_stages_start_two_tasks_per_node(data):
     # Uncapped, Ray Data started a read task per block at once, each a new process
     # importing torch on the model's cores.
@@ -175,8 +200,10 @@ def test_beside_cpu_models_reading_and_cpu_stages_start_two_tasks_per_node(data)
         "postprocessors[0]": None,
         "writer": None,
     }
-    # On GPUs the CPU stages are the work: uncapped. A num_cpus the spec sets: uncapped.
-    assert {getattr(n, "max_tasks", None) for n in plan_for(spec, cluster=GPU_BOX).nodes} == {None}
+    # On GPUs the CPU stages are the work: uncapped (the no-CPU ones after the models are
+    # capped, see above). A num_cpus the spec sets: uncapped.
+    on_gpus = plan_for(spec, cluster=GPU_BOX).nodes[:3]
+    assert {getattr(n, "max_tasks", None) for n in on_gpus} == {None}
     spec["preprocessors"][0]["resources"] = {"num_cpus": 0.5}
     caps = {
         n.stage.path: getattr(n, "max_tasks", None) for n in plan_for(spec, cluster=two_nodes).nodes
