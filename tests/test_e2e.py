@@ -405,12 +405,14 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
 
 
 def model_actor_pids() -> set[int]:
+    """This process's Ray's model actors (its raylet's workers are its descendants): other
+    test processes running beside this one have their own."""
     found = set()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.Process().children(recursive=True):
         try:
-            if " ".join(proc.info["cmdline"] or []).startswith("ray::MapWorker"):
-                found.add(proc.info["pid"])
-        except (psutil.Error, TypeError):
+            if " ".join(proc.cmdline()).startswith("ray::MapWorker"):
+                found.add(proc.pid)
+        except psutil.Error:
             continue
     return found
 
