@@ -166,6 +166,7 @@ def test_evaluate_passes_fails_and_skips_with_one_line_each() -> None:
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_bench_exit_codes_json_and_no_output_left(
     ray_session: None,
     table: Path,
@@ -293,7 +294,6 @@ def test_model_only_sample_is_read_as_the_rounds_read(
 
 
 @pytest.mark.ray
-@pytest.mark.slow
 def test_bench_times_a_torch_model_on_every_core(ray_session: None, tmp_path: Path) -> None:
     from framework.datagen import generate
 

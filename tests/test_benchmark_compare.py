@@ -205,6 +205,7 @@ def test_cached_dataset_is_reused_for_the_same_rows_and_seed(
     assert json.loads(path.with_name(f"{path.name}.json").read_text())["rows"] == 3
 
 
+@pytest.mark.slow
 def test_the_gpu_session_script_runs_the_steps_asked_for_and_packs_them(tmp_path: Path) -> None:
     """benchmarks/device/session.sh's own machinery, here without a GPU: the chosen steps
     run, each gets a line in run.log, and their logs come back packed."""

@@ -136,7 +136,9 @@ def test_calibrate_times_each_stage_in_its_worker_and_names_the_bottleneck(tmp_p
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize(("block_mb", "tasks"), [(16, 1), (0.25, 4)])
+@pytest.mark.parametrize(
+    ("block_mb", "tasks"), [pytest.param(16, 1, marks=pytest.mark.slow), (0.25, 4)]
+)
 def test_calibration_reads_its_sample_in_the_runs_read_tasks(tmp_path, block_mb, tasks):
     """Four files of ~0.5 MB: one read task at the default run.block_mb, one per file at a
     quarter MB, as a run would read them."""
@@ -176,6 +178,7 @@ def image_parquet_spec(tmp_path: Path, table: pa.Table, stage: str, reader_extra
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_a_row_the_sample_breaks_or_a_stage_that_cannot_be_built_is_one_line(tmp_path):
     ids = ["good", "bad"]
     images = [helpers.encode(Image.new("RGB", (8, 8)), "PNG"), b"junk"]
@@ -203,6 +206,7 @@ def test_a_row_the_sample_breaks_or_a_stage_that_cannot_be_built_is_one_line(tmp
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_calibration_samples_past_rows_the_reader_flags_and_records_none(tmp_path):
     """Set aside in the read tasks as in a run, but neither recorded nor a reason to stop
     (the default policy is fail); a sample of nothing but such rows is one line."""

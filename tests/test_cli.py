@@ -277,6 +277,7 @@ def test_sigterm_stops_a_join_that_hangs(spec):
     assert err.endswith(f"infer-run: stopped while joining the Ray cluster at 127.0.0.1:{port}\n")
 
 
+@pytest.mark.slow
 def test_joining_a_cluster_that_wants_a_token_says_so(spec, tmp_path):
     cluster = subprocess.Popen(
         [sys.executable, "tests/ray_cluster_proc.py", '[{"num_cpus": 1}]'],

@@ -103,6 +103,7 @@ def test_cpu_stage_on_cpu_node_model_on_gpu_node_and_they_stream(cluster, datase
         assert min(peaks) > 20 * 2**20 and stage["peak_rss_bytes"] == max(peaks)
 
 
+@pytest.mark.slow
 def test_threads_follow_the_cpu_grant(cluster, dataset, tmp_path):
     spec = write_spec(
         tmp_path, dataset, "{num_cpus: 2, num_gpus: 0, custom: {gpu_node: 1}, batch_size: 50}"
@@ -116,6 +117,7 @@ def test_threads_follow_the_cpu_grant(cluster, dataset, tmp_path):
     assert {w["torch_threads"] for w in report["stages"]["models[0]"]["workers"]} == {2}
 
 
+@pytest.mark.slow
 def test_ship_code_uploads_infer_run_and_the_plugins_to_the_workers(cluster, dataset, tmp_path):
     """Run from a directory without the code, as from a laptop's checkout: Ray puts the
     driver's directory first on the workers' path, so from ROOT they would import it there."""
@@ -137,6 +139,7 @@ def test_ship_code_uploads_infer_run_and_the_plugins_to_the_workers(cluster, dat
     assert shipped_run.read_bytes() == (ROOT / "framework" / "run.py").read_bytes()
 
 
+@pytest.mark.slow
 def test_calibrate_times_each_stage_on_the_node_the_run_would_use(cluster, dataset, tmp_path):
     spec = write_spec(tmp_path, dataset, "{num_gpus: 1, custom: {gpu_node: 1}, batch_size: 25}")
     report = tmp_path / "calibration.json"

@@ -328,7 +328,11 @@ def test_a_jsonl_file_whose_types_clash_is_an_unreadable_input(ray_session, tmp_
     )
 
 
-@pytest.mark.parametrize("pool", ["", ", resources: {actors: 1}"], ids=["task", "actor"])
+@pytest.mark.parametrize(
+    "pool",
+    [pytest.param("", marks=pytest.mark.slow), ", resources: {actors: 1}"],
+    ids=["task", "actor"],
+)
 def test_a_stage_that_cannot_be_built_stops_the_run_in_one_line(tmp_path, dataset, pool):
     spec = tmp_path / "spec.yaml"
     spec.write_text(

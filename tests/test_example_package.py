@@ -103,7 +103,6 @@ def test_offline_spec_defaults():
 
 
 @pytest.mark.ray
-@pytest.mark.slow
 def test_golden_predictions_through_the_cli(ray_session, run_spec, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -212,7 +212,6 @@ def tiny_convnet() -> torch.nn.Module:
     ).eval()
 
 
-@pytest.mark.slow
 def test_compile_gives_the_same_logits():
     # resnet18 rather than a smaller net: inductor compiles it fastest here (~30 s cold,
     # a few seconds with a warm cache) - few distinct kernels, the convolutions go to oneDNN.
@@ -230,7 +229,6 @@ def test_compile_gives_the_same_logits():
     assert empty.shape == (0, 1000)
 
 
-@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
 def test_compile_takes_exported_programs_and_refuses_torchscript(tmp_path):
     module = tiny_convnet()

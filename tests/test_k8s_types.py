@@ -80,6 +80,7 @@ def test_each_accelerator_type_gets_its_own_node_selector(tmp_path, data, capsys
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_each_stage_runs_on_the_nodes_of_its_type(tmp_path, capsys):
     """A real cluster with one node per group, each started as KubeRay starts it (the
     group's num-gpus, resources and CPU limit): each model's actors land on the nodes of

@@ -22,7 +22,7 @@ from PIL import Image
 
 from plugins.vision import ImageTransform, TimmClassifier, TorchvisionClassifier
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray]
 
 SKIMAGE = os.path.join(os.path.dirname(skimage.__file__), "data")
 PHOTOS = [

@@ -122,6 +122,7 @@ def test_a_contract_break_stops_the_run_instead_of_dead_lettering_every_row(tmp_
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_reader_mistakes_and_a_stage_without_init_end_to_end(tmp_path):
     plugins = "tests.plugins.careless"
     done = run_cli(str(spec_file(tmp_path, "{type: no_init}")), plugins=plugins)

@@ -89,7 +89,9 @@ def written_ids(out: Path, writer: str) -> list[str]:
     return [json.loads(line)["id"] for t in texts if t.endswith("\n") for line in t.splitlines()]
 
 
-@pytest.mark.parametrize("writer", ["parquet", "jsonl", "csv"])
+@pytest.mark.parametrize(
+    "writer", ["parquet", *(pytest.param(w, marks=pytest.mark.slow) for w in ("jsonl", "csv"))]
+)
 def test_driver_killed_then_resumed(tmp_path, capsys, writer):
     spec = make_spec(tmp_path, writer=writer)
     out = tmp_path / "out"
@@ -318,6 +320,7 @@ preprocessors:
     return spec
 
 
+@pytest.mark.slow
 def test_replay_runs_the_dead_lettered_rows_again_and_keeps_every_id_once(tmp_path):
     data = write_id_parts(tmp_path / "in", IDS[:40])
     (data / "broken.parquet").write_bytes(b"not parquet")  # a whole file: no row ids
@@ -671,6 +674,7 @@ def test_a_damaged_manifest_is_one_line(tmp_path, capsys, content, why):
         assert err.endswith(" - pass --overwrite to start over\n")
 
 
+@pytest.mark.slow
 def test_an_interrupted_resume_leaves_no_report_saying_ok(tmp_path):
     spec = make_spec(tmp_path)
     out = tmp_path / "out"
@@ -724,6 +728,7 @@ def test_a_resume_after_a_replay_with_another_spec_points_to_the_replays_spec(
     assert json.loads((out / "_infer_run_report.json").read_text())["resumed_rows"] == 4
 
 
+@pytest.mark.slow
 def test_a_killed_replay_is_named_by_the_next_replay_and_finished_by_resume(tmp_path):
     ids = IDS[:300]
     data = write_id_parts(tmp_path / "in", ids)

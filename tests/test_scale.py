@@ -16,8 +16,7 @@ import pytest
 
 from framework.datagen import generate
 
-# serial: peak memory counts /dev/shm, which other tests running beside it would fill.
-pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.serial, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1500)]
 ROOT = Path(__file__).parent.parent
 BIG, SMALL = 20_000, 2_000
 

@@ -80,7 +80,9 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
 
 @pytest.mark.ray
 @pytest.mark.parametrize(
-    ("how", "actors"), [("sleep", False), ("loop", True)], ids=["c-task", "python-actor"]
+    ("how", "actors"),
+    [pytest.param("sleep", False, marks=pytest.mark.slow), ("loop", True)],
+    ids=["c-task", "python-actor"],
 )
 def test_hung_rows_are_dead_lettered_and_the_rest_written(tmp_path, how, actors):
     done = run_cli(hang_spec(tmp_path, how, "skip", actors), plugins="tests.plugins.hang")
@@ -139,7 +141,9 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("actors", [False, True], ids=["task", "actor"])
+@pytest.mark.parametrize(
+    "actors", [pytest.param(False, marks=pytest.mark.slow), True], ids=["task", "actor"]
+)
 def test_a_row_that_crashes_its_worker_is_dead_lettered_not_retried_forever(tmp_path, actors):
     # A segfault in native code (a damaged PNG in libpng) took the worker down on every
     # retry of its task, without end. Now its batch is run again row by row, and the row

@@ -734,6 +734,7 @@ def test_a_file_that_is_no_checkpoint_is_a_spec_problem(tmp_path):
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_another_architectures_checkpoint_stops_the_run_in_one_line(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -761,6 +762,7 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
 
 
 @pytest.mark.ray
+@pytest.mark.slow
 def test_the_models_setup_line_reaches_the_console(tmp_path):
     """README: "the model's log line says which happened" - logged at INFO in the actor,
     where only the driver had configured logging, it showed nowhere."""
