@@ -25,9 +25,20 @@ class Prediction:
 
 def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
     """Actor pools run at their maximum size; task stages share the CPUs the pools leave
-    (fused, one task runs them one after another), each task on ``min(1, cpus)`` of a core."""
+    (their seconds per row add up), each task on ``min(1, cpus)`` of a core. The task
+    stages between two actor stages are fused (one task runs them one after another), so
+    a cap on how many run at once holds for them together."""
     maps = {n.stage.path: n for n in plan.nodes if isinstance(n, MapNode)}
     caps = {n.stage.path: n.max_tasks for n in plan.nodes if not isinstance(n, WriteNode)}
+    fused: dict[str, int] = {}
+    for node in plan.nodes:
+        if isinstance(node, MapNode) and node.compute == "actors":
+            continue
+        fused[node.stage.path] = sum(
+            1
+            for n in plan.nodes[: plan.nodes.index(node)]
+            if isinstance(n, MapNode) and n.compute == "actors"
+        )
     held = sum(
         float(n.ray_args.get("num_cpus", 1)) * n.pool[1]
         for n in maps.values()
@@ -36,6 +47,7 @@ def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
     task_cpus = max(plan.cluster.cpus - held, 0.0)
     capacity: dict[str, float] = {}
     workers: dict[str, float] = {}
+    shared: dict[str, float] = {}  # workers before any cap: the CPUs' worth
     tasks = [t for t in timings if t.compute == "tasks"]
     for t in timings:
         if t.compute == "actors":
@@ -43,16 +55,18 @@ def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
             workers[t.path] = float(pool[1] if pool else 1)
         else:
             slots = task_cpus / t.cpus if t.cpus else task_cpus
+            # A task granted part of a core runs one thread on that part of it.
+            shared[t.path] = slots * min(1.0, t.cpus) if t.cpus else slots
             if caps[t.path]:
                 slots = min(slots, caps[t.path])
-            # A task granted part of a core runs one thread on that part of it.
             workers[t.path] = slots * min(1.0, t.cpus) if t.cpus else slots
         capacity[t.path] = workers[t.path] * t.rows_per_s
-    if len(tasks) > 1:  # one task runs them in turn: their seconds per row add up
-        cores = min(workers[t.path] for t in tasks)
-        together = cores / sum(1 / t.rows_per_s for t in tasks)
+    if len(tasks) > 1:  # the CPUs run them in turn: their seconds per row add up
+        together = min(shared.values()) / sum(1 / t.rows_per_s for t in tasks)
         for t in tasks:
-            capacity[t.path] = together
+            group = [u for u in tasks if fused.get(u.path) == fused.get(t.path)]
+            in_turn = min(workers[u.path] for u in group) / sum(1 / u.rows_per_s for u in group)
+            capacity[t.path] = min(together, in_turn)
     # Task stages sharing their CPUs tie: the one taking the most time per row is named.
     rates = {t.path: t.rows_per_s for t in timings}
     bottleneck = min(capacity, key=lambda p: (capacity[p], rates[p]))

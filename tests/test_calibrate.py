@@ -89,13 +89,19 @@ def test_task_stages_share_their_cpus_one_after_another(data: str) -> None:
     pre, model, post = "preprocessors[0]", "models[0]", "postprocessors[0]"
     timings = [timing(plan, pre, 100), timing(plan, model, 1000), timing(plan, post, 100)]
     got = predict(plan, timings)
-    # 6 CPUs, each task spending 10 ms per row in each of the two stages.
-    assert got.capacity[pre] == got.capacity[post] == pytest.approx(300)
-    assert got.bottleneck in (pre, post) and got.rows_per_s == pytest.approx(300)
-    # Reading takes its turn on the same CPUs: 5 ms more per row.
+    # 6 CPUs, each spending 10 ms per row in each of the two stages: 300 rows/s. The
+    # postprocessor, asking no CPU after a GPU model, runs 2 tasks at once: 200 rows/s.
+    assert got.capacity[pre] == pytest.approx(300)
+    assert got.capacity[post] == pytest.approx(200)
+    assert got.bottleneck == post and got.rows_per_s == pytest.approx(200)
+    # Reading takes its turn on the same CPUs: 5 ms more per row, in the same tasks as
+    # the preprocessor (fused), not the postprocessor's.
     got = predict(plan, [timing(plan, "reader", 200), *timings])
     assert got.capacity["reader"] == got.capacity[pre] == pytest.approx(6 / 0.025)
-    assert got.bottleneck == pre  # of the stages sharing the CPUs, the slowest per row
+    assert got.capacity[post] == pytest.approx(200)
+    # Uncapped, of the stages sharing the CPUs the slowest per row is named.
+    got = predict(plan, [timing(plan, "reader", 200), *timings[:2]])
+    assert got.bottleneck == pre and got.rows_per_s == pytest.approx(6 / 0.015)
 
 
 def write_input(tmp_path, rows: int = 40):
