@@ -30,15 +30,13 @@ def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
     a cap on how many run at once holds for them together."""
     maps = {n.stage.path: n for n in plan.nodes if isinstance(n, MapNode)}
     caps = {n.stage.path: n.max_tasks for n in plan.nodes if not isinstance(n, WriteNode)}
-    fused: dict[str, int] = {}
+    fused: dict[str, int] = {}  # task stage path → actor stages before it
+    actors_before = 0
     for node in plan.nodes:
         if isinstance(node, MapNode) and node.compute == "actors":
-            continue
-        fused[node.stage.path] = sum(
-            1
-            for n in plan.nodes[: plan.nodes.index(node)]
-            if isinstance(n, MapNode) and n.compute == "actors"
-        )
+            actors_before += 1
+        else:
+            fused[node.stage.path] = actors_before
     held = sum(
         float(n.ray_args.get("num_cpus", 1)) * n.pool[1]
         for n in maps.values()
@@ -56,10 +54,9 @@ def predict(plan: Plan, timings: Sequence[StageTiming]) -> Prediction:
         else:
             slots = task_cpus / t.cpus if t.cpus else task_cpus
             # A task granted part of a core runs one thread on that part of it.
-            shared[t.path] = slots * min(1.0, t.cpus) if t.cpus else slots
-            if caps[t.path]:
-                slots = min(slots, caps[t.path])
-            workers[t.path] = slots * min(1.0, t.cpus) if t.cpus else slots
+            core = min(1.0, t.cpus) if t.cpus else 1.0
+            shared[t.path] = slots * core
+            workers[t.path] = (min(slots, caps[t.path]) if caps[t.path] else slots) * core
         capacity[t.path] = workers[t.path] * t.rows_per_s
     if len(tasks) > 1:  # the CPUs run them in turn: their seconds per row add up
         together = min(shared.values()) / sum(1 / t.rows_per_s for t in tasks)
