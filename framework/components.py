@@ -77,6 +77,15 @@ class Component:
         return {}
 
 
+def task_map_args(num_cpus: float | None, max_tasks: int | None) -> dict[str, Any]:
+    """``map_batches`` arguments for a reader's or writer's own tasks: the CPUs and the
+    number at once that the plan gave its read or write tasks."""
+    import ray.data  # only the driver running a plan pays for Ray Data
+
+    cpus = {} if num_cpus is None else {"num_cpus": num_cpus}
+    return {**cpus, "compute": ray.data.TaskPoolStrategy(max_tasks)}
+
+
 class Reader(Component, ABC):
     """Produces a Ray Dataset whose rows carry a unique ``id`` column.
 
@@ -95,9 +104,7 @@ class Reader(Component, ABC):
 
     @property
     def map_args(self) -> dict[str, Any]:
-        import ray.data  # only the driver running a plan pays for Ray Data
-
-        return {"num_cpus": self.num_cpus, "compute": ray.data.TaskPoolStrategy(self.max_tasks)}
+        return task_map_args(self.num_cpus, self.max_tasks)
 
     # Set by the framework from the spec's error policy: a callable taking an input
     # (a file) the reader cannot read at all and the exception; it raises under
@@ -174,9 +181,7 @@ class Writer(Component, ABC):
 
     @property
     def map_args(self) -> dict[str, Any]:
-        import ray.data  # only the driver running a plan pays for Ray Data
-
-        return {**self.ray_remote_args, "compute": ray.data.TaskPoolStrategy(self.max_tasks)}
+        return task_map_args(self.num_cpus, self.max_tasks)
 
     def __init__(
         self, path: str, storage: dict[str, Any] | None = None, overwrite: bool = False
