@@ -1,7 +1,8 @@
 """The hooks a plugin implements, in the order the framework calls them.
 
 Each hook receives a ``register(name, cls)`` callback; the framework owns naming,
-duplicate detection and provenance, so a plugin never returns lists.
+duplicate detection and provenance, so a plugin never returns lists. ``cls`` may also be
+the class's ``"package.module:Class"`` path, imported only when a spec names it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ PROJECT = "infer_run"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Register = Callable[[str, type[Any]], None]
+Register = Callable[[str, type[Any] | str], None]
 
 
 @hookspec

@@ -13,7 +13,7 @@ def plugin_rows(registry: Registry) -> list[dict[str, str | None]]:
         {
             "kind": e.kind,
             "name": e.name,
-            "class": f"{e.cls.__module__}.{e.cls.__qualname__}",
+            "class": e.class_path,
             "plugin": e.plugin,
             "distribution": e.distribution,
             "version": e.version,

@@ -173,13 +173,18 @@ def build_registry(pm: PluginManager) -> Registry:
 
             # Keyword-only: a stray third argument (a kind) must not become the plugin name.
             def register(
-                name: str, cls: type, *, _plugin: str = impl.plugin_name, _dist=dist, _kind=kind
+                name: str,
+                cls: type | str,
+                *,
+                _plugin: str = impl.plugin_name,
+                _dist=dist,
+                _kind=kind,
             ) -> None:
                 registry.add(
                     Entry(
                         kind=_kind,
                         name=name,
-                        cls=cls,
+                        target=cls,
                         plugin=_plugin,
                         distribution=_dist.metadata["Name"] if _dist else None,
                         version=_dist.version if _dist else None,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass, field
+from typing import Any
 
-from framework.errors import PluginError, did_you_mean
+from framework.errors import PluginError, did_you_mean, one_line
 
 KINDS = ("reader", "preprocessor", "model", "writer")
 BUILT_IN = "infer-run"  # the distribution the built-in plugins come with
@@ -24,15 +27,65 @@ def origin(distribution: str | None, version: str | None) -> str:
 class Entry:
     kind: str
     name: str
-    cls: type
+    # The class, or its "module:Class" path, imported when a spec first names it: a
+    # plugin built on torch then costs nothing to a run (or a spec check) not using it.
+    target: type | str
     plugin: str  # pluggy's plugin name: the entry-point name, or the module for test plugins
     distribution: str | None = None
     version: str | None = None
 
+    @property
+    def class_path(self) -> str:
+        """``plugins.echo.EchoModel``, without importing a lazily registered class."""
+        if isinstance(self.target, str):
+            return self.target.replace(":", ".")
+        return f"{self.target.__module__}.{self.target.__qualname__}"
+
+    @functools.cached_property
+    def cls(self) -> type:
+        """The registered class; a ``module:Class`` path is imported and checked here."""
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attribute = self.target.partition(":")
+        try:
+            found: Any = importlib.import_module(module)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {self.plugin!r} registered {self.kind} {self.name!r} as "
+                f"{self.target!r}, which cannot be imported: {type(exc).__name__}: {one_line(exc)}"
+            ) from exc
+        check_class(self, found)
+        return found
+
     def described(self) -> str:
         """``plugins.echo.EchoModel, built-in``: the class, and its distribution if any."""
         where = origin(self.distribution, self.version)
-        return f"{self.cls.__module__}.{self.cls.__qualname__}" + (f", {where}" if where else "")
+        return self.class_path + (f", {where}" if where else "")
+
+
+def check_class(entry: Entry, cls: object) -> None:
+    """Refuse what would register, then fail in every worker with Ray's traceback."""
+    if not isinstance(cls, type):
+        raise PluginError(
+            f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} "
+            f"as {cls!r}, which is not a class"
+        )
+    from framework.components import BASES  # components imports this module's errors
+
+    base = BASES[entry.kind]
+    if not issubclass(cls, base):
+        raise PluginError(
+            f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} as "
+            f"{cls.__qualname__}, which is not a framework.{base.__name__}"
+        )
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        raise PluginError(
+            f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} as "
+            f"{cls.__qualname__}, which does not define {', '.join(missing)}"
+        )
 
 
 @dataclass
@@ -56,26 +109,15 @@ class Registry:
             raise PluginError(
                 f"plugin {entry.plugin!r} registered a {entry.kind} with an empty name"
             )
-        if not isinstance(entry.cls, type):
-            raise PluginError(
-                f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} "
-                f"as {entry.cls!r}, which is not a class"
-            )
-        from framework.components import BASES  # components imports this module's errors
-
-        base = BASES[entry.kind]
-        if not issubclass(entry.cls, base):
-            raise PluginError(
-                f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} as "
-                f"{entry.cls.__qualname__}, which is not a framework.{base.__name__}"
-            )
-        missing = sorted(getattr(entry.cls, "__abstractmethods__", ()))
-        if missing:
-            # It registers, then every worker fails to build it, with Ray's traceback.
-            raise PluginError(
-                f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} as "
-                f"{entry.cls.__qualname__}, which does not define {', '.join(missing)}"
-            )
+        if isinstance(entry.target, str):
+            module, _, attribute = entry.target.partition(":")
+            if not module or not attribute:
+                raise PluginError(
+                    f"plugin {entry.plugin!r} registered {entry.kind} {entry.name!r} as "
+                    f"{entry.target!r}: give the class, or its path as 'package.module:Class'"
+                )
+        else:
+            check_class(entry, entry.target)
         existing = self.entries[entry.kind].get(entry.name)
         if existing is not None:
             raise PluginError(

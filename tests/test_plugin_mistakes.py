@@ -52,12 +52,50 @@ def test_each_break_of_the_batch_contract_is_named_as_a_plugin_bug(how, what):
         (careless.WrongBase, "as NoInit, which is not a framework.Model"),
         (careless.Incomplete, "as NoCall, which does not define __call__"),
         (careless.MisnamedArgument, "Argument(s) {'reg'} are declared in the hookimpl"),
+        (careless.ByPathWithoutColon, "give the class, or its path as 'package.module:Class'"),
     ],
 )
 def test_registration_mistakes_are_one_plugin_error(plugin, message):
     with pytest.raises(PluginError) as info:
         load_registry([plugin])
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "kind", "name", "message"),
+    [
+        (
+            careless.ByPathMissing,
+            "preprocessor",
+            "gone",
+            "plugin 'ByPathMissing' registered preprocessor 'gone' as "
+            "'tests.plugins.not_there:Gone', which cannot be imported: ModuleNotFoundError: "
+            "No module named 'tests.plugins.not_there'",
+        ),
+        (
+            careless.ByPathWrongBase,
+            "model",
+            "not_a_model",
+            "plugin 'ByPathWrongBase' registered model 'not_a_model' "
+            "as NoInit, which is not a framework.Model",
+        ),
+    ],
+)
+def test_a_class_registered_by_path_is_checked_when_a_spec_first_names_it(
+    tmp_path, plugin, kind, name, message
+):
+    registry = load_registry([plugin])  # registering imports nothing, so it cannot tell yet
+    assert registry.find(kind, name) is not None
+    section = "preprocessors" if kind == "preprocessor" else "models"
+    spec = spec_file(tmp_path, "{type: no_init}")
+    spec.write_text(
+        spec.read_text().replace(
+            "preprocessors: [{type: no_init}]", f"{section}: [{{type: {name}}}]"
+        )
+    )
+    with pytest.raises(PluginError) as info:
+        validate_spec(load_spec(spec), registry)
+    assert str(info.value) == message
 
 
 def spec_file(tmp_path: Path, stage: str, reader: str | None = None) -> Path:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -191,6 +193,63 @@ def test_infer_plugins_registers_a_module_by_import_path():
         "error importing plugin 'tests.plugins.nope' (from INFER_PLUGINS): "
         "ModuleNotFoundError: No module named 'tests.plugins.nope'"
     )
+
+
+LAZY_SHOUT = """
+from framework import hookimpl
+
+
+@hookimpl
+def register_preprocessors(register):
+    register("shout", "infer_shout_stage:Shout")
+"""
+SHOUT_STAGE = """
+from framework import Batch, Preprocessor
+
+
+class Shout(Preprocessor):
+    def __call__(self, batch: Batch) -> Batch:
+        return batch
+"""
+
+
+def test_a_class_registered_by_path_is_imported_when_first_needed(on_sys_path, capsys):
+    make_distribution(on_sys_path, "infer-shout", "infer_shout", LAZY_SHOUT)
+    (on_sys_path / "infer_shout_stage.py").write_text(SHOUT_STAGE)
+    assert main(["plugins", "--json"]) == ExitCode.OK
+    rows = json.loads(capsys.readouterr().out)
+    assert {
+        "kind": "preprocessor",
+        "name": "shout",
+        "class": "infer_shout_stage.Shout",
+        "plugin": "infer_shout",
+        "distribution": "infer-shout",
+        "version": "1.2.3",
+    } in rows
+    assert "infer_shout_stage" not in sys.modules  # listed without importing it
+    entry = load_registry().find("preprocessor", "shout")
+    assert entry is not None and entry.cls.__module__ == "infer_shout_stage"
+    assert entry.cls is sys.modules["infer_shout_stage"].Shout
+
+
+def test_loading_every_plugin_imports_no_torch():
+    # Every run loads every installed plugin: one that uses no model must not pay seconds
+    # for torch because the vision plugin (or the example's model) is installed beside it.
+    code = (
+        "import sys; from framework.plugins import load_registry; registry = load_registry(); "
+        "print(len(registry.all()), [m for m in ('torch', 'torchvision', 'timm') if m in sys.modules])"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=True,
+    )
+    count, imported = done.stdout.split(" ", 1)
+    assert int(count) >= len(BUILT_INS) + 6 and imported.strip() == "[]", done.stdout
 
 
 def test_plugins_table_columns_align_for_long_names(on_sys_path, capsys):

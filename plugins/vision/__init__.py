@@ -5,8 +5,8 @@ Registered names:
 - preprocessors: ``decode_image``, ``image_transform``, ``topk``
 - models: ``torchvision``, ``timm``, ``torchscript``
 
-The classes are imported when first asked for: a worker that only runs ``topk`` then
-starts without importing torch (seconds of CPU, taken from the model when mid-run).
+The classes are imported when first asked for: a run or a worker that does not use
+one starts without importing torch (seconds of CPU, taken from the model when mid-run).
 """
 
 from __future__ import annotations
@@ -33,21 +33,17 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(_HOMES[name]), name)
 
 
+# By path: torch, torchvision and timm load when a spec names one of these, not for
+# every run (an echo run, `infer-run plugins`, a spec check) that registers them.
 @hookimpl
 def register_preprocessors(register):
-    from plugins.vision.stages import DecodeImage, ImageTransform
-    from plugins.vision.topk import TopK
-
-    register("decode_image", DecodeImage)
-    register("image_transform", ImageTransform)
-    register("topk", TopK)
+    register("decode_image", "plugins.vision.stages:DecodeImage")
+    register("image_transform", "plugins.vision.stages:ImageTransform")
+    register("topk", "plugins.vision.topk:TopK")
 
 
 @hookimpl
 def register_models(register):
-    from plugins.vision.models import TimmClassifier, TorchvisionClassifier
-    from plugins.vision.scripted import TorchScriptClassifier
-
-    register(TorchvisionClassifier.model_type, TorchvisionClassifier)
-    register(TimmClassifier.model_type, TimmClassifier)
-    register(TorchScriptClassifier.model_type, TorchScriptClassifier)
+    register("torchvision", "plugins.vision.models:TorchvisionClassifier")
+    register("timm", "plugins.vision.models:TimmClassifier")
+    register("torchscript", "plugins.vision.scripted:TorchScriptClassifier")

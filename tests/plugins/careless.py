@@ -158,6 +158,27 @@ class Incomplete:
         register("no_call", NoCall)
 
 
+class ByPathMissing:
+    @staticmethod
+    @hookimpl
+    def register_preprocessors(register):
+        register("gone", "tests.plugins.not_there:Gone")
+
+
+class ByPathWrongBase:
+    @staticmethod
+    @hookimpl
+    def register_models(register):
+        register("not_a_model", "tests.plugins.careless:NoInit")
+
+
+class ByPathWithoutColon:
+    @staticmethod
+    @hookimpl
+    def register_preprocessors(register):
+        register("no_colon", "tests.plugins.careless.NoInit")
+
+
 class MisnamedArgument:
     @staticmethod
     @hookimpl
