@@ -171,6 +171,8 @@ def live_processes_in_group(pgid: int) -> list[str]:
     return found
 
 
+@pytest.mark.slow  # the second signal's handling is checked in process below, the end of
+# the local Ray by the SIGTERM test above
 def test_ctrl_c_while_stopping_is_one_line_and_the_local_ray_still_goes(tmp_path):
     spec = make_spec(tmp_path)
     out = tmp_path / "out"

@@ -109,6 +109,7 @@ def test_hung_rows_are_dead_lettered_and_the_rest_written(tmp_path, how, actors)
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # the timeout is checked under skip above, errors.policy=fail elsewhere
 def test_under_policy_fail_a_hung_row_stops_the_run_naming_it(tmp_path):
     done = run_cli(hang_spec(tmp_path, "sleep", "fail", False), plugins="tests.plugins.hang")
     assert done.returncode == ExitCode.RUN_FAILED, done.stderr[-3000:]
