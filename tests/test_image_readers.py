@@ -627,7 +627,16 @@ def test_folders_named_with_url_and_glob_characters_are_read_as_named(
         assert sorted(got) == [f"img{number}.jpg", f"sub?/deep{number}.png"], name
 
 
-@pytest.mark.parametrize("reader", ["webdataset", "image_parquet", "parquet", "jsonl"])
+@pytest.mark.parametrize(
+    "reader",
+    [
+        "webdataset",
+        # Lists as webdataset does and reads through parquet's read_parquet_files.
+        pytest.param("image_parquet", marks=pytest.mark.slow),
+        "parquet",
+        "jsonl",
+    ],
+)
 def test_other_readers_read_folders_named_with_url_and_glob_characters(
     ray_session, tmp_path, photos, reader
 ):
