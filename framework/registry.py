@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-import importlib
+import pkgutil
 from dataclasses import dataclass, field
-from typing import Any
 
 from framework.errors import PluginError, did_you_mean, one_line
 
@@ -46,11 +45,8 @@ class Entry:
         """The registered class; a ``module:Class`` path is imported and checked here."""
         if not isinstance(self.target, str):
             return self.target
-        module, _, attribute = self.target.partition(":")
         try:
-            found: Any = importlib.import_module(module)
-            for part in attribute.split("."):
-                found = getattr(found, part)
+            found = pkgutil.resolve_name(self.target)
         except Exception as exc:
             raise PluginError(
                 f"plugin {self.plugin!r} registered {self.kind} {self.name!r} as "
