@@ -33,17 +33,21 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(_HOMES[name]), name)
 
 
+def _path(name: str) -> str:
+    return f"{_HOMES[name]}:{name}"
+
+
 # By path: torch, torchvision and timm load when a spec names one of these, not for
 # every run (an echo run, `infer-run plugins`, a spec check) that registers them.
 @hookimpl
 def register_preprocessors(register):
-    register("decode_image", "plugins.vision.stages:DecodeImage")
-    register("image_transform", "plugins.vision.stages:ImageTransform")
-    register("topk", "plugins.vision.topk:TopK")
+    register("decode_image", _path("DecodeImage"))
+    register("image_transform", _path("ImageTransform"))
+    register("topk", _path("TopK"))
 
 
 @hookimpl
 def register_models(register):
-    register("torchvision", "plugins.vision.models:TorchvisionClassifier")
-    register("timm", "plugins.vision.models:TimmClassifier")
-    register("torchscript", "plugins.vision.scripted:TorchScriptClassifier")
+    register("torchvision", _path("TorchvisionClassifier"))
+    register("timm", _path("TimmClassifier"))
+    register("torchscript", _path("TorchScriptClassifier"))
