@@ -594,6 +594,18 @@ def test_plugin_registers_its_names():
     assert registry.find("model", "timm").plugin == "vision"
 
 
+def test_each_vision_model_is_registered_under_its_own_model_type():
+    # The names are literals beside each class's model_type (reading it would import
+    # torch at registration); a class renamed in one place only fails here.
+    from framework.plugins import load_registry
+
+    registry = load_registry()
+    models = [e for e in registry.all() if e.kind == "model" and e.plugin == "vision"]
+    assert len(models) == 3
+    for entry in models:
+        assert entry.cls.model_type == entry.name, entry.class_path
+
+
 @pytest.mark.ray
 def test_ragged_decode_and_actor_runtime_under_ray(ray_session):
     import ray
