@@ -59,7 +59,6 @@ def write_spec(tmp_path: Path, dataset: Path, model_resources: str) -> Path:
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         f"""
-run: {{block_mb: 0.001}}  # a block per batch: the model can start on the first one
 reader: {{type: parquet, path: {dataset}}}
 preprocessors:
   - type: slow_copy

@@ -20,7 +20,6 @@ def test_model_worker_killed_mid_run(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(
         f"""
-run: {{block_mb: 0.001}}
 reader: {{type: parquet, path: {data}}}
 models:
   - {{type: crash_once, marker: {marker}, resources: {{batch_size: 20}}}}
