@@ -157,8 +157,8 @@ def test_sigterm_stops_the_run_cleanly_and_resume_finishes_it(tmp_path):
     assert sorted(written_ids(out, "parquet")) == IDS
 
 
-def live_processes_in_group(pgid: int) -> list[str]:
-    """The processes of a process group that have not exited (zombies left out), by name."""
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """The processes of a process group that have not exited (zombies left out): pid, name."""
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -167,8 +167,13 @@ def live_processes_in_group(pgid: int) -> list[str]:
             continue
         state, _, group = rest.split()[:3]
         if int(group) == pgid and state != "Z":
-            found.append(name.split("(", 1)[1])
+            found.append((int(stat.parent.name), name.split("(", 1)[1]))
     return found
+
+
+def live_processes_in_group(pgid: int) -> list[str]:
+    """The names of a process group's processes that have not exited."""
+    return [name for _, name in group_members(pgid)]
 
 
 @pytest.mark.slow  # the second signal's handling is checked in process below, the end of
@@ -215,6 +220,31 @@ def test_ctrl_c_while_stopping_is_one_line_and_the_local_ray_still_goes(tmp_path
     while live_processes_in_group(run.pid) and time.time() < deadline:
         time.sleep(0.5)
     assert live_processes_in_group(run.pid) == []  # raylet, GCS, Ray's agents: all gone
+
+
+@pytest.mark.slow  # one ordering of a SIGTERM to the whole group (a `timeout`, systemd);
+# the driver's own SIGTERM is checked in CI by the SIGTERM test above
+def test_a_sigterm_after_the_local_gcs_died_still_ends_the_run_as_terminated(tmp_path):
+    """A SIGTERM to the whole process group can end the local Ray's GCS before the driver
+    stops the run (once seen: the driver waited a minute for it, then exited 1). Here it
+    is made certain: the GCS ends first, then the driver is told."""
+    spec = make_spec(tmp_path)
+    out = tmp_path / "out"
+    run = cli(str(spec))
+    deadline = time.time() + 180
+    while len(written_files(out, "parquet")) < 3 and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    assert run.poll() is None, "the run finished before it could be stopped"
+    gcs = [pid for pid, name in group_members(run.pid) if name == "gcs_server"]
+    assert len(gcs) == 1, group_members(run.pid)
+    os.kill(gcs[0], signal.SIGTERM)
+    time.sleep(1)
+    started = time.monotonic()
+    os.kill(run.pid, signal.SIGTERM)
+    stopped = finish(run, timeout=120)
+    assert stopped.code == ExitCode.TERMINATED, stopped.text[-3000:]
+    assert stopped.text.endswith("infer-run: terminated (SIGTERM)\n")
+    assert time.monotonic() - started < 45, "it waited for the dead GCS"
 
 
 def test_in_process_a_stop_signal_while_stopping_is_told_once_and_handling_comes_back(capfd):
