@@ -89,6 +89,14 @@ def written_ids(out: Path, writer: str) -> list[str]:
     return [json.loads(line)["id"] for t in texts if t.endswith("\n") for line in t.splitlines()]
 
 
+def wait_for_files(run: subprocess.Popen, out: Path, writer: str = "parquet") -> None:
+    """Until the run has written 3 files; it must still be running then, to be stopped."""
+    deadline = time.time() + 180
+    while len(written_files(out, writer)) < 3 and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)
+    assert run.poll() is None, "the run finished before it could be stopped"
+
+
 @pytest.mark.parametrize(
     "writer", ["parquet", *(pytest.param(w, marks=pytest.mark.slow) for w in ("jsonl", "csv"))]
 )
@@ -96,10 +104,7 @@ def test_driver_killed_then_resumed(tmp_path, capsys, writer):
     spec = make_spec(tmp_path, writer=writer)
     out = tmp_path / "out"
     run = cli(str(spec))
-    deadline = time.time() + 180
-    while len(written_files(out, writer)) < 3 and time.time() < deadline and run.poll() is None:
-        time.sleep(0.2)
-    assert run.poll() is None, "the run finished before it could be interrupted"
+    wait_for_files(run, out, writer)
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     if writer != "parquet":
@@ -133,10 +138,7 @@ def test_sigterm_stops_the_run_cleanly_and_resume_finishes_it(tmp_path):
     spec = make_spec(tmp_path)
     out = tmp_path / "out"
     run = cli(str(spec))
-    deadline = time.time() + 180
-    while len(written_files(out, "parquet")) < 3 and time.time() < deadline and run.poll() is None:
-        time.sleep(0.2)
-    assert run.poll() is None, "the run finished before it could be stopped"
+    wait_for_files(run, out)
     os.kill(run.pid, signal.SIGTERM)  # the driver alone, as a scheduler's preemption does
     stopped = finish(run)
     assert stopped.code == ExitCode.TERMINATED, stopped.text[-3000:]
@@ -191,10 +193,7 @@ def test_ctrl_c_while_stopping_is_one_line_and_the_local_ray_still_goes(tmp_path
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.time() + 180
-    while len(written_files(out, "parquet")) < 3 and time.time() < deadline and run.poll() is None:
-        time.sleep(0.2)
-    assert run.poll() is None, "the run finished before it could be interrupted"
+    wait_for_files(run, out)
     os.killpg(run.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
     deadline = time.time() + 60
     while b"infer-run: interrupted\n" not in log.read_bytes() and time.time() < deadline:
@@ -231,10 +230,7 @@ def test_a_sigterm_after_the_local_gcs_died_still_ends_the_run_as_terminated(tmp
     spec = make_spec(tmp_path)
     out = tmp_path / "out"
     run = cli(str(spec))
-    deadline = time.time() + 180
-    while len(written_files(out, "parquet")) < 3 and time.time() < deadline and run.poll() is None:
-        time.sleep(0.2)
-    assert run.poll() is None, "the run finished before it could be stopped"
+    wait_for_files(run, out)
     gcs = [pid for pid, name in group_members(run.pid) if name == "gcs_server"]
     assert len(gcs) == 1, group_members(run.pid)
     os.kill(gcs[0], signal.SIGTERM)
