@@ -77,13 +77,17 @@ class Component:
         return {}
 
 
+def cpu_args(num_cpus: float | None) -> dict[str, Any]:
+    """Ray's ``num_cpus`` argument, left out when the plan set none (Ray's default then)."""
+    return {} if num_cpus is None else {"num_cpus": num_cpus}
+
+
 def task_map_args(num_cpus: float | None, max_tasks: int | None) -> dict[str, Any]:
     """``map_batches`` arguments for a reader's or writer's own tasks: the CPUs and the
     number at once that the plan gave its read or write tasks."""
     import ray.data  # only the driver running a plan pays for Ray Data
 
-    cpus = {} if num_cpus is None else {"num_cpus": num_cpus}
-    return {**cpus, "compute": ray.data.TaskPoolStrategy(max_tasks)}
+    return {**cpu_args(num_cpus), "compute": ray.data.TaskPoolStrategy(max_tasks)}
 
 
 class Reader(Component, ABC):
@@ -173,7 +177,7 @@ class Writer(Component, ABC):
 
     @property
     def ray_remote_args(self) -> dict[str, Any]:
-        return {} if self.num_cpus is None else {"num_cpus": self.num_cpus}
+        return cpu_args(self.num_cpus)
 
     @property
     def write_args(self) -> dict[str, Any]:
