@@ -198,15 +198,18 @@ class ErrorPolicy:
         return list(zip(paths, found, strict=True))
 
     def over_budget(self, seen: int, failed: int) -> str | None:
-        """Why the run must stop now, or None while the budget holds."""
+        """Why the run must stop now, as the line that stops it, or None while the budget
+        holds."""
         if self.max_count is not None and failed > self.max_count:
-            return f"{failed} rows failed, more than errors.max_count={self.max_count}"
-        if self.max_fraction is not None and seen and failed / seen > self.max_fraction:
-            return (
+            reason = f"{failed} rows failed, more than errors.max_count={self.max_count}"
+        elif self.max_fraction is not None and seen and failed / seen > self.max_fraction:
+            reason = (
                 f"{failed} of {seen} rows failed ({failed / seen:.1%}), more than "
                 f"errors.max_fraction={self.max_fraction}"
             )
-        return None
+        else:
+            return None
+        return f"error budget exceeded: {reason} - bad rows are in {self.dead_letter}"
 
 
 # What the reader's records say as their stage, and its path in the run's log.

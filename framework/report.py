@@ -191,3 +191,59 @@ def build_report(
             },
         }
     )
+
+
+def stage_figures(
+    snapshot: dict[str, dict[str, Any]], origin: float, nodes: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The report's ``stages`` entry: times relative to the run's start, nodes described."""
+    out = {}
+    ran = [s for s in snapshot.values() if s["batches"]]
+    window = max(s["end"] for s in ran) - min(s["start"] for s in ran) if ran else 0.0
+    for path, s in snapshot.items():
+        out[path] = {
+            "batches": s["batches"],
+            "retries": s["retries"],
+            "timeouts": s["timeouts"],
+            "crashes": s["crashes"],
+            "rows_in": s["rows_in"],
+            "rows_out": s["rows_out"],
+            "busy_s": round(s["busy_s"], 4),
+            "first_start_s": round(s["start"] - origin, 4) if s["batches"] else None,
+            "last_end_s": round(s["end"] - origin, 4) if s["batches"] else None,
+            "busy_share": busy_share(s, window),
+            "nodes": [
+                {
+                    "node_id": node_id,
+                    **nodes.get(node_id, {}),
+                    **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()},
+                }
+                for node_id, figures in sorted(s["nodes"].items())
+            ],
+            "workers": [
+                _relative(worker, origin)
+                for worker in sorted(s["workers"].values(), key=lambda w: (w["node_id"], w["pid"]))
+            ],
+        }
+    return out
+
+
+def busy_share(stage: dict[str, Any], window: float) -> float | None:
+    """The share of its workers' time a stage spent on batches while data streamed (``window``:
+    from any stage's first batch to any stage's last): near 1 for the stage that bounds the
+    run, low for those waiting on it."""
+    if not stage["batches"] or window <= 0:
+        return None
+    return round(min(1.0, stage["busy_s"] / (window * max(1, len(stage["workers"])))), 3)
+
+
+WORKER_TIMES = ("process_started", "build_started", "ready")
+
+
+def _relative(worker: dict[str, Any], origin: float) -> dict[str, Any]:
+    """A worker's start-up as seconds from the run's start (negative: started before it)."""
+    out = {k: v for k, v in worker.items() if k not in WORKER_TIMES}
+    for key in WORKER_TIMES:
+        if key in worker:
+            out[f"{key}_s"] = round(worker[key] - origin, 4)
+    return out

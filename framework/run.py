@@ -48,7 +48,7 @@ from framework.resume import (
 from framework.run_files import RunRecord, finish_run, remove_report, write_spec_copy
 from framework.spec.places import run_files_storage
 from framework.spec.schema import Spec
-from framework.telemetry import StageLog
+from framework.telemetry import StageLog, wait_for_records
 
 log = logging.getLogger("infer_run")
 
@@ -214,6 +214,7 @@ def run_plan(
         try:
             with sampler:
                 compiled.writer.write(compiled.dataset)
+            wait_for_records(stage_log, errors)
         except ray.exceptions.RayError as exc:
             # A stage that stopped the run on purpose said why in the log: Ray keeps only text.
             stopped = ray.get(stage_log.stop_reason.remote())

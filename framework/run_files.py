@@ -19,12 +19,11 @@ from framework.components import Writer
 from framework.dead_letter import ErrorPolicy
 from framework.errors import InputError
 from framework.redact import redact
-from framework.report import RunReport, build_report
+from framework.report import RunReport, build_report, stage_figures
 from framework.resume import SPEC_NAME
 from framework.spec.places import REPORT_NAME, report_file, run_files_storage, timeline_file
 from framework.spec.schema import Spec
 from framework.storage import filesystem_for
-from framework.telemetry import stage_figures
 from framework.timeline import task_timeline
 
 

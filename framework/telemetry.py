@@ -7,24 +7,21 @@ and whether CPU and model stages overlapped (streamed) instead of running in tur
 
 from __future__ import annotations
 
-import warnings
+import logging
+import time
 from typing import Any
 
 import ray
 
-from framework.dead_letter import READER_PATH
+from framework.dead_letter import READER_PATH, ErrorPolicy
+from framework.errors import RunError
 from framework.watchdog import CRASHED, TIMED_OUT
+from framework.worker_setup import restarted_actor
 
+log = logging.getLogger("infer_run.telemetry")
 
-def _reconstructed() -> bool:
-    try:
-        with warnings.catch_warnings():
-            # Ray's property reads its own deprecated actor_id: every run printed that
-            # warning, from the log actor, among the run's own lines.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return ray.get_runtime_context().was_current_actor_reconstructed
-    except AssertionError:  # not in an actor: the class used in-process, by tests
-        return False
+# How long the driver waits, after the last row is written, for the last batches' records.
+RECORDS_WAIT_S = 30.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
@@ -47,7 +44,7 @@ class StageLog:
         self.unreadable_inputs: list[str] = []  # inputs a reader could not read at all
         self.stopped: str | None = None  # the first reason a worker stopped the run
         # Ray restarts this actor if its process dies, empty: what it held is gone.
-        self.restarted = _reconstructed()
+        self.restarted = restarted_actor()
 
     def actor(self, handle: Any) -> None:
         self.actors.append(handle)
@@ -152,8 +149,13 @@ class StageLog:
         return self.hung_among(stage, ids)
 
     def end(self, stage: str, key: str) -> None:
-        """A row run alone finished (its batch is recorded, and so ended, as a whole)."""
+        """A row run alone finished (its batch is recorded, and so ended, as a whole), or a
+        batch was given up without a record (cancelled, or the run stopped)."""
         self.in_flight.pop((stage, key), None)
+
+    def in_flight_count(self) -> int:
+        """Batches begun and not yet recorded or ended."""
+        return len(self.in_flight)
 
     def timed_out(
         self, stage: str, ids: list[Any], key: str | None = None, worker: str | None = None
@@ -222,57 +224,24 @@ class StageLog:
         return self.failed, self.errors
 
 
-def stage_figures(
-    snapshot: dict[str, dict[str, Any]], origin: float, nodes: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """The report's ``stages`` entry: times relative to the run's start, nodes described."""
-    out = {}
-    ran = [s for s in snapshot.values() if s["batches"]]
-    window = max(s["end"] for s in ran) - min(s["start"] for s in ran) if ran else 0.0
-    for path, s in snapshot.items():
-        out[path] = {
-            "batches": s["batches"],
-            "retries": s["retries"],
-            "timeouts": s["timeouts"],
-            "crashes": s["crashes"],
-            "rows_in": s["rows_in"],
-            "rows_out": s["rows_out"],
-            "busy_s": round(s["busy_s"], 4),
-            "first_start_s": round(s["start"] - origin, 4) if s["batches"] else None,
-            "last_end_s": round(s["end"] - origin, 4) if s["batches"] else None,
-            "busy_share": busy_share(s, window),
-            "nodes": [
-                {
-                    "node_id": node_id,
-                    **nodes.get(node_id, {}),
-                    **{k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()},
-                }
-                for node_id, figures in sorted(s["nodes"].items())
-            ],
-            "workers": [
-                _relative(worker, origin)
-                for worker in sorted(s["workers"].values(), key=lambda w: (w["node_id"], w["pid"]))
-            ],
-        }
-    return out
-
-
-def busy_share(stage: dict[str, Any], window: float) -> float | None:
-    """The share of its workers' time a stage spent on batches while data streamed (``window``:
-    from any stage's first batch to any stage's last): near 1 for the stage that bounds the
-    run, low for those waiting on it."""
-    if not stage["batches"] or window <= 0:
-        return None
-    return round(min(1.0, stage["busy_s"] / (window * max(1, len(stage["workers"])))), 3)
-
-
-WORKER_TIMES = ("process_started", "build_started", "ready")
-
-
-def _relative(worker: dict[str, Any], origin: float) -> dict[str, Any]:
-    """A worker's start-up as seconds from the run's start (negative: started before it)."""
-    out = {k: v for k, v in worker.items() if k not in WORKER_TIMES}
-    for key in WORKER_TIMES:
-        if key in worker:
-            out[f"{key}_s"] = round(worker[key] - origin, 4)
-    return out
+def wait_for_records(
+    stage_log: Any, errors: ErrorPolicy, timeout_s: float = RECORDS_WAIT_S
+) -> None:
+    """After the last row is written, wait until the log holds no batch in flight: workers
+    send a clean batch's record without waiting for it (``StageRunner.settle``), so the
+    last ones may still be on their way. Then check the error budget once more, on the
+    final counts; raises RunError when they break it."""
+    deadline = time.monotonic() + timeout_s
+    while (left := ray.get(stage_log.in_flight_count.remote())) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if left:
+        log.warning(
+            "%d batch(es) begun by the stages were never counted: their workers ended "
+            "without reporting them, so the report's figures leave them out",
+            left,
+        )
+    over_budget = errors.over_budget(
+        ray.get(stage_log.seen.remote()), ray.get(stage_log.failures.remote())[0]
+    )
+    if over_budget:
+        raise RunError(over_budget)

@@ -34,6 +34,20 @@ class WorkerCrashed(RuntimeError):
     kill for memory), after dying on its batch: given up instead of killing workers forever."""
 
 
+def given_up(why: str, timeout_s: float | None) -> Exception:
+    """What a row run alone fails with when a worker already timed out or died on it
+    alone (``why``: ``TIMED_OUT`` or ``CRASHED``); ``timeout_s``: errors.batch_timeout_s."""
+    if why == TIMED_OUT:
+        return StageTimeout(
+            f"still running after {timeout_s:g} s "
+            "(errors.batch_timeout_s), alone in its batch; its worker was restarted"
+        )
+    return WorkerCrashed(
+        "its worker process died while running it alone (a crash in native code, or "
+        "killed for memory), after dying on its batch; not run again"
+    )
+
+
 @contextmanager
 def exit_after(timeout_s: float | None, on_expiry: Callable[[], None]) -> Iterator[None]:
     """Run the body; if it is still running after ``timeout_s``, call ``on_expiry`` from

@@ -26,8 +26,8 @@ from framework.dead_letter import (
 from framework.errors import BrokenContract, InferError, RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
 from framework.stage_profile import StageProfile
-from framework.watchdog import TIMED_OUT, StageTimeout, WorkerCrashed, exit_after
-from framework.worker_setup import granted, match_torch_threads, show_info_logs
+from framework.watchdog import exit_after, given_up
+from framework.worker_setup import granted, match_torch_threads, maybe_rerun, show_info_logs
 
 log = logging.getLogger("infer_run.worker")
 
@@ -103,10 +103,32 @@ class StageRunner:
         rows = len(batch[ID_COLUMN]) if ID_COLUMN in batch else 0
         start = time.time()
         key = batch_key(self.path, batch[ID_COLUMN]) if ID_COLUMN in batch else None
-        failures: list[Failure] = []
         self.retries = 0
-        hung = self._begin(key, batch)
+        tracked = self._tracked(key, batch)
+        # Work no worker died on holds no suspect row: its begin is not waited on, a round
+        # trip per batch saved. Sent before the call, it reaches the log ahead of a crash in
+        # all but a rare race, which costs the retry that finds the crash one more attempt.
+        hung = self._begin(key, batch, wait=maybe_rerun())
+        try:
+            out, failures = self._call_isolating(batch, key, hung)
+            self.settle(
+                start, time.time(), rows, len(out[ID_COLUMN]), failures, key, tracked=tracked
+            )
+        except BaseException:
+            # Cancelled (Ray Data ends the tasks a run.limit no longer needs) or stopped:
+            # the driver must not wait for this batch's record at the run's end.
+            if tracked:
+                self.log.end.remote(self.path, key)
+            raise
+        return lists_for_arrow(out)
+
+    def _call_isolating(
+        self, batch: Batch, key: str | None, hung: dict[Any, tuple[bool, str]]
+    ) -> tuple[Batch, list[Failure]]:
+        """The stage on the whole batch, or row by row to find the rows that break it, with
+        their failures; a broken contract stops the run."""
         out = None
+        failures: list[Failure] = []
         try:
             if not hung:
                 try:
@@ -124,11 +146,10 @@ class StageRunner:
                     self.path,
                     stop_at_first=self.errors.policy == "fail",
                 )
-                failures += failed
+                failures = failed
         except BrokenContract as exc:
             self.stop(str(exc))
-        self.settle(start, time.time(), rows, len(out[ID_COLUMN]), failures, key)
-        return lists_for_arrow(out)
+        return out, failures
 
     def _call_retrying(self, batch: Batch, key: str | None) -> Batch:
         """The stage on the whole batch, re-run after a transient error (``errors.retry_on``)."""
@@ -163,23 +184,12 @@ class StageRunner:
         if not (suspect and suspect[0]):
             suspect = self._begin(key, row).get(row_id)
         if suspect and suspect[0]:
-            raise self._given_up(suspect[1])
+            raise given_up(suspect[1], self.errors.batch_timeout_s)
         try:
             return self._watched(row, key)
         finally:
             if self.log is not None:
                 self.log.end.remote(self.path, key)
-
-    def _given_up(self, why: str) -> Exception:
-        if why == TIMED_OUT:
-            return StageTimeout(
-                f"still running after {self.errors.batch_timeout_s:g} s "
-                "(errors.batch_timeout_s), alone in its batch; its worker was restarted"
-            )
-        return WorkerCrashed(
-            "its worker process died while running it alone (a crash in native code, or "
-            "killed for memory), after dying on its batch; not run again"
-        )
 
     def _watched(self, batch: Batch, key: str | None) -> Batch:
         """The stage on ``batch``, under ``errors.batch_timeout_s`` when run in a Ray worker
@@ -204,13 +214,21 @@ class StageRunner:
         )
         ray.get(self.log.timed_out.remote(self.path, ids, key, self.worker_name), timeout=60)
 
-    def _begin(self, key: str | None, batch: Batch) -> dict[Any, tuple[bool, str]]:
+    def _tracked(self, key: str | None, batch: Batch) -> bool:
+        """Whether the run's log holds ``batch`` in flight from its begin to its record."""
+        return self.log is not None and key is not None and bool(len(batch.get(ID_COLUMN, ())))
+
+    def _begin(
+        self, key: str | None, batch: Batch, wait: bool = True
+    ) -> dict[Any, tuple[bool, str]]:
         """Tell the run's log this worker starts ``batch``; the rows of it that a worker of
-        this stage timed out or died on before (a retried batch), and whether alone."""
-        if self.log is None or key is None or not len(batch.get(ID_COLUMN, ())):
+        this stage timed out or died on before (a retried batch), and whether alone (none
+        when not ``wait``-ing for the answer)."""
+        if not self._tracked(key, batch):
             return {}
         ids = [plain_id(v) for v in batch[ID_COLUMN]]
-        return ray.get(self.log.begin.remote(self.path, key, ids, self.worker_name))
+        begun = self.log.begin.remote(self.path, key, ids, self.worker_name)
+        return ray.get(begun) if wait else {}
 
     def settle(
         self,
@@ -221,10 +239,12 @@ class StageRunner:
         failures: list[Failure],
         key: str | None = None,
         beside: int = 0,
+        tracked: bool = False,
     ) -> None:
         """Apply the error policy to a batch's failures and count the batch in the run's log;
         ``key`` (``batch_key``) makes a batch that runs again count and record once.
-        ``beside``: the reader's good rows read with the rows it set aside (``StageLog.seen``)."""
+        ``beside``: the reader's good rows read with the rows it set aside (``StageLog.seen``).
+        ``tracked``: the log holds the batch in flight since its begin (``_tracked``)."""
         if failures and self.errors.policy == "fail":
             self.stop(failures[0].line() + SKIP_HINT)
         self.errors.write(failures, key)
@@ -237,33 +257,34 @@ class StageRunner:
         for f in failures:
             counts = kinds.setdefault(f.stage, {})
             counts[f.error_type] = counts.get(f.error_type, 0) + 1
-        # Waited on so that every batch is counted before the driver reads the log.
-        refs = [
-            self.log.record.remote(
-                self.path,
-                node,
-                start,
-                end,
-                rows_in,
-                rows_out,
-                kinds,
-                self.retries,
-                key,
-                worker,
-                beside,
-            )
-        ]
-        refs += self._push_gpu(node)
-        seen, failed = ray.get(refs)[0]
-        reason = self.errors.over_budget(seen, failed)
-        if reason:
-            self.stop(
-                f"error budget exceeded: {reason} - bad rows are in {self.errors.dead_letter}"
-            )
+        # Sent before the record: the driver, once every record is in, finds them in too.
+        self._push_gpu(node)
+        record = self.log.record.remote(
+            self.path,
+            node,
+            start,
+            end,
+            rows_in,
+            rows_out,
+            kinds,
+            self.retries,
+            key,
+            worker,
+            beside,
+        )
+        if tracked and not failures:
+            # Not waited on: a round trip per batch the stage would sit idle through. Calls
+            # from one worker run in order, so the next batch's begin (waited) follows it,
+            # and the driver waits until the log holds no batch in flight
+            # (``telemetry.wait_for_records``). A batch without failures cannot break the
+            # error budget; one with failures waits for the counts to check it.
+            return
+        over_budget = self.errors.over_budget(*ray.get(record))
+        if over_budget:
+            self.stop(over_budget)
 
     def _push_gpu(self, node: str) -> list[Any]:
-        """Send the GPU figures when there are new samples, at most every GPU_PUSH_S;
-        waited on with the batch's record, so they are in the log before the run ends."""
+        """Send the GPU figures when there are new samples, at most every GPU_PUSH_S."""
         summary = self.gpu.summary() if self.gpu is not None else None
         last, samples = self.gpu_pushed
         now = time.monotonic()

@@ -1,10 +1,11 @@
-"""The Ray worker process a stage runs in: the resources Ray granted it, torch's threads
-sized to them, and its log lines reaching the driver's console."""
+"""The Ray worker process a stage runs in: the resources Ray granted it, whether its call
+may be a retry, torch's threads sized to them, and its log lines reaching the driver's console."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 import ray
 
@@ -22,6 +23,39 @@ def granted(resource: str) -> float:
 def in_ray_worker() -> bool:
     """Whether this process is a Ray worker, not a driver running a stage in-process."""
     return ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+
+
+def maybe_rerun() -> bool:
+    """Whether the current task or actor call may be work Ray runs again because the
+    worker that ran it died (a crash, an exit after ``errors.batch_timeout_s``): only then
+    may its rows be ones a worker died on. A retried task says so; an actor's calls are
+    retried in its restarted process, which cannot tell them from the calls after, so it
+    counts them all. True when Ray cannot say, the safe answer."""
+    try:
+        # No public API tells the attempt; this one is Ray's own, used by its task events.
+        attempt = ray._private.worker.global_worker.core_worker.get_current_task_attempt_number()
+    except Exception:  # not connected, or Ray moved its private API
+        return True
+    return attempt > 0 or restarted_actor()
+
+
+def restarted_actor() -> bool:
+    """Whether this process is an actor Ray restarted after its process died."""
+    if not in_ray_worker():
+        return False
+    actor = ray.get_runtime_context().get_actor_id()
+    if actor is None:  # a task worker
+        return False
+    if actor not in _RESTARTED:  # Ray asks the GCS: once per process, not per batch
+        with warnings.catch_warnings():
+            # Ray's property reads its own deprecated actor_id: every run printed that
+            # warning, from the log actor, among the run's own lines.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            _RESTARTED[actor] = bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    return _RESTARTED[actor]
+
+
+_RESTARTED: dict[str, bool] = {}  # actor id -> whether restarted
 
 
 def show_info_logs(cls: type) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 from framework import worker
 from framework.gpu_usage import GpuSampler, nvml_reader
-from framework.report import gpu_busy
-from framework.telemetry import StageLog, stage_figures
+from framework.report import gpu_busy, stage_figures
+from framework.telemetry import StageLog
 from framework.worker import StageRunner
 
 GIB = 1024**3

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import numpy as np
 
 from framework.dead_letter import batch_key
-from framework.report import RunReport, build_report, gpu_busy
-from framework.telemetry import StageLog, stage_figures
+from framework.report import RunReport, build_report, gpu_busy, stage_figures
+from framework.telemetry import StageLog
 from framework.watchdog import TIMED_OUT
 
 
@@ -90,14 +90,14 @@ def test_the_log_actor_learns_of_its_restarts_without_a_deprecation_warning(ray_
 
     import ray
 
-    from framework import telemetry
+    from framework.worker_setup import restarted_actor
 
     @ray.remote(num_cpus=0)
     class Probe:
         def warnings_seen(self) -> list[str]:
             with warnings.catch_warnings(record=True) as seen:
                 warnings.simplefilter("always")
-                assert telemetry._reconstructed() is False
+                assert restarted_actor() is False
             return [str(w.message) for w in seen]
 
     assert ray.get(Probe.remote().warnings_seen.remote()) == []

@@ -1,11 +1,15 @@
-"""torch's threads in a Ray worker follow the CPUs its stage was granted."""
+"""torch's threads in a Ray worker follow the CPUs its stage was granted; a worker knows
+a task Ray runs again after its first worker died."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pytest
 import ray
 
-from framework.worker_setup import match_torch_threads
+from framework.worker_setup import match_torch_threads, maybe_rerun
 
 pytestmark = pytest.mark.ray
 
@@ -29,3 +33,39 @@ def test_outside_a_worker_torch_keeps_its_threads():
     before = torch.get_num_threads()
     assert match_torch_threads() == before
     assert torch.get_num_threads() == before
+
+
+def _die_the_first_time(marker: str) -> None:
+    if not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)  # as a crash, or errors.batch_timeout_s, ends a worker
+
+
+@ray.remote(num_cpus=0, max_retries=1)
+def _dies_once(marker: str) -> bool:
+    _die_the_first_time(marker)
+    return maybe_rerun()
+
+
+@ray.remote(num_cpus=0, max_restarts=1, max_task_retries=1)
+class _DiesOnce:
+    def call(self, marker: str) -> bool:
+        _die_the_first_time(marker)
+        return maybe_rerun()
+
+    def first(self) -> bool:
+        return maybe_rerun()
+
+
+def test_a_task_run_again_after_its_worker_died_knows_it(ray_session, tmp_path):
+    assert ray.get(_dies_once.remote(str(tmp_path / "task"))) is True
+    assert ray.get(_dies_once.remote(str(tmp_path / "task"))) is False  # a first attempt
+
+
+def test_an_actor_restarted_after_its_process_died_may_be_rerunning_work(ray_session, tmp_path):
+    actor = _DiesOnce.remote()
+    assert ray.get(actor.first.remote()) is False
+    assert ray.get(actor.call.remote(str(tmp_path / "actor"))) is True
+    # Ray Data's retried calls (streaming ones) say attempt 0 in the restarted process:
+    # it cannot tell a retried call from a new one, so every call there counts.
+    assert ray.get(actor.first.remote()) is True
