@@ -21,7 +21,7 @@ from framework.worker_setup import restarted_actor
 log = logging.getLogger("infer_run.telemetry")
 
 # How long the driver waits, after the last row is written, for the last batches' records.
-RECORDS_WAIT_S = 30.0
+RECORDS_WAIT_S = 10.0
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)

@@ -184,6 +184,9 @@ class StageRunner:
         if not (suspect and suspect[0]):
             suspect = self._begin(key, row).get(row_id)
         if suspect and suspect[0]:
+            # Not run: the log holds it in flight (begun here, or by the worker that died
+            # on it), and the driver would wait for its record at the run's end.
+            self.log.end.remote(self.path, key)
             raise given_up(suspect[1], self.errors.batch_timeout_s)
         try:
             return self._watched(row, key)
