@@ -277,8 +277,8 @@ class StageRunner:
         )
         if tracked and not failures:
             # Not waited on: a round trip per batch the stage would sit idle through. Calls
-            # from one worker run in order, so the next batch's begin (waited) follows it,
-            # and the driver waits until the log holds no batch in flight
+            # from one worker run in order, so this worker's later calls follow it, and the
+            # driver waits until the log holds no batch in flight
             # (``telemetry.wait_for_records``). A batch without failures cannot break the
             # error budget; one with failures waits for the counts to check it.
             return
