@@ -25,6 +25,7 @@ import ray
 from framework.components import ID_COLUMN, Batch
 from framework.errors import BrokenContract, InputError, did_you_mean, unreadable_input
 from framework.storage import filesystem_for, read_files, scheme_of
+from framework.worker_setup import stop_as_users
 
 # A reader that cannot produce a row keeps it, with the reason in this column; the read
 # tasks move it to the dead-letter output.
@@ -234,7 +235,7 @@ class UnreadableInputs:
     def __call__(self, where: str, error: Exception, detail: str = "") -> None:
         message, stop = unreadable_input(where, error, detail)
         if self.errors.policy == "fail":
-            raise stop
+            stop_as_users(stop)
         failure = Failure(where, READER_PATH, type(error).__name__, message)
         if where not in self.recorded:
             self.errors.write([failure], batch_key(READER_PATH, [where]))
@@ -258,8 +259,11 @@ def run_isolated(
         except Exception as exc:  # any error in the stage's code is this row's failure
             # One line per bad row: its record says why. The traceback (plugin authors'
             # business) only at DEBUG: 10,000 bad images printed half a million lines.
+            # Under fail the run's stop line names the row: said here too, it reached the
+            # console after that line.
             row_id = plain_id(batch[ID_COLUMN][i])
-            log.warning("row %r failed in %s: %s: %s", row_id, stage, type(exc).__name__, exc)
+            if not stop_at_first:
+                log.warning("row %r failed in %s: %s: %s", row_id, stage, type(exc).__name__, exc)
             log.debug("row %r failed in %s", row_id, stage, exc_info=True)
             failures.append(Failure(batch[ID_COLUMN][i], stage, type(exc).__name__, str(exc)))
             if stop_at_first:

@@ -3,6 +3,7 @@ the traceback Ray Data raises (a stage's own error, a damaged input, clashing ty
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -73,9 +74,11 @@ def user_cause(exc: BaseException) -> str | None:
 
 
 # How an InferError raised in a Ray Data map function reads in Ray's text: the error
-# itself does not survive Ray Data's UserCodeException, only its traceback's last line.
+# itself does not survive Ray Data's UserCodeException, only its traceback's last line;
+# one a read task raised (``worker_setup.stop_as_users``) is in the message of that.
 REMOTE_INFER_ERROR = re.compile(
-    r"^framework\.errors\.(InferError|InputError|RunError|SpecError|PluginError): (.+)$",
+    r"^(?:ray\.exceptions\.UserCodeException: )?"
+    r"framework\.errors\.(InferError|InputError|RunError|SpecError|PluginError): (.+)$",
     re.MULTILINE,
 )
 
@@ -156,3 +159,26 @@ def clashing_inputs(
         return make_reader().type_clash(column, types)
     except (InferError, OSError, pa.ArrowException):
         return None
+
+
+# Ray Data's console lines about a map function's error, which it takes for the user's
+# code: ours (a bad row under errors.policy=fail, a broken error budget), said again in
+# the CLI's one line, or a plugin's bug, whose whole traceback the CLI prints. Errors Ray
+# Data takes for its own keep their lines and tracebacks.
+USER_CODE_LINES = {
+    "ray.data.exceptions": "Exception occurred in user code",
+    "ray.data._internal.execution.streaming_executor_state": "An exception was raised from a task",
+}
+
+
+def quiet_user_code_lines() -> None:
+    """Leave out Ray Data's lines on a stage's error (``USER_CODE_LINES``) on this driver."""
+    for name in USER_CODE_LINES:
+        logger = logging.getLogger(name)
+        if _said_by_the_cli not in logger.filters:
+            logger.addFilter(_said_by_the_cli)
+
+
+def _said_by_the_cli(record: logging.LogRecord) -> bool:
+    start = USER_CODE_LINES.get(record.name)
+    return start is None or record.exc_info is not None or not record.getMessage().startswith(start)
