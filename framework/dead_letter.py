@@ -1,9 +1,9 @@
-"""Bad rows: isolate them inside a batch, record them, and keep the error budget.
+"""Bad rows: record them, and keep the error budget.
 
 Ray Data drops or fails a whole block when one row breaks a stage. Here a failing
-batch is retried row by row, so only the bad rows leave the pipeline; each one is
-written to the dead-letter output with its id, stage, error type and message, and
-``rows_read = rows_written + rows_failed`` holds for every run.
+batch is retried row by row (``row_isolation``), so only the bad rows leave the
+pipeline; each one is written to the dead-letter output with its id, stage, error type
+and message, and ``rows_read = rows_written + rows_failed`` holds for every run.
 """
 
 from __future__ import annotations
@@ -14,16 +14,14 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow.fs as pafs
 import ray
 
-from framework.components import ID_COLUMN, Batch
-from framework.errors import BrokenContract, InputError, did_you_mean, unreadable_input
+from framework.errors import InputError, did_you_mean, unreadable_input
 from framework.storage import filesystem_for, read_files, scheme_of
 from framework.worker_setup import stop_as_users
 
@@ -244,52 +242,6 @@ class UnreadableInputs:
         log.warning("reader: set aside unreadable input %s: %s", where, message)
 
 
-def run_isolated(
-    call: Callable[[Batch], Batch], batch: Batch, stage: str, stop_at_first: bool
-) -> tuple[Batch, list[Failure]]:
-    """``call`` on each row alone: the good rows' outputs joined, and a failure per bad row."""
-    outputs: list[Batch] = []
-    failures: list[Failure] = []
-    for i in range(len(batch[ID_COLUMN])):
-        row = {k: v[i : i + 1] for k, v in batch.items()}
-        try:
-            outputs.append(call(row))
-        except BrokenContract:  # the stage's own bug, not this row's
-            raise
-        except Exception as exc:  # any error in the stage's code is this row's failure
-            # One line per bad row: its record says why. The traceback (plugin authors'
-            # business) only at DEBUG: 10,000 bad images printed half a million lines.
-            # Under fail the run's stop line names the row: said here too, it reached the
-            # console after that line.
-            row_id = plain_id(batch[ID_COLUMN][i])
-            if not stop_at_first:
-                log.warning("row %r failed in %s: %s: %s", row_id, stage, type(exc).__name__, exc)
-            log.debug("row %r failed in %s", row_id, stage, exc_info=True)
-            failures.append(Failure(batch[ID_COLUMN][i], stage, type(exc).__name__, str(exc)))
-            if stop_at_first:
-                break
-    if outputs:
-        return {k: _concat([o[k] for o in outputs]) for k in outputs[0]}, failures
-    try:
-        # Every row failed: an empty batch through the stage gives the right columns.
-        return call({k: v[:0] for k, v in batch.items()}), failures
-    except Exception:
-        return {ID_COLUMN: batch[ID_COLUMN][:0]}, failures
-
-
-def _concat(parts: list[np.ndarray]) -> np.ndarray:
-    try:
-        return np.concatenate(parts)
-    except ValueError:  # rows of different shapes (decoded images): one object per row
-        out = np.empty(sum(len(p) for p in parts), dtype=object)
-        i = 0
-        for part in parts:
-            for value in part:
-                out[i] = value
-                i += 1
-        return out
-
-
 def check_policy(policy: str) -> str | None:
     if policy not in POLICIES:
         return (
@@ -307,5 +259,4 @@ __all__ = [
     "UnreadableInputs",
     "batch_key",
     "plain_id",
-    "run_isolated",
 ]

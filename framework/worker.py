@@ -16,15 +16,10 @@ import ray
 
 from framework.components import ID_COLUMN, Batch
 from framework.contract import checked_call, lists_for_arrow
-from framework.dead_letter import (
-    ErrorPolicy,
-    Failure,
-    batch_key,
-    plain_id,
-    run_isolated,
-)
+from framework.dead_letter import ErrorPolicy, Failure, batch_key, plain_id
 from framework.errors import BrokenContract, InferError, RunError
 from framework.gpu_usage import GpuSampler, nvml_reader
+from framework.row_isolation import run_isolated
 from framework.stage_profile import StageProfile
 from framework.watchdog import exit_after, given_up
 from framework.worker_setup import granted, match_torch_threads, maybe_rerun, show_info_logs

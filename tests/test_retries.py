@@ -83,7 +83,7 @@ writer: {{type: parquet, path: {tmp_path / "out"}}}
 def test_a_bad_row_logs_one_line_and_its_traceback_only_at_debug(caplog):
     import logging
 
-    from framework.dead_letter import run_isolated
+    from framework.row_isolation import run_isolated
 
     def call(row: dict) -> dict:
         if row["id"][0] == "bad":
