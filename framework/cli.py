@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from framework.cli_parser import Parser, flag_overrides, run_parser
 from framework.cluster import ray_cluster
 from framework.errors import ExitCode, InferError, SpecError, Terminated, did_you_mean
-from framework.failures import quiet_user_code_lines
+from framework.failures import quiet_ray_data_stop_lines
 from framework.feasibility import check_feasible
 from framework.plan import build_plan
 from framework.plugin_table import plugin_rows, plugin_table
@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     process_ends = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    quiet_user_code_lines()
+    quiet_ray_data_stop_lines()
     command = COMMANDS.get(argv[0]) if argv else None
     # Outside the handlers: what stopped the run is said before Ray shuts down.
     with quiet_second_stop(process_ends):

@@ -23,7 +23,7 @@ import ray
 
 from framework.errors import InputError, did_you_mean, unreadable_input
 from framework.storage import filesystem_for, read_files, scheme_of
-from framework.worker_setup import stop_as_users
+from framework.worker_setup import raise_unlogged
 
 # A reader that cannot produce a row keeps it, with the reason in this column; the read
 # tasks move it to the dead-letter output.
@@ -233,7 +233,7 @@ class UnreadableInputs:
     def __call__(self, where: str, error: Exception, detail: str = "") -> None:
         message, stop = unreadable_input(where, error, detail)
         if self.errors.policy == "fail":
-            stop_as_users(stop)
+            raise_unlogged(stop)
         failure = Failure(where, READER_PATH, type(error).__name__, message)
         if where not in self.recorded:
             self.errors.write([failure], batch_key(READER_PATH, [where]))

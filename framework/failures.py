@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import RayError, RayTaskError, UserCodeException
 
 from framework.errors import InferError, InputError, RunError, without_retry_note
 
@@ -74,11 +75,9 @@ def user_cause(exc: BaseException) -> str | None:
 
 
 # How an InferError raised in a Ray Data map function reads in Ray's text: the error
-# itself does not survive Ray Data's UserCodeException, only its traceback's last line;
-# one a read task raised (``worker_setup.stop_as_users``) is in the message of that.
+# itself does not survive Ray Data's UserCodeException, only its traceback's last line.
 REMOTE_INFER_ERROR = re.compile(
-    r"^(?:ray\.exceptions\.UserCodeException: )?"
-    r"framework\.errors\.(InferError|InputError|RunError|SpecError|PluginError): (.+)$",
+    r"^framework\.errors\.(InferError|InputError|RunError|SpecError|PluginError): (.+)$",
     re.MULTILINE,
 )
 
@@ -161,24 +160,31 @@ def clashing_inputs(
         return None
 
 
-# Ray Data's console lines about a map function's error, which it takes for the user's
-# code: ours (a bad row under errors.policy=fail, a broken error budget), said again in
-# the CLI's one line, or a plugin's bug, whose whole traceback the CLI prints. Errors Ray
-# Data takes for its own keep their lines and tracebacks.
-USER_CODE_LINES = {
-    "ray.data.exceptions": "Exception occurred in user code",
-    "ray.data._internal.execution.streaming_executor_state": "An exception was raised from a task",
-}
+# Ray Data's loggers for the error that stopped a run. A map function's error it takes for
+# the user's code and logs in one line; an error in its own code (a read, joining blocks)
+# for its own bug: a banner asking for a Ray issue and two tracebacks. Both are left out
+# where the CLI says it in one line (the user's problem) or prints the whole traceback (a
+# plugin's bug in a map function); Ray Data's own bugs keep them.
+RAY_DATA_STOP_LOGGERS = (
+    "ray.data.exceptions",
+    "ray.data._internal.execution.streaming_executor_state",
+)
+
+USER_CODE_ERROR_LINE = "An exception was raised from a task"
 
 
-def quiet_user_code_lines() -> None:
-    """Leave out Ray Data's lines on a stage's error (``USER_CODE_LINES``) on this driver."""
-    for name in USER_CODE_LINES:
+def quiet_ray_data_stop_lines() -> None:
+    """Leave out Ray Data's lines on an error the CLI says itself, on this driver."""
+    for name in RAY_DATA_STOP_LOGGERS:
         logger = logging.getLogger(name)
-        if _said_by_the_cli not in logger.filters:
-            logger.addFilter(_said_by_the_cli)
+        if said_by_the_cli not in logger.filters:
+            logger.addFilter(said_by_the_cli)
 
 
-def _said_by_the_cli(record: logging.LogRecord) -> bool:
-    start = USER_CODE_LINES.get(record.name)
-    return start is None or record.exc_info is not None or not record.getMessage().startswith(start)
+def said_by_the_cli(record: logging.LogRecord) -> bool:
+    """False for a line on such an error (a logging filter's answer: leave it out)."""
+    # Ray Data's banner line is logged in the handler of the error, without it.
+    error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+    if error is None:  # its first line on a map function's error is logged without it
+        return not record.getMessage().startswith(USER_CODE_ERROR_LINE)
+    return not (isinstance(error, UserCodeException) or run_failure(error) is not None)

@@ -1,6 +1,6 @@
 """The Ray worker process a stage runs in: the resources Ray granted it, whether its call
 may be a retry, torch's threads sized to them, its log lines reaching the driver's console,
-and a user's error leaving it as one."""
+and a user's error leaving a read task without Ray Data logging its traceback."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import warnings
 from typing import NoReturn
 
 import ray
-from ray.exceptions import UserCodeException
 
 from framework.errors import InferError
 
@@ -96,26 +95,17 @@ def match_torch_threads() -> int | None:
     return wanted
 
 
-def stop_as_users(error: InferError) -> NoReturn:
-    """Raise ``error``, which stops the run, from code Ray Data does not take for a user's:
-    a read task's reading. Ray Data shows an error from there as its own bug: a banner
-    asking for an issue, and three tracebacks on the console (one from the read thread
-    that met it). In a worker it leaves as the ``UserCodeException`` Ray Data wraps a map
-    function's errors in, which it reports in one line; the driver finds ``error`` in it
-    (``failures.user_failure``, by the message) and says it alone."""
-    if not in_ray_worker():
-        raise error
-    # The thread reading a file logs what it raised with its traceback, before Ray Data
-    # hands it on; it is logged once the raise is on its way, so the filter goes on first.
+def raise_unlogged(error: InferError) -> NoReturn:
+    """Raise ``error``, the user's, which stops the run, from a read task without Ray
+    Data's read thread logging it first: met in one of the threads a read task reads
+    files in, it is logged there with its traceback before Ray Data hands it on, and a
+    worker's log reaches the console. The driver says it in one line."""
     logging.getLogger(READ_THREADS_LOGGER).addFilter(_unlogged_user_errors)
-    # Ray Data keeps only the last error of a read task's traceback: its line names this.
-    kind = type(error)
-    raise UserCodeException(f"{kind.__module__}.{kind.__qualname__}: {error}") from error
+    raise error
 
 
 READ_THREADS_LOGGER = "ray.data._internal.util"  # make_async_gen's "Caught exception in..."
 
 
 def _unlogged_user_errors(record: logging.LogRecord) -> bool:
-    error = record.exc_info[1] if record.exc_info else None
-    return not isinstance(getattr(error, "__cause__", None), InferError)
+    return not (record.exc_info and isinstance(record.exc_info[1], InferError))

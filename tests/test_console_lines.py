@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import skimage
+from ray.exceptions import UserCodeException
 
-from framework.errors import ExitCode
-from framework.failures import USER_CODE_LINES, _said_by_the_cli
+from framework.errors import ExitCode, InputError
+from framework.failures import RAY_DATA_STOP_LOGGERS, USER_CODE_ERROR_LINE, said_by_the_cli
 from tests.helpers import run_cli
 from tests.test_bad_inputs import damaged_past_the_footer, table_spec
 
@@ -55,15 +56,40 @@ def test_a_bad_row_under_fail_is_named_once_at_the_end(tmp_path):
     assert sum("'b.png'" in line for line in lines) == 1
 
 
-def record(name: str, message: str, error: BaseException | None = None) -> logging.LogRecord:
+def test_files_whose_types_clash_are_one_line_at_the_end(tmp_path):
+    # Met where Ray Data joins blocks, in its own code: a banner and two tracebacks.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"id": "a", "x": 3}\n')
+    (data / "b.jsonl").write_text('{"id": "b", "x": "four"}\n')
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"reader: {{type: jsonl, path: {data}}}\nmodels: [{{type: echo, columns: [x]}}]\n"
+        f"writer: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    lines = stderr_of_a_stopped_run(spec, ExitCode.INPUT_ERROR)
+    assert lines[-1].startswith(
+        f"infer-run: error: reader: {data / 'a.jsonl'} (x: int64) and {data / 'b.jsonl'} "
+    )
+
+
+def record(name: str, error: BaseException | None = None) -> logging.LogRecord:
     exc_info = (type(error), error, None) if error is not None else None
-    return logging.LogRecord(name, logging.ERROR, "f", 1, message, None, exc_info)
+    return logging.LogRecord(name, logging.ERROR, "f", 1, "Full stack trace:", None, exc_info)
 
 
-def test_only_ray_datas_lines_on_a_map_functions_error_are_left_out():
-    for name, start in USER_CODE_LINES.items():
-        assert not _said_by_the_cli(record(name, start + " ... abort."))
-        # Ray Data's own error: with its traceback, kept.
-        assert _said_by_the_cli(record(name, start + " ... abort.", OSError("internal")))
-        assert _said_by_the_cli(record(name, "Exception occurred in Ray Data or Ray Core"))
-    assert _said_by_the_cli(record("ray.data.other", next(iter(USER_CODE_LINES.values()))))
+def test_ray_datas_lines_on_an_error_the_cli_says_itself_are_left_out():
+    name = RAY_DATA_STOP_LOGGERS[0]
+    assert not said_by_the_cli(record(name, UserCodeException("UDF failed")))
+    assert not said_by_the_cli(record(name, InputError("reader: cannot read b.parquet")))
+    # Ray Data's own bug keeps its lines, as does a line on no error.
+    assert said_by_the_cli(record(name, OSError("Ray Data's own bug")))
+    assert said_by_the_cli(record(name))
+    on_a_map_function = record(RAY_DATA_STOP_LOGGERS[1])
+    on_a_map_function.msg = USER_CODE_ERROR_LINE + ' of operator "MapBatches(...)". ...'
+    assert not said_by_the_cli(on_a_map_function)
+    # Its banner line is logged without the error, in the handler of it.
+    try:
+        raise InputError("reader: cannot read b.parquet")
+    except InputError:
+        assert not said_by_the_cli(record(name))

@@ -1,5 +1,5 @@
 """torch's threads in a Ray worker follow the CPUs its stage was granted; a worker knows
-a task Ray runs again after its first worker died; a user's error leaves it as one."""
+a task Ray runs again after its first worker died; a user's error leaves a read task unlogged."""
 
 from __future__ import annotations
 
@@ -9,15 +9,14 @@ from pathlib import Path
 
 import pytest
 import ray
-from ray.exceptions import UserCodeException
 
 from framework.errors import InputError
-from framework.failures import user_failure
 from framework.worker_setup import (
+    READ_THREADS_LOGGER,
     _unlogged_user_errors,
     match_torch_threads,
     maybe_rerun,
-    stop_as_users,
+    raise_unlogged,
 )
 
 pytestmark = pytest.mark.ray
@@ -80,35 +79,16 @@ def test_an_actor_restarted_after_its_process_died_may_be_rerunning_work(ray_ses
     assert ray.get(actor.first.remote()) is True
 
 
-@ray.remote(num_cpus=0, max_retries=0)
-def _stops_as_users(message: str) -> None:
-    stop_as_users(InputError(message))
-
-
-def test_a_users_error_leaves_a_worker_as_user_code_with_its_message(ray_session):
-    # A read task's InputError left as Ray Data's own bug: a banner and three tracebacks.
-    with pytest.raises(UserCodeException) as raised:
-        ray.get(_stops_as_users.remote("reader: cannot read b.parquet"))
-    # Ray Data keeps only a read task's last error: its own line must name ours.
-    line = "ray.exceptions.UserCodeException: framework.errors.InputError: reader: cannot"
-    assert line in str(raised.value)
-    found = user_failure(raised.value)
-    assert isinstance(found, InputError) and str(found) == "reader: cannot read b.parquet"
-    with pytest.raises(InputError):  # on a driver, as it is
-        stop_as_users(InputError("reader: cannot read b.parquet"))
-
-
 def _record(error: BaseException | None) -> logging.LogRecord:
     exc_info = (type(error), error, None) if error is not None else None
     return logging.LogRecord("x", logging.WARNING, "f", 1, "Caught exception", None, exc_info)
 
 
 def test_the_read_threads_log_leaves_out_only_a_users_error():
-    try:
-        raise UserCodeException("reader: cannot read b.parquet") from InputError("x")
-    except UserCodeException as exc:
-        users = exc
-    assert not _unlogged_user_errors(_record(users))
-    assert _unlogged_user_errors(_record(UserCodeException("a bug")))
-    assert _unlogged_user_errors(_record(OSError("a bug")))
-    assert _unlogged_user_errors(_record(None))
+    with pytest.raises(InputError):
+        raise_unlogged(InputError("reader: cannot read b.parquet"))
+    read_threads = logging.getLogger(READ_THREADS_LOGGER)
+    assert _unlogged_user_errors in read_threads.filters
+    assert not read_threads.filter(_record(InputError("reader: cannot read b.parquet")))
+    assert read_threads.filter(_record(OSError("a bug, or storage: Ray Data's to say")))
+    assert read_threads.filter(_record(None))
