@@ -147,6 +147,31 @@ def own_error_column(metadata: Any) -> Exception | None:
     return OwnErrorColumn() if ERROR_COLUMN in metadata.schema.names else None
 
 
+class MissingColumn(ValueError):
+    """A file past the first (which validation checks) without a column ``columns`` asks
+    for: Ray Data read its rows with nulls there, and the models ran on them."""
+
+    def __init__(self, missing: list[str], names: list[str]) -> None:
+        which = ", ".join(map(repr, missing))
+        super().__init__(
+            f"it has no column {which} of reader.columns (columns: {', '.join(names)})"
+        )
+
+
+def footer_check(columns: list[str] | None) -> Callable[[Any], Exception | None]:
+    """What makes a file past the first unreadable: its own ``_error`` column (read only
+    when ``columns`` leaves it out, as it must), or a column of ``columns`` it lacks."""
+    if columns is None:
+        return own_error_column
+
+    def lacks_a_column(metadata: Any) -> Exception | None:
+        names = metadata.schema.to_arrow_schema().names
+        missing = [name for name in columns if name not in names]
+        return MissingColumn(missing, names) if missing else None
+
+    return lacks_a_column
+
+
 class ParquetReader(Reader):
     """Rows of one or more parquet files, directories or glob patterns (``data/*.parquet``,
     ``s3://bucket/2024-*/**/*.parquet``); ``id_column`` becomes ``id``."""
@@ -215,7 +240,7 @@ class ParquetReader(Reader):
             self,
             expand_globs(self.paths, self.storage),
             self.storage,
-            footer_check=own_error_column if columns is None else None,
+            footer_check=footer_check(self.columns),
             columns=columns,
             override_num_blocks=self.num_blocks,
             **self.read_args,

@@ -459,6 +459,33 @@ def test_a_file_damaged_past_its_footer_stops_the_run_naming_it_under_fail(
     assert report["status"] == "failed"
 
 
+def test_a_file_without_a_column_of_columns_is_set_aside_not_read_as_nulls(
+    ray_session, tmp_path, capsys
+):
+    # Validation checks the first file; Ray Data read a later one's rows with x null, and
+    # the model ran on them without a word.
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a"], "x": [1.0]}), data / "a.parquet")
+    pq.write_table(pa.table({"id": ["b"], "y": [2.0]}), data / "b.parquet")
+    path = tmp_path / "spec.yaml"
+    path.write_text(
+        f"errors: {{policy: skip}}\nreader: {{type: parquet, path: {data}, columns: [x]}}\n"
+        f"models: [{{type: echo, columns: [x]}}]\nwriter: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    )
+    assert main([str(path)]) == ExitCode.OK
+    written, dead = outcome(tmp_path / "out")
+    assert written == ["a"]
+    record = dead[str(data / "b.parquet")]
+    assert (record["stage"], record["error_type"]) == ("reader", "MissingColumn")
+    assert record["message"] == "it has no column 'x' of reader.columns (columns: id, y)"
+    assert main([str(path), "--overwrite", "errors.policy=fail"]) == ExitCode.INPUT_ERROR
+    assert capsys.readouterr().err.endswith(
+        f"infer-run: error: reader: cannot read {data / 'b.parquet'}: MissingColumn: it has no "
+        "column 'x' of reader.columns (columns: id, y)\n"
+    )
+
+
 def test_missing_column_is_named_before_anything_runs(corpus, tmp_path, capsys):
     data = tmp_path / "data"
     data.mkdir()

@@ -20,6 +20,7 @@ import ray.data
 import skimage
 from PIL import Image
 
+from framework.errors import InputError
 from framework.plugins import load_registry
 from plugins.images import ImageFolderReader, ImageParquetReader, WebDatasetReader
 from plugins.images.image_columns import flat_to_tensor, null_tensors_flagged
@@ -242,6 +243,23 @@ def test_parquet_with_encoded_images(ray_session, tmp_path, photos):
         10 + i: name for i, name in enumerate(names)
     }
     assert all(set(row) == {"id", "image", "label"} for row in with_label.values())
+
+
+def test_a_parquet_file_without_a_column_of_columns_is_unreadable(ray_session, tmp_path):
+    # Outside a run, an unreadable input stops the read, as under errors.policy=fail.
+    png = encode(np.zeros((4, 4, 3), np.uint8), "PNG")
+    pq.write_table(
+        pa.table({"id": ["a"], "image": [png], "label": ["cat"]}), tmp_path / "a.parquet"
+    )
+    pq.write_table(pa.table({"id": ["b"], "image": [png]}), tmp_path / "b.parquet")
+    reader = ImageParquetReader(path=str(tmp_path), columns=["label"])
+    with pytest.raises(InputError) as raised:
+        reader.read()
+    assert str(raised.value) == (
+        f"reader: cannot read {tmp_path / 'b.parquet'}: MissingColumn: it has no column "
+        "'label' of reader.columns (columns: id, image)"
+    )
+    assert sorted(rows(ImageParquetReader(path=str(tmp_path)).read())) == ["a", "b"]
 
 
 def test_parquet_with_hugging_face_image_structs(ray_session, tmp_path, photos):

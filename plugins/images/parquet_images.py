@@ -40,7 +40,7 @@ from plugins.images.image_columns import (
     shape_problems,
     struct_to_bytes,
 )
-from plugins.parquet import read_parquet_files, unsuffixed_problems
+from plugins.parquet import footer_check, read_parquet_files, unsuffixed_problems
 
 IMAGE_COLUMN = "image"
 
@@ -171,6 +171,8 @@ class ImageParquetReader(Reader):
             expand_globs(self.paths, self.storage),
             self.storage,
             columns=list(dict.fromkeys([self.id_column, self.image_column, *self.columns])),
+            # A file without the image column gives bad rows (no image): one record each.
+            footer_check=footer_check(self.columns) if self.columns else None,
             override_num_blocks=self.num_blocks,
             **self.read_args,
         )
