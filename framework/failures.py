@@ -187,4 +187,7 @@ def said_by_the_cli(record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
     if error is None:  # its first line on a map function's error is logged without it
         return not record.getMessage().startswith(USER_CODE_ERROR_LINE)
-    return not (isinstance(error, UserCodeException) or run_failure(error) is not None)
+    try:
+        return not (isinstance(error, UserCodeException) or run_failure(error) is not None)
+    except Exception:  # raised here, it would replace the error Ray Data is handling
+        return True

@@ -93,3 +93,13 @@ def test_ray_datas_lines_on_an_error_the_cli_says_itself_are_left_out():
         raise InputError("reader: cannot read b.parquet")
     except InputError:
         assert not said_by_the_cli(record(name))
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of it fails")
+
+
+def test_an_error_the_filter_cannot_read_keeps_ray_datas_lines():
+    # An exception raised by the filter would replace the one Ray Data is handling.
+    assert said_by_the_cli(record(RAY_DATA_STOP_LOGGERS[0], Unprintable()))
