@@ -56,6 +56,7 @@ def test_a_bad_row_under_fail_is_named_once_at_the_end(tmp_path):
     assert sum("'b.png'" in line for line in lines) == 1
 
 
+@pytest.mark.slow  # the damaged file above takes the same path: Ray Data's own code
 def test_files_whose_types_clash_are_one_line_at_the_end(tmp_path):
     # Met where Ray Data joins blocks, in its own code: a banner and two tracebacks.
     data = tmp_path / "data"
