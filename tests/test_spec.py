@@ -888,6 +888,22 @@ def test_a_report_path_that_cannot_be_created_fails_validation_even_as_root(
     assert err[1].startswith(f"  run.{flag[2:]}: cannot write {place}: "), err
 
 
+def test_a_dead_letter_folder_that_cannot_be_made_fails_validation(tmp_path, data, capsys):
+    # The workers make it at the first bad row: the run stopped there, as a bug.
+    (tmp_path / "a-file").write_text("")
+    text = f"reader: {{type: parquet, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'out'}}}\n"
+    path = write_spec(tmp_path, text)
+    code = main([str(path), "--validate", f"errors.dead_letter={tmp_path / 'a-file' / 'dead'}"])
+    assert code == ExitCode.SPEC_ERROR
+    assert capsys.readouterr().err.splitlines()[1] == (
+        f"  errors.dead_letter: cannot write to {tmp_path / 'a-file' / 'dead'}: "
+        f"{tmp_path / 'a-file'} is a file, not a directory"
+    )
+    fresh = tmp_path / "new" / "dead"
+    assert main([str(path), "--validate", f"errors.dead_letter={fresh}"]) == ExitCode.OK
+    assert not (tmp_path / "new").exists()  # tried, then removed
+
+
 def test_a_report_path_is_tried_without_leaving_anything_behind(tmp_path, data, capsys):
     text = f"reader: {{type: parquet, path: {data}}}\nwriter: {{type: parquet, path: {tmp_path / 'out'}}}\n"
     path = write_spec(tmp_path, text)

@@ -164,7 +164,17 @@ def error_problems(e: ErrorsSection) -> list[str]:
         for name in e.retry_on
         if not str(name).replace(".", "").replace("_", "").isalnum()
     )
+    # The workers make it at the first bad row: a folder that cannot be made stopped the
+    # run there, as a bug with its traceback. One that exists is listed before the run
+    # (resume.earlier_dead_letters); remote ones: places.remote_output_problems.
+    dead = str(e.dead_letter or "")
+    made = dead and not Path(dead.removeprefix("file://")).expanduser().exists()
+    if made and (problem := unwritable(f"{dead.rstrip('/')}/{PROBE}")):
+        out.append(f"errors.dead_letter: cannot write to {dead}: {problem}")
     return out
+
+
+PROBE = ".infer-run-write-check"  # a file tried in a folder, then removed; not a record
 
 
 def _longest_retry_wait(e: ErrorsSection) -> float:
