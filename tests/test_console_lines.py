@@ -40,6 +40,7 @@ def test_a_damaged_file_under_fail_is_one_line_at_the_end(tmp_path):
     assert sum(str(damaged) in line for line in lines) == 1
 
 
+@pytest.mark.slow  # the parts, quicker: test_retries (the warning), the filter's tests below
 def test_a_bad_row_under_fail_is_named_once_at_the_end(tmp_path):
     images = tmp_path / "images"
     images.mkdir()

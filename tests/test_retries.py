@@ -98,3 +98,9 @@ def test_a_bad_row_logs_one_line_and_its_traceback_only_at_debug(caplog):
     assert warning.getMessage() == "row 'bad' failed in preprocessors[0]: ValueError: cannot decode"
     assert warning.exc_info is None
     assert any(r.exc_info for r in caplog.records if r.levelno == logging.DEBUG)
+    # Under fail the run's stop line names the row; the warning reached the console after it.
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="infer_run"):
+        out, failures = run_isolated(call, batch, "preprocessors[0]", stop_at_first=True)
+    assert [f.row_id for f in failures] == ["bad"]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
