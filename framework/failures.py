@@ -176,9 +176,7 @@ USER_CODE_ERROR_LINE = "An exception was raised from a task"
 def quiet_ray_data_stop_lines() -> None:
     """Leave out Ray Data's lines on an error the CLI says itself, on this driver."""
     for name in RAY_DATA_STOP_LOGGERS:
-        logger = logging.getLogger(name)
-        if said_by_the_cli not in logger.filters:
-            logger.addFilter(said_by_the_cli)
+        logging.getLogger(name).addFilter(said_by_the_cli)  # once, however often called
 
 
 def said_by_the_cli(record: logging.LogRecord) -> bool:

@@ -468,18 +468,16 @@ def test_a_file_without_a_column_of_columns_is_set_aside_not_read_as_nulls(
     data.mkdir()
     pq.write_table(pa.table({"id": ["a"], "x": [1.0]}), data / "a.parquet")
     pq.write_table(pa.table({"id": ["b"], "y": [2.0]}), data / "b.parquet")
-    path = tmp_path / "spec.yaml"
-    path.write_text(
-        f"errors: {{policy: skip}}\nreader: {{type: parquet, path: {data}, columns: [x]}}\n"
-        f"models: [{{type: echo, columns: [x]}}]\nwriter: {{type: parquet, path: {tmp_path / 'out'}}}\n"
-    )
-    assert main([str(path)]) == ExitCode.OK
+    path = table_spec(tmp_path, data, "skip")
+    assert main([str(path), "reader.columns=[x]"]) == ExitCode.OK
     written, dead = outcome(tmp_path / "out")
     assert written == ["a"]
     record = dead[str(data / "b.parquet")]
     assert (record["stage"], record["error_type"]) == ("reader", "MissingColumn")
     assert record["message"] == "it has no column 'x' of reader.columns (columns: id, y)"
-    assert main([str(path), "--overwrite", "errors.policy=fail"]) == ExitCode.INPUT_ERROR
+    assert main([str(path), "--overwrite", "reader.columns=[x]", "errors.policy=fail"]) == (
+        ExitCode.INPUT_ERROR
+    )
     assert capsys.readouterr().err.endswith(
         f"infer-run: error: reader: cannot read {data / 'b.parquet'}: MissingColumn: it has no "
         "column 'x' of reader.columns (columns: id, y)\n"

@@ -101,7 +101,7 @@ def unwritable(path: str) -> str | None:
     """
     if is_remote(path):
         return None
-    target = Path(path.removeprefix("file://")).expanduser().absolute()
+    target = local_path(path)
     if target.is_dir():
         return "it is a directory"
     parent = target.parent
@@ -115,6 +115,11 @@ def unwritable(path: str) -> str | None:
         doing = "open" if target.exists() else "create"
         return f"cannot {doing} {exc.filename or target}: {exc.strerror or exc}"
     return None
+
+
+def local_path(path: str) -> Path:
+    """A local place as a spec names it (``file://``, ``~`` allowed), absolute."""
+    return Path(path.removeprefix("file://")).expanduser().absolute()
 
 
 def _try_writing(target: Path) -> None:
@@ -168,7 +173,7 @@ def error_problems(e: ErrorsSection) -> list[str]:
     # run there, as a bug with its traceback. One that exists is listed before the run
     # (resume.earlier_dead_letters); remote ones: places.remote_output_problems.
     dead = str(e.dead_letter or "")
-    made = dead and not Path(dead.removeprefix("file://")).expanduser().exists()
+    made = dead and not is_remote(dead) and not local_path(dead).exists()
     if made and (problem := unwritable(f"{dead.rstrip('/')}/{PROBE}")):
         out.append(f"errors.dead_letter: cannot write to {dead}: {problem}")
     return out
