@@ -28,7 +28,7 @@ import base64
 import csv
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,8 +42,8 @@ from ray.data.extensions import (
     ArrowVariableShapedTensorType,
 )
 
-from framework import ID_COLUMN, RunError, Writer, filesystem_for, hookimpl
-from plugins.counts import count_problems
+from framework import ID_COLUMN, RunError, filesystem_for, hookimpl
+from plugins.counts import RowsPerFileWriter
 from plugins.id_types import CSV_IDS, check_id_type
 from plugins.output_files import not_written_here
 
@@ -66,22 +66,8 @@ BINARY_TYPE_CHECKS = (
 )
 
 
-class CsvWriter(Writer):
+class CsvWriter(RowsPerFileWriter):
     """A directory of ``.csv`` files with a header each; arrays are flattened (module doc)."""
-
-    def __init__(
-        self,
-        path: str,
-        storage: dict[str, Any] | None = None,
-        overwrite: bool = False,
-        rows_per_file: int | None = None,
-    ) -> None:
-        super().__init__(path, storage, overwrite)
-        self.rows_per_file = rows_per_file
-
-    @classmethod
-    def check(cls, params: Mapping[str, Any]) -> list[str]:
-        return count_problems(params, "rows_per_file")
 
     output_suffix = ".csv"
 

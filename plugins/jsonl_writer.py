@@ -16,7 +16,8 @@ import ray.data
 from ray.data.block import BlockAccessor
 from ray.data.datasource import BlockBasedFileDatasink
 
-from framework import ID_COLUMN, RunError, Writer, filesystem_for, jsonl_ids
+from framework import ID_COLUMN, RunError, filesystem_for, jsonl_ids
+from plugins.counts import RowsPerFileWriter
 from plugins.id_types import JSON_IDS, check_id_type
 from plugins.output_files import not_written_here
 
@@ -154,7 +155,7 @@ class JsonLinesDatasink(BlockBasedFileDatasink):
         file.write(json_lines(block.to_arrow()))
 
 
-class JsonlWriter(Writer):
+class JsonlWriter(RowsPerFileWriter):
     """A directory of ``.json`` files, one JSON object per line; arrays become lists and
     floats are written in full, so ``--resume`` finds float ids again."""
 
@@ -175,5 +176,7 @@ class JsonlWriter(Writer):
     def write(self, dataset: ray.data.Dataset) -> None:
         fs, where = filesystem_for(self.path, self.storage)
         # Not dataset.write_json: it writes through pandas, which rounds floats.
-        sink = JsonLinesDatasink(where, filesystem=fs, file_format="json")
+        sink = JsonLinesDatasink(
+            where, filesystem=fs, file_format="json", min_rows_per_file=self.rows_per_file
+        )
         dataset.write_datasink(sink, **self.write_args)

@@ -16,7 +16,6 @@ from framework import (
     InputError,
     Reader,
     SpecError,
-    Writer,
     did_you_mean,
     distinct_paths_and_names,
     expand_globs,
@@ -30,7 +29,7 @@ from framework import (
     unsuffixed_parquet,
 )
 from framework.file_filter import misread_problems, paths_for_ray
-from plugins.counts import count_problems
+from plugins.counts import RowsPerFileWriter, count_problems
 from plugins.output_files import not_written_here
 from plugins.parquet_source import read_listed_parquet
 
@@ -250,22 +249,8 @@ class ParquetReader(Reader):
         return ds
 
 
-class ParquetWriter(Writer):
+class ParquetWriter(RowsPerFileWriter):
     """A directory of parquet files; tensor columns keep their shape as Ray tensor extensions."""
-
-    def __init__(
-        self,
-        path: str,
-        storage: dict[str, Any] | None = None,
-        overwrite: bool = False,
-        rows_per_file: int | None = None,
-    ) -> None:
-        super().__init__(path, storage, overwrite)
-        self.rows_per_file = rows_per_file
-
-    @classmethod
-    def check(cls, params: Mapping[str, Any]) -> list[str]:
-        return count_problems(params, "rows_per_file")
 
     output_suffix = ".parquet"
 

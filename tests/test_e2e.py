@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -63,8 +64,11 @@ def read_input(dataset: Path) -> dict[str, float]:
 
 def test_parquet_to_echo_to_parquet_keeps_every_id_once(ray_session, tmp_path, dataset, capsys):
     report_copy = tmp_path / "report.json"
-    code = main([str(spec_file(tmp_path, dataset)), "--report", str(report_copy)])
+    spec = spec_file(tmp_path, dataset)
+    code = main([str(spec), "--report", str(report_copy), f"writer.rows_per_file={ROWS}"])
     assert code == ExitCode.OK
+    files = (tmp_path / "out").glob("[!_]*.parquet")
+    assert [pq.read_metadata(path).num_rows for path in files] == [ROWS]  # two without it
     out = pq.read_table(tmp_path / "out").to_pydict()
     expected = read_input(dataset)
     assert sorted(out["id"]) == sorted(expected)  # each id exactly once
@@ -178,15 +182,23 @@ def test_a_glob_pattern_reads_only_the_files_it_matches(ray_session, tmp_path, d
 
 
 def test_jsonl_writer_round_trips(ray_session, tmp_path, dataset):
-    assert main([str(spec_file(tmp_path, dataset, writer="jsonl"))]) == ExitCode.OK
-    rows = [
-        json.loads(line)
-        for path in sorted((tmp_path / "out").glob("[!_]*.json"))
-        for line in path.read_text().splitlines()
-    ]
+    spec = spec_file(tmp_path, dataset, writer="jsonl")
+    assert main([str(spec), f"writer.rows_per_file={ROWS}"]) == ExitCode.OK
+    files = [path.read_text().splitlines() for path in (tmp_path / "out").glob("[!_]*.json")]
+    assert [len(lines) for lines in files] == [ROWS]  # two files without rows_per_file
+    rows = [json.loads(line) for lines in files for line in lines]
     expected = read_input(dataset)
     assert sorted(r["id"] for r in rows) == sorted(expected)
     assert all(r["x_echo"] == pytest.approx(3 * expected[r["id"]]) for r in rows)
+
+
+def test_csv_writer_keeps_rows_per_file(ray_session, tmp_path, dataset):
+    spec = spec_file(tmp_path, dataset, writer="csv")
+    assert main([str(spec), f"writer.rows_per_file={ROWS}"]) == ExitCode.OK
+    files = [list(csv.DictReader(path.open())) for path in (tmp_path / "out").glob("*.csv")]
+    assert [len(rows) for rows in files] == [ROWS]  # two files without rows_per_file
+    expected = read_input(dataset)
+    assert all(float(r["x_echo"]) == pytest.approx(3 * expected[r["id"]]) for r in files[0])
 
 
 def test_jsonl_reader_reads_what_the_jsonl_writer_wrote(ray_session, tmp_path, dataset):
