@@ -638,6 +638,19 @@ BAD_SPECS += [
         ],
         id="an-index-into-a-missing-list",
     ),
+    pytest.param(
+        # OmegaConf said only "list index out of range".
+        "reader: {type: parquet, path: @IN@}\nmodels: [{type: echo}]\n"
+        "writer: {type: parquet, path: @OUT@}\n",
+        ["models.1.scale=2", "models.0.scale=2", "preprocessors.0.x=1"],
+        [
+            "override 'models.1.scale=2': models has 1 stage (models.0) - to add one, set "
+            "the whole list: 'models=[{type: ...}, ...]'",
+            "override 'preprocessors.0.x=1': the spec has no preprocessors to index - set the "
+            "whole list: 'preprocessors=[{type: ...}]'",
+        ],
+        id="an-index-past-the-end-of-a-list",
+    ),
 ]
 
 
