@@ -213,10 +213,16 @@ def own_data_context(spec: Spec, cluster: Cluster) -> dict[str, Any]:
     (``framework.spec.data_context.MANAGED_DATA_CONTEXT``)."""
     context = ray.data.DataContext.get_current()
     block_bytes = max(1, int(spec.run.block_mb * 1024**2))
+    # Ray Data's high-memory detector repeats a 17-line warning every 30 s for a run's
+    # whole length, naming a fused operator and a `memory=` argument no spec has; the
+    # summary's peak memory per stage (report.summary) says it once, by stage path.
+    detectors = copy.deepcopy(context.issue_detectors_config)
+    detectors.high_memory_detector_config.detection_time_interval_s = -1
     settings: dict[str, Any] = {
         "per_stage_map_timing": True,
         "target_max_block_size": block_bytes,
         "target_min_block_size": min(context.target_min_block_size or block_bytes, block_bytes),
+        "issue_detectors_config": detectors,
     }
     store = ray.cluster_resources().get("object_store_memory")
     budget = inflight_bytes(spec.run, cluster, store)

@@ -51,6 +51,13 @@ class RunReport:
         ]
         if shares:
             lines.append(f"  busy while running: {', '.join(shares)}")
+        peaks = [
+            f"{path} {stage['peak_rss_bytes'] / 2**20:,.0f} MiB"
+            for path, stage in d["stages"].items()
+            if stage.get("peak_rss_bytes")
+        ]
+        if peaks:
+            lines.append(f"  peak memory per worker: {', '.join(peaks)}")
         for warning in d.get("warnings", []):
             lines.append(f"warning: {warning}")
         lines.append(f"report: {d['report_path']}")

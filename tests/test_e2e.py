@@ -515,7 +515,13 @@ def test_the_specs_may_not_set_what_infer_run_sets_itself(ray_session, dataset):
         ),
         load_registry(),
     )
-    assert set(own_data_context(spec, ray_cluster())) == set(MANAGED_DATA_CONTEXT)
+    settings = own_data_context(spec, ray_cluster())
+    assert set(settings) == set(MANAGED_DATA_CONTEXT)
+    # Ray Data's high-memory warning is off for the run alone, the driver's own left as it was.
+    memory = "high_memory_detector_config"
+    assert getattr(settings["issue_detectors_config"], memory).detection_time_interval_s == -1
+    driver = ray.data.DataContext.get_current().issue_detectors_config
+    assert getattr(driver, memory).detection_time_interval_s == 30
 
 
 def test_a_block_of_many_small_rows_is_shared_by_the_stages_workers(

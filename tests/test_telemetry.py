@@ -73,14 +73,29 @@ def test_each_workers_peak_memory_is_kept_and_the_stage_shows_the_largest():
     log = StageLog.__ray_actor_class__("models[0]")
     for pid in (1, 2):
         log.worker("models[0]", {"node_id": "n1", "pid": pid})
-    log.record("models[0]", "n1", 0.0, 1.0, 8, 8, worker=(1, 300))
-    log.record("models[0]", "n1", 1.0, 2.0, 8, 8, worker=(1, 200))  # a peak never goes down
-    log.record("models[0]", "n1", 1.0, 2.0, 8, 8, worker=(2, 500))
-    log.record("writer", "n1", 2.0, 3.0, 8, 8, worker=(3, 900))  # built by no worker: left out
+    mib = 2**20
+    log.record("models[0]", "n1", 0.0, 1.0, 8, 8, worker=(1, 300 * mib))
+    log.record("models[0]", "n1", 1.0, 2.0, 8, 8, worker=(1, 200 * mib))  # a peak stays
+    log.record("models[0]", "n1", 1.0, 2.0, 8, 8, worker=(2, 1500 * mib))
+    log.record("writer", "n1", 2.0, 3.0, 8, 8, worker=(3, 900 * mib))  # no worker built it
     stages = gpu_busy(stage_figures(log.snapshot(), origin=0.0, nodes={}))
-    assert [w["peak_rss_bytes"] for w in stages["models[0]"]["workers"]] == [300, 500]
-    assert stages["models[0]"]["peak_rss_bytes"] == 500
+    assert [w["peak_rss_bytes"] for w in stages["models[0]"]["workers"]] == [300 * mib, 1500 * mib]
+    assert stages["models[0]"]["peak_rss_bytes"] == 1500 * mib
     assert "peak_rss_bytes" not in stages["writer"] and stages["writer"]["workers"] == []
+    # The summary says it once, by stage path (Ray Data's own warning repeated every 30 s).
+    report = RunReport(
+        {
+            "rows_read": 16,
+            "rows_written": 16,
+            "rows_failed": 0,
+            "wall_time_s": 3.0,
+            "rows_per_s": 5.3,
+            "operators": [],
+            "stages": stages,
+            "report_path": "out/_infer_run_report.json",
+        }
+    )
+    assert "\n  peak memory per worker: models[0] 1,500 MiB\n" in report.summary()
 
 
 def test_the_log_actor_learns_of_its_restarts_without_a_deprecation_warning(ray_session):

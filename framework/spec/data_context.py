@@ -14,6 +14,7 @@ MANAGED_DATA_CONTEXT = {
     "target_min_block_size": "run.block_mb",
     "execution_options": "run.inflight_mb_per_node and run.inflight_mb_per_cpu",
     "per_stage_map_timing": "nothing: the run report needs it",
+    "issue_detectors_config": "nothing: the run summary names each stage's peak memory",
 }
 
 
