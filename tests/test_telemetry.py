@@ -39,6 +39,15 @@ def test_a_batch_run_again_is_counted_once_with_its_latest_figures():
     }
 
 
+def summary_of(stages: dict) -> str:
+    """The run summary of 16 rows whose stages' figures are ``stages``."""
+    counts = {"rows_read": 16, "rows_written": 16, "rows_failed": 0}
+    times = {"wall_time_s": 25.0, "rows_per_s": 0.64, "operators": []}
+    return RunReport(
+        {**counts, **times, "stages": stages, "report_path": "out/_infer_run_report.json"}
+    ).summary()
+
+
 def test_busy_share_is_of_each_stages_workers_while_data_streamed():
     log = StageLog.__ray_actor_class__("preprocessors[0]")
     for pid in (1, 2):
@@ -52,20 +61,8 @@ def test_busy_share_is_of_each_stages_workers_while_data_streamed():
     stages = stage_figures(log.snapshot(), origin=0.0, nodes={})
     shares = {path: stage["busy_share"] for path, stage in stages.items()}
     assert shares == {"preprocessors[0]": 0.25, "models[0]": 0.9, "postprocessors[0]": 0.05}
-    report = RunReport(
-        {
-            "rows_read": 16,
-            "rows_written": 16,
-            "rows_failed": 0,
-            "wall_time_s": 25.0,
-            "rows_per_s": 0.64,
-            "operators": [],
-            "stages": stages,
-            "report_path": "out/_infer_run_report.json",
-        }
-    )
     assert "  busy while running: preprocessors[0] 25% of 2 workers, models[0] 90% of 1 worker" in (
-        report.summary()
+        summary_of(stages)
     )
 
 
@@ -83,19 +80,7 @@ def test_each_workers_peak_memory_is_kept_and_the_stage_shows_the_largest():
     assert stages["models[0]"]["peak_rss_bytes"] == 1500 * mib
     assert "peak_rss_bytes" not in stages["writer"] and stages["writer"]["workers"] == []
     # The summary says it once, by stage path (Ray Data's own warning repeated every 30 s).
-    report = RunReport(
-        {
-            "rows_read": 16,
-            "rows_written": 16,
-            "rows_failed": 0,
-            "wall_time_s": 3.0,
-            "rows_per_s": 5.3,
-            "operators": [],
-            "stages": stages,
-            "report_path": "out/_infer_run_report.json",
-        }
-    )
-    assert "\n  peak memory per worker: models[0] 1,500 MiB\n" in report.summary()
+    assert "\n  peak memory per worker: models[0] 1,500 MiB\n" in summary_of(stages)
 
 
 def test_the_log_actor_learns_of_its_restarts_without_a_deprecation_warning(ray_session):

@@ -151,23 +151,23 @@ def apply_override(cfg: DictConfig, item: str) -> str | None:
     section, _, rest = key.partition(".")
     # OmegaConf would make a mapping {"0": ...} of a list the spec does not have.
     index = rest.split(".")[0]
-    indexed = section in STAGE_LISTS and index.isdigit()
-    stages = OmegaConf.select(cfg, section, throw_on_resolution_failure=False)
-    if indexed and stages is None:
-        return (
-            f"override {shown!r}: the spec has no {section} to index - set the whole "
-            f"list: '{section}=[{{type: ...}}]'"
-        )
-    if indexed and isinstance(stages, ListConfig) and int(index) >= len(stages):
-        # OmegaConf said only "list index out of range"; a stage is added with the list.
-        n = len(stages)
-        held = {0: "is empty", 1: f"has 1 stage ({section}.0)"}.get(
-            n, f"has {n} stages ({section}.0 to {section}.{n - 1})"
-        )
-        return (
-            f"override {shown!r}: {section} {held} - to add one, set the whole list: "
-            f"'{section}=[{{type: ...}}, ...]'"
-        )
+    if section in STAGE_LISTS and index.isdigit():
+        stages = OmegaConf.select(cfg, section, throw_on_resolution_failure=False)
+        if stages is None:
+            return (
+                f"override {shown!r}: the spec has no {section} to index - set the whole "
+                f"list: '{section}=[{{type: ...}}]'"
+            )
+        if isinstance(stages, ListConfig) and int(index) >= len(stages):
+            # OmegaConf said only "list index out of range"; a stage is added with the list.
+            n = len(stages)
+            held = {0: "is empty", 1: f"has 1 stage ({section}.0)"}.get(
+                n, f"has {n} stages ({section}.0 to {section}.{n - 1})"
+            )
+            return (
+                f"override {shown!r}: {section} {held} - to add one, set the whole list: "
+                f"'{section}=[{{type: ...}}, ...]'"
+            )
     try:
         value = _parse_value(raw)
         # A whole node in flow form (`models.0={...}`) replaces the old one, as README says:
